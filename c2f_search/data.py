@@ -1,0 +1,243 @@
+"""Data sets (AST JSON datafiles, class folders, builtin:events) and the fbank feature store."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import builtin
+from .frontend import AudioError, FrontEnd, fbank, fit_length, load_audio
+
+AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+STORE_VERSION = 1
+
+
+class DataError(ValueError):
+    """Bad data input; the message names the file or field and the fix."""
+
+
+@dataclass
+class ClipSet:
+    name: str
+    paths: list[str]
+    targets: torch.Tensor  # (N, K) multi-hot float
+    classes: list[str]
+    multilabel: bool
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (file, problem) skipped with --skip-bad
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, keep: list[int]) -> "ClipSet":
+        return ClipSet(self.name, [self.paths[i] for i in keep], self.targets[keep], self.classes,
+                       self.multilabel, list(self.bad))
+
+
+def read_labels_csv(path) -> tuple[list[str], list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: class labels file not found; pass --labels class_labels_indices.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
+        raise DataError(f"{path}: needs the header 'index,mid,display_name' and one row per class")
+    rows.sort(key=lambda r: int(r["index"]))
+    if [int(r["index"]) for r in rows] != list(range(len(rows))):
+        raise DataError(f"{path}: the index column must run 0..{len(rows) - 1} without gaps")
+    return [r["mid"] for r in rows], [r["display_name"] for r in rows]
+
+
+def load_datafile(path, labels_csv, task: str = "auto", skip_bad: bool = False) -> ClipSet:
+    """AST datafile ``{"data": [{"wav": ..., "labels": "mid1,mid2"}]}`` with class_labels_indices.csv."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: datafile not found")
+    if labels_csv is None:
+        cand = path.parent / "class_labels_indices.csv"
+        if not cand.is_file():
+            raise DataError(f"{path}: pass --labels class_labels_indices.csv (none found beside the datafile)")
+        labels_csv = cand
+    mids, names = read_labels_csv(labels_csv)
+    index = {m: i for i, m in enumerate(mids)}
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise DataError(f'{path}: expected {{"data": [{{"wav": ..., "labels": "mid1,mid2"}}, ...]}}')
+    paths, rows, bad = [], [], []
+    for i, e in enumerate(doc["data"]):
+        if not isinstance(e, dict) or "wav" not in e or "labels" not in e:
+            raise DataError(f"{path}: entry {i} needs the fields 'wav' and 'labels'")
+        lab = [m.strip() for m in str(e["labels"]).split(",") if m.strip()]
+        missing = [m for m in lab if m not in index]
+        if missing or not lab:
+            problem = (f"label {missing[0]!r} is not in {labels_csv}; add it there or fix the entry"
+                       if missing else "empty 'labels'")
+            if not skip_bad:
+                raise DataError(f"{path}: entry {i} ({e['wav']}): {problem} (or pass --skip-bad)")
+            bad.append((str(e["wav"]), problem))
+            continue
+        wav = Path(e["wav"])
+        paths.append(str(wav if wav.is_absolute() else path.parent / wav))
+        rows.append([index[m] for m in lab])
+    if not paths:
+        raise DataError(f"{path}: the data set is empty; it needs at least one usable clip")
+    targets = torch.zeros(len(paths), len(mids))
+    for r, idx in enumerate(rows):
+        targets[r, idx] = 1.0
+    multilabel = _task(task, any(len(r) > 1 for r in rows), path)
+    return ClipSet(str(path), paths, targets, names, multilabel, bad)
+
+
+def _task(task: str, has_multi: bool, where) -> bool:
+    if task == "auto":
+        return has_multi
+    if task == "single" and has_multi:
+        raise DataError(f"{where}: --task single, but some clips carry several labels; use --task multi")
+    if task not in ("single", "multi"):
+        raise DataError(f"--task must be auto, single or multi, got {task!r}")
+    return task == "multi"
+
+
+def load_folder(root, split: str, classes: list[str] | None = None) -> ClipSet:
+    """``DIR/<split>/<class>/*.wav|flac``; single-label."""
+    d = Path(root) / split
+    if not d.is_dir():
+        raise DataError(f"{d}: not found; a folder data set needs {root}/train/<class>/*.wav and {root}/test/<class>/...")
+    found = sorted(p.name for p in d.iterdir() if p.is_dir())
+    classes = classes or found
+    extra = set(found) - set(classes)
+    if extra:
+        raise DataError(f"{d}: class folders {sorted(extra)} are not in train/; add them there or remove them")
+    paths, ys = [], []
+    for k, c in enumerate(classes):
+        for f in sorted((d / c).glob("*")) if (d / c).is_dir() else []:
+            if f.suffix.lower() in AUDIO_EXT:
+                paths.append(str(f))
+                ys.append(k)
+    if not paths:
+        raise DataError(f"{d}: no audio files ({', '.join(sorted(AUDIO_EXT))}) under class folders")
+    targets = torch.nn.functional.one_hot(torch.tensor(ys), len(classes)).float()
+    return ClipSet(str(d), paths, targets, list(classes), False)
+
+
+def resolve(spec: str, split: str, labels=None, task: str = "auto", skip_bad: bool = False,
+            classes: list[str] | None = None) -> ClipSet:
+    """A data spec: ``builtin:events[?...]``, a folder (``split`` = train/test) or a JSON datafile."""
+    if spec.startswith("builtin:"):
+        root = builtin.materialize(spec)
+        return load_datafile(root / f"{'train' if split == 'train' else 'val'}.json",
+                             root / "class_labels_indices.csv", task, skip_bad)
+    p = Path(spec)
+    if p.is_dir():
+        return load_folder(p, "train" if split == "train" else "test", classes)
+    if p.suffix == ".json" or p.is_file():
+        return load_datafile(p, labels, task, skip_bad)
+    raise DataError(f"{spec}: no such data set; give builtin:events, a JSON datafile or a folder with train/ and test/")
+
+
+def default_frontend(spec: str, **over) -> FrontEnd:
+    base = dict(builtin.FRONTEND) if spec.startswith("builtin:") else {}
+    base.update({k: v for k, v in over.items() if v is not None})
+    return FrontEnd(**base)
+
+
+# --------------------------------------------------------------------------- feature store
+@dataclass
+class Features:
+    """Raw log-mel fbank (N, F, T) cut/zero-padded to T frames, plus the real frame counts."""
+    x: np.ndarray
+    n_frames: np.ndarray
+    kept: np.ndarray  # indices into the ClipSet
+    bad: list[tuple[str, str]]
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.x[idx]), torch.from_numpy(self.n_frames[idx].astype(np.int64))
+
+
+def _cache_key(clips: ClipSet, fe: FrontEnd, shift: float, target: int, skip_bad: bool) -> str:
+    h = hashlib.sha1()
+    for p in clips.paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    h.update(json.dumps([fe.key(), shift, target, skip_bad, STORE_VERSION]).encode())
+    return h.hexdigest()[:20]
+
+
+def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad: bool = False,
+            cache_dir: Path | None = None, progress: bool = False) -> Features:
+    """Fbank for every clip at `shift_ms`, from the Arrow cache when present (memory-mapped)."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"fbank-{_cache_key(clips, fe, shift_ms, target, skip_bad)}.arrow"
+        if path.exists():
+            return _read_store(path, fe.num_mel_bins, target)
+    xs, ns, kept, bad = [], [], [], []
+    it = range(len(clips))
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"fbank {Path(clips.name).name} @{shift_ms:g}ms", unit="clip", leave=False)
+    for i in it:
+        p = clips.paths[i]
+        try:
+            fb = fbank(load_audio(p, fe.sample_rate), fe, shift_ms)
+            if fb.shape[0] == 0 or not torch.isfinite(fb).all():
+                raise AudioError(p, "fbank is empty or not finite (silent or broken clip)")
+        except AudioError as e:
+            if not skip_bad:
+                raise DataError(f"{e} (pass --skip-bad to skip such clips and list them at the end)") from None
+            bad.append((e.path, e.problem))
+            continue
+        fb, n = fit_length(fb, target)
+        xs.append(fb.T.contiguous().numpy())
+        ns.append(n)
+        kept.append(i)
+    if not xs:
+        raise DataError(f"{clips.name}: no usable clips ({len(bad)} bad); the data set is empty")
+    feats = Features(np.stack(xs), np.array(ns, np.int32), np.array(kept, np.int64), bad)
+    if path is not None:
+        _write_store(path, feats)
+    return feats
+
+
+def _write_store(path: Path, f: Features) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    N = f.x.shape[0]
+    col = pa.FixedSizeListArray.from_arrays(pa.array(f.x.reshape(-1)), f.x[0].size)
+    table = pa.table({"fbank": col, "n_frames": f.n_frames, "index": f.kept})
+    meta = {"bad": json.dumps(f.bad), "shape": json.dumps(list(f.x.shape[1:])), "n": str(N)}
+    table = table.replace_schema_metadata(meta)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".arrow")
+    os.close(fd)
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, path)  # atomic: readers never see a partial store
+
+
+def _read_store(path: Path, F: int, T: int) -> Features:
+    t = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    meta = t.schema.metadata
+    fb = t.column("fbank").combine_chunks()
+    x = fb.values.to_numpy(zero_copy_only=True).reshape(len(t), F, T)
+    return Features(x, t.column("n_frames").to_numpy(), t.column("index").to_numpy(),
+                    [tuple(b) for b in json.loads(meta[b"bad"])])
+
+
+def norm_stats(f: Features) -> tuple[float, float]:
+    """Mean and std of the real (unpadded) frames of a training set."""
+    T = f.x.shape[-1]
+    mask = np.arange(T)[None, :] < f.n_frames[:, None]
+    vals = f.x.transpose(0, 2, 1)[mask]
+    return float(vals.mean()), float(vals.std())

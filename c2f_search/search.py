@@ -1,0 +1,224 @@
+"""Schedule search: Ray Tune runs the trials, Optuna (through Tune's OptunaSearch) samples them.
+
+Objectives: maximize ``val_metric``, minimize cumulative ``train_flops``. The study lives
+in ``DIR/optuna.db`` (SQLite) and Tune's experiment in ``DIR/search``; ``--resume``
+restores both.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .spaces import Space, SpaceError, load_space
+
+EXPERIMENT = "search"
+STUDY = "c2f-search"
+
+
+@dataclass
+class SearchSettings:
+    space: str
+    out: str
+    data: dict  # kwargs for c2f_search.train.Data.from_specs, paths absolute
+    trials: int = 12
+    sampler: str = "auto"
+    scheduler: str = "fifo"
+    epochs: float | None = None
+    seed: int = 0
+    max_failures: int = 1
+    keep_checkpoints: int | None = 2
+    resources: dict = field(default_factory=dict)
+    model_kwargs: dict = field(default_factory=dict)
+    metric_target: float | None = None
+    storage: str | None = None  # Tune storage_path (local folder or URI); default DIR
+
+    def save(self) -> None:
+        p = Path(self.out) / "search.json"
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=1))
+        os.replace(tmp, p)
+
+    @classmethod
+    def load(cls, out) -> "SearchSettings":
+        p = Path(out) / "search.json"
+        if not p.is_file():
+            raise SpaceError(f"{p}: not found; --resume needs the DIR of an earlier search")
+        return cls(**json.loads(p.read_text()))
+
+
+def _searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class C2FOptunaSearch(OptunaSearch):
+        """Only a trial whose schedule finished is COMPLETE; one stopped early (ASHA) is PRUNED,
+        so unfinished schedules never reach the study's Pareto front."""
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if result is not None and not error and not result.get("schedule_done"):
+                result = None
+            super().on_trial_complete(trial_id, result, error)
+    return C2FOptunaSearch
+
+
+def make_sampler(name: str, space: Space, seed: int, epochs):
+    import optuna
+    if name == "auto":
+        name = "grid" if space.is_grid else "tpe"
+    if name == "grid":
+        if not space.is_grid:
+            raise SpaceError(f"{space.path}: --sampler grid needs a space with a 'schedules' list (e.g. paper.yaml)")
+        if space.hparams:
+            raise SpaceError(f"{space.path}: --sampler grid runs listed schedules; move searched hyperparameters to 'fixed'")
+        return optuna.samplers.GridSampler({"schedule": space.grid(epochs)}, seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise SpaceError(f"--sampler {name!r}: choose tpe, nsga2, random or grid")
+
+
+class _TrialLines:
+    """Tune callback: one line per result, per finished and per failed trial."""
+
+    def __new__(cls, *a, **k):
+        from ray.tune import Callback
+
+        class TrialLines(Callback):
+            def __init__(self, stream=sys.stdout):
+                self.stream, self.t0 = stream, time.time()
+
+            def _p(self, text):
+                print(f"[{time.time() - self.t0:6.0f}s] {text}", file=self.stream, flush=True)
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                self._p(f"{trial.trial_id:<14} {result.get('schedule', ''):<30} phase {result.get('phase')} "
+                        f"C={result.get('C')} epoch {result.get('epoch', 0):5.2f}  "
+                        f"{result.get('metric_name', 'metric')}={result.get('val_metric', float('nan')):.3f}  "
+                        f"{result.get('train_flops', 0) / 1e12:8.2f} TFLOPs")
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                r = trial.last_result or {}
+                state = "finished" if r.get("schedule_done") else "stopped early (pruned)"
+                self._p(f"{trial.trial_id:<14} {state}")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self._p(f"{trial.trial_id:<14} FAILED: {trial.error_file or 'see its error.txt'}")
+        return TrialLines(*a, **k)
+
+
+def prepare_data(settings: SearchSettings, space: Space, progress=True):
+    """Check the data and extract every frame shift the space may read, once, in the driver."""
+    from .train import Data
+    d = settings.data
+    data = Data.from_specs(**d, progress=progress)
+    for C in sorted(space.fshift_Cs()):
+        for split in ("train", "val"):
+            data.features(split, data.fe.frame_shift_ms * C)
+    return data
+
+
+def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_dir, num_mel_bins,
+                      target_length) -> dict:
+    """Absolute paths and an explicit front end, so trials on any node and any cwd read the same data."""
+    from . import builtin
+    from .data import default_frontend
+    fe = default_frontend(data_spec, num_mel_bins=num_mel_bins, target_length=target_length)
+    if data_spec.startswith("builtin:"):
+        root = builtin.materialize(data_spec)
+        data_spec, val, labels = str(root / "train.json"), val or str(root / "val.json"), str(root / "class_labels_indices.csv")
+    absp = lambda p: None if p is None or p.startswith("builtin:") else str(Path(p).resolve())  # noqa: E731
+    return {"train": absp(data_spec), "val": absp(val) if val else None, "labels": absp(labels), "task": task,
+            "skip_bad": skip_bad, "norm": norm, "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None,
+            "num_mel_bins": fe.num_mel_bins, "target_length": fe.target_length}
+
+
+def run_search(settings: SearchSettings, resume: bool = False, address: str | None = None,
+               progress_stream=sys.stdout):
+    """Run (or resume) a search; returns Tune's ResultGrid."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from trainables import train_schedule
+
+    space = load_space(settings.space)
+    out = Path(settings.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise SpaceError(f"--out {out}: not writable; choose a folder you can write to")
+    data = prepare_data(settings, space)  # fails here, before any trial, on bad data
+    settings.data["norm"] = [data.mean, data.std]  # every trial normalizes alike
+    settings.save()
+    epochs = settings.epochs or space.epochs
+    setup = {"data": settings.data, "model": space.model, "fixed": space.fixed,
+             "model_kwargs": settings.model_kwargs, "metric_target": settings.metric_target or space.metric_target}
+    res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
+    trainable = tune.with_resources(tune.with_parameters(train_schedule, setup=setup),
+                                    {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SpaceError(f"--address {address}: cannot reach a Ray cluster ({e}); start one with "
+                             f"'ray start --head' or 'ray up cluster.yaml', or drop --address to run locally") from None
+    storage_path = settings.storage or str(out)
+    exp_dir = f"{storage_path.rstrip('/')}/{EXPERIMENT}"
+    if resume:
+        if not tune.Tuner.can_restore(exp_dir):
+            raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
+        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if tune.Tuner.can_restore(exp_dir):
+            raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
+        storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+        searcher = _searcher_class()(space=space.define_by_run(epochs), metric=["val_metric", "train_flops"],
+                                     mode=["max", "min"], sampler=make_sampler(settings.sampler, space, settings.seed, epochs),
+                                     study_name=STUDY, storage=storage, seed=settings.seed)
+        n = min(settings.trials, len(space.grid())) if (space.is_grid and settings.sampler in ("auto", "grid")) else settings.trials
+        if settings.scheduler == "asha":
+            max_t = _max_flops(data, space, epochs, settings.model_kwargs)
+            sched = ASHAScheduler(time_attr="train_flops", metric="val_metric", mode="max", max_t=max_t,
+                                  grace_period=max_t / 4, reduction_factor=2)
+        elif settings.scheduler == "fifo":
+            sched = FIFOScheduler()
+        else:
+            raise SpaceError(f"--scheduler {settings.scheduler!r}: choose fifo or asha")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=n),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT, storage_path=storage_path, verbose=0, callbacks=[_TrialLines(progress_stream)],
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints)))
+    results = tuner.fit()
+    _close_stale_trials(out / "optuna.db")
+    return results
+
+
+def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
+    """FLOPs of the full-resolution baseline over the epoch budget: ASHA's max_t."""
+    from .flops import train_flops
+    from .transfer import build_for_phase
+    m = build_for_phase(space.model, {"num_classes": data.num_classes, **model_kwargs}, "none", 1,
+                        data.fe.num_mel_bins, data.fe.target_length)
+    n = len(data.features("train", data.fe.frame_shift_ms).kept)
+    return float(train_flops(m) * n * epochs)
+
+
+def _close_stale_trials(db: Path) -> None:
+    """After fit() no trial runs: an Optuna trial still RUNNING lost its Tune trial (driver
+    killed before Tune saved it); mark it FAIL so the study holds nothing stuck."""
+    import optuna
+    if not db.exists():
+        return
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)

@@ -1,0 +1,130 @@
+"""``search``, ``pareto`` and ``demo`` subcommands."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DEMO_DATA = "builtin:events?train=300&val=100"
+
+
+def add_commands(sub, add_data_args, add_model_args) -> None:
+    s = sub.add_parser(
+        "search", help="search schedules with Ray Tune + Optuna (multi-objective: metric up, FLOPs down)",
+        description="Search coarse-to-fine schedules. Starts a local Ray instance and an Optuna study in "
+                    "DIR/optuna.db unless --address joins a cluster. Writes DIR/search (Tune), DIR/front.parquet, "
+                    "DIR/front.png and DIR/summary.txt.")
+    s.add_argument("--space", default="default", help="search-space YAML: a path, or 'default' / 'paper' (shipped)")
+    s.add_argument("--trials", type=int, default=12, help="number of trials (grid mode: at most the grid size)")
+    s.add_argument("--out", default="runs/search", metavar="DIR")
+    s.add_argument("--sampler", default="auto", choices=("auto", "tpe", "nsga2", "random", "grid"),
+                   help="Optuna sampler; auto = grid for a 'schedules' space, TPE otherwise")
+    s.add_argument("--scheduler", default="fifo", choices=("fifo", "asha"),
+                   help="asha stops weak trials early, comparing them at equal cumulative train FLOPs")
+    s.add_argument("--epochs", type=float, help="epoch budget per trial (overrides the space's 'epochs'; "
+                                                  "grid schedules are rescaled to it)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted search in DIR")
+    s.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
+    s.add_argument("--storage", help="Tune storage path or URI (s3://..., gs://..., shared folder); default DIR")
+    s.add_argument("--cpus-per-trial", type=float, help="overrides the space's resources.cpu")
+    s.add_argument("--gpus-per-trial", type=float, help="overrides the space's resources.gpu (fractional allowed)")
+    s.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial from its last checkpoint")
+    s.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="checkpoints kept per trial (0 = all); each holds weights and optimizer state")
+    s.add_argument("--metric-target", type=float, help="budget mode for every trial")
+    s.add_argument("--seed", type=int, default=0, help="sampler seed")
+    add_data_args(s, required=False)
+    s.set_defaults(fn=cmd_search, depth=None, dist_token=False, stride=None, init=None)
+
+    p = sub.add_parser("pareto", help="export Pareto fronts, hypervolume and a plot from a search folder",
+                       description="Read DIR/search and write the final and anytime Pareto fronts of validation "
+                                   "metric (up) against training FLOPs (down). All trial-epoch rows go to "
+                                   "DIR/trials.parquet.")
+    p.add_argument("dir", metavar="DIR", help="the --out folder of a search")
+    p.add_argument("--out", default=None, help="front table: .parquet, .csv or .json (default DIR/front.parquet)")
+    p.add_argument("--plot", default=None, help="plot file, .png or .pdf (default DIR/front.png)")
+    p.add_argument("--ref", default=None, metavar="METRIC,GFLOPS",
+                   help="hypervolume reference point (default: metric 0 and 1.1x the largest FLOPs)")
+    p.set_defaults(fn=cmd_pareto)
+
+    d = sub.add_parser("demo", help="the main job: a 12-trial search on built-in data, local Ray, ast-tiny",
+                       description=f"Run a small search on the embedded default: local Ray, SQLite, "
+                                   f"{DEMO_DATA}, ast-tiny, about 10 minutes on 2 CPU cores. Writes the Pareto "
+                                   f"front, its plot and a summary to DIR.")
+    d.add_argument("--out", default="runs/demo", metavar="DIR")
+    d.add_argument("--trials", type=int, default=12)
+    d.add_argument("--epochs", type=float, default=4)
+    d.add_argument("--resume", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+
+
+def _settings_from_args(a):
+    from .search import SearchSettings, resolve_data_args
+    from .spaces import load_space
+    from .cli import _norm
+    space = load_space(a.space)
+    data = a.data or space.data
+    if not data:
+        from .spaces import SpaceError
+        raise SpaceError(f"{space.path}: no data set; pass --data or set 'data' in the space file")
+    cache = None if a.no_cache else str(_cache_root() / "features")
+    return SearchSettings(
+        space=str(Path(space.path).resolve()), out=str(Path(a.out).resolve()),
+        data=resolve_data_args(data, a.val, a.labels, a.task, a.skip_bad, _norm(a.norm), cache,
+                               a.num_mel_bins, a.target_length),
+        trials=a.trials, sampler=a.sampler, scheduler=a.scheduler, epochs=a.epochs, seed=a.seed,
+        max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints or None,
+        resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, metric_target=a.metric_target,
+        storage=a.storage)
+
+
+def _cache_root():
+    from .builtin import cache_root
+    return cache_root()
+
+
+def cmd_search(a) -> int:
+    from .search import SearchSettings, run_search
+    if a.resume:
+        settings = SearchSettings.load(a.out)
+    else:
+        settings = _settings_from_args(a)
+    print(f"search: {settings.space} | {settings.trials} trials | sampler {settings.sampler} | "
+          f"scheduler {settings.scheduler} | out {settings.out}", flush=True)
+    run_search(settings, resume=a.resume, address=a.address)
+    return _export(settings.out)
+
+
+def _export(out, front=None, plot_path=None, ref=None) -> int:
+    from .pareto import export, summary_text
+    out = Path(out)
+    res = export(out, front or out / "front.parquet", plot_path or out / "front.png", ref)
+    text = summary_text(res)
+    (out / "summary.txt").write_text(text + "\n")
+    print(text)
+    print(f"wrote {front or out / 'front.parquet'}, {plot_path or out / 'front.png'}, {out / 'trials.parquet'}, "
+          f"{out / 'summary.txt'}")
+    return 0
+
+
+def cmd_pareto(a) -> int:
+    ref = None
+    if a.ref:
+        try:
+            m, g = (float(v) for v in a.ref.split(","))
+        except ValueError:
+            raise SystemExit(f"--ref {a.ref!r}: write METRIC,GFLOPS, e.g. 0.0,5000") from None
+        ref = (m, g * 1e9)
+    return _export(a.dir, a.out, a.plot, ref)
+
+
+def cmd_demo(a) -> int:
+    import argparse
+    ns = argparse.Namespace(
+        space="default", data=DEMO_DATA, val=None, labels=None, task="auto", skip_bad=False, norm="auto",
+        no_cache=False, num_mel_bins=None, target_length=None, trials=a.trials, out=a.out, sampler="tpe",
+        scheduler="fifo", epochs=a.epochs, resume=a.resume, address=None, storage=None, cpus_per_trial=1,
+        gpus_per_trial=None, max_failures=1, keep_checkpoints=1, metric_target=None, seed=0)
+    print(f"demo: {a.trials} trials of the default space on {DEMO_DATA}, ast-tiny, {a.epochs:g} epochs each, "
+          f"{os.cpu_count()} CPUs", file=sys.stderr)
+    return cmd_search(ns)

@@ -1,0 +1,219 @@
+"""Search spaces are YAML data files (docs/search_spaces.md); this module turns one into an
+Optuna define-by-run function.
+
+Two kinds of file:
+  * an open space (``space:``): method, number of coarse phases, C values, phase
+    fractions and hyperparameters, sampled by Optuna;
+  * a grid (``schedules:``): listed schedules run as they are (e.g. the paper's grid).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .schedule import METHODS, Phase, Schedule, ScheduleError, parse_schedule
+
+TOP_KEYS = {"name", "description", "data", "model", "epochs", "metric_target", "resources", "space",
+            "schedules", "fixed"}
+SPACE_KEYS = {"method", "coarse_phases", "C_values", "phase_fraction", "max_coarse_fraction"}
+HPARAMS = {"lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma", "seed"}
+RESOURCE_KEYS = {"cpu", "gpu"}
+
+
+class SpaceError(ValueError):
+    """A search-space file that cannot be used; names the file, the key and the fix."""
+
+
+@dataclass
+class Space:
+    path: str
+    name: str
+    epochs: float
+    model: str = "ast-tiny"
+    data: str | None = None
+    metric_target: float | None = None
+    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    fixed: dict = field(default_factory=dict)
+    hparams: dict = field(default_factory=dict)  # name -> list (categorical) or {low, high, log, int}
+    schedules: list[Schedule] | None = None  # grid mode
+    methods: list[str] = field(default_factory=list)
+    coarse_phases: tuple[int, int] = (0, 3)
+    C_values: list[int] = field(default_factory=lambda: [8, 4, 2])
+    phase_fraction: tuple[float, float] = (0.1, 0.3)
+    max_coarse_fraction: float = 0.8
+
+    @property
+    def is_grid(self) -> bool:
+        return self.schedules is not None
+
+    def grid(self, epochs: float | None = None) -> list[str]:
+        """The listed schedules, rescaled to `epochs` total when given."""
+        out = []
+        for s in self.schedules or []:
+            k = (epochs or s.total_epochs) / s.total_epochs
+            out.append(str(Schedule(s.method, tuple(Phase(p.C, _round(p.epochs * k)) for p in s.phases))))
+        return out
+
+    def max_C(self) -> int:
+        if self.is_grid:
+            return max(s.max_C for s in self.schedules)
+        return max(self.C_values) if self.coarse_phases[1] > 0 else 1
+
+    def fshift_Cs(self) -> set[int]:
+        """C values whose fbank the search may read at a larger frame shift."""
+        if self.is_grid:
+            return {p.C for s in self.schedules if s.method == "fshift" for p in s.phases}
+        return set(self.C_values) | {1} if "fshift" in self.methods else {1}
+
+    def define_by_run(self, epochs: float | None = None):
+        """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
+        E = epochs or self.epochs
+
+        def space(trial):
+            if self.is_grid:
+                cfg = {"schedule": trial.suggest_categorical("schedule", self.grid(E))}
+            else:
+                cfg = {"schedule": str(self.sample_schedule(trial, E))}
+            for name, spec in self.hparams.items():
+                cfg[name] = _suggest(trial, name, spec)
+            return cfg
+        return space
+
+    def sample_schedule(self, trial, E: float) -> Schedule:
+        lo, hi = self.coarse_phases
+        k = trial.suggest_int("coarse_phases", lo, hi) if hi > lo else lo
+        if k == 0:
+            return Schedule("none", (Phase(1, E),))
+        method = trial.suggest_categorical("method", self.methods)
+        # one categorical per k over the strictly decreasing C tuples: fixed choices per name, as samplers need
+        combos = ["-".join(map(str, c)) for c in itertools.combinations(sorted(self.C_values, reverse=True), k)]
+        Cs = [int(c) for c in trial.suggest_categorical(f"C_{k}", combos).split("-")]
+        fr = [trial.suggest_float(f"fraction_{i + 1}", *self.phase_fraction) for i in range(k)]
+        if sum(fr) > self.max_coarse_fraction:  # keep a real full-resolution phase
+            fr = [f * self.max_coarse_fraction / sum(fr) for f in fr]
+        coarse = [Phase(C, _round(f * E)) for C, f in zip(Cs, fr)]
+        return Schedule(method, (*coarse, Phase(1, _round(E - sum(p.epochs for p in coarse)))))
+
+
+def _round(x: float) -> float:
+    return round(float(x), 3)
+
+
+def _suggest(trial, name, spec):
+    if isinstance(spec, list):
+        return trial.suggest_categorical(name, spec)
+    if spec.get("int"):
+        return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)))
+    return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
+
+
+def _err(path, key, msg) -> SpaceError:
+    return SpaceError(f"{path}: key '{key}': {msg} (schema: docs/search_spaces.md)")
+
+
+def _check_hparam(path, name, spec):
+    if isinstance(spec, list):
+        if not spec:
+            raise _err(path, f"space.{name}", "an empty list; give at least one value")
+        return
+    if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log", "int"}:
+        raise _err(path, f"space.{name}", "must be a list of values or {low: .., high: .., log: bool, int: bool}")
+    try:
+        lo, hi = float(spec["low"]), float(spec["high"])
+    except (TypeError, ValueError):
+        raise _err(path, f"space.{name}", "low and high must be numbers (write 1.0e-3, not 1e-3, for YAML floats)") from None
+    if not lo < hi or (spec.get("log") and lo <= 0):
+        raise _err(path, f"space.{name}", f"needs low < high (and low > 0 with log), got {lo}, {hi}")
+
+
+def find_space(name_or_path: str) -> Path:
+    """A path, or the name of a shipped space (default, paper)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = Path(__file__).resolve().parent.parent / "search_spaces" / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if not shipped.is_file():
+        try:
+            import search_spaces
+            shipped = Path(search_spaces.__file__).parent / f"{p.stem}.yaml"
+        except ImportError:
+            pass
+    if shipped.is_file():
+        return shipped
+    raise SpaceError(f"{name_or_path}: no such search-space file; give a path or one of: default, paper")
+
+
+def load_space(name_or_path: str) -> Space:
+    path = find_space(name_or_path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpaceError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(doc, dict):
+        raise SpaceError(f"{path}: must be a YAML mapping with 'epochs' and 'space' or 'schedules'")
+    unknown = set(doc) - TOP_KEYS
+    if unknown:
+        raise _err(path, sorted(unknown)[0], f"unknown key; allowed keys are {', '.join(sorted(TOP_KEYS))}")
+    if ("space" in doc) == ("schedules" in doc):
+        raise _err(path, "space", "give exactly one of 'space' (open search) or 'schedules' (grid)")
+    epochs = doc.get("epochs")
+    if not isinstance(epochs, (int, float)) or epochs <= 0:
+        raise _err(path, "epochs", f"the epoch budget per trial must be a number > 0, got {epochs!r}")
+    res = doc.get("resources", {"cpu": 1, "gpu": 0})
+    if not isinstance(res, dict) or set(res) - RESOURCE_KEYS or any(
+            not isinstance(v, (int, float)) or v < 0 for v in res.values()):
+        raise _err(path, "resources", "must be {cpu: N, gpu: N} with numbers >= 0 (gpu may be fractional, e.g. 0.5)")
+    fixed = doc.get("fixed") or {}
+    bad = set(fixed) - HPARAMS
+    if bad:
+        raise _err(path, f"fixed.{sorted(bad)[0]}", f"unknown hyperparameter; allowed: {', '.join(sorted(HPARAMS))}")
+    from .models import list_models
+    model = doc.get("model", "ast-tiny")
+    if model not in list_models():
+        raise _err(path, "model", f"unknown model {model!r}; choose one of {', '.join(list_models())}")
+    sp = Space(str(path), doc.get("name", path.stem), float(epochs), model=model, data=doc.get("data"),
+               metric_target=doc.get("metric_target"), resources={"cpu": 1, "gpu": 0, **res}, fixed=fixed)
+    if "schedules" in doc:
+        items = doc["schedules"]
+        if not isinstance(items, list) or not items:
+            raise _err(path, "schedules", "must be a non-empty list of schedule strings like fshift:4x5,1x15")
+        try:
+            sp.schedules = [parse_schedule(str(s)) for s in items]
+        except ScheduleError as e:
+            raise _err(path, "schedules", str(e)) from None
+        sp.hparams = {}
+        return sp
+    body = doc["space"]
+    if not isinstance(body, dict):
+        raise _err(path, "space", "must be a mapping")
+    for key, spec in body.items():
+        if key in SPACE_KEYS:
+            continue
+        if key not in HPARAMS:
+            raise _err(path, f"space.{key}", f"unknown; allowed: {', '.join(sorted(SPACE_KEYS | HPARAMS))}")
+        _check_hparam(path, key, spec)
+        sp.hparams[key] = spec
+    methods = body.get("method", [m for m in METHODS if m != "none"])
+    if not isinstance(methods, list) or not methods or set(methods) - set(METHODS[1:]):
+        raise _err(path, "space.method", f"must be a list drawn from {', '.join(METHODS[1:])}")
+    sp.methods = methods
+    cp = body.get("coarse_phases", {"low": 0, "high": 3})
+    if not (isinstance(cp, dict) and {"low", "high"} == set(cp) and 0 <= cp["low"] <= cp["high"]):
+        raise _err(path, "space.coarse_phases", "must be {low: 0.., high: ..} with low <= high")
+    Cs = body.get("C_values", [8, 4, 2])
+    if not isinstance(Cs, list) or not Cs or any(not isinstance(c, int) or c < 2 for c in Cs) or len(set(Cs)) != len(Cs):
+        raise _err(path, "space.C_values", "must be a list of distinct integers >= 2, e.g. [8, 4, 2]")
+    if cp["high"] > len(Cs):
+        raise _err(path, "space.coarse_phases", f"high={cp['high']} needs at least that many C_values, have {len(Cs)}")
+    fr = body.get("phase_fraction", {"low": 0.1, "high": 0.3})
+    if not (isinstance(fr, dict) and {"low", "high"} == set(fr) and 0 < fr["low"] < fr["high"] < 1):
+        raise _err(path, "space.phase_fraction", "must be {low: .., high: ..} with 0 < low < high < 1")
+    mcf = body.get("max_coarse_fraction", 0.8)
+    if not 0 < mcf < 1:
+        raise _err(path, "space.max_coarse_fraction", "must be between 0 and 1")
+    sp.coarse_phases, sp.C_values = (cp["low"], cp["high"]), Cs
+    sp.phase_fraction, sp.max_coarse_fraction = (fr["low"], fr["high"]), mcf
+    return sp

@@ -1,0 +1,1 @@
+"""Shipped search-space files (YAML); see docs/search_spaces.md."""

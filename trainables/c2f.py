@@ -1,0 +1,61 @@
+"""Function trainable: one trial = one schedule plus its hyperparameters.
+
+It adds nothing to the training logic: it builds ``c2f_search.train.Run``, restores
+it from Tune's checkpoint when there is one, and reports every record (each epoch and
+each phase end) with a checkpoint holding the full training state.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+
+from c2f_search.train import Data, Run, TrainConfig, load_checkpoint, save_checkpoint
+
+REPORT_KEYS = ("val_metric", "train_flops", "train_time_s", "phase", "C", "method", "epoch", "schedule_done")
+CKPT_FILE = "state.pt"
+HPARAM_KEYS = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma", "seed")
+
+
+def _device() -> str:
+    # Ray hides GPUs it has not granted, so any visible CUDA device is this trial's
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def _maybe_inject_fault(rec: dict) -> None:
+    """Fault injection for tests: C2F_INJECT_FAULT=MARKER_FILE:EPOCH crashes once, after that epoch."""
+    spec = os.environ.get("C2F_INJECT_FAULT")
+    if not spec:
+        return
+    marker, _, epoch = spec.rpartition(":")
+    if rec["epoch"] >= float(epoch) and not Path(marker).exists():
+        Path(marker).write_text("fault injected\n")
+        raise RuntimeError(f"injected fault after epoch {rec['epoch']}")
+
+
+def train_schedule(config: dict, setup: dict) -> None:
+    """Run one trial. `config` holds the schedule and searched hyperparameters; `setup`
+    the fixed parts (data, model, fixed hyperparameters, metric target)."""
+    hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in HPARAM_KEYS}}
+    cfg = TrainConfig(schedule=config["schedule"], model=setup["model"], model_kwargs=setup.get("model_kwargs", {}),
+                      metric_target=setup.get("metric_target"), **hp)
+    data = Data.from_specs(**setup["data"])
+    state = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_checkpoint(Path(d) / CKPT_FILE)
+    run = Run(cfg, data, _device(), state)
+    for rec in run.records():
+        metrics = {k: rec[k] for k in REPORT_KEYS} | {
+            "schedule": rec["schedule"], "step": rec["step"], "train_loss": rec["train_loss"],
+            "eval_flops": rec["eval_flops"], "wall_time_s": rec["wall_time_s"], "phase_end": rec["phase_end"],
+            "target_reached": rec["target_reached"], "metric_name": rec["metric_name"]}
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(run.state_dict(), Path(d) / CKPT_FILE)
+            _maybe_inject_fault(rec)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
