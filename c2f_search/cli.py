@@ -40,9 +40,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dist-token", action="store_true", help="add DeiT's distillation token (2 prefix tokens)")
     g.add_argument("--stride", type=int, help="patch stride for overlapping patches (AST used 10; default 16)")
     g.add_argument("--init", metavar="PATH", help="local timm/DeiT checkpoint to start from (never downloaded)")
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (AST: 1e-4)")
     g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--warmup-steps", type=int, default=40, help="linear LR warmup at the start of every phase")
+    g.add_argument("--warmup-steps", type=int, default=20, help="linear LR warmup at the start of every phase")
     g.add_argument("--lr-milestones", type=float, nargs="*", default=(),
                    help="epochs from each phase start at which the LR is multiplied by --lr-gamma")
     g.add_argument("--lr-gamma", type=float, default=0.5)

@@ -161,7 +161,7 @@ class Features:
     bad: list[tuple[str, str]]
 
     def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.x[idx]), torch.from_numpy(self.n_frames[idx].astype(np.int64))
+        return torch.from_numpy(np.ascontiguousarray(self.x[idx])), torch.from_numpy(self.n_frames[idx].astype(np.int64))
 
 
 def _cache_key(clips: ClipSet, fe: FrontEnd, shift: float, target: int, skip_bad: bool) -> str:

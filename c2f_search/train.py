@@ -37,7 +37,7 @@ class TrainConfig:
     schedule: str
     model: str = "ast-tiny"
     model_kwargs: dict = field(default_factory=dict)  # e.g. depth, dist_token, stride, init
-    lr: float = 5e-4
+    lr: float = 1e-4
     batch_size: int = 32
     weight_decay: float = 5e-7
     betas: tuple = (0.95, 0.999)
@@ -93,7 +93,7 @@ class Data:
         return self._feats[key]
 
     def targets(self, split: str, shift_ms: float) -> torch.Tensor:
-        return getattr(self, split).targets[torch.from_numpy(self.features(split, shift_ms).kept)]
+        return getattr(self, split).targets[torch.tensor(self.features(split, shift_ms).kept)]
 
     def bad_report(self) -> list[tuple[str, str]]:
         seen = dict(self.train.bad + self.val.bad)

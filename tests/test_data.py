@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from c2f_search.data import DataError, extract, load_datafile, load_folder, resolve
+from c2f_search.frontend import FrontEnd
+from c2f_search.train import Data
+
+FE = FrontEnd(num_mel_bins=32, target_length=64)
+
+
+def _wav(path, n=8000, value=None):
+    y = np.random.default_rng(0).standard_normal(n).astype("float32") * 0.1 if value is None else value
+    sf.write(str(path), y, 16000, subtype="FLOAT")  # float, so NaN survives
+    return str(path)
+
+
+def _datafile(tmp_path, entries, labels=("/m/a", "/m/b")):
+    csv = tmp_path / "class_labels_indices.csv"
+    csv.write_text("index,mid,display_name\n" + "".join(f"{i},{m},{m[3:]}\n" for i, m in enumerate(labels)))
+    f = tmp_path / "train.json"
+    f.write_text(json.dumps({"data": entries}))
+    return f, csv
+
+
+def test_datafile_multilabel_is_detected(tmp_path):
+    w = _wav(tmp_path / "a.wav")
+    f, csv = _datafile(tmp_path, [{"wav": w, "labels": "/m/a,/m/b"}, {"wav": w, "labels": "/m/b"}])
+    cs = load_datafile(f, csv)
+    assert cs.multilabel and cs.targets.tolist() == [[1, 1], [0, 1]]
+    assert not load_datafile(f, csv, task="multi").targets.shape[1] != 2
+
+
+def test_label_missing_from_csv_names_file_and_label(tmp_path):
+    f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/zzz"}])
+    with pytest.raises(DataError, match=r"train.json: entry 0 .*'/m/zzz' is not in .*class_labels_indices.csv"):
+        load_datafile(f, csv)
+    f2, _ = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/zzz"},
+                                 {"wav": _wav(tmp_path / "b.wav"), "labels": "/m/a"}])
+    cs = load_datafile(f2, csv, skip_bad=True)
+    assert len(cs) == 1 and cs.bad[0][1].startswith("label '/m/zzz'")
+
+
+def test_empty_dataset_and_bad_json(tmp_path):
+    f, csv = _datafile(tmp_path, [])
+    with pytest.raises(DataError, match="empty"):
+        load_datafile(f, csv)
+    f.write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_datafile(f, csv)
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage"), "cannot decode"),
+    (lambda p: _wav(p, n=0, value=np.zeros(0, "float32")), "zero-length"),
+    (lambda p: _wav(p, value=np.full(8000, np.nan, "float32")), "NaN"),
+    (lambda p: None, "file not found"),
+])
+def test_bad_audio_is_named_or_skipped_and_reported(tmp_path, make, problem):
+    bad = tmp_path / "bad.wav"
+    make(bad)
+    good = _wav(tmp_path / "good.wav")
+    f, csv = _datafile(tmp_path, [{"wav": good, "labels": "/m/a"}, {"wav": str(bad), "labels": "/m/b"}])
+    cs = load_datafile(f, csv)
+    with pytest.raises(DataError, match=rf"bad.wav: .*{problem}.*--skip-bad"):
+        extract(cs, FE, 10.0, 64)
+    feats = extract(cs, FE, 10.0, 64, skip_bad=True)
+    assert feats.kept.tolist() == [0] and feats.bad[0][0].endswith("bad.wav") and problem in feats.bad[0][1]
+
+
+def test_truncated_flac_is_an_error(tmp_path):
+    p = tmp_path / "t.flac"
+    sf.write(str(p), np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
+    p.write_bytes(p.read_bytes()[: 200])
+    f, csv = _datafile(tmp_path, [{"wav": str(p), "labels": "/m/a"}])
+    with pytest.raises(DataError, match="t.flac"):
+        extract(load_datafile(f, csv), FE, 10.0, 64)
+
+
+def test_folder_layout_and_resampling_and_stereo(tmp_path):
+    for split in ("train", "test"):
+        for c in ("dog", "rain"):
+            (tmp_path / split / c).mkdir(parents=True)
+            y = np.random.default_rng(1).standard_normal((22050, 2)).astype("float32") * 0.1
+            sf.write(str(tmp_path / split / c / "x.flac"), y, 22050)
+    tr = load_folder(tmp_path, "train")
+    assert tr.classes == ["dog", "rain"] and not tr.multilabel
+    feats = extract(tr, FE, 10.0, 64)
+    assert feats.x.shape == (2, 32, 64) and feats.n_frames.tolist() == [64, 64]
+    with pytest.raises(DataError, match="no such data set"):
+        resolve(str(tmp_path / "nope"), "train")
+
+
+def test_feature_cache_round_trips(tmp_path):
+    w = _wav(tmp_path / "a.wav")
+    f, csv = _datafile(tmp_path, [{"wav": w, "labels": "/m/a"}])
+    cs = load_datafile(f, csv)
+    a = extract(cs, FE, 10.0, 64, cache_dir=tmp_path / "cache")
+    files = list((tmp_path / "cache").glob("fbank-*.arrow"))
+    assert len(files) == 1
+    b = extract(cs, FE, 10.0, 64, cache_dir=tmp_path / "cache")  # memory-mapped read
+    assert np.array_equal(a.x, b.x) and a.n_frames.tolist() == b.n_frames.tolist()
+
+
+def test_builtin_events_is_deterministic_and_balanced(tiny_data):
+    d2 = Data.from_specs("builtin:events?train=40&val=20&seed=3")
+    assert d2.train.paths == tiny_data.train.paths
+    assert tiny_data.num_classes == 10 and not tiny_data.multilabel
+    assert tiny_data.train.targets.sum(0).tolist() == [4.0] * 10
+    x = tiny_data.features("train", 10.0).x
+    assert x.shape == (40, 64, 256) and np.isfinite(x).all()
+    with pytest.raises(ValueError, match="train=N"):
+        Data.from_specs("builtin:events?tran=5")

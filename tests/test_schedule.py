@@ -1,0 +1,64 @@
+import pytest
+from hypothesis import given, strategies as st
+
+from c2f_search import Phase, Schedule, ScheduleError, parse_schedule
+from c2f_search.schedule import METHODS
+
+epochs = st.one_of(st.integers(1, 50).map(float), st.floats(0.01, 100, allow_nan=False, allow_infinity=False))
+
+
+@st.composite
+def schedules(draw):
+    method = draw(st.sampled_from(METHODS))
+    if method == "none":
+        Cs = [1]
+    else:
+        coarse = draw(st.lists(st.integers(2, 16), max_size=3, unique=True))
+        Cs = sorted(coarse, reverse=True) + [1]
+    return Schedule(method, tuple(Phase(c, draw(epochs)) for c in Cs))
+
+
+@given(schedules())
+def test_text_form_round_trips(s):
+    assert parse_schedule(str(s)) == s
+    assert str(parse_schedule(str(s))) == str(s)
+
+
+@given(st.text(max_size=30))
+def test_parser_raises_only_schedule_error(text):
+    try:
+        s = parse_schedule(text)
+    except ScheduleError as e:
+        assert "e.g." in str(e) or "none:1x20" in str(e)
+    else:
+        assert s.phases[-1].C == 1
+
+
+@pytest.mark.parametrize("text, words", [
+    ("fsift:4x5,1x15", "unknown method"),
+    ("fshift:2x5,4x5,1x10", "strictly decrease"),
+    ("fshift:4x5,2x15", "last phase must have C=1"),
+    ("fshift:4x0,1x15", "epochs must be > 0"),
+    ("fshift:4x-2,1x15", "epochs must be > 0"),
+    ("fshift:4,1x15", "missing the 'x'"),
+    ("fshift", "METHOD:CxEPOCHS"),
+    ("none:2x5,1x5", "baseline"),
+])
+def test_bad_specs_say_what_is_wrong_with_an_example(text, words):
+    with pytest.raises(ScheduleError) as e:
+        parse_schedule(text)
+    assert words in str(e.value)
+
+
+def test_C_must_divide_the_token_grid():
+    s = parse_schedule("avgpool:8x1,1x1")
+    s.check_grid(16)
+    with pytest.raises(ScheduleError, match="does not divide the 12 time tokens"):
+        s.check_grid(12)
+
+
+def test_fractional_epochs_become_whole_steps():
+    s = parse_schedule("fshift:4x0.5,2x0.25,1x1.25")
+    assert s.phase_steps(10) == [5, 3, 12]  # bounds at round(5), round(7.5), 20
+    assert sum(s.phase_steps(10)) == 20
+    assert all(n >= 1 for n in parse_schedule("fshift:4x0.01,1x1").phase_steps(3))
