@@ -116,7 +116,9 @@ def analyse(rows: pa.Table, ref=None) -> dict:
     pts = lambda rs: [(r["val_metric"], r["train_flops"]) for r in rs]  # noqa: E731
     return {"final": final, "final_front": final_front, "anytime_front": anytime_front, "baseline": baseline,
             "reference_point": {"val_metric": ref[0], "train_flops": ref[1]},
-            "hypervolume_final": hypervolume_2d(pts(final), ref), "hypervolume_anytime": hypervolume_2d(pts(R), ref),
+            # hypervolume in metric x GFLOPs so the numbers read at a glance
+            "hypervolume_final": hypervolume_2d(pts(final), ref) / 1e9,
+            "hypervolume_anytime": hypervolume_2d(pts(R), ref) / 1e9,
             "counts": {s: len({r["trial_id"] for r in R if r["status"] == s}) for s in ("finished", "pruned", "error")}}
 
 
@@ -170,7 +172,7 @@ def summary_text(res: dict) -> str:
     lines = [f"trials: {c['finished']} finished, {c['pruned']} pruned/stopped, {c['error']} failed",
              f"reference point: metric {res['reference_point']['val_metric']:g}, "
              f"{res['reference_point']['train_flops'] / 1e9:.4g} GFLOPs",
-             f"hypervolume: final {res['hypervolume_final']:.6g}, anytime {res['hypervolume_anytime']:.6g}"]
+             f"hypervolume (metric x GFLOPs): final {res['hypervolume_final']:.6g}, anytime {res['hypervolume_anytime']:.6g}"]
     if b:
         lines.append(f"baseline {b['schedule']}: metric {b['val_metric']:.4f} first reached at {b['train_flops'] / 1e9:.4g} GFLOPs")
     lines.append("final front (metric up, FLOPs down):")

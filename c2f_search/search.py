@@ -13,6 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import optuna
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
 from .spaces import Space, SpaceError, load_space
 
 EXPERIMENT = "search"
@@ -50,22 +54,17 @@ class SearchSettings:
         return cls(**json.loads(p.read_text()))
 
 
-def _searcher_class():
-    from ray.tune.search.optuna import OptunaSearch
+class C2FOptunaSearch(OptunaSearch):
+    """Only a trial whose schedule finished is COMPLETE; one stopped early (ASHA) is PRUNED,
+    so unfinished schedules never reach the study's Pareto front."""
 
-    class C2FOptunaSearch(OptunaSearch):
-        """Only a trial whose schedule finished is COMPLETE; one stopped early (ASHA) is PRUNED,
-        so unfinished schedules never reach the study's Pareto front."""
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            if result is not None and not error and not result.get("schedule_done"):
-                result = None
-            super().on_trial_complete(trial_id, result, error)
-    return C2FOptunaSearch
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if result is not None and not error and not result.get("schedule_done"):
+            result = None
+        super().on_trial_complete(trial_id, result, error)
 
 
 def make_sampler(name: str, space: Space, seed: int, epochs):
-    import optuna
     if name == "auto":
         name = "grid" if space.is_grid else "tpe"
     if name == "grid":
@@ -83,33 +82,27 @@ def make_sampler(name: str, space: Space, seed: int, epochs):
     raise SpaceError(f"--sampler {name!r}: choose tpe, nsga2, random or grid")
 
 
-class _TrialLines:
-    """Tune callback: one line per result, per finished and per failed trial."""
+class TrialLines(Callback):
+    """One line per result, per finished and per failed trial."""
 
-    def __new__(cls, *a, **k):
-        from ray.tune import Callback
+    def __init__(self, stream=None):
+        self.stream, self.t0 = stream, time.time()
 
-        class TrialLines(Callback):
-            def __init__(self, stream=sys.stdout):
-                self.stream, self.t0 = stream, time.time()
+    def _p(self, text):
+        print(f"[{time.time() - self.t0:6.0f}s] {text}", file=self.stream or sys.stdout, flush=True)
 
-            def _p(self, text):
-                print(f"[{time.time() - self.t0:6.0f}s] {text}", file=self.stream, flush=True)
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._p(f"{trial.trial_id:<14} {result.get('schedule', ''):<30} phase {result.get('phase')} "
+                f"C={result.get('C')} epoch {result.get('epoch', 0):5.2f}  "
+                f"{result.get('metric_name', 'metric')}={result.get('val_metric', float('nan')):.3f}  "
+                f"{result.get('train_flops', 0) / 1e12:8.2f} TFLOPs")
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                self._p(f"{trial.trial_id:<14} {result.get('schedule', ''):<30} phase {result.get('phase')} "
-                        f"C={result.get('C')} epoch {result.get('epoch', 0):5.2f}  "
-                        f"{result.get('metric_name', 'metric')}={result.get('val_metric', float('nan')):.3f}  "
-                        f"{result.get('train_flops', 0) / 1e12:8.2f} TFLOPs")
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        self._p(f"{trial.trial_id:<14} {'finished' if r.get('schedule_done') else 'stopped early (pruned)'}")
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                r = trial.last_result or {}
-                state = "finished" if r.get("schedule_done") else "stopped early (pruned)"
-                self._p(f"{trial.trial_id:<14} {state}")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._p(f"{trial.trial_id:<14} FAILED: {trial.error_file or 'see its error.txt'}")
-        return TrialLines(*a, **k)
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._p(f"{trial.trial_id:<14} FAILED: {trial.error_file or 'see its error.txt'}")
 
 
 def prepare_data(settings: SearchSettings, space: Space, progress=True):
@@ -141,7 +134,6 @@ def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_d
 def run_search(settings: SearchSettings, resume: bool = False, address: str | None = None,
                progress_stream=sys.stdout):
     """Run (or resume) a search; returns Tune's ResultGrid."""
-    import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -179,7 +171,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         if tune.Tuner.can_restore(exp_dir):
             raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
         storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
-        searcher = _searcher_class()(space=space.define_by_run(epochs), metric=["val_metric", "train_flops"],
+        searcher = C2FOptunaSearch(space=space.define_by_run(epochs), metric=["val_metric", "train_flops"],
                                      mode=["max", "min"], sampler=make_sampler(settings.sampler, space, settings.seed, epochs),
                                      study_name=STUDY, storage=storage, seed=settings.seed)
         n = min(settings.trials, len(space.grid())) if (space.is_grid and settings.sampler in ("auto", "grid")) else settings.trials
@@ -195,7 +187,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=n),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=storage_path, verbose=0, callbacks=[_TrialLines(progress_stream)],
+                name=EXPERIMENT, storage_path=storage_path, verbose=0, callbacks=[TrialLines(progress_stream)],
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints)))
     results = tuner.fit()
@@ -216,7 +208,6 @@ def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
 def _close_stale_trials(db: Path) -> None:
     """After fit() no trial runs: an Optuna trial still RUNNING lost its Tune trial (driver
     killed before Tune saved it); mark it FAIL so the study holds nothing stuck."""
-    import optuna
     if not db.exists():
         return
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")

@@ -34,7 +34,8 @@ def add_commands(sub, add_data_args, add_model_args) -> None:
     s.add_argument("--metric-target", type=float, help="budget mode for every trial")
     s.add_argument("--seed", type=int, default=0, help="sampler seed")
     add_data_args(s, required=False)
-    s.set_defaults(fn=cmd_search, depth=None, dist_token=False, stride=None, init=None)
+    s.add_argument("--depth", type=int, help="transformer depth (default: the model's, 12)")
+    s.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("pareto", help="export Pareto fronts, hypervolume and a plot from a search folder",
                        description="Read DIR/search and write the final and anytime Pareto fronts of validation "
@@ -75,7 +76,7 @@ def _settings_from_args(a):
         trials=a.trials, sampler=a.sampler, scheduler=a.scheduler, epochs=a.epochs, seed=a.seed,
         max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints or None,
         resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, metric_target=a.metric_target,
-        storage=a.storage)
+        storage=a.storage, model_kwargs={"depth": a.depth} if getattr(a, "depth", None) else {})
 
 
 def _cache_root():
@@ -124,7 +125,7 @@ def cmd_demo(a) -> int:
         space="default", data=DEMO_DATA, val=None, labels=None, task="auto", skip_bad=False, norm="auto",
         no_cache=False, num_mel_bins=None, target_length=None, trials=a.trials, out=a.out, sampler="tpe",
         scheduler="fifo", epochs=a.epochs, resume=a.resume, address=None, storage=None, cpus_per_trial=1,
-        gpus_per_trial=None, max_failures=1, keep_checkpoints=1, metric_target=None, seed=0)
+        gpus_per_trial=None, max_failures=1, keep_checkpoints=1, metric_target=None, seed=0, depth=None)
     print(f"demo: {a.trials} trials of the default space on {DEMO_DATA}, ast-tiny, {a.epochs:g} epochs each, "
           f"{os.cpu_count()} CPUs", file=sys.stderr)
     return cmd_search(ns)

@@ -68,19 +68,9 @@ class Space:
             return {p.C for s in self.schedules if s.method == "fshift" for p in s.phases}
         return set(self.C_values) | {1} if "fshift" in self.methods else {1}
 
-    def define_by_run(self, epochs: float | None = None):
+    def define_by_run(self, epochs: float | None = None) -> "DefineByRun":
         """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
-        E = epochs or self.epochs
-
-        def space(trial):
-            if self.is_grid:
-                cfg = {"schedule": trial.suggest_categorical("schedule", self.grid(E))}
-            else:
-                cfg = {"schedule": str(self.sample_schedule(trial, E))}
-            for name, spec in self.hparams.items():
-                cfg[name] = _suggest(trial, name, spec)
-            return cfg
-        return space
+        return DefineByRun(self, epochs or self.epochs)
 
     def sample_schedule(self, trial, E: float) -> Schedule:
         lo, hi = self.coarse_phases
@@ -96,6 +86,23 @@ class Space:
             fr = [f * self.max_coarse_fraction / sum(fr) for f in fr]
         coarse = [Phase(C, _round(f * E)) for C, f in zip(Cs, fr)]
         return Schedule(method, (*coarse, Phase(1, _round(E - sum(p.epochs for p in coarse)))))
+
+
+class DefineByRun:
+    """Picklable (Tune checkpoints its searcher) define-by-run function over a Space."""
+
+    def __init__(self, space: Space, epochs: float):
+        self.space, self.epochs = space, epochs
+
+    def __call__(self, trial) -> dict:
+        sp = self.space
+        if sp.is_grid:
+            cfg = {"schedule": trial.suggest_categorical("schedule", sp.grid(self.epochs))}
+        else:
+            cfg = {"schedule": str(sp.sample_schedule(trial, self.epochs))}
+        for name, spec in sp.hparams.items():
+            cfg[name] = _suggest(trial, name, spec)
+        return cfg
 
 
 def _round(x: float) -> float:

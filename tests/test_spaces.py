@@ -1,0 +1,48 @@
+import optuna
+import pytest
+
+from c2f_search.schedule import parse_schedule
+from c2f_search.spaces import SpaceError, load_space
+
+
+def test_default_space_samples_valid_variable_length_schedules():
+    sp = load_space("default")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = sp.define_by_run(6)
+    seen = set()
+    for _ in range(60):
+        t = study.ask()
+        cfg = fn(t)
+        s = parse_schedule(cfg["schedule"])
+        assert abs(s.total_epochs - 6) < 0.01 and s.phases[-1].epochs > 0
+        assert all(p.C in (8, 4, 2, 1) for p in s.phases)
+        assert 5e-5 <= cfg["lr"] <= 4e-4
+        seen.add(len(s.phases))
+        study.tell(t, [0.5, 1.0])
+    assert seen == {1, 2, 3, 4}
+
+
+def test_paper_grid_has_the_16_schedules_and_rescales():
+    sp = load_space("paper")
+    assert sp.is_grid and len(sp.grid()) == 16
+    assert "fshift:4x5,1x15" in sp.grid() and "patch-pi:4x3,2x3,1x14" in sp.grid()
+    small = sp.grid(4)
+    assert "fshift:4x1,1x3" in small and all(abs(parse_schedule(s).total_epochs - 4) < 1e-6 for s in small)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("epochs: 4\nspace: {method: [fshift], lrr: [1]}\n", "space.lrr"),
+    ("epochs: 4\nspace: {method: [fsift]}\n", "space.method"),
+    ("epochs: 4\nspace: {C_values: [4, 1]}\n", "space.C_values"),
+    ("epochs: 4\nspace: {lr: {low: 1, high: 0.1}}\n", "space.lr"),
+    ("epochs: 0\nspace: {}\n", "epochs"),
+    ("epochs: 4\nschedules: [fshift:2x1,4x1]\n", "schedules"),
+    ("epochs: 4\nspace: {}\nresources: {gpus: 1}\n", "resources"),
+    ("epochs: 4\nmodle: ast-tiny\nspace: {}\n", "modle"),
+])
+def test_bad_space_file_names_the_key(tmp_path, text, key):
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(SpaceError) as e:
+        load_space(str(f))
+    assert f"key '{key}'" in str(e.value) and str(f) in str(e.value)
