@@ -21,7 +21,7 @@ SR = 16000
 VERSION = 5
 CLASSES = ["harmonic_stack", "up_chirp", "down_chirp", "am_tone", "noise_burst",
            "click_train", "vibrato_tone", "beeps", "impacts", "two_tone_siren"]
-DEFAULTS = {"train": 600, "val": 200, "seed": 0}
+DEFAULTS = {"train": 2000, "val": 400, "seed": 0}
 # Front end for this data set: 64 mel bins, 256 frames (2.56 s) so C in {2, 4, 8} divides the 16 time tokens.
 FRONTEND = {"num_mel_bins": 64, "target_length": 256}
 

@@ -47,19 +47,43 @@ def hypervolume_2d(points, ref) -> float:
     return area
 
 
-def load_rows(search_dir) -> pa.Table:
-    """Every report of every trial under DIR/search, one row per (trial, step), last write wins."""
-    root = Path(search_dir) / "search"
-    if not root.is_dir():
+def experiment_location(search_dir, filesystem=None):
+    """(pyarrow filesystem, path) of the Tune experiment of a search folder.
+
+    The storage chosen at search time (``--storage`` URI, recorded in DIR/search.json) wins;
+    a filesystem object given here is used with the path as it is.
+    """
+    import pyarrow.fs as pafs
+    if filesystem is not None:
+        return filesystem, f"{str(search_dir).rstrip('/')}/search"
+    settings = Path(search_dir) / "search.json"
+    storage = json.loads(settings.read_text()).get("storage") if settings.is_file() else None
+    if storage:
+        fs, root = pafs.FileSystem.from_uri(storage)
+        return fs, f"{root.rstrip('/')}/search"
+    return pafs.LocalFileSystem(), str(Path(search_dir).resolve() / "search")
+
+
+def load_rows(search_dir, filesystem=None) -> pa.Table:
+    """Every report of every trial, one row per (trial, step), last write wins. Reads local
+    folders, shared filesystems and URIs (s3://, gs://) alike through pyarrow filesystems."""
+    import pyarrow.fs as pafs
+    fs, root = experiment_location(search_dir, filesystem)
+    info = fs.get_file_info(root)
+    if info.type != pafs.FileType.Directory:
         raise FileNotFoundError(f"{search_dir}: no search results (expected {root}); run 'c2f-search search' first")
     rows = {}
-    for tdir in sorted(p for p in root.iterdir() if p.is_dir()):
-        rj = tdir / "result.json"
-        if not rj.exists():
+    for t in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path):
+        if t.type != pafs.FileType.Directory:
             continue
-        status = "error" if (tdir / "error.txt").exists() or (tdir / "error.pkl").exists() else None
+        names = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(t.path))}
+        if "result.json" not in names:
+            continue
+        status = "error" if ("error.txt" in names or "error.pkl" in names) else None
+        with fs.open_input_stream(f"{t.path}/result.json") as f:
+            lines = f.read().decode().splitlines()
         trial_rows = []
-        for line in rj.read_text().splitlines():
+        for line in lines:
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a crash
@@ -67,16 +91,15 @@ def load_rows(search_dir) -> pa.Table:
             if "val_metric" not in r:
                 continue
             ck = r.get("checkpoint_dir_name")
-            ck_path = tdir / ck if ck else None
             trial_rows.append({
-                "trial_id": r.get("trial_id", tdir.name), "schedule": r["schedule"], "method": r["method"],
+                "trial_id": r.get("trial_id", t.base_name), "schedule": r["schedule"], "method": r["method"],
                 "phase": r["phase"], "C": r["C"], "epoch": r["epoch"], "step": r["step"],
                 "val_metric": r["val_metric"], "metric_name": r.get("metric_name", "metric"),
                 "train_flops": r["train_flops"], "train_time_s": r["train_time_s"],
                 "wall_time_s": r.get("wall_time_s"), "schedule_done": bool(r["schedule_done"]),
                 "target_reached": bool(r.get("target_reached", False)),
-                "checkpoint_path": str(ck_path) if ck_path is not None and ck_path.exists() else None,
-                "lr": (r.get("config") or {}).get("lr")})
+                "checkpoint_path": f"{t.path}/{ck}" if ck and ck in names else None,
+                "lr": r.get("lr")})
         done = any(x["schedule_done"] for x in trial_rows)
         for x in trial_rows:
             x["status"] = "finished" if done else (status or "pruned")
@@ -183,9 +206,9 @@ def summary_text(res: dict) -> str:
     return "\n".join(lines)
 
 
-def export(search_dir, out=None, plot_path=None, ref=None, rows_path=None) -> dict:
+def export(search_dir, out=None, plot_path=None, ref=None, rows_path=None, filesystem=None) -> dict:
     """Write the fronts (and all rows), draw the plot; returns the analysis."""
-    rows = load_rows(search_dir)
+    rows = load_rows(search_dir, filesystem)
     res = analyse(rows, ref)
     d = Path(search_dir)
     write_table(rows, rows_path or d / "trials.parquet")

@@ -19,6 +19,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .spaces import Space, SpaceError, load_space
 
+# Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 EXPERIMENT = "search"
 STUDY = "c2f-search"
 
@@ -88,6 +90,9 @@ class TrialLines(Callback):
     def __init__(self, stream=None):
         self.stream, self.t0 = stream, time.time()
 
+    def __getstate__(self):  # Tune pickles callbacks with its experiment state; streams do not pickle
+        return {"stream": None, "t0": self.t0}
+
     def _p(self, text):
         print(f"[{time.time() - self.t0:6.0f}s] {text}", file=self.stream or sys.stdout, flush=True)
 
@@ -131,8 +136,49 @@ def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_d
             "num_mel_bins": fe.num_mel_bins, "target_length": fe.target_length}
 
 
+def _unreachable(address: str, why) -> SpaceError:
+    return SpaceError(f"--address {address}: cannot reach a Ray cluster ({why}); start one with 'ray start --head' "
+                      f"or 'ray up cluster.yaml', or drop --address to run locally")
+
+
+def connect_ray(address: str | None) -> None:
+    """Start a local Ray instance (address None) or join a cluster, failing fast when it is unreachable
+    (ray.init itself retries for minutes)."""
+    import socket
+
+    import ray
+    if address and address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise _unreachable(address, e) from None
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise _unreachable(address, e) from None
+
+
+def check_storage(out: Path, storage: str | None, filesystem=None) -> None:
+    """Fail before any trial when results cannot be written."""
+    import pyarrow.fs as pafs
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise SpaceError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+    if storage or filesystem is not None:
+        try:
+            fs, root = (filesystem, storage or "") if filesystem is not None else pafs.FileSystem.from_uri(storage)
+            fs.create_dir(f"{root.rstrip('/')}/search" if root else "search", recursive=True)
+        except Exception as e:  # pyarrow raises OSError, ArrowInvalid, ... for bad URIs and credentials
+            raise SpaceError(f"--storage {storage}: cannot write there ({e}); check the URI and credentials") from None
+
+
 def run_search(settings: SearchSettings, resume: bool = False, address: str | None = None,
-               progress_stream=sys.stdout):
+               progress_stream=None, storage_filesystem=None):
     """Run (or resume) a search; returns Tune's ResultGrid."""
     import ray
     from ray import tune
@@ -142,9 +188,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
 
     space = load_space(settings.space)
     out = Path(settings.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise SpaceError(f"--out {out}: not writable; choose a folder you can write to")
+    check_storage(out, settings.storage, storage_filesystem)
     data = prepare_data(settings, space)  # fails here, before any trial, on bad data
     settings.data["norm"] = [data.mean, data.std]  # every trial normalizes alike
     settings.save()
@@ -156,19 +200,16 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                                     {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
 
     if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise SpaceError(f"--address {address}: cannot reach a Ray cluster ({e}); start one with "
-                             f"'ray start --head' or 'ray up cluster.yaml', or drop --address to run locally") from None
+        connect_ray(address)
     storage_path = settings.storage or str(out)
     exp_dir = f"{storage_path.rstrip('/')}/{EXPERIMENT}"
     if resume:
-        if not tune.Tuner.can_restore(exp_dir):
+        if not tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem):
             raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
-        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=storage_filesystem)
     else:
-        if tune.Tuner.can_restore(exp_dir):
+        if tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem):
             raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
         storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
         searcher = C2FOptunaSearch(space=space.define_by_run(epochs), metric=["val_metric", "train_flops"],
@@ -187,7 +228,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=n),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=storage_path, verbose=0, callbacks=[TrialLines(progress_stream)],
+                name=EXPERIMENT, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0, callbacks=[TrialLines(progress_stream)],
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints)))
     results = tuner.fit()

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-DEMO_DATA = "builtin:events?train=300&val=100"
+DEMO_DATA = "builtin:events?train=600&val=200"
 
 
 def add_commands(sub, add_data_args, add_model_args) -> None:
@@ -54,7 +54,7 @@ def add_commands(sub, add_data_args, add_model_args) -> None:
                                    f"front, its plot and a summary to DIR.")
     d.add_argument("--out", default="runs/demo", metavar="DIR")
     d.add_argument("--trials", type=int, default=12)
-    d.add_argument("--epochs", type=float, default=4)
+    d.add_argument("--epochs", type=float, default=2)
     d.add_argument("--resume", action="store_true")
     d.set_defaults(fn=cmd_demo)
 

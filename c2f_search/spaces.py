@@ -190,7 +190,8 @@ def load_space(name_or_path: str) -> Space:
         try:
             sp.schedules = [parse_schedule(str(s)) for s in items]
         except ScheduleError as e:
-            raise _err(path, "schedules", str(e)) from None
+            raise _err(path, "schedules", f"{e}; quote schedules in YAML flow lists, ['fshift:4x5,1x15'], "
+                       "since commas split them") from None
         sp.hparams = {}
         return sp
     body = doc["space"]

@@ -19,7 +19,7 @@ SCHED = "avgpool:2x1,1x1"
 
 def _space(tmp_path, schedules):
     f = tmp_path / "space.yaml"
-    f.write_text("epochs: 2\nschedules: [" + ", ".join(schedules) + "]\n"
+    f.write_text("epochs: 2\nschedules: [" + ", ".join(f'"{x}"' for x in schedules) + "]\n"
                  "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n")
     return f
 
@@ -90,5 +90,6 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
     assert sorted(finished.values()) == sorted(["none:1x2", SCHED, "fshift:2x1,1x1", "maxpool:2x1,1x1"])
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len({t.params["schedule"] for t in complete}) == len(complete)  # no schedule told twice
+    assert sorted(t.params["schedule"] for t in complete) == sorted(finished.values())  # study agrees with Tune
     front = pq.read_table(out / "front.parquet").to_pylist()
     assert front and (out / "front.png").stat().st_size > 10_000

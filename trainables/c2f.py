@@ -7,13 +7,16 @@ each phase end) with a checkpoint holding the full training state.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import ray
 import torch
 from ray import tune
 
+from c2f_search.data import DataError
 from c2f_search.train import Data, Run, TrainConfig, load_checkpoint, save_checkpoint
 
 REPORT_KEYS = ("val_metric", "train_flops", "train_time_s", "phase", "C", "method", "epoch", "schedule_done")
@@ -43,18 +46,30 @@ def train_schedule(config: dict, setup: dict) -> None:
     hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in HPARAM_KEYS}}
     cfg = TrainConfig(schedule=config["schedule"], model=setup["model"], model_kwargs=setup.get("model_kwargs", {}),
                       metric_target=setup.get("metric_target"), **hp)
-    data = Data.from_specs(**setup["data"])
-    state = None
+    try:
+        data = Data.from_specs(**setup["data"])
+    except (DataError, OSError) as e:
+        raise DataError(f"node {socket.gethostname()} cannot read the data: {e}. Every node needs the same "
+                        f"paths: put the data on a shared mount (NFS/EFS) or sync it with cluster.yaml's "
+                        f"file_mounts") from None
+    state, started = None, time.time()
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_checkpoint(Path(d) / CKPT_FILE)
     run = Run(cfg, data, _device(), state)
+    if os.environ.get("C2F_INJECT_NAN") == cfg.schedule:  # fault injection for tests: a diverging trial
+        with torch.no_grad():
+            next(run.model.parameters()).fill_(float("nan"))
+    # where this attempt runs and resumed from: node-loss recovery is measured from these
+    attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
+               "resumed_from_step": state["step"] if state else -1}
     for rec in run.records():
-        metrics = {k: rec[k] for k in REPORT_KEYS} | {
+        metrics = {k: rec[k] for k in REPORT_KEYS} | attempt | {
             "schedule": rec["schedule"], "step": rec["step"], "train_loss": rec["train_loss"],
             "eval_flops": rec["eval_flops"], "wall_time_s": rec["wall_time_s"], "phase_end": rec["phase_end"],
-            "target_reached": rec["target_reached"], "metric_name": rec["metric_name"]}
+            "target_reached": rec["target_reached"], "metric_name": rec["metric_name"], "lr": cfg.lr,
+            "batch_size": cfg.batch_size}
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(run.state_dict(), Path(d) / CKPT_FILE)
             _maybe_inject_fault(rec)
