@@ -36,10 +36,6 @@ class ClipSet:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, keep: list[int]) -> "ClipSet":
-        return ClipSet(self.name, [self.paths[i] for i in keep], self.targets[keep], self.classes,
-                       self.multilabel, list(self.bad))
-
 
 def read_labels_csv(path) -> tuple[list[str], list[str]]:
     path = Path(path)

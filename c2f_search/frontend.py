@@ -1,7 +1,6 @@
 """AST's front end: audio decoding, Kaldi fbank, length fitting, normalization, SpecAugment."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -96,19 +95,3 @@ def spec_augment(x: torch.Tensor, freqm: int, timem: int) -> torch.Tensor:
     if timem > 0:
         x = torchaudio.transforms.TimeMasking(min(timem, x.shape[-1]), iid_masks=True)(x)
     return x.squeeze(1)
-
-
-def time_tokens(target_length: int, patch: int = 16, stride: int | None = None) -> int:
-    stride = stride or patch
-    return (target_length - patch) // stride + 1 if target_length >= patch else 0
-
-
-def frames_for(seconds: float, fe: FrontEnd) -> int:
-    """Kaldi frame count with snip_edges for a clip of `seconds`."""
-    n = int(seconds * fe.sample_rate)
-    win, hop = int(fe.sample_rate * fe.frame_length_ms / 1000), int(fe.sample_rate * fe.frame_shift_ms / 1000)
-    return 1 + (n - win) // hop if n >= win else 0
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

@@ -7,7 +7,3 @@ def frame_shift(base_shift_ms: float, C: int) -> float:
 
 def target_length(base_target: int, C: int) -> int:
     return base_target // C
-
-
-def time_mask(base_timem: int, C: int) -> int:
-    return base_timem // C
