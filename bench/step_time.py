@@ -71,9 +71,9 @@ def main():
              "|---|---|---|---|---|---|---|---|"]
     for name, method, C, t1, tc, fs, ts in rows:
         lines.append(f"| {name} | {method} | {C} | {t1:.2f} | {tc:.2f} | {100 * fs:.1f}% | {100 * ts:.1f}% | {ts / fs:.2f} |")
-    model_sps = 1e3 / max(r[3] for r in rows)
+    model_sps = 1e3 / min(r[4] for r in rows)  # the fastest step is the one the loader must keep up with
     lines += ["", f"Data path (feature batch -> avgpool C=2 -> SpecAugment -> normalize): {loader:.0f} samples/s; "
-              f"slowest model step at C=1: {model_sps:.0f} samples/s."]
+              f"fastest model step (any C): {model_sps:.0f} samples/s."]
     print("\n".join(lines))
 
 

@@ -119,11 +119,16 @@ def cmd_train(a) -> int:
                                                  "classes": data.train.classes}, indent=1, default=str))
     bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=a.no_progress, dynamic_ncols=True)
 
+    n_phases = len(run.schedule.phases)
+
+    def step():
+        bar.set_description(f"phase {run.phase + 1}/{n_phases} C={run.C}", refresh=False)
+        bar.update(1)
+
     def show(r, rec):
-        bar.set_description(f"phase {rec['phase']}/{len(r.schedule.phases)} C={rec['C']}")
         bar.set_postfix(epoch=f"{rec['epoch']:.2f}/{r.schedule.total_epochs:g}", loss=f"{rec['train_loss']:.3f}",
                         **{r.metric_name: f"{rec['val_metric']:.3f}"})
-    run.on_step = lambda: bar.update(1)
+    run.on_step = step
     print(f"training {run.schedule} | {cfg.model} | {len(data.train)} train / {len(data.val)} val clips | "
           f"{data.num_classes} classes ({run.metric_name}) | device {run.device}", file=sys.stderr)
     for rec in run.records(progress=show):

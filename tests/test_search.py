@@ -93,3 +93,38 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
     assert sorted(t.params["schedule"] for t in complete) == sorted(finished.values())  # study agrees with Tune
     front = pq.read_table(out / "front.parquet").to_pylist()
     assert front and (out / "front.png").stat().st_size > 10_000
+
+
+def test_unfinished_schedules_are_pruned_not_complete(tmp_path):
+    from c2f_search.search import C2FOptunaSearch
+    from c2f_search.spaces import load_space
+    sp = load_space("paper")
+    s = C2FOptunaSearch(space=sp.define_by_run(4), metric=["val_metric", "train_flops"], mode=["max", "min"],
+                        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"), study_name="t", seed=0)
+    for tid in ("a", "b", "c"):
+        assert "schedule" in s.suggest(tid)
+    s.on_trial_complete("a", {"val_metric": 0.9, "train_flops": 1.0, "schedule_done": False})  # ASHA stopped it
+    s.on_trial_complete("b", {"val_metric": 0.5, "train_flops": 2.0, "schedule_done": True})
+    s.on_trial_complete("c", None, error=True)
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    S = optuna.trial.TrialState
+    assert [t.state for t in study.trials] == [S.PRUNED, S.COMPLETE, S.FAIL]
+    assert [t.values for t in study.best_trials] == [[0.5, 2.0]]
+
+
+def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
+    out = tmp_path / "paper"
+    r = subprocess.run([sys.executable, "-m", "c2f_search.cli", "search", "--space", "paper", "--data", TINY_DATA,
+                        "--epochs", "1", "--depth", "1", "--scheduler", "asha", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{out / 'optuna.db'}")
+    S = optuna.trial.TrialState
+    assert len(study.trials) == 16 and {t.state for t in study.trials} <= {S.COMPLETE, S.PRUNED}
+    rows = load_rows(out).to_pylist()
+    status = {x["schedule"]: x["status"] for x in rows}
+    assert len(status) == 16
+    for t in study.trials:  # Optuna and the exported table agree on what finished
+        assert (t.state == S.COMPLETE) == (status[t.params["schedule"]] == "finished")
+    assert "trials: " in r.stdout and (out / "front.png").exists()

@@ -48,3 +48,16 @@ def test_pi_resize_preserves_tokens_of_an_upsampled_patch():
     # a plain bilinear kernel resize does not: tokens scale by about C
     bl = torch.einsum("dchw,bchw->bd", resize_kernel(w, (16, 32), "bl"), big_patch)
     assert not torch.allclose(tok, bl, rtol=1e-2, atol=1e-2)
+
+
+def test_init_from_a_local_deit_checkpoint(tmp_path):
+    import timm
+    src = timm.create_model("deit_tiny_patch16_224", pretrained=False)  # random weights, built locally
+    torch.save(src.state_dict(), tmp_path / "deit.pth")
+    m = build_for_phase("ast-tiny", {"num_classes": 5, "init": str(tmp_path / "deit.pth")}, "fshift", 2, 64, 256)
+    assert torch.allclose(m.vit.patch_embed.proj.weight, src.patch_embed.proj.weight.sum(1, keepdim=True))
+    assert torch.equal(m.vit.blocks[3].mlp.fc1.weight, src.blocks[3].mlp.fc1.weight)
+    assert torch.equal(m.vit.pos_embed[:, :1], src.pos_embed[:, :1])  # cls position kept
+    assert m.vit.pos_embed.shape == (1, 1 + 4 * 8, 192)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        build_for_phase("ast-tiny", {"num_classes": 5, "init": str(tmp_path / "missing.pth")}, "none", 1, 64, 256)
