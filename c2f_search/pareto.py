@@ -134,8 +134,12 @@ def analyse(rows: pa.Table, ref=None) -> dict:
         baseline = {"trial_id": b["trial_id"], "schedule": b["schedule"], "val_metric": b["val_metric"],
                     "train_flops": first_best["train_flops"]}
     for r in final_front + anytime_front:
-        ok = baseline is not None and r["val_metric"] >= baseline["val_metric"]
-        r["flops_saving_vs_baseline"] = 1 - r["train_flops"] / baseline["train_flops"] if ok else None
+        r["flops_saving_vs_baseline"] = None
+        if baseline is not None and r["val_metric"] >= baseline["val_metric"]:
+            # budget mode (the paper's Table 2): FLOPs until this trial first reached the baseline's best
+            reach = min((x for x in R if x["trial_id"] == r["trial_id"] and x["step"] <= r["step"]
+                         and x["val_metric"] >= baseline["val_metric"]), key=lambda x: x["step"])
+            r["flops_saving_vs_baseline"] = 1 - reach["train_flops"] / baseline["train_flops"]
     pts = lambda rs: [(r["val_metric"], r["train_flops"]) for r in rs]  # noqa: E731
     return {"final": final, "final_front": final_front, "anytime_front": anytime_front, "baseline": baseline,
             "reference_point": {"val_metric": ref[0], "train_flops": ref[1]},

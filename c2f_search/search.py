@@ -84,6 +84,16 @@ def make_sampler(name: str, space: Space, seed: int, epochs):
     raise SpaceError(f"--sampler {name!r}: choose tpe, nsga2, random or grid")
 
 
+def make_searcher(space: Space, settings: SearchSettings, epochs: float, storage) -> C2FOptunaSearch:
+    """Multi-objective OptunaSearch over a space: val_metric up, train_flops down."""
+    # an open space that allows the baseline runs it first, so every front has a reference
+    baseline_first = [{"coarse_phases": 0}] if not space.is_grid and space.coarse_phases[0] == 0 else None
+    return C2FOptunaSearch(space=space.define_by_run(epochs), metric=["val_metric", "train_flops"],
+                           mode=["max", "min"], points_to_evaluate=baseline_first,
+                           sampler=make_sampler(settings.sampler, space, settings.seed, epochs),
+                           study_name=STUDY, storage=storage, seed=settings.seed)
+
+
 class TrialLines(Callback):
     """One line per result, per finished and per failed trial."""
 
@@ -211,10 +221,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
     else:
         if tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem):
             raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
-        storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
-        searcher = C2FOptunaSearch(space=space.define_by_run(epochs), metric=["val_metric", "train_flops"],
-                                     mode=["max", "min"], sampler=make_sampler(settings.sampler, space, settings.seed, epochs),
-                                     study_name=STUDY, storage=storage, seed=settings.seed)
+        searcher = make_searcher(space, settings, epochs, optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"))
         n = min(settings.trials, len(space.grid())) if (space.is_grid and settings.sampler in ("auto", "grid")) else settings.trials
         if settings.scheduler == "asha":
             max_t = _max_flops(data, space, epochs, settings.model_kwargs)

@@ -128,3 +128,12 @@ def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
     for t in study.trials:  # Optuna and the exported table agree on what finished
         assert (t.state == S.COMPLETE) == (status[t.params["schedule"]] == "finished")
     assert "trials: " in r.stdout and (out / "front.png").exists()
+
+
+def test_open_space_runs_the_baseline_first():
+    from c2f_search.search import SearchSettings, make_searcher
+    from c2f_search.spaces import load_space
+    sp = load_space("default")
+    s = make_searcher(sp, SearchSettings(space="default", out=".", data={}), 4, None)
+    first, second = s.suggest("a"), s.suggest("b")
+    assert first["schedule"] == "none:1x4" and second["schedule"] != "none:1x4"
