@@ -30,7 +30,7 @@ class SearchSettings:
     space: str
     out: str
     data: dict  # kwargs for c2f_search.train.Data.from_specs, paths absolute
-    trials: int = 12
+    trials: int | None = None  # None: 12, or the whole grid
     sampler: str = "auto"
     scheduler: str = "fifo"
     epochs: float | None = None
@@ -222,7 +222,8 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         if tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem):
             raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
         searcher = make_searcher(space, settings, epochs, optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"))
-        n = min(settings.trials, len(space.grid())) if (space.is_grid and settings.sampler in ("auto", "grid")) else settings.trials
+        grid_mode = space.is_grid and settings.sampler in ("auto", "grid")
+        n = min(settings.trials or len(space.grid()), len(space.grid())) if grid_mode else (settings.trials or 12)
         if settings.scheduler == "asha":
             max_t = _max_flops(data, space, epochs, settings.model_kwargs)
             sched = ASHAScheduler(time_attr="train_flops", metric="val_metric", mode="max", max_t=max_t,

@@ -15,7 +15,7 @@ def add_commands(sub, add_data_args, add_model_args) -> None:
                     "DIR/optuna.db unless --address joins a cluster. Writes DIR/search (Tune), DIR/front.parquet, "
                     "DIR/front.png and DIR/summary.txt.")
     s.add_argument("--space", default="default", help="search-space YAML: a path, or 'default' / 'paper' (shipped)")
-    s.add_argument("--trials", type=int, default=12, help="number of trials (grid mode: at most the grid size)")
+    s.add_argument("--trials", type=int, help="number of trials (default 12; grid mode: the whole grid)")
     s.add_argument("--out", default="runs/search", metavar="DIR")
     s.add_argument("--sampler", default="auto", choices=("auto", "tpe", "nsga2", "random", "grid"),
                    help="Optuna sampler; auto = grid for a 'schedules' space, TPE otherwise")
@@ -90,10 +90,14 @@ def cmd_search(a) -> int:
         settings = SearchSettings.load(a.out)
     else:
         settings = _settings_from_args(a)
-    print(f"search: {settings.space} | {settings.trials} trials | sampler {settings.sampler} | "
+    print(f"search: {settings.space} | {settings.trials or 'default number of'} trials | sampler {settings.sampler} | "
           f"scheduler {settings.scheduler} | out {settings.out}", flush=True)
-    run_search(settings, resume=a.resume, address=a.address)
-    return _export(settings.out)
+    import ray
+    try:
+        run_search(settings, resume=a.resume, address=a.address)
+        return _export(settings.out)
+    finally:
+        ray.shutdown()  # stop a local instance now, not at interpreter exit
 
 
 def _export(out, front=None, plot_path=None, ref=None) -> int:

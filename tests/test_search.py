@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pyarrow.parquet as pq
@@ -22,6 +23,14 @@ def _space(tmp_path, schedules):
     f.write_text("epochs: 2\nschedules: [" + ", ".join(f'"{x}"' for x in schedules) + "]\n"
                  "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n")
     return f
+
+
+def _run_cli(args, log, env, timeout):
+    """Run the CLI with output to a file: Ray's daemons inherit pipes and can hold them open."""
+    with open(log, "w") as f:
+        rc = subprocess.run([sys.executable, "-m", "c2f_search.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                            env=env, timeout=timeout).returncode
+    return subprocess.CompletedProcess(args, rc, stdout=Path(log).read_text())
 
 
 @pytest.fixture
@@ -62,7 +71,8 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
     cmd = [sys.executable, "-m", "c2f_search.cli", "search", "--space", str(space), "--data", TINY_DATA,
            "--trials", "4", "--depth", "1", "--out", str(out)]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log = open(tmp_path / "driver.log", "w")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     db = out / "optuna.db"
     deadline = time.time() + 240
     while time.time() < deadline:  # kill once one trial is finished and others are not
@@ -78,10 +88,10 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
     assert p.poll() is None, "the search ended before it could be killed"
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
+    log.close()
     subprocess.run(["ray", "stop", "--force"], capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "c2f_search.cli", "search", "--out", str(out), "--resume"],
-                       capture_output=True, text=True, env=env, timeout=400)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = _run_cli(["search", "--out", str(out), "--resume"], tmp_path / "resume.log", env, 400)
+    assert r.returncode == 0, r.stdout[-3000:]
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{db}")
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
@@ -114,11 +124,10 @@ def test_unfinished_schedules_are_pruned_not_complete(tmp_path):
 
 def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
     out = tmp_path / "paper"
-    r = subprocess.run([sys.executable, "-m", "c2f_search.cli", "search", "--space", "paper", "--data", TINY_DATA,
-                        "--epochs", "1", "--depth", "1", "--scheduler", "asha", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = _run_cli(["search", "--space", "paper", "--data", TINY_DATA, "--epochs", "1", "--depth", "1",
+                  "--scheduler", "asha", "--out", str(out)], tmp_path / "paper.log",
+                 {**os.environ, "RAY_AUTH_MODE": "disabled"}, 600)
+    assert r.returncode == 0, r.stdout[-3000:]
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{out / 'optuna.db'}")
     S = optuna.trial.TrialState
     assert len(study.trials) == 16 and {t.state for t in study.trials} <= {S.COMPLETE, S.PRUNED}
