@@ -90,7 +90,7 @@ def _validate(method: str, phases: Sequence[Phase]) -> None:
     if cs[-1] != 1:
         raise ScheduleError(f"the last phase must have C=1 (full resolution), got C={cs[-1]} (e.g. {EXAMPLE})")
     if method == "none" and len(cs) > 1:
-        raise ScheduleError(f"method 'none' is the baseline and takes one phase, e.g. none:1x20")
+        raise ScheduleError("method 'none' is the baseline and takes one phase, e.g. none:1x20")
 
 
 _PHASE = re.compile(r"^\s*([-+]?\d+)\s*x\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*$")
