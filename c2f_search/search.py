@@ -246,10 +246,13 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
 
 def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
     """FLOPs of the full-resolution baseline over the epoch budget: ASHA's max_t."""
+    import torch
+
     from .flops import train_flops
     from .transfer import build_for_phase
-    m = build_for_phase(space.model, {"num_classes": data.num_classes, **model_kwargs}, "none", 1,
-                        data.fe.num_mel_bins, data.fe.target_length)
+    with torch.device("meta"):  # only the shape matters for counting
+        m = build_for_phase(space.model, {"num_classes": data.num_classes, **model_kwargs}, "none", 1,
+                            data.fe.num_mel_bins, data.fe.target_length)
     n = len(data.features("train", data.fe.frame_shift_ms).kept)
     return float(train_flops(m) * n * epochs)
 

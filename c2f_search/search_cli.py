@@ -124,12 +124,12 @@ def cmd_pareto(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    import argparse
-    ns = argparse.Namespace(
-        space="default", data=DEMO_DATA, val=None, labels=None, task="auto", skip_bad=False, norm="auto",
-        no_cache=False, num_mel_bins=None, target_length=None, trials=a.trials, out=a.out, sampler="tpe",
-        scheduler="fifo", epochs=a.epochs, resume=a.resume, address=None, storage=None, cpus_per_trial=1,
-        gpus_per_trial=None, max_failures=1, keep_checkpoints=1, metric_target=None, seed=0, depth=None)
+    from .cli import build_parser
+    # the demo is a search with fixed arguments: parse them, so it keeps every search default
+    ns = build_parser().parse_args(
+        ["search", "--space", "default", "--data", DEMO_DATA, "--trials", str(a.trials), "--epochs", str(a.epochs),
+         "--out", a.out, "--sampler", "tpe", "--cpus-per-trial", "1", "--keep-checkpoints", "1"]
+        + (["--resume"] if a.resume else []))
     print(f"demo: {a.trials} trials of the default space on {DEMO_DATA}, ast-tiny, {a.epochs:g} epochs each, "
           f"{os.cpu_count()} CPUs", file=sys.stderr)
     return cmd_search(ns)

@@ -141,13 +141,8 @@ def find_space(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.is_file():
         return p
-    shipped = Path(__file__).resolve().parent.parent / "search_spaces" / f"{name_or_path.removesuffix('.yaml')}.yaml"
-    if not shipped.is_file():
-        try:
-            import search_spaces
-            shipped = Path(search_spaces.__file__).parent / f"{p.stem}.yaml"
-        except ImportError:
-            pass
+    import search_spaces  # shipped beside c2f_search in the wheel and in a checkout
+    shipped = Path(search_spaces.__file__).parent / f"{name_or_path.removesuffix('.yaml')}.yaml"
     if shipped.is_file():
         return shipped
     raise SpaceError(f"{name_or_path}: no such search-space file; give a path or one of: default, paper")

@@ -17,11 +17,11 @@ import torch
 from ray import tune
 
 from c2f_search.data import DataError
+from c2f_search.spaces import HPARAMS
 from c2f_search.train import Data, Run, TrainConfig, load_checkpoint, save_checkpoint
 
 REPORT_KEYS = ("val_metric", "train_flops", "train_time_s", "phase", "C", "method", "epoch", "schedule_done")
 CKPT_FILE = "state.pt"
-HPARAM_KEYS = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma", "seed")
 
 
 def _device() -> str:
@@ -43,7 +43,7 @@ def _maybe_inject_fault(rec: dict) -> None:
 def train_schedule(config: dict, setup: dict) -> None:
     """Run one trial. `config` holds the schedule and searched hyperparameters; `setup`
     the fixed parts (data, model, fixed hyperparameters, metric target)."""
-    hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in HPARAM_KEYS}}
+    hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in HPARAMS}}
     cfg = TrainConfig(schedule=config["schedule"], model=setup["model"], model_kwargs=setup.get("model_kwargs", {}),
                       metric_target=setup.get("metric_target"), **hp)
     try:
