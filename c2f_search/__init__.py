@@ -1,33 +1,45 @@
 """c2f-search: find coarse-to-fine training schedules for audio spectrogram transformers.
 
 Public API (everything else is private):
-    Schedule, Phase, parse_schedule   - schedules and their text form
-    compress                          - temporal compression of a fbank batch
-    transfer_weights                  - carry a model to the next phase's token grid
-    train_flops, eval_flops           - FLOPs per sample
-    create_model, list_models         - the model registry
-    TrainConfig, Data, Run            - one multi-phase training run, without Ray
-    pareto_front, hypervolume_2d      - Pareto analysis of search results
+    Schedule, Phase, parse_schedule           - schedules and their text form
+    Geometry                                  - the input geometry of one phase
+    Method, get_method, list_methods,
+    register_method, compress                 - compression methods (one module each)
+    ModelFamily, create_model, list_models,
+    register_model, get_family                - models by name and their families' phase adapters
+    transfer_weights, build_for_phase         - carry a model to the next phase's geometry
+    train_flops, eval_flops                   - FLOPs per sample
+    TrainConfig, Data, Run                    - one multi-phase training run, without Ray
+    PhaseController, FixedSchedule, fork_point - who decides the phases; when runs share a prefix
+    save_checkpoint, load_checkpoint, atomic_write
+    pareto_front, hypervolume_2d              - Pareto analysis of search results
+    C2FError                                  - the base of every error a user can fix
 """
-from .compress import compress
+from .compress import Method, compress, get_method, list_methods, register_method
+from .config import TrainConfig
+from .errors import C2FError, ScheduleError
 from .flops import eval_flops, train_flops
-from .models import create_model, list_models, register_model
-from .schedule import METHODS, Phase, Schedule, ScheduleError, parse_schedule
-from .transfer import transfer_weights
+from .geometry import Geometry
+from .io import atomic_write, load_checkpoint, save_checkpoint
+from .models import ModelFamily, create_model, get_family, list_models, register_model
+from .schedule import Phase, Schedule, parse_schedule
+from .transfer import build_for_phase, transfer_weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_LAZY = {"Data": "data", "Run": "train", "PhaseController": "controllers", "FixedSchedule": "controllers",
+         "fork_point": "controllers", "pareto_front": "pareto", "hypervolume_2d": "pareto"}
 
 
-def __getattr__(name):  # the training and search modules pull in more; load them on first use
-    if name in ("TrainConfig", "Data", "Run", "save_checkpoint", "load_checkpoint"):
-        from . import train
-        return getattr(train, name)
-    if name in ("pareto_front", "hypervolume_2d"):
-        from . import pareto
-        return getattr(pareto, name)
+def __getattr__(name):  # training, data and Pareto modules pull in more; load them on first use
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(name)
 
 
-__all__ = ["Schedule", "Phase", "parse_schedule", "ScheduleError", "METHODS", "compress", "transfer_weights",
-           "train_flops", "eval_flops", "create_model", "list_models", "register_model", "TrainConfig", "Data",
-           "Run", "save_checkpoint", "load_checkpoint", "pareto_front", "hypervolume_2d"]
+__all__ = ["Schedule", "Phase", "parse_schedule", "ScheduleError", "Geometry", "Method", "get_method",
+           "list_methods", "register_method", "compress", "ModelFamily", "create_model", "list_models",
+           "register_model", "get_family", "transfer_weights", "build_for_phase", "train_flops", "eval_flops",
+           "TrainConfig", "Data", "Run", "PhaseController", "FixedSchedule", "fork_point", "save_checkpoint",
+           "load_checkpoint", "atomic_write", "pareto_front", "hypervolume_2d", "C2FError"]

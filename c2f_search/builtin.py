@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .errors import DataError
+
 SR = 16000
 VERSION = 5
 CLASSES = ["harmonic_stack", "up_chirp", "down_chirp", "am_tone", "noise_burst",
@@ -95,20 +97,23 @@ def parse_spec(spec: str) -> dict:
     """``builtin:events`` or ``builtin:events?train=300&val=100&seed=1``."""
     name, _, query = spec.partition("?")
     if name != "builtin:events":
-        raise ValueError(f"unknown built-in data set {name!r}; the built-in one is 'builtin:events'")
+        raise DataError(f"unknown built-in data set {name!r}; the built-in one is 'builtin:events'")
     opts = dict(DEFAULTS)
     for kv in filter(None, query.split("&")):
         k, _, v = kv.partition("=")
         if k not in DEFAULTS or not v.isdigit():
-            raise ValueError(f"{spec!r}: option {kv!r} is not one of train=N, val=N, seed=N")
+            raise DataError(f"{spec!r}: option {kv!r} is not one of train=N, val=N, seed=N")
         opts[k] = int(v)
     if opts["train"] < 10 or opts["val"] < 10:
-        raise ValueError(f"{spec!r}: train and val need at least 10 clips each")
+        raise DataError(f"{spec!r}: train and val need at least 10 clips each")
     return opts
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("C2F_CACHE", Path.home() / ".cache" / "c2f-search"))
+    root = Path(os.environ.get("C2F_CACHE", Path.home() / ".cache" / "c2f-search"))
+    if root.exists() and not root.is_dir():
+        raise DataError(f"C2F_CACHE={root} is a file, not a folder; point $C2F_CACHE at a folder")
+    return root
 
 
 def materialize(spec: str = "builtin:events") -> Path:

@@ -1,144 +1,193 @@
-"""The ``c2f-search`` command line."""
+"""The ``c2f-search`` command line: ``train`` and ``flops`` here, ``search``, ``pareto`` and ``demo``
+in ``c2f_search.search.commands`` (which loads Ray only when a search runs)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 from pathlib import Path
 
-EPILOG_SCHEDULE = ("Schedules are METHOD:CxEPOCHS,...,1xEPOCHS with METHOD in none, fshift, avgpool, maxpool, "
-                   "patch-bl, patch-pi; e.g. fshift:4x5,1x15 or patch-pi:4x3,2x3,1x14 or none:1x20.")
+from ._args import (EPILOG_SCHEDULE, Parser, add_data_args, add_model_args, config_error_line, finite_float,
+                    given_config, norm_arg, positive_float, positive_int, train_config)
+from .errors import C2FError, CheckpointError, ConfigError
 
-
-def _add_data_args(p: argparse.ArgumentParser, required=True) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", required=required, metavar="DATA",
-                   help="builtin:events[?train=N&val=N&seed=N], an AST JSON datafile, or a folder DIR with "
-                        "train/<class>/*.wav and test/<class>/*.wav")
-    g.add_argument("--val", metavar="DATA", help="validation data (default: the val/test split of --data)")
-    g.add_argument("--labels", metavar="CSV", help="class_labels_indices.csv (default: beside the datafile)")
-    g.add_argument("--task", choices=("auto", "single", "multi"), default="auto",
-                   help="single-label (CE, accuracy) or multi-label (BCE, mAP); auto detects from the labels")
-    g.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable/empty/NaN clips and unknown labels, and list them at the end")
-    g.add_argument("--num-mel-bins", type=int, help="mel bins (default 128; 64 for builtin:events)")
-    g.add_argument("--target-length", type=int, help="frames at full resolution (default 1024; 256 for builtin:events)")
-    g.add_argument("--norm", default="auto",
-                   help="fbank normalization: auto (computed from the training set), a data set name "
-                        "(audioset, esc50, speechcommands, vggsound, voxceleb) or MEAN,STD")
-    g.add_argument("--no-cache", action="store_true", help="do not keep fbank features in the Arrow cache "
-                   "($C2F_CACHE, default ~/.cache/c2f-search)")
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .models import list_models
-    g = p.add_argument_group("model and training")
-    g.add_argument("--model", default="ast-tiny", choices=list_models(), help="model name (default ast-tiny)")
-    g.add_argument("--depth", type=int, help="transformer depth (default 12)")
-    g.add_argument("--dist-token", action="store_true", help="add DeiT's distillation token (2 prefix tokens)")
-    g.add_argument("--stride", type=int, help="patch stride for overlapping patches (AST used 10; default 16)")
-    g.add_argument("--init", metavar="PATH", help="local timm/DeiT checkpoint to start from (never downloaded)")
-    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (AST: 1e-4)")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--warmup-steps", type=int, default=20, help="linear LR warmup at the start of every phase")
-    g.add_argument("--lr-milestones", type=float, nargs="*", default=(),
-                   help="epochs from each phase start at which the LR is multiplied by --lr-gamma")
-    g.add_argument("--lr-gamma", type=float, default=0.5)
-    g.add_argument("--freqm", type=int, default=0, help="SpecAugment frequency mask width (bins)")
-    g.add_argument("--timem", type=int, default=0, help="SpecAugment time mask width at full resolution (frames)")
-    g.add_argument("--mixup", type=float, default=0.0, help="fraction of each batch mixed (AST: 0.5 on AudioSet)")
-    g.add_argument("--seed", type=int, default=0)
-
-
-def _norm(text: str):
-    from .frontend import DATASET_STATS
-    if text == "auto":
-        return None
-    if text.lower() in DATASET_STATS:
-        return DATASET_STATS[text.lower()]
-    try:
-        mean, std = (float(v) for v in text.split(","))
-        return mean, std
-    except ValueError:
-        raise SystemExit(f"--norm {text!r}: use auto, one of {', '.join(DATASET_STATS)}, or MEAN,STD") from None
-
-
-def model_kwargs(a) -> dict:
-    kw = {}
-    if a.depth:
-        kw["depth"] = a.depth
-    if a.dist_token:
-        kw["dist_token"] = True
-    if a.stride:
-        kw["stride"] = (a.stride, a.stride)
-    if a.init:
-        kw["init"] = a.init
-    return kw
-
-
-def train_config(a, schedule: str):
-    from .train import TrainConfig
-    return TrainConfig(schedule=schedule, model=a.model, model_kwargs=model_kwargs(a), lr=a.lr,
-                       batch_size=a.batch_size, warmup_steps=a.warmup_steps, lr_milestones=tuple(a.lr_milestones),
-                       lr_gamma=a.lr_gamma, freqm=a.freqm, timem=a.timem, mixup=a.mixup, seed=a.seed,
-                       metric_target=getattr(a, "metric_target", None))
-
-
-def load_data(a, progress=True):
-    from .train import Data
-    return Data.from_specs(a.data, a.val, a.labels, a.task, a.skip_bad, _norm(a.norm),
-                           None if a.no_cache else "auto", progress,
-                           num_mel_bins=a.num_mel_bins, target_length=a.target_length)
+RUN_FILES = ("config.json", "metrics.parquet", "skipped_clips.txt")
+DATA_FLAGS = ("data", "val", "labels", "task", "skip_bad", "norm", "no_cache", "num_mel_bins", "target_length")
+DATA_DEFAULTS = {"task": "auto", "skip_bad": False, "norm": None, "no_cache": False}
 
 
 # ---------------------------------------------------------------------------- train
+def _run_folder(out: Path, a) -> None:
+    """Refuse to silently reuse a folder that holds a run; --overwrite clears it first."""
+    if out.exists() and not out.is_dir():
+        raise C2FError(f"--out {out}: is a file; give a folder")
+    has_run = out.is_dir() and (any((out / f).exists() for f in RUN_FILES) or (out / "checkpoints").is_dir())
+    if a.resume:
+        return
+    if has_run and not a.overwrite:
+        raise C2FError(f"--out {out}: holds a run already; pass --resume to continue it, --overwrite to replace "
+                       f"it, or choose another --out")
+    anc = out
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
+        raise C2FError(f"--out {out}: cannot write there ({anc} is not a writable folder); choose a writable folder")
+
+
+def _make_run_folder(out: Path, overwrite: bool) -> None:
+    """Create (or, with --overwrite, clear) the run folder: only once every check has passed."""
+    if overwrite:
+        import shutil
+        for f in RUN_FILES:
+            (out / f).unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise C2FError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+
+
+def _read_state(path: Path) -> dict:
+    from .io import load_checkpoint
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        alt = _newest_intact(path.parent, exclude=path)
+        hint = (f"; the newest intact checkpoint is {alt}: continue from it with --resume-from {alt}" if alt
+                else "; no intact checkpoint is left beside it, start again with --overwrite")
+        raise CheckpointError(f"{e}{hint}") from None
+
+
+def _newest_intact(ckdir: Path, exclude: Path) -> Path | None:
+    from .io import load_checkpoint
+    for p in sorted(ckdir.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if p != exclude:
+            try:
+                load_checkpoint(p)
+                return p
+            except CheckpointError:
+                continue
+    return None
+
+
+def _recorded(run_dir: Path) -> dict:
+    f = run_dir / "config.json"
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except json.JSONDecodeError:
+        raise C2FError(f"{f}: not valid JSON; restore it or start again with --overwrite") from None
+
+
+def _settings(a, state: dict | None, recorded: dict):
+    """(TrainConfig, data args): the recorded ones of a resumed run overlaid by the flags given,
+    refusing a flag that contradicts what the checkpoint was trained with."""
+    data_rec = recorded.get("data", {})
+    data_args = {k: getattr(a, k) if getattr(a, k) is not None else data_rec.get(k, DATA_DEFAULTS.get(k))
+                 for k in DATA_FLAGS}
+    if state is None:
+        if not a.schedule:
+            raise C2FError("--schedule is required (e.g. --schedule fshift:2x2,1x4)")
+        if not data_args["data"]:
+            raise C2FError("--data is required (e.g. --data builtin:events)")
+        return train_config(a, a.schedule), data_args
+    base = dict(state["config"])
+    for k, v in given_config(a).items():
+        rec = base.get(k)
+        if k == "model_kwargs":
+            bad = {f: x for f, x in v.items() if rec.get(f) != x}
+            if bad:
+                f = next(iter(bad))
+                raise C2FError(f"--{f.replace('_', '-')} {bad[f]}: the run was trained with {f}={rec.get(f)}; "
+                               f"drop the flag to continue it, or start a new --out")
+        elif rec != v and k != "metric_target":
+            raise C2FError(f"--{k.replace('_', '-')} {v}: the run was trained with {k}={rec!r}; drop the flag "
+                           f"to continue it, or start a new --out")
+    for k in DATA_FLAGS:
+        given = getattr(a, k)
+        if given is not None and k in data_rec and data_rec[k] != given and k != "no_cache":
+            raise C2FError(f"--{k.replace('_', '-')} {given}: the run was trained with {data_rec[k]!r}; drop the "
+                           f"flag to continue it, or start a new --out")
+    schedule = a.schedule or base["schedule"]
+    cfg = train_config(a, schedule, base)
+    if not data_args["data"]:
+        raise C2FError("--data is required: the checkpoint's run folder has no config.json to read it from")
+    return cfg, data_args
+
+
+def load_data(data_args: dict, quantum: int, progress=True):
+    from .data import Data
+    return Data.from_specs(data_args["data"], data_args["val"], data_args["labels"], data_args["task"] or "auto",
+                           bool(data_args["skip_bad"]), norm_arg(data_args["norm"]),
+                           None if data_args["no_cache"] else "auto", progress, quantum=quantum,
+                           num_mel_bins=data_args["num_mel_bins"], target_length=data_args["target_length"])
+
+
 def cmd_train(a) -> int:
-    import pyarrow as pa
     from tqdm import tqdm
 
+    from .io import atomic_write, save_checkpoint
+    from .models import get_family
+    from .records import record_table
     from .results import write_table
-    from .train import Run, load_checkpoint, save_checkpoint
+    from .schedule import parse_schedule
+    from .train import Run
 
     out = Path(a.out)
     ckdir = out / "checkpoints"
-    data = load_data(a)
-    cfg = train_config(a, a.schedule)
-    state = None
-    if a.resume:
-        if not (ckdir / "last.pt").exists():
-            raise SystemExit(f"--resume: {ckdir / 'last.pt'} not found; run without --resume to start")
-        state = load_checkpoint(ckdir / "last.pt")
-        if state["config"]["schedule"] != cfg.schedule:
-            raise SystemExit(f"--resume: {out} holds a run of {state['config']['schedule']}, not {cfg.schedule}")
+    a.resume = a.resume or a.resume_from is not None
+    if a.resume and a.overwrite:
+        raise C2FError("--overwrite and --resume contradict each other; give one")
+    source = Path(a.resume_from) if a.resume_from else ckdir / "last.pt"
+    if a.resume and not source.is_file():
+        raise C2FError(f"--resume: {source} not found; run without --resume to start"
+                       if not a.resume_from else f"--resume-from {source}: no such checkpoint file")
+    _run_folder(out, a)
+    state = _read_state(source) if a.resume else None
+    recorded = _recorded(source.parent.parent) if a.resume else {}
+    cfg, data_args = _settings(a, state, recorded)
+    schedule = parse_schedule(cfg.schedule)
+    family = get_family(cfg.model)
+    family.check_method(cfg.model, schedule.method)
+    quantum = schedule.max_C * family.time_granularity
+    data = load_data(data_args, quantum, progress=not a.no_progress)
+    if a.resume and a.target_length is None and recorded.get("target_length_reason"):
+        data.target_reason = recorded["target_length_reason"]
     run = Run(cfg, data, a.device, state)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": vars(cfg) | {"betas": list(cfg.betas)},
-                                                 "frontend": data.fe.key(), "norm": [data.mean, data.std],
-                                                 "classes": data.train.classes}, indent=1, default=str))
+    _make_run_folder(out, a.overwrite)
+    data_args["target_length"], data_args["num_mel_bins"] = data.fe.target_length, data.fe.num_mel_bins
+    atomic_write(out / "config.json", json.dumps(
+        {"config": cfg.to_dict(), "data": data_args, "frontend": data.fe.key(),
+         "target_length_reason": data.target_reason, "norm": [data.mean, data.std], "classes": data.train.classes,
+         "resumed_from": str(source) if a.resume else None}, indent=1))
+    n_tr, n_va = data.used_counts()
+    print(f"training {cfg.schedule} | {cfg.model} | {n_tr} train / {n_va} val clips | {data.num_classes} classes "
+          f"({run.metric_name}) | device {run.device}", file=sys.stderr)
+    print(f"target length {data.fe.target_length} frames at {data.fe.frame_shift_ms:g} ms: {data.target_reason}",
+          file=sys.stderr)
+    if a.resume:
+        print(f"continuing from {source} at step {run.step} (epoch {run.step / run.steps_per_epoch:.2f})",
+              file=sys.stderr)
     bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=a.no_progress, dynamic_ncols=True)
-
-    n_phases = len(run.schedule.phases)
+    n_phases = len(schedule.phases)
 
     def step():
         bar.set_description(f"phase {run.phase + 1}/{n_phases} C={run.C}", refresh=False)
         bar.update(1)
 
     def show(r, rec):
-        bar.set_postfix(epoch=f"{rec['epoch']:.2f}/{r.schedule.total_epochs:g}", loss=f"{rec['train_loss']:.3f}",
+        bar.set_postfix(epoch=f"{rec['epoch']:.2f}/{schedule.total_epochs:g}", loss=f"{rec['train_loss']:.3f}",
                         **{r.metric_name: f"{rec['val_metric']:.3f}"})
     run.on_step = step
-    print(f"training {run.schedule} | {cfg.model} | {len(data.train)} train / {len(data.val)} val clips | "
-          f"{data.num_classes} classes ({run.metric_name}) | device {run.device}", file=sys.stderr)
     for rec in run.records(progress=show):
         state = run.state_dict()
         if rec["phase_end"] and not rec["schedule_done"]:
             save_checkpoint(state, ckdir / f"phase{rec['phase']}-C{rec['C']}.pt")
         save_checkpoint(state, ckdir / "last.pt")
-        write_table(pa.Table.from_pylist(run.history), out / "metrics.parquet")
+        write_table(record_table(run.history), out / "metrics.parquet")
     bar.close()
     save_checkpoint(run.state_dict(), ckdir / "final.pt")
+    write_table(record_table(run.history), out / "metrics.parquet")
     last = run.history[-1]
     msg = "reached --metric-target" if last["target_reached"] else "schedule finished"
     print(f"{msg}: {run.metric_name} {last['val_metric']:.4f} at epoch {last['epoch']:.2f}, "
@@ -148,9 +197,10 @@ def cmd_train(a) -> int:
 
 
 def _bad_report(data, out: Path) -> None:
+    from .io import atomic_write
     bad = data.bad_report()
     if bad:
-        (out / "skipped_clips.txt").write_text("".join(f"{f}\t{p}\n" for f, p in bad))
+        atomic_write(out / "skipped_clips.txt", "".join(f"{f}\t{p}\n" for f, p in bad))
         print(f"--skip-bad: skipped {len(bad)} clips, listed in {out / 'skipped_clips.txt'}", file=sys.stderr)
         for f, p in bad[:5]:
             print(f"  {f}: {p}", file=sys.stderr)
@@ -158,17 +208,22 @@ def _bad_report(data, out: Path) -> None:
 
 # ---------------------------------------------------------------------------- flops
 def cmd_flops(a) -> int:
-    from .schedule import parse_schedule
     from .flops_table import flops_table, format_table
+    from .models import get_family
+    from .schedule import parse_schedule
 
     schedules = [parse_schedule(s) for s in (a.schedule or ["none:1x20"])]
+    for s in schedules:
+        get_family(a.model).check_method(a.model, s.method)
     if a.target_length:
         T = a.target_length
-    else:  # AST pads e.g. 998 frames (10 s) to 1024: round up to a multiple of 16 * max C
+    else:  # AST pads e.g. 998 frames (10 s) to 1024: round up to a multiple of granularity x max C
         frames = 1 + int((a.seconds * 16000 - 400) // 160)
-        q = 16 * max(s.max_C for s in schedules)
+        q = get_family(a.model).time_granularity * max(s.max_C for s in schedules)
         T = math.ceil(frames / q) * q
-    rows = flops_table(schedules, a.model, a.num_mel_bins, T, a.num_classes, model_kwargs(a))
+    kw = {k: v for k, v in (("depth", a.depth), ("dist_token", a.dist_token or None), ("stride", a.stride))
+          if v is not None}
+    rows = flops_table(schedules, a.model, a.num_mel_bins, T, a.num_classes, kw)
     if a.json:
         print(json.dumps({"model": a.model, "num_mel_bins": a.num_mel_bins, "target_length": T, "schedules": rows},
                          indent=1))
@@ -178,47 +233,52 @@ def cmd_flops(a) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="c2f-search",
-        description="Search coarse-to-fine training schedules for audio spectrogram transformers "
-                    "(Feng et al., 'From Coarse to Fine', ICASSP 2024).",
-        epilog=EPILOG_SCHEDULE)
+def build_parser() -> Parser:
+    from .models import list_models
+    from .search import commands as search_commands
+    p = Parser(prog="c2f-search",
+               description="Search coarse-to-fine training schedules for audio spectrogram transformers "
+                           "(Feng et al., 'From Coarse to Fine', ICASSP 2024).", epilog=EPILOG_SCHEDULE)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train one schedule (no Ray)", epilog=EPILOG_SCHEDULE,
-                       description="Train one coarse-to-fine schedule and write DIR/metrics.parquet "
-                                   "(one row per epoch) and checkpoints (one per phase, final, last).")
-    t.add_argument("--schedule", required=True, help="e.g. fshift:2x2,1x4")
+                       description="Train one coarse-to-fine schedule and write DIR/metrics.parquet (one row per "
+                                   "evaluation), DIR/config.json and checkpoints (one per phase end, final, last). "
+                                   "Without --target-length the full-resolution length is derived from the data.")
+    t.add_argument("--schedule", help="e.g. fshift:2x2,1x4 (required, except with --resume)")
     t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
-    t.add_argument("--metric-target", type=float,
-                   help="budget mode: stop at the first epoch whose validation metric reaches this value")
+    t.add_argument("--metric-target", type=finite_float,
+                   help="budget mode: stop at the first final-phase evaluation whose validation metric reaches this")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/last.pt")
+    t.add_argument("--resume", action="store_true",
+                   help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings")
+    t.add_argument("--resume-from", metavar="CKPT",
+                   help="continue from this checkpoint: an earlier one of this run (e.g. phase1-C2.pt), or one of "
+                        "another run whose trained phases are a prefix of --schedule (a fork)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in DIR")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_data_args(t)
-    _add_model_args(t)
+    add_data_args(t, required=False)
+    add_model_args(t)
     t.set_defaults(fn=cmd_train)
 
     f = sub.add_parser("flops", help="training FLOPs per phase and schedule, and the saving against none",
                        epilog=EPILOG_SCHEDULE,
                        description="Count training FLOPs (forward+backward per sample) per phase with torch's "
                                    "FlopCounterMode, attention included.")
-    from .models import list_models
     f.add_argument("--schedule", action="append", help="repeat for several schedules (default none:1x20)")
     f.add_argument("--model", default="ast-base", choices=list_models())
-    f.add_argument("--seconds", type=float, default=10.0, help="clip length; frames are rounded up like AST's 1024")
-    f.add_argument("--target-length", type=int, help="frames at full resolution (overrides --seconds)")
-    f.add_argument("--num-mel-bins", type=int, default=128)
-    f.add_argument("--num-classes", type=int, default=527)
-    f.add_argument("--depth", type=int)
+    f.add_argument("--seconds", type=positive_float, default=10.0,
+                   help="clip length; frames are rounded up like AST's 1024")
+    f.add_argument("--target-length", type=positive_int, help="frames at full resolution (overrides --seconds)")
+    f.add_argument("--num-mel-bins", type=positive_int, default=128)
+    f.add_argument("--num-classes", type=positive_int, default=527)
+    f.add_argument("--depth", type=positive_int)
     f.add_argument("--dist-token", action="store_true")
-    f.add_argument("--stride", type=int)
+    f.add_argument("--stride", type=positive_int)
     f.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    f.set_defaults(fn=cmd_flops, init=None)
+    f.set_defaults(fn=cmd_flops)
 
-    from . import search_cli
-    search_cli.add_commands(sub, _add_data_args, _add_model_args)
+    search_commands.add_commands(sub)
     return p
 
 
@@ -230,18 +290,20 @@ def main(argv=None) -> int:
     if not getattr(a, "fn", None):
         parser.print_help()
         return 2
-    from .data import DataError
-    from .frontend import AudioError
-    from .schedule import ScheduleError
-    from .spaces import SpaceError
+    prog = f"c2f-search {a.command}"
     try:
         return a.fn(a) or 0
-    except (DataError, AudioError, ScheduleError, SpaceError, FileNotFoundError) as e:
-        print(f"c2f-search {a.command}: error: {e}", file=sys.stderr)
-        return 2
+    except ConfigError as e:
+        print(f"{prog}: error: {config_error_line(e)}", file=sys.stderr)
+    except C2FError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        out = getattr(a, "out", None)
+        hint = f"; continue with: c2f-search {a.command} --out {out} --resume" if a.command in ("train", "search") \
+            else ""
+        print(f"{prog}: interrupted{hint}", file=sys.stderr)
         return 130
+    return 2
 
 
 if __name__ == "__main__":

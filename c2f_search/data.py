@@ -4,8 +4,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
-import tempfile
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,14 +15,12 @@ import pyarrow as pa
 import torch
 
 from . import builtin
-from .frontend import AudioError, FrontEnd, fbank, fit_length, load_audio
+from .errors import AudioError, DataError
+from .io import atomic_write
+from .frontend import FrontEnd, fbank, fit_length, load_audio
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 STORE_VERSION = 1
-
-
-class DataError(ValueError):
-    """Bad data input; the message names the file or field and the fix."""
 
 
 @dataclass
@@ -177,9 +176,19 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
     """Fbank for every clip at `shift_ms`, from the Arrow cache when present (memory-mapped)."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"fbank-{_cache_key(clips, fe, shift_ms, target, skip_bad)}.arrow"
+        cache_dir = Path(cache_dir)
+        if cache_dir.exists() and not cache_dir.is_dir():
+            raise DataError(f"feature cache {cache_dir} is a file, not a folder; point $C2F_CACHE at a folder "
+                            f"or pass --no-cache")
+        path = cache_dir / f"fbank-{_cache_key(clips, fe, shift_ms, target, skip_bad)}.arrow"
         if path.exists():
-            return _read_store(path, fe.num_mel_bins, target)
+            try:
+                return _read_store(path, fe.num_mel_bins, target)
+            except (pa.ArrowException, OSError, ValueError, KeyError) as e:
+                aside = path.with_name(path.name + ".damaged")
+                os.replace(path, aside)
+                print(f"warning: feature cache {path} cannot be read ({str(e).splitlines()[0][:120]}); "
+                      f"moved it to {aside.name} and extracting again", file=sys.stderr)
     xs, ns, kept, bad = [], [], [], []
     it = range(len(clips))
     if progress:
@@ -193,7 +202,8 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
                 raise AudioError(p, "fbank is empty or not finite (silent or broken clip)")
         except AudioError as e:
             if not skip_bad:
-                raise DataError(f"{e} (pass --skip-bad to skip such clips and list them at the end)") from None
+                raise DataError(f"{e} (listed in {clips.name}; pass --skip-bad to skip such clips and list them "
+                                f"at the end)") from None
             bad.append((e.path, e.problem))
             continue
         fb, n = fit_length(fb, target)
@@ -209,17 +219,16 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
 
 
 def _write_store(path: Path, f: Features) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     N = f.x.shape[0]
     col = pa.FixedSizeListArray.from_arrays(pa.array(f.x.reshape(-1)), f.x[0].size)
     table = pa.table({"fbank": col, "n_frames": f.n_frames, "index": f.kept})
     meta = {"bad": json.dumps(f.bad), "shape": json.dumps(list(f.x.shape[1:])), "n": str(N)}
     table = table.replace_schema_metadata(meta)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".arrow")
-    os.close(fd)
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-        w.write_table(table)
-    os.replace(tmp, path)  # atomic: readers never see a partial store
+
+    def write(tmp):
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+    atomic_write(path, write)  # readers never see a partial store
 
 
 def _read_store(path: Path, F: int, T: int) -> Features:
@@ -237,3 +246,105 @@ def norm_stats(f: Features) -> tuple[float, float]:
     mask = np.arange(T)[None, :] < f.n_frames[:, None]
     vals = f.x.transpose(0, 2, 1)[mask]
     return float(vals.mean()), float(vals.std())
+
+
+# --------------------------------------------------------------------------- target length
+def clip_frames(clips: ClipSet, fe_sample_rate: int, shift_ms: float, frame_length_ms: float) -> np.ndarray:
+    """Fbank frames per clip, read from the audio headers (no decoding); unreadable clips are left
+    out here and reported by the extraction."""
+    import soundfile as sf
+    win, hop = fe_sample_rate * frame_length_ms / 1000, fe_sample_rate * shift_ms / 1000
+    out = []
+    for p in clips.paths:
+        try:
+            info = sf.info(p)
+        except Exception:  # noqa: BLE001 - soundfile raises several types; extraction names the file later
+            continue
+        n = info.frames * fe_sample_rate / info.samplerate
+        out.append(1 + int((n - win) // hop) if n >= win else 1)
+    return np.array(out, dtype=np.int64)
+
+
+def derive_target_length(clips: ClipSet, quantum: int, sample_rate: int = 16000, shift_ms: float = 10.0,
+                         frame_length_ms: float = 25.0, coverage: float = 0.95) -> tuple[int, str]:
+    """The length that covers `coverage` of the training clips, rounded up to a multiple of `quantum`
+    (the largest C times the model's time granularity), and a sentence saying so."""
+    frames = np.sort(clip_frames(clips, sample_rate, shift_ms, frame_length_ms))
+    if not len(frames):
+        return quantum, "no clip header could be read"
+    k = frames[max(0, math.ceil(coverage * len(frames)) - 1)]
+    T = max(quantum, math.ceil(k / quantum) * quantum)
+    secs = (k - 1) * shift_ms / 1000 + frame_length_ms / 1000
+    return T, (f"{int(100 * coverage)}% of the {len(frames)} training clips have at most {k} frames ({secs:.2f} s), "
+               f"rounded up to a multiple of {quantum} (largest C x time granularity)")
+
+
+# --------------------------------------------------------------------------- train/val data
+class Data:
+    """Train/val clip sets, the front end, normalization and lazily extracted features."""
+
+    def __init__(self, train: ClipSet, val: ClipSet, fe: FrontEnd, norm=None, cache_dir=None,
+                 skip_bad=False, progress=False, target_reason: str = ""):
+        if train.classes != val.classes:
+            raise DataError(f"{val.name}: its classes differ from {train.name}'s; use one class_labels_indices.csv")
+        self.train, self.val, self.fe, self.target_reason = train, val, fe, target_reason
+        self.cache_dir, self.skip_bad, self.progress = cache_dir, skip_bad, progress
+        self._feats: dict = {}
+        self.num_classes, self.multilabel = len(train.classes), train.multilabel or val.multilabel
+        self._norm = tuple(norm) if norm is not None else None
+
+    @property
+    def norm(self) -> tuple[float, float]:
+        """Mean and std for normalization: given, or computed from the training set on first use."""
+        if self._norm is None:
+            self._norm = norm_stats(self.features("train", self.fe.frame_shift_ms, self.fe.target_length))
+        return self._norm
+
+    @property
+    def mean(self) -> float:
+        return self.norm[0]
+
+    @property
+    def std(self) -> float:
+        return self.norm[1]
+
+    @classmethod
+    def from_specs(cls, train: str, val: str | None = None, labels=None, task="auto", skip_bad=False,
+                   norm=None, cache_dir="auto", progress=False, quantum: int = 16, num_mel_bins=None,
+                   target_length=None) -> "Data":
+        """`target_length` None derives it from the training clips (``derive_target_length``) unless
+        the data set declares its own front end (``builtin:events``)."""
+        tr = resolve(train, "train", labels, task, skip_bad)
+        va = resolve(val or train, "val", labels, task, skip_bad, classes=tr.classes)
+        if cache_dir == "auto":
+            cache_dir = builtin.cache_root() / "features"
+        fe_kw = {"num_mel_bins": num_mel_bins, "target_length": target_length}
+        declared = builtin.FRONTEND if train.startswith("builtin:") else {}
+        if target_length is not None:
+            reason = "given (--target-length)"
+        elif "target_length" in declared:
+            reason = f"the front end declared by {train.split('?')[0]}"
+        else:
+            fe_kw["target_length"], reason = derive_target_length(tr, quantum)
+        return cls(tr, va, default_frontend(train, **fe_kw), norm, cache_dir, skip_bad, progress, reason)
+
+    def features(self, split: str, shift_ms: float, frames: int) -> Features:
+        key = (split, float(shift_ms), int(frames))
+        if key not in self._feats:
+            self._feats[key] = extract(getattr(self, split), self.fe, shift_ms, frames, self.skip_bad,
+                                       self.cache_dir, self.progress)
+        return self._feats[key]
+
+    def targets(self, split: str, feats: Features) -> torch.Tensor:
+        return getattr(self, split).targets[torch.from_numpy(np.array(feats.kept, dtype=np.int64))]
+
+    def bad_report(self) -> list[tuple[str, str]]:
+        seen = dict(self.train.bad + self.val.bad)
+        for f in self._feats.values():
+            seen.update(dict(f.bad))
+        return sorted(seen.items())
+
+    def used_counts(self) -> tuple[int, int]:
+        """Clips actually used for training and validation (after --skip-bad)."""
+        fe = self.fe
+        return tuple(len(self.features(s, fe.frame_shift_ms, fe.target_length).kept) for s in ("train", "val"))

@@ -2,29 +2,33 @@
 from __future__ import annotations
 
 from .flops import train_flops
+from .geometry import Geometry
 from .schedule import Schedule
+from .train import check_geometry
 from .transfer import build_for_phase
 
 
 def flops_table(schedules: list[Schedule], model: str, num_mel_bins: int, target_length: int,
                 num_classes: int, model_kwargs: dict | None = None) -> list[dict]:
     """One entry per schedule: per-phase tokens and GFLOPs, and total GFLOPs per training sample."""
-    import torch
+    from .config import TrainConfig
+    from .frontend import FrontEnd
     kw = {"num_classes": num_classes, **(model_kwargs or {})}
+    full = Geometry(num_mel_bins, target_length)
     rows = []
     for s in schedules:
-        s.check_grid(target_length // 16)
+        check_geometry(TrainConfig(str(s), model=model), FrontEnd(num_mel_bins=num_mel_bins, target_length=target_length),
+                       s.Cs)
         phases = []
         for p in s.phases:
-            with torch.device("meta"):
-                m = build_for_phase(model, kw, s.method, p.C, num_mel_bins, target_length)
-            f, t = m.token_grid
-            phases.append({"C": p.C, "epochs": p.epochs, "tokens": f * t, "grid": [f, t],
+            m = build_for_phase(model, kw, s.method, p.C, full, device="meta")
+            f, t = getattr(m, "token_grid", (None, None))
+            phases.append({"C": p.C, "epochs": p.epochs, "tokens": f * t if f else None, "grid": [f, t],
                            "gflops_per_sample_step": train_flops(m) / 1e9})
         total = sum(ph["epochs"] * ph["gflops_per_sample_step"] for ph in phases)
         rows.append({"schedule": str(s), "phases": phases, "epochs": s.total_epochs,
                      "gflops_per_sample_total": total})
-    base = next((r for r in rows if r["schedule"].startswith("none:")), None)
+    base = next((r for r, s in zip(rows, schedules) if s.is_baseline), None)
     for r in rows:
         if base is not None:
             r["saving_vs_none"] = 1 - r["gflops_per_sample_total"] / base["gflops_per_sample_total"]

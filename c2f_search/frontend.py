@@ -9,13 +9,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-
-class AudioError(ValueError):
-    """An audio file that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path, self.problem = str(path), problem
+from .errors import AudioError
 
 
 # Known dataset statistics (AST recipes), selectable by name with --norm.

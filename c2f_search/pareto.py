@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .errors import NoResults
+from .io import atomic_write
+from .records import RECORD_FIELDS, ROW_FIELDS, row_table
 from .results import write_table
+from .schedule import parse_schedule
 
-ROW_COLUMNS = ["trial_id", "schedule", "method", "phase", "C", "epoch", "step", "val_metric", "metric_name",
-               "train_flops", "train_time_s", "wall_time_s", "schedule_done", "target_reached", "status",
-               "checkpoint_path", "lr"]
+ROW_COLUMNS = list(ROW_FIELDS)
 
 
 def pareto_front(points) -> list[int]:
@@ -71,7 +73,7 @@ def load_rows(search_dir, filesystem=None) -> pa.Table:
     fs, root = experiment_location(search_dir, filesystem)
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"{search_dir}: no search results (expected {root}); run 'c2f-search search' first")
+        raise NoResults(f"{search_dir}: no search results (expected {root}); run 'c2f-search search' first")
     rows = {}
     for t in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path):
         if t.type != pafs.FileType.Directory:
@@ -91,23 +93,17 @@ def load_rows(search_dir, filesystem=None) -> pa.Table:
             if "val_metric" not in r:
                 continue
             ck = r.get("checkpoint_dir_name")
-            trial_rows.append({
-                "trial_id": r.get("trial_id", t.base_name), "schedule": r["schedule"], "method": r["method"],
-                "phase": r["phase"], "C": r["C"], "epoch": r["epoch"], "step": r["step"],
-                "val_metric": r["val_metric"], "metric_name": r.get("metric_name", "metric"),
-                "train_flops": r["train_flops"], "train_time_s": r["train_time_s"],
-                "wall_time_s": r.get("wall_time_s"), "schedule_done": bool(r["schedule_done"]),
-                "target_reached": bool(r.get("target_reached", False)),
-                "checkpoint_path": f"{t.path}/{ck}" if ck and ck in names else None,
-                "lr": r.get("lr")})
+            trial_rows.append({**{k: r.get(k) for k in RECORD_FIELDS}, "trial_id": r.get("trial_id", t.base_name),
+                               "checkpoint_path": f"{t.path}/{ck}" if ck and ck in names else None,
+                               "lr": r.get("lr"), "batch_size": r.get("batch_size")})
         done = any(x["schedule_done"] for x in trial_rows)
         for x in trial_rows:
             x["status"] = "finished" if done else (status or "pruned")
             rows[(x["trial_id"], x["step"])] = x
     if not rows:
-        raise FileNotFoundError(f"{search_dir}: the search has no reported results yet")
+        raise NoResults(f"{search_dir}: the search has no reported results yet")
     ordered = sorted(rows.values(), key=lambda x: (x["trial_id"], x["step"]))
-    return pa.Table.from_pylist(ordered).select(ROW_COLUMNS)
+    return row_table(ordered)
 
 
 def analyse(rows: pa.Table, ref=None) -> dict:
@@ -124,7 +120,7 @@ def analyse(rows: pa.Table, ref=None) -> dict:
     anytime_front = [R[i] for i in ai]
     if ref is None:
         ref = (0.0, 1.1 * max(r["train_flops"] for r in R))
-    base = [r for r in final if r["method"] == "none"]
+    base = [r for r in final if parse_schedule(r["schedule"]).is_baseline]
     baseline = None
     if base:
         b = max(base, key=lambda r: r["val_metric"])
@@ -187,10 +183,8 @@ def plot(rows: pa.Table, res: dict, path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    atomic_write(path, lambda p: fig.savefig(p, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

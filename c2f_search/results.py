@@ -2,32 +2,21 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .errors import C2FError
+from .io import atomic_write
+
 
 def write_table(table: pa.Table, path) -> Path:
     """Write `table` to `path` atomically; the format follows the suffix (.parquet, .csv, .json)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            pq.write_table(table, tmp)
-        elif path.suffix == ".csv":
-            pacsv.write_csv(table, tmp)
-        elif path.suffix == ".json":
-            Path(tmp).write_text(json.dumps(table.to_pylist(), indent=1, default=str))
-        else:
-            raise ValueError(f"{path}: use a .parquet, .csv or .json file name")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    writers = {".parquet": lambda p: pq.write_table(table, p), ".csv": lambda p: pacsv.write_csv(table, p),
+               ".json": lambda p: Path(p).write_text(json.dumps(table.to_pylist(), indent=1, default=str))}
+    if path.suffix not in writers:
+        raise C2FError(f"{path}: use a .parquet, .csv or .json file name")
+    return atomic_write(path, writers[path.suffix])

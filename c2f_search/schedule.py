@@ -1,20 +1,22 @@
 """Coarse-to-fine schedules: a compression method plus phases of (C, epochs).
 
-Text form: ``METHOD:C1xE1,C2xE2,...,1xEn``, e.g. ``fshift:4x5,1x15``.
+Text form: ``METHOD:C1xE1,C2xE2,...,1xEn``, e.g. ``fshift:4x5,1x15``. C strictly decreases and the
+last phase runs at full resolution (C = 1). Table 1's ablation that never returns to full
+resolution ("Pool2") has its own spelling, ``METHOD:CxE,coarse-only`` (e.g. ``avgpool:2x20,coarse-only``),
+so that a forgotten ``1xE`` is still an error.
 """
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
-from typing import Sequence
 
-METHODS = ("none", "fshift", "avgpool", "maxpool", "patch-bl", "patch-pi")
+from .errors import ScheduleError
+
 EXAMPLE = "fshift:4x5,1x15"
+COARSE_ONLY = "coarse-only"
 
-
-class ScheduleError(ValueError):
-    """A schedule spec that cannot be used; the message says how to fix it."""
+__all__ = ["Phase", "Schedule", "ScheduleError", "parse_schedule", "EXAMPLE", "COARSE_ONLY"]
 
 
 @dataclass(frozen=True)
@@ -34,17 +36,18 @@ def _fmt_epochs(e: float) -> str:
 class Schedule:
     method: str
     phases: tuple[Phase, ...]
+    coarse_only: bool = False  # Table 1's "Pool2" ablation: no full-resolution phase
 
     def __post_init__(self):
         object.__setattr__(self, "phases", tuple(self.phases))
-        _validate(self.method, self.phases)
+        _validate(self)
 
     @classmethod
     def parse(cls, text: str) -> "Schedule":
         return parse_schedule(text)
 
     def __str__(self) -> str:
-        return f"{self.method}:" + ",".join(str(p) for p in self.phases)
+        return f"{self.method}:" + ",".join(str(p) for p in self.phases) + (f",{COARSE_ONLY}" if self.coarse_only else "")
 
     @property
     def total_epochs(self) -> float:
@@ -54,8 +57,21 @@ class Schedule:
     def max_C(self) -> int:
         return self.phases[0].C
 
+    @property
+    def Cs(self) -> list[int]:
+        return [p.C for p in self.phases]
+
+    @property
+    def is_baseline(self) -> bool:
+        """One phase at full resolution: the reference every saving is measured against."""
+        return self.Cs == [1]
+
     def phase_steps(self, steps_per_epoch: int) -> list[int]:
-        """Optimizer steps per phase; fractional epochs round to whole steps (at least 1)."""
+        """Optimizer steps per phase; fractional epochs round to whole steps (at least 1).
+
+        Bounds are rounded on the cumulative epochs, so a phase's step count depends only on
+        the phases before it and itself: schedules that agree on a prefix agree on its steps.
+        """
         bounds = [0]
         acc = 0.0
         for p in self.phases:
@@ -74,40 +90,54 @@ class Schedule:
                 )
 
 
-def _validate(method: str, phases: Sequence[Phase]) -> None:
-    if method not in METHODS:
-        raise ScheduleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} (e.g. {EXAMPLE})")
-    if not phases:
+def _validate(s: Schedule) -> None:
+    from .compress import get_method
+    method = get_method(s.method)  # raises ScheduleError naming the registered methods
+    if not s.phases:
         raise ScheduleError(f"schedule has no phases; write e.g. {EXAMPLE}")
-    for p in phases:
+    for p in s.phases:
         if not isinstance(p.C, int) or isinstance(p.C, bool) or p.C < 1:
             raise ScheduleError(f"C must be a positive integer, got {p.C!r} (e.g. {EXAMPLE})")
-        if not (isinstance(p.epochs, (int, float)) and math.isfinite(p.epochs) and p.epochs > 0):
-            raise ScheduleError(f"phase epochs must be > 0, got {p.epochs!r} (e.g. {EXAMPLE})")
-    cs = [p.C for p in phases]
+        if not (isinstance(p.epochs, (int, float)) and not isinstance(p.epochs, bool)
+                and math.isfinite(p.epochs) and p.epochs > 0):
+            raise ScheduleError(f"phase epochs must be a finite number > 0, got {p.epochs!r} (e.g. {EXAMPLE})")
+    cs = s.Cs
     if any(a <= b for a, b in zip(cs, cs[1:])):
         raise ScheduleError(f"C must strictly decrease across phases, got {'->'.join(map(str, cs))} (e.g. {EXAMPLE})")
-    if cs[-1] != 1:
-        raise ScheduleError(f"the last phase must have C=1 (full resolution), got C={cs[-1]} (e.g. {EXAMPLE})")
-    if method == "none" and len(cs) > 1:
-        raise ScheduleError("method 'none' is the baseline and takes one phase, e.g. none:1x20")
+    if not method.compresses and cs != [1]:
+        raise ScheduleError(f"method {s.method!r} is the baseline and takes one phase at C=1, e.g. none:1x20")
+    if s.coarse_only:
+        if cs[-1] == 1:
+            raise ScheduleError(f"{s}: '{COARSE_ONLY}' is for schedules that never reach C=1; drop it, or drop "
+                                f"the 1xE phase (e.g. avgpool:2x20,{COARSE_ONLY})")
+    elif cs[-1] != 1:
+        raise ScheduleError(f"the last phase must have C=1 (full resolution), got C={cs[-1]} (e.g. {EXAMPLE}); "
+                            f"for Table 1's coarse-only ablation write {s.method}:{cs[-1]}xE,{COARSE_ONLY}")
 
 
-_PHASE = re.compile(r"^\s*([-+]?\d+)\s*x\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*$")
+_PHASE = re.compile(r"^\s*([-+]?\d+)\s*x\s*(.+?)\s*$")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def parse_schedule(text: str) -> Schedule:
-    """Parse ``METHOD:CxE,...``; raises ScheduleError with a valid example on bad input."""
+    """Parse ``METHOD:CxE,...[,coarse-only]``; raises ScheduleError with a valid example on bad input."""
     if not isinstance(text, str) or ":" not in text:
         raise ScheduleError(f"schedule {text!r} needs the form METHOD:CxEPOCHS,..., e.g. {EXAMPLE}")
     method, _, body = text.partition(":")
     method = method.strip()
+    parts = [p.strip() for p in body.split(",")]
+    coarse_only = bool(parts) and parts[-1] == COARSE_ONLY
+    if coarse_only:
+        parts = parts[:-1]
     phases = []
-    for part in body.split(","):
+    for part in parts:
         m = _PHASE.match(part)
         if not m:
             if "x" not in part:
-                raise ScheduleError(f"phase {part.strip()!r} in {text!r} is missing the 'x' in CxEPOCHS (e.g. {EXAMPLE})")
-            raise ScheduleError(f"phase {part.strip()!r} in {text!r} is not CxEPOCHS with integer C (e.g. {EXAMPLE})")
+                raise ScheduleError(f"phase {part!r} in {text!r} is missing the 'x' in CxEPOCHS (e.g. {EXAMPLE})")
+            raise ScheduleError(f"phase {part!r} in {text!r} is not CxEPOCHS with an integer C (e.g. {EXAMPLE})")
+        if not _NUMBER.match(m.group(2)):
+            raise ScheduleError(f"phase {part!r} in {text!r}: epochs {m.group(2)!r} is not a number "
+                                f"(e.g. {EXAMPLE}; fractions like 0.5 are fine)")
         phases.append(Phase(int(m.group(1)), float(m.group(2))))
-    return Schedule(method, tuple(phases))
+    return Schedule(method, tuple(phases), coarse_only)

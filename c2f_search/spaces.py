@@ -14,17 +14,16 @@ from pathlib import Path
 
 import yaml
 
-from .schedule import METHODS, Phase, Schedule, ScheduleError, parse_schedule
+from .compress import baseline_method, list_methods
+from .config import SEARCHABLE, TrainConfig
+from .errors import ConfigError, ScheduleError, SpaceError
+from .schedule import Phase, Schedule, parse_schedule
 
 TOP_KEYS = {"name", "description", "data", "model", "epochs", "metric_target", "resources", "space",
             "schedules", "fixed"}
 SPACE_KEYS = {"method", "coarse_phases", "C_values", "phase_fraction", "max_coarse_fraction"}
-HPARAMS = {"lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma", "seed"}
+HPARAMS = set(SEARCHABLE)
 RESOURCE_KEYS = {"cpu", "gpu"}
-
-
-class SpaceError(ValueError):
-    """A search-space file that cannot be used; names the file, the key and the fix."""
 
 
 @dataclass
@@ -62,11 +61,22 @@ class Space:
             return max(s.max_C for s in self.schedules)
         return max(self.C_values) if self.coarse_phases[1] > 0 else 1
 
-    def fshift_Cs(self) -> set[int]:
-        """C values whose fbank the search may read at a larger frame shift."""
+    def phase_variants(self) -> set[tuple[str, int]]:
+        """Every (method, C) a trial of this space may train at."""
         if self.is_grid:
-            return {p.C for s in self.schedules if s.method == "fshift" for p in s.phases}
-        return set(self.C_values) | {1} if "fshift" in self.methods else {1}
+            return {(s.method, p.C) for s in self.schedules for p in s.phases}
+        out = {(m, C) for m in self.methods for C in [*self.C_values, 1]} if self.coarse_phases[1] > 0 else set()
+        return out | ({(baseline_method(), 1)} if self.coarse_phases[0] == 0 else set())
+
+    def methods_used(self) -> set[str]:
+        return {m for m, _ in self.phase_variants()}
+
+    def Cs_used(self) -> set[int]:
+        return {C for _, C in self.phase_variants()}
+
+    def probe_config(self) -> TrainConfig:
+        """A TrainConfig of this space's model and fixed settings (for checks before any trial)."""
+        return TrainConfig(schedule="none:1x1", model=self.model, **self.fixed)
 
     def define_by_run(self, epochs: float | None = None) -> "DefineByRun":
         """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
@@ -76,7 +86,7 @@ class Space:
         lo, hi = self.coarse_phases
         k = trial.suggest_int("coarse_phases", lo, hi) if hi > lo else lo
         if k == 0:
-            return Schedule("none", (Phase(1, E),))
+            return Schedule(baseline_method(), (Phase(1, E),))
         method = trial.suggest_categorical("method", self.methods)
         # one categorical per k over the strictly decreasing C tuples: fixed choices per name, as samplers need
         combos = ["-".join(map(str, c)) for c in itertools.combinations(sorted(self.C_values, reverse=True), k)]
@@ -136,6 +146,22 @@ def _check_hparam(path, name, spec):
         raise _err(path, f"space.{name}", f"needs low < high (and low > 0 with log), got {lo}, {hi}")
 
 
+def _extremes(spec) -> list:
+    return list(spec) if isinstance(spec, list) else [spec["low"], spec["high"]]
+
+
+def _check_values(path, section: str, model: str, fixed: dict, values: dict) -> None:
+    """Every value a trial may get passes TrainConfig's checks, so no trial crashes on a bad setting."""
+    for name, vals in values.items():
+        for v in vals:
+            try:
+                TrainConfig(schedule="none:1x1", model=model, **{**fixed, name: v})
+            except ConfigError as e:
+                raise _err(path, f"{section}.{e.field}", e.problem) from None
+            except TypeError:
+                raise _err(path, f"{section}.{name}", f"{v!r} is not a valid value") from None
+
+
 def find_space(name_or_path: str) -> Path:
     """A path, or the name of a shipped space (default, paper)."""
     p = Path(name_or_path)
@@ -169,6 +195,8 @@ def load_space(name_or_path: str) -> Space:
             not isinstance(v, (int, float)) or v < 0 for v in res.values()):
         raise _err(path, "resources", "must be {cpu: N, gpu: N} with numbers >= 0 (gpu may be fractional, e.g. 0.5)")
     fixed = doc.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise _err(path, "fixed", "must be a mapping of hyperparameter: value")
     bad = set(fixed) - HPARAMS
     if bad:
         raise _err(path, f"fixed.{sorted(bad)[0]}", f"unknown hyperparameter; allowed: {', '.join(sorted(HPARAMS))}")
@@ -176,6 +204,10 @@ def load_space(name_or_path: str) -> Space:
     model = doc.get("model", "ast-tiny")
     if model not in list_models():
         raise _err(path, "model", f"unknown model {model!r}; choose one of {', '.join(list_models())}")
+    _check_values(path, "fixed", model, fixed, {k: [v] for k, v in fixed.items()})
+    mt = doc.get("metric_target")
+    if mt is not None and not (isinstance(mt, (int, float)) and 0 <= mt <= 1):
+        raise _err(path, "metric_target", f"accuracy and mAP lie in [0, 1], got {mt!r}")
     sp = Space(str(path), doc.get("name", path.stem), float(epochs), model=model, data=doc.get("data"),
                metric_target=doc.get("metric_target"), resources={"cpu": 1, "gpu": 0, **res}, fixed=fixed)
     if "schedules" in doc:
@@ -199,9 +231,11 @@ def load_space(name_or_path: str) -> Space:
             raise _err(path, f"space.{key}", f"unknown; allowed: {', '.join(sorted(SPACE_KEYS | HPARAMS))}")
         _check_hparam(path, key, spec)
         sp.hparams[key] = spec
-    methods = body.get("method", [m for m in METHODS if m != "none"])
-    if not isinstance(methods, list) or not methods or set(methods) - set(METHODS[1:]):
-        raise _err(path, "space.method", f"must be a list drawn from {', '.join(METHODS[1:])}")
+    _check_values(path, "space", model, fixed, {k: _extremes(v) for k, v in sp.hparams.items()})
+    compressing = list_methods(compressing_only=True)
+    methods = body.get("method", compressing)
+    if not isinstance(methods, list) or not methods or set(methods) - set(compressing):
+        raise _err(path, "space.method", f"must be a list drawn from {', '.join(compressing)}")
     sp.methods = methods
     cp = body.get("coarse_phases", {"low": 0, "high": 3})
     if not (isinstance(cp, dict) and {"low", "high"} == set(cp) and 0 <= cp["low"] <= cp["high"]):

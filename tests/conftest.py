@@ -19,5 +19,5 @@ def _cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_data(_cache):
-    from c2f_search.train import Data
+    from c2f_search.data import Data
     return Data.from_specs(TINY_DATA)

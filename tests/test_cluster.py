@@ -137,7 +137,7 @@ def _node_of(out, trial_id):
 
 @pytest.mark.slow
 def test_a_trial_that_keeps_failing_is_infeasible_and_the_search_goes_on(tmp_path, no_ray, monkeypatch):
-    from c2f_search.search import SearchSettings, resolve_data_args, run_search
+    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
     monkeypatch.setenv("C2F_INJECT_NAN", "fshift:2x1,1x1")
     space = tmp_path / "s.yaml"
     space.write_text("epochs: 2\nschedules: ['none:1x2', 'fshift:2x1,1x1']\nfixed: {lr: 3.0e-4, batch_size: 8}\n")
@@ -155,7 +155,7 @@ def test_a_trial_that_keeps_failing_is_infeasible_and_the_search_goes_on(tmp_pat
 
 @pytest.mark.slow
 def test_storage_through_a_pyarrow_filesystem(tmp_path, no_ray):
-    from c2f_search.search import SearchSettings, resolve_data_args, run_search
+    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
     base = tmp_path / "bucket"
     base.mkdir()
     fs = pafs.SubTreeFileSystem(str(base), pafs.LocalFileSystem())

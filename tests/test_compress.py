@@ -2,7 +2,9 @@ import torch
 import torch.nn.functional as F
 
 from c2f_search import compress
-from c2f_search.compress import geometry, pool
+from c2f_search.compress import get_method, list_methods
+from c2f_search.compress._pool import pool_time
+from c2f_search.geometry import Geometry
 from c2f_search.frontend import FrontEnd, fbank, fit_length
 
 
@@ -14,7 +16,7 @@ def test_pool_equals_pooling_each_clip_before_padding():
     batch = torch.stack([F.pad(r, (0, T - r.shape[1])) for r in raw])
     n = torch.tensor(lengths)
     for mode, ref_fn in (("avg", F.avg_pool1d), ("max", F.max_pool1d)):
-        out = pool.compress(batch, n, C, mode)
+        out = pool_time(batch, n, C, mode)
         assert out.shape == (4, 8, T // C)
         for b, r in enumerate(raw):
             ref = ref_fn(r[None], C, C, ceil_mode=True)[0]
@@ -39,6 +41,18 @@ def test_fshift_frames_match_ast_counts():
 
 
 def test_geometry_per_method():
-    assert geometry("fshift", 4, 128, 1024) == {"input_size": (128, 256), "patch_size": (16, 16)}
-    assert geometry("avgpool", 2, 128, 1024) == {"input_size": (128, 512), "patch_size": (16, 16)}
-    assert geometry("patch-bl", 4, 128, 1024) == {"input_size": (128, 1024), "patch_size": (16, 64)}
+    full = Geometry(128, 1024)
+    assert get_method("fshift").geometry(4, full) == Geometry(128, 256)
+    assert get_method("avgpool").geometry(2, full) == Geometry(128, 512)
+    assert get_method("patch-bl").geometry(4, full) == Geometry(128, 1024, time_stretch=4)
+    assert get_method("none").geometry(1, full) == full
+
+
+def test_method_contract_per_method():
+    assert list_methods() == ["avgpool", "fshift", "maxpool", "none", "patch-bl", "patch-pi"]
+    fs, ap, pb = get_method("fshift"), get_method("avgpool"), get_method("patch-pi")
+    assert (fs.frame_shift(10.0, 4), fs.feature_length(1024, 4), fs.time_mask_scale(4)) == (40.0, 256, 4)
+    assert (ap.frame_shift(10.0, 4), ap.feature_length(1024, 4), ap.time_mask_scale(4)) == (10.0, 1024, 4)
+    assert (pb.frame_shift(10.0, 4), pb.feature_length(1024, 4), pb.time_mask_scale(4)) == (10.0, 1024, 1)
+    assert pb.kernel_resize == "pi" and get_method("patch-bl").kernel_resize == "bilinear"
+    assert not get_method("none").compresses and fs.compresses

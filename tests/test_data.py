@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from c2f_search.data import DataError, extract, load_datafile, load_folder, resolve
+from c2f_search.data import Data, DataError, extract, load_datafile, load_folder, resolve
 from c2f_search.frontend import FrontEnd
-from c2f_search.train import Data
 
 FE = FrontEnd(num_mel_bins=32, target_length=64)
 
@@ -109,7 +108,7 @@ def test_builtin_events_is_deterministic_and_balanced(tiny_data):
     assert d2.train.paths == tiny_data.train.paths
     assert tiny_data.num_classes == 10 and not tiny_data.multilabel
     assert tiny_data.train.targets.sum(0).tolist() == [4.0] * 10
-    x = tiny_data.features("train", 10.0).x
+    x = tiny_data.features("train", 10.0, 256).x
     assert x.shape == (40, 64, 256) and np.isfinite(x).all()
     with pytest.raises(ValueError, match="train=N"):
         Data.from_specs("builtin:events?tran=5")

@@ -1,9 +1,10 @@
 from c2f_search import train_flops
+from c2f_search.geometry import Geometry
 from c2f_search.transfer import build_for_phase
 
 
 def _flops(T, depth=2, d_model="ast-tiny"):
-    return train_flops(build_for_phase(d_model, {"num_classes": 10, "depth": depth}, "none", 1, 64, T))
+    return train_flops(build_for_phase(d_model, {"num_classes": 10, "depth": depth}, "none", 1, Geometry(64, T)))
 
 
 def test_attention_term_is_counted():
@@ -21,5 +22,5 @@ def test_attention_term_is_counted():
 
 def test_matches_measured_vit_base_counts():
     for T, g in ((1024, 290.9), (512, 138.5), (256, 67.7)):
-        f = train_flops(build_for_phase("ast-base", {"num_classes": 527}, "none", 1, 128, T)) / 1e9
+        f = train_flops(build_for_phase("ast-base", {"num_classes": 527}, "none", 1, Geometry(128, T), device="meta")) / 1e9
         assert abs(f - g) < 0.1, (T, f)

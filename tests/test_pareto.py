@@ -23,7 +23,7 @@ def test_hypervolume_by_hand():
 
 def _row(tid, step, m, f, done, method="fshift", status="finished"):
     r = dict.fromkeys(ROW_COLUMNS)
-    r.update(trial_id=tid, schedule=f"{method}:..", method=method, step=step, val_metric=m, train_flops=f * 1e9,
+    r.update(trial_id=tid, schedule="none:1x3" if method == "none" else f"{method}:2x1,1x1", method=method, step=step, val_metric=m, train_flops=f * 1e9,
              schedule_done=done, status=status, metric_name="accuracy")
     return r
 
@@ -38,7 +38,7 @@ def test_analyse_final_anytime_baseline_saving():
     res = analyse(rows, ref=(0.0, 40e9))
     assert {r["trial_id"] for r in res["final"]} == {"base", "a"}
     assert [r["trial_id"] for r in res["final_front"]] == ["a"]
-    assert res["baseline"] == {"trial_id": "base", "schedule": "none:..", "val_metric": 0.6, "train_flops": 20e9}
+    assert res["baseline"] == {"trial_id": "base", "schedule": "none:1x3", "val_metric": 0.6, "train_flops": 20e9}
     # trial a first reached the baseline's best (0.6) at 8 GFLOPs; the baseline needed 20
     assert res["final_front"][0]["flops_saving_vs_baseline"] == pytest.approx(1 - 8 / 20)
     assert [r["trial_id"] for r in res["anytime_front"]] == ["p"]

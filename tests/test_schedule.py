@@ -2,7 +2,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from c2f_search import Phase, Schedule, ScheduleError, parse_schedule
-from c2f_search.schedule import METHODS
+from c2f_search.compress import list_methods
+
+METHODS = list_methods()
 
 epochs = st.one_of(st.integers(1, 50).map(float), st.floats(0.01, 100, allow_nan=False, allow_infinity=False))
 
@@ -38,8 +40,11 @@ def test_parser_raises_only_schedule_error(text):
     ("fsift:4x5,1x15", "unknown method"),
     ("fshift:2x5,4x5,1x10", "strictly decrease"),
     ("fshift:4x5,2x15", "last phase must have C=1"),
-    ("fshift:4x0,1x15", "epochs must be > 0"),
-    ("fshift:4x-2,1x15", "epochs must be > 0"),
+    ("fshift:4x0,1x15", "epochs must be a finite number > 0"),
+    ("fshift:4x-2,1x15", "epochs must be a finite number > 0"),
+    ("fshift:2xnan,1x1", "epochs 'nan' is not a number"),
+    ("avgpool:2x5", "coarse-only"),
+    ("avgpool:2x5,1x5,coarse-only", "never reach C=1"),
     ("fshift:4,1x15", "missing the 'x'"),
     ("fshift", "METHOD:CxEPOCHS"),
     ("none:2x5,1x5", "baseline"),

@@ -42,8 +42,8 @@ def fresh_ray():
 
 
 def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fresh_ray, monkeypatch):
-    from c2f_search.search import SearchSettings, resolve_data_args, run_search
-    from c2f_search.train import Data, Run, TrainConfig
+    from c2f_search import Data, Run, TrainConfig
+    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
 
     marker = tmp_path / "fault"
     monkeypatch.setenv("C2F_INJECT_FAULT", f"{marker}:1")  # crash once, after epoch 1 (a phase transition)
@@ -106,7 +106,7 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
 
 
 def test_unfinished_schedules_are_pruned_not_complete(tmp_path):
-    from c2f_search.search import C2FOptunaSearch
+    from c2f_search.search.searcher import C2FOptunaSearch
     from c2f_search.spaces import load_space
     sp = load_space("paper")
     s = C2FOptunaSearch(space=sp.define_by_run(4), metric=["val_metric", "train_flops"], mode=["max", "min"],
@@ -140,9 +140,9 @@ def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
 
 
 def test_open_space_runs_the_baseline_first():
-    from c2f_search.search import SearchSettings, make_searcher
+    from c2f_search.search.searcher import make_searcher
     from c2f_search.spaces import load_space
     sp = load_space("default")
-    s = make_searcher(sp, SearchSettings(space="default", out=".", data={}), 4, None)
+    s = make_searcher(sp, "auto", 0, 4, None)
     first, second = s.suggest("a"), s.suggest("b")
     assert first["schedule"] == "none:1x4" and second["schedule"] != "none:1x4"

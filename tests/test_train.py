@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from c2f_search.train import Run, TrainConfig, load_checkpoint, save_checkpoint
+from c2f_search import Run, TrainConfig, load_checkpoint, save_checkpoint
 
 KW = {"depth": 1}
 
@@ -43,10 +43,12 @@ def test_resume_from_any_record_matches_an_uninterrupted_run(tiny_data, tmp_path
     assert len(resumed.history) == len(full)
 
 
-def test_budget_mode_stops_at_first_epoch_reaching_target(tiny_data):
+def test_budget_mode_stops_at_first_final_phase_epoch_reaching_target(tiny_data):
+    # a coarse-phase evaluation never counts (the paper's budget mode): the first C=1 one does
     run = Run(_cfg("fshift:2x1,1x2", metric_target=0.0), tiny_data, "cpu")
     recs = list(run.records())
-    assert len(recs) == 1 and recs[0]["target_reached"] and recs[0]["schedule_done"]
+    assert [r["C"] for r in recs] == [2, 1] and not recs[0]["target_reached"]
+    assert recs[1]["target_reached"] and recs[1]["schedule_done"] and recs[1]["epoch"] == 2.0
 
 
 def test_phase_transition_resets_optimizer_state(tiny_data):
@@ -54,12 +56,12 @@ def test_phase_transition_resets_optimizer_state(tiny_data):
     it = run.records()
     rec = next(it)
     assert rec["phase_end"] and len(run.opt.state) > 0
-    run._transition()
+    run._act()
     assert run.C == 1 and len(run.opt.state) == 0 and run.lr_sched.last_epoch == 0
 
 
 def test_nan_loss_is_a_clear_error(tiny_data):
-    from c2f_search.train import NonFiniteLoss
+    from c2f_search.errors import NonFiniteLoss
     run = Run(_cfg("none:1x1"), tiny_data, "cpu")
     with torch.no_grad():
         run.model.head[1].weight.fill_(float("nan"))

@@ -1,8 +1,8 @@
 """Function trainable: one trial = one schedule plus its hyperparameters.
 
-It adds nothing to the training logic: it builds ``c2f_search.train.Run``, restores
-it from Tune's checkpoint when there is one, and reports every record (each epoch and
-each phase end) with a checkpoint holding the full training state.
+It adds nothing to the training logic: it builds ``c2f_search.train.Run``, restores it from
+Tune's checkpoint when there is one, and reports every record (each epoch and each phase end,
+``c2f_search.records``) with a checkpoint holding the full training state.
 """
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ import ray
 import torch
 from ray import tune
 
-from c2f_search.data import DataError
-from c2f_search.spaces import HPARAMS
-from c2f_search.train import Data, Run, TrainConfig, load_checkpoint, save_checkpoint
+from c2f_search.config import SEARCHABLE, TrainConfig
+from c2f_search.data import Data
+from c2f_search.errors import DataError
+from c2f_search.io import load_checkpoint, save_checkpoint
+from c2f_search.records import RECORD_FIELDS
+from c2f_search.train import Run
 
-REPORT_KEYS = ("val_metric", "train_flops", "train_time_s", "phase", "C", "method", "epoch", "schedule_done")
 CKPT_FILE = "state.pt"
 
 
@@ -40,12 +42,17 @@ def _maybe_inject_fault(rec: dict) -> None:
         raise RuntimeError(f"injected fault after epoch {rec['epoch']}")
 
 
+def trial_config(config: dict, setup: dict) -> TrainConfig:
+    """The trial's TrainConfig: TrainConfig's defaults, the space's fixed settings, then the sampled ones."""
+    hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in SEARCHABLE}}
+    return TrainConfig(schedule=config["schedule"], model=setup["model"], model_kwargs=setup.get("model_kwargs", {}),
+                       metric_target=setup.get("metric_target"), **hp)
+
+
 def train_schedule(config: dict, setup: dict) -> None:
     """Run one trial. `config` holds the schedule and searched hyperparameters; `setup`
     the fixed parts (data, model, fixed hyperparameters, metric target)."""
-    hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in HPARAMS}}
-    cfg = TrainConfig(schedule=config["schedule"], model=setup["model"], model_kwargs=setup.get("model_kwargs", {}),
-                      metric_target=setup.get("metric_target"), **hp)
+    cfg = trial_config(config, setup)
     try:
         data = Data.from_specs(**setup["data"])
     except (DataError, OSError) as e:
@@ -63,13 +70,9 @@ def train_schedule(config: dict, setup: dict) -> None:
             next(run.model.parameters()).fill_(float("nan"))
     # where this attempt runs and resumed from: node-loss recovery is measured from these
     attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
-               "resumed_from_step": state["step"] if state else -1}
+               "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size}
     for rec in run.records():
-        metrics = {k: rec[k] for k in REPORT_KEYS} | attempt | {
-            "schedule": rec["schedule"], "step": rec["step"], "train_loss": rec["train_loss"],
-            "eval_flops": rec["eval_flops"], "wall_time_s": rec["wall_time_s"], "phase_end": rec["phase_end"],
-            "target_reached": rec["target_reached"], "metric_name": rec["metric_name"], "lr": cfg.lr,
-            "batch_size": cfg.batch_size}
+        metrics = {k: rec[k] for k in RECORD_FIELDS} | attempt
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(run.state_dict(), Path(d) / CKPT_FILE)
             _maybe_inject_fault(rec)

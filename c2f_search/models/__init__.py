@@ -1,5 +1,8 @@
-"""Models built by name from a registry (timm-style): ``create_model('ast-tiny', ...)``."""
-from ._registry import create_model, list_models, register_model
-from . import ast  # noqa: F401  (registers the AST family)
+"""Models built by name (timm-style): ``create_model('ast-tiny', geometry=..., num_classes=10)``.
 
-__all__ = ["create_model", "list_models", "register_model"]
+One file per family; each registers its names with its phase adapter (``ModelFamily``). A new
+family is one file in this package: it is found and registered on first use.
+"""
+from ._registry import ModelFamily, create_model, get_family, list_models, register_model
+
+__all__ = ["ModelFamily", "create_model", "get_family", "list_models", "register_model"]

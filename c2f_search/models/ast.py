@@ -1,36 +1,44 @@
-"""AST (Gong et al. 2021) on timm's VisionTransformer: 1-channel, non-square input.
+"""AST (Gong et al. 2021) on timm's VisionTransformer: one input channel, non-square input.
 
 Output = mean of the prefix tokens (cls, plus dist if enabled) -> LayerNorm -> Linear.
+The family's phase adapter (``ASTFamily``) sits here, next to the model, as timm keeps a
+family's resampling next to the family: position embeddings are resampled bilinearly to a
+new token grid, and a stretched patch kernel moves as the compression method says.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed
-from timm.models.deit import VisionTransformerDistilled
-from timm.models.vision_transformer import VisionTransformer
 
-from ._registry import register_model
+from ..errors import C2FError
+from ..geometry import Geometry
+from ._layers import resample_grid_embed, resize_patch_kernel
+from ._registry import ModelFamily, create_model, get_family, register_model
 
+PATCH = 16
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 
 
 class AST(nn.Module):
-    def __init__(self, num_classes: int, input_size=(128, 1024), patch_size=(16, 16), stride=None,
-                 embed_dim=192, depth=12, num_heads=3, dist_token=False, drop_path_rate=0.0, init=None):
+    def __init__(self, geometry: Geometry, num_classes: int, embed_dim=192, depth=12, num_heads=3,
+                 dist_token=False, drop_path_rate=0.0, stride: int | None = None):
         super().__init__()
+        from timm.models.deit import VisionTransformerDistilled
+        from timm.models.vision_transformer import VisionTransformer
+        k = geometry.time_stretch
+        patch = (PATCH, PATCH * k)
         cls = VisionTransformerDistilled if dist_token else VisionTransformer
-        self.vit = cls(img_size=tuple(input_size), patch_size=tuple(patch_size), in_chans=1, num_classes=0,
+        self.vit = cls(img_size=geometry.input_size, patch_size=patch, in_chans=1, num_classes=0,
                        global_pool="token", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                        drop_path_rate=drop_path_rate)
-        if stride is not None and tuple(stride) != tuple(patch_size):
-            self._set_stride(tuple(stride))
+        if stride is not None and stride != PATCH:  # overlapping patches (AST's stride 10) stretch with the patch
+            self._set_stride((stride, stride * k))
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))
-        if init:
-            load_init(self, init)
 
     def _set_stride(self, stride):
-        """Overlapping patches (AST's stride 10): a strided conv and a larger token grid."""
+        """A strided patch conv and the larger token grid it gives."""
         pe = self.vit.patch_embed
         k = pe.proj.kernel_size
         pe.proj = nn.Conv2d(1, pe.proj.out_channels, kernel_size=k, stride=stride)
@@ -51,66 +59,134 @@ class AST(nn.Module):
         return self.head(tokens[:, : self.vit.num_prefix_tokens].mean(1))
 
 
-def load_init(model: AST, path) -> None:
-    """Initialise the backbone from a local timm/DeiT checkpoint; nothing is downloaded.
+class ASTFamily(ModelFamily):
+    name, time_granularity, min_mel_bins = "ast", PATCH, PATCH
 
-    The RGB patch kernel is summed over channels and resized (PI) to this model's
-    patch; position embeddings are resampled bilinearly to this model's grid.
-    """
-    from pathlib import Path
+    def adapt_state_dict(self, sd, old, new, method):
+        sd["vit.pos_embed"] = resample_grid_embed(sd["vit.pos_embed"], new.token_grid, old.token_grid,
+                                                  old.vit.num_prefix_tokens)
+        key = "vit.patch_embed.proj.weight"
+        size = new.vit.patch_embed.proj.weight.shape[-2:]
+        if sd[key].shape[-2:] != size:
+            sd[key] = resize_patch_kernel(sd[key], size, method.kernel_resize or "pi")
+        return sd
 
-    from timm.layers import resample_patch_embed
+    def load_init(self, model: AST, path) -> None:
+        """Start from a local file; nothing is downloaded. Three kinds are read:
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--init {path}: no such file; give a local timm/DeiT checkpoint (.pth or .safetensors)")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        sd = load_file(str(p))
-    else:
-        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        * a c2f-search checkpoint (``final.pt``, ``last.pt``): fine-tune a run of your own;
+        * the official AST format (``module.v.*`` keys, e.g. ``audioset_10_10_0.4593.pth``);
+        * a timm ViT/DeiT state dict (``.pth`` or ``.safetensors``): the RGB patch kernel is summed.
+        Position embeddings and the patch kernel move to this model's geometry; the classifier
+        is kept only where the number of classes matches.
+        """
+        from ..io import load_checkpoint
+        p = Path(path)
+        if p.suffix == ".safetensors" and p.is_file():
+            from safetensors.torch import load_file
+            try:
+                sd = load_file(str(p))
+            except Exception as e:  # safetensors raises its own error types for damaged files
+                raise C2FError(f"--init {path}: cannot read it as safetensors ({e})") from None
+        else:
+            sd = load_checkpoint(p)
+        if isinstance(sd.get("model"), dict) and "model_name" in sd:
+            return self._from_c2f(model, sd, path)
         sd = sd.get("model", sd.get("state_dict", sd))
-    vit = model.vit
-    w = sd.get("patch_embed.proj.weight")
-    if w is None:
-        raise ValueError(f"--init {path}: no 'patch_embed.proj.weight'; is it a timm ViT/DeiT checkpoint?")
-    if w.shape[1] != 1:
-        sd["patch_embed.proj.weight"] = w.sum(1, keepdim=True)
-    k = vit.patch_embed.proj.weight.shape[-2:]
-    if sd["patch_embed.proj.weight"].shape[-2:] != k:
-        sd["patch_embed.proj.weight"] = resample_patch_embed(sd["patch_embed.proj.weight"], list(k),
-                                                             interpolation="bilinear", antialias=False)
-    if "pos_embed" in sd:
-        npt_src = 2 if "dist_token" in sd else 1
-        pe = sd["pos_embed"]
-        n_src = pe.shape[1] - npt_src
-        side = int(round(n_src ** 0.5))
-        prefix = pe[:, :npt_src]
-        grid = resample_abs_pos_embed(pe[:, npt_src:], new_size=list(vit.patch_embed.grid_size),
-                                      old_size=[side, side], num_prefix_tokens=0,
-                                      interpolation="bilinear", antialias=False)
-        npt = vit.num_prefix_tokens
-        if prefix.shape[1] < npt:
-            prefix = torch.cat([prefix, prefix[:, :1].expand(-1, npt - prefix.shape[1], -1)], 1)
-        sd["pos_embed"] = torch.cat([prefix[:, :npt], grid], 1)
-    if "dist_token" in sd and not hasattr(vit, "dist_token"):
-        sd.pop("dist_token")
-    sd = {k: v for k, v in sd.items() if not k.startswith(("head", "fc_norm"))}
-    missing, unexpected = vit.load_state_dict(sd, strict=False)
-    bad = [k for k in missing if not k.startswith("head")]
-    if bad or unexpected:
-        raise ValueError(f"--init {path}: checkpoint does not fit {model.model_name if hasattr(model, 'model_name') else 'the model'}"
-                         f" (missing {bad[:5]}, unexpected {list(unexpected)[:5]}); pick a matching --model width")
+        if any(k.startswith("module.v.") for k in sd):  # official AST
+            sd = {("vit." + k[9:] if k.startswith("module.v.") else k.replace("module.mlp_head.", "head.")): v
+                  for k, v in sd.items() if k.startswith(("module.v.", "module.mlp_head."))}
+            grid = _ast_grid(sd, path)
+        elif "patch_embed.proj.weight" in sd:  # timm ViT / DeiT
+            sd = {f"vit.{k}": v for k, v in sd.items() if not k.startswith(("head", "fc_norm"))}
+            grid = None
+        else:
+            raise C2FError(f"--init {path}: not a c2f-search checkpoint, an official AST checkpoint "
+                           f"(module.v.* keys) or a timm ViT/DeiT state dict")
+        self._load_vit(model, sd, grid, path)
+
+    def _from_c2f(self, model, state, path):
+        if get_family(state["model_name"]) is not self:
+            raise C2FError(f"--init {path}: a checkpoint of {state['model_name']}, which is not an AST model")
+        geo = Geometry(**state["geometry"])
+        src = create_model(state["model_name"], geometry=geo, device="meta", **state["model_kwargs"])
+        try:
+            src.load_state_dict(state["model"], strict=True, assign=True)
+        except RuntimeError as e:
+            raise C2FError(f"--init {path}: its weights do not fit its own model ({str(e).splitlines()[0]})") from None
+        sd = self.adapt_state_dict(dict(src.state_dict()), src, model, _PI)
+        self._load_strict(model, sd, path)
+
+    def _load_vit(self, model, sd, grid, path):
+        vit = model.vit
+        w = sd.get("vit.patch_embed.proj.weight")
+        if w is None:
+            raise C2FError(f"--init {path}: no patch embedding weights")
+        if w.shape[1] != 1:  # RGB kernel of an ImageNet model
+            w = w.sum(1, keepdim=True)
+        sd["vit.patch_embed.proj.weight"] = resize_patch_kernel(w, vit.patch_embed.proj.weight.shape[-2:], "pi")
+        if "vit.pos_embed" in sd:
+            pe = sd["vit.pos_embed"]
+            npt_src = 2 if "vit.dist_token" in sd else 1
+            n = pe.shape[1] - npt_src
+            if grid is None:
+                side = int(round(n ** 0.5))
+                grid = (side, n // side)
+            body = resample_grid_embed(pe[:, npt_src:], model.token_grid, grid, 0)
+            prefix, npt = pe[:, :npt_src], vit.num_prefix_tokens
+            if prefix.shape[1] < npt:
+                prefix = torch.cat([prefix, prefix[:, :1].expand(-1, npt - prefix.shape[1], -1)], 1)
+            sd["vit.pos_embed"] = torch.cat([prefix[:, :npt], body], 1)
+        if "vit.dist_token" in sd and not hasattr(vit, "dist_token"):
+            sd.pop("vit.dist_token")
+        self._load_strict(model, sd, path, may_miss=("vit.dist_token",))
+
+    @staticmethod
+    def _load_strict(model, sd, path, may_miss=()):
+        own = model.state_dict()
+        for k in [k for k in sd if k.startswith("head.") and k in own and sd[k].shape != own[k].shape]:
+            sd.pop(k)  # another number of classes: this classifier starts fresh
+        bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+        missing = [k for k in own if k not in sd and not k.startswith("head.") and k not in may_miss]
+        unexpected = [k for k in sd if k not in own]
+        if bad or missing or unexpected:
+            raise C2FError(f"--init {path}: the checkpoint does not fit {model.model_name} (shape differs: {bad[:3]}, "
+                           f"missing: {missing[:3]}, unexpected: {unexpected[:3]}); pick the matching --model width "
+                           f"and --depth")
+        model.load_state_dict(sd, strict=False)
+
+
+class _PIKernel:  # how an --init kernel moves: PI keeps its tokens
+    kernel_resize = "pi"
+
+
+_PI = _PIKernel()
+
+
+def _ast_grid(sd, path) -> tuple[int, int]:
+    """The official AST token grid (f, t), e.g. 12 x 101 for 128 mel bins, 1024 frames, stride 10."""
+    pe = sd.get("vit.pos_embed")
+    if pe is None:
+        raise C2FError(f"--init {path}: an AST checkpoint without position embeddings")
+    n = pe.shape[1] - (2 if "vit.dist_token" in sd else 1)
+    for fstride in (10, 16, *range(1, 16)):
+        f = (128 - PATCH) // fstride + 1
+        if n % f == 0:
+            return f, n // f
+    raise C2FError(f"--init {path}: cannot tell the token grid of its {n} position embeddings")
+
+
+AST_FAMILY = ASTFamily()
 
 
 def _make(size):
     dim, heads = WIDTHS[size]
 
-    def fn(num_classes: int, depth: int = 12, **kw) -> AST:
-        return AST(num_classes, embed_dim=dim, depth=depth, num_heads=heads, **kw)
+    def fn(geometry: Geometry, num_classes: int, depth: int = 12, **kw) -> AST:
+        return AST(geometry, num_classes, embed_dim=dim, depth=depth, num_heads=heads, **kw)
     fn.__doc__ = f"AST with DeiT-{size[0].upper()} width ({dim}, {heads} heads)."
     return fn
 
 
 for _size in WIDTHS:
-    register_model(f"ast-{_size}")(_make(_size))
+    register_model(f"ast-{_size}", AST_FAMILY)(_make(_size))

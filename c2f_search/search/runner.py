@@ -1,97 +1,28 @@
-"""Schedule search: Ray Tune runs the trials, Optuna (through Tune's OptunaSearch) samples them.
+"""``run_search``: checks everything, starts (or joins) Ray, runs the Tuner, resumes.
 
-Objectives: maximize ``val_metric``, minimize cumulative ``train_flops``. The study lives
-in ``DIR/optuna.db`` (SQLite) and Tune's experiment in ``DIR/search``; ``--resume``
-restores both.
+The study lives in ``DIR/optuna.db`` (SQLite) and Tune's experiment in ``DIR/search`` (or
+``--storage``). Every check runs before Ray starts and before anything is written to ``DIR``,
+so a search that fails before its first trial leaves ``DIR`` reusable.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from ray.tune import Callback
-from ray.tune.search.optuna import OptunaSearch
 
-from .spaces import Space, SpaceError, load_space
+from ..errors import C2FError, SpaceError
+from ..spaces import Space, load_space
+from .schedulers import make_scheduler
+from .searcher import STUDY, make_searcher
+from .settings import SearchSettings
 
 # Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 EXPERIMENT = "search"
-STUDY = "c2f-search"
-
-
-@dataclass
-class SearchSettings:
-    space: str
-    out: str
-    data: dict  # kwargs for c2f_search.train.Data.from_specs, paths absolute
-    trials: int | None = None  # None: 12, or the whole grid
-    sampler: str = "auto"
-    scheduler: str = "fifo"
-    epochs: float | None = None
-    seed: int = 0
-    max_failures: int = 1
-    keep_checkpoints: int | None = 2
-    resources: dict = field(default_factory=dict)
-    model_kwargs: dict = field(default_factory=dict)
-    metric_target: float | None = None
-    storage: str | None = None  # Tune storage_path (local folder or URI); default DIR
-
-    def save(self) -> None:
-        p = Path(self.out) / "search.json"
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1))
-        os.replace(tmp, p)
-
-    @classmethod
-    def load(cls, out) -> "SearchSettings":
-        p = Path(out) / "search.json"
-        if not p.is_file():
-            raise SpaceError(f"{p}: not found; --resume needs the DIR of an earlier search")
-        return cls(**json.loads(p.read_text()))
-
-
-class C2FOptunaSearch(OptunaSearch):
-    """Only a trial whose schedule finished is COMPLETE; one stopped early (ASHA) is PRUNED,
-    so unfinished schedules never reach the study's Pareto front."""
-
-    def on_trial_complete(self, trial_id, result=None, error=False):
-        if result is not None and not error and not result.get("schedule_done"):
-            result = None
-        super().on_trial_complete(trial_id, result, error)
-
-
-def make_sampler(name: str, space: Space, seed: int, epochs):
-    if name == "auto":
-        name = "grid" if space.is_grid else "tpe"
-    if name == "grid":
-        if not space.is_grid:
-            raise SpaceError(f"{space.path}: --sampler grid needs a space with a 'schedules' list (e.g. paper.yaml)")
-        if space.hparams:
-            raise SpaceError(f"{space.path}: --sampler grid runs listed schedules; move searched hyperparameters to 'fixed'")
-        return optuna.samplers.GridSampler({"schedule": space.grid(epochs)}, seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise SpaceError(f"--sampler {name!r}: choose tpe, nsga2, random or grid")
-
-
-def make_searcher(space: Space, settings: SearchSettings, epochs: float, storage) -> C2FOptunaSearch:
-    """Multi-objective OptunaSearch over a space: val_metric up, train_flops down."""
-    # an open space that allows the baseline runs it first, so every front has a reference
-    baseline_first = [{"coarse_phases": 0}] if not space.is_grid and space.coarse_phases[0] == 0 else None
-    return C2FOptunaSearch(space=space.define_by_run(epochs), metric=["val_metric", "train_flops"],
-                           mode=["max", "min"], points_to_evaluate=baseline_first,
-                           sampler=make_sampler(settings.sampler, space, settings.seed, epochs),
-                           study_name=STUDY, storage=storage, seed=settings.seed)
 
 
 class TrialLines(Callback):
@@ -121,29 +52,46 @@ class TrialLines(Callback):
 
 
 def prepare_data(settings: SearchSettings, space: Space, progress=True):
-    """Check the data and extract every frame shift the space may read, once, in the driver."""
-    from .train import Data
-    d = settings.data
-    data = Data.from_specs(**d, progress=progress)
-    for C in sorted(space.fshift_Cs()):
+    """Check the data and every reachable schedule against its token grid, and extract every
+    (frame shift, length) a trial may read, once, in the driver."""
+    from ..data import Data
+    from ..frontend import FrontEnd
+    from ..models import get_family
+    from ..train import check_geometry
+    family = get_family(space.model)
+    for m in space.methods_used():
+        if not family.supports(m):
+            raise SpaceError(f"{space.path}: key '{'schedules' if space.is_grid else 'space.method'}': model "
+                             f"{space.model} does not support {m!r}; choose from {', '.join(family.methods)}")
+    data = Data.from_specs(**settings.data, quantum=space.max_C() * family.time_granularity, progress=progress)
+    fe = data.fe
+    try:
+        check_geometry(space.probe_config(), FrontEnd(**fe.key()), sorted(space.Cs_used()))
+    except C2FError as e:
+        key = "schedules" if space.is_grid else "space.C_values"
+        raise SpaceError(f"{space.path}: key '{key}': {e}") from None
+    for method, C in sorted(space.phase_variants()):
+        from ..compress import get_method
+        m = get_method(method)
         for split in ("train", "val"):
-            data.features(split, data.fe.frame_shift_ms * C)
+            data.features(split, m.frame_shift(fe.frame_shift_ms, C), m.feature_length(fe.target_length, C))
     return data
 
 
 def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_dir, num_mel_bins,
                       target_length) -> dict:
     """Absolute paths and an explicit front end, so trials on any node and any cwd read the same data."""
-    from . import builtin
-    from .data import default_frontend
-    fe = default_frontend(data_spec, num_mel_bins=num_mel_bins, target_length=target_length)
+    from .. import builtin
     if data_spec.startswith("builtin:"):
         root = builtin.materialize(data_spec)
+        declared = builtin.FRONTEND
+        num_mel_bins = num_mel_bins or declared["num_mel_bins"]
+        target_length = target_length or declared["target_length"]
         data_spec, val, labels = str(root / "train.json"), val or str(root / "val.json"), str(root / "class_labels_indices.csv")
-    absp = lambda p: None if p is None or p.startswith("builtin:") else str(Path(p).resolve())  # noqa: E731
-    return {"train": absp(data_spec), "val": absp(val) if val else None, "labels": absp(labels), "task": task,
+    absp = lambda p: None if p is None else str(Path(p).resolve())  # noqa: E731
+    return {"train": absp(data_spec), "val": absp(val), "labels": absp(labels), "task": task,
             "skip_bad": skip_bad, "norm": norm, "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None,
-            "num_mel_bins": fe.num_mel_bins, "target_length": fe.target_length}
+            "num_mel_bins": num_mel_bins, "target_length": target_length}
 
 
 def _unreachable(address: str, why) -> SpaceError:
@@ -170,13 +118,16 @@ def connect_ray(address: str | None) -> None:
 
 
 def check_storage(out: Path, storage: str | None, filesystem=None) -> None:
-    """Fail before any trial when results cannot be written."""
+    """Fail before any trial when results cannot be written (writes nothing that stays)."""
     import pyarrow.fs as pafs
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_text("ok")
         probe.unlink()
+        if created:  # nothing stays behind for a search that never starts
+            out.rmdir()
     except OSError as e:
         raise SpaceError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
     if storage or filesystem is not None:
@@ -187,73 +138,74 @@ def check_storage(out: Path, storage: str | None, filesystem=None) -> None:
             raise SpaceError(f"--storage {storage}: cannot write there ({e}); check the URI and credentials") from None
 
 
+def experiment_dir(settings: SearchSettings) -> str:
+    return f"{(settings.storage or str(Path(settings.out).resolve())).rstrip('/')}/{EXPERIMENT}"
+
+
 def run_search(settings: SearchSettings, resume: bool = False, address: str | None = None,
                progress_stream=None, storage_filesystem=None):
     """Run (or resume) a search; returns Tune's ResultGrid."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from trainables import train_schedule
 
     space = load_space(settings.space)
     out = Path(settings.out).resolve()
+    exp_dir = experiment_dir(settings)
+    data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
     check_storage(out, settings.storage, storage_filesystem)
-    data = prepare_data(settings, space)  # fails here, before any trial, on bad data
-    settings.data["norm"] = [data.mean, data.std]  # every trial normalizes alike
-    settings.save()
+    can_restore = tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem)
+    if resume and not can_restore:
+        raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
+    if not resume and can_restore:
+        raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
+    settings.data.update(norm=[data.mean, data.std], target_length=data.fe.target_length,
+                         num_mel_bins=data.fe.num_mel_bins)  # every trial reads the same
+    settings.target_length_reason = settings.target_length_reason or data.target_reason
     epochs = settings.epochs or space.epochs
     setup = {"data": settings.data, "model": space.model, "fixed": space.fixed,
              "model_kwargs": settings.model_kwargs, "metric_target": settings.metric_target or space.metric_target}
     res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
     trainable = tune.with_resources(tune.with_parameters(train_schedule, setup=setup),
                                     {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
-
     if not ray.is_initialized():
         connect_ray(address)
-    storage_path = settings.storage or str(out)
-    exp_dir = f"{storage_path.rstrip('/')}/{EXPERIMENT}"
+    out.mkdir(parents=True, exist_ok=True)
     if resume:
-        if not tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem):
-            raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=storage_filesystem)
     else:
-        if tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem):
-            raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
-        searcher = make_searcher(space, settings, epochs, optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"))
+        searcher = make_searcher(space, settings.sampler, settings.seed, epochs,
+                                 optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"))
         grid_mode = space.is_grid and settings.sampler in ("auto", "grid")
         n = min(settings.trials or len(space.grid()), len(space.grid())) if grid_mode else (settings.trials or 12)
-        if settings.scheduler == "asha":
-            max_t = _max_flops(data, space, epochs, settings.model_kwargs)
-            sched = ASHAScheduler(time_attr="train_flops", metric="val_metric", mode="max", max_t=max_t,
-                                  grace_period=max_t / 4, reduction_factor=2)
-        elif settings.scheduler == "fifo":
-            sched = FIFOScheduler()
-        else:
-            raise SpaceError(f"--scheduler {settings.scheduler!r}: choose fifo or asha")
+        sched = make_scheduler(settings.scheduler, _max_flops(data, space, epochs, settings.model_kwargs))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=n),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=0, callbacks=[TrialLines(progress_stream)],
+                name=EXPERIMENT, storage_path=settings.storage or str(out), storage_filesystem=storage_filesystem,
+                verbose=0, callbacks=[TrialLines(progress_stream)],
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints)))
+    settings.save()
     results = tuner.fit()
     _close_stale_trials(out / "optuna.db")
+    if results.num_terminated + results.num_errors < len(results) or (not resume and len(results) < n):
+        raise KeyboardInterrupt  # Tune caught Ctrl-C, saved its state and stopped: say so, and how to resume
     return results
 
 
 def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
     """FLOPs of the full-resolution baseline over the epoch budget: ASHA's max_t."""
-    import torch
-
-    from .flops import train_flops
-    from .transfer import build_for_phase
-    with torch.device("meta"):  # only the shape matters for counting
-        m = build_for_phase(space.model, {"num_classes": data.num_classes, **model_kwargs}, "none", 1,
-                            data.fe.num_mel_bins, data.fe.target_length)
-    n = len(data.features("train", data.fe.frame_shift_ms).kept)
+    from ..flops import train_flops
+    from ..geometry import Geometry
+    from ..models import create_model
+    fe = data.fe
+    m = create_model(space.model, geometry=Geometry(fe.num_mel_bins, fe.target_length), device="meta",
+                     num_classes=data.num_classes, **model_kwargs)
+    n = len(data.features("train", fe.frame_shift_ms, fe.target_length).kept)
     return float(train_flops(m) * n * epochs)
 
 

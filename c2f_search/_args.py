@@ -1,0 +1,146 @@
+"""Command-line pieces shared by every command: a parser whose errors are one line, argument
+types that refuse out-of-range values, and the data and training flags, whose defaults are
+``TrainConfig``'s."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from .config import LR_SCHEDULES, TrainConfig, defaults
+from .errors import ConfigError
+
+EPILOG_SCHEDULE = ("Schedules are METHOD:CxEPOCHS,...,1xEPOCHS with METHOD in none, fshift, avgpool, maxpool, "
+                   "patch-bl, patch-pi; e.g. fshift:4x5,1x15 or patch-pi:4x3,2x3,1x14 or none:1x20. "
+                   "Table 1's coarse-only ablation: avgpool:2x20,coarse-only.")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit code 2), pointing at --help."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _typed(conv, ok, what):
+    def parse(text):
+        try:
+            v = conv(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return v
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
+nonneg_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+fraction = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+finite_float = _typed(float, math.isfinite, "a finite number")
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def config_error_line(e: ConfigError) -> str:
+    return f"{flag(e.field)}: {e.problem}"
+
+
+def add_data_args(p: argparse.ArgumentParser, required=True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, metavar="DATA",
+                   help="builtin:events[?train=N&val=N&seed=N], an AST JSON datafile, or a folder DIR with "
+                        "train/<class>/*.wav and test/<class>/*.wav")
+    g.add_argument("--val", metavar="DATA", help="validation data (default: the val/test split of --data)")
+    g.add_argument("--labels", metavar="CSV", help="class_labels_indices.csv (default: beside the datafile)")
+    g.add_argument("--task", choices=("auto", "single", "multi"), default=None,
+                   help="single-label (CE, accuracy) or multi-label (BCE, mAP); default auto, from the labels")
+    g.add_argument("--skip-bad", action="store_true", default=None,
+                   help="skip unreadable/empty/NaN clips and unknown labels, and list them at the end")
+    g.add_argument("--num-mel-bins", type=positive_int, help="mel bins (default 128; 64 for builtin:events)")
+    g.add_argument("--target-length", type=positive_int,
+                   help="frames at full resolution (default: derived from the data, the length that covers 95%% "
+                        "of the training clips rounded up to a multiple of the largest C x 16; builtin:events: 256)")
+    g.add_argument("--norm", default=None,
+                   help="fbank normalization: auto (computed from the training set, the default), a data set "
+                        "name (audioset, esc50, speechcommands, vggsound, voxceleb) or MEAN,STD")
+    g.add_argument("--no-cache", action="store_true", default=None,
+                   help="do not keep fbank features in the Arrow cache ($C2F_CACHE, default ~/.cache/c2f-search)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import list_models
+    d = defaults()
+    g = p.add_argument_group("model and training (defaults: TrainConfig's)")
+    g.add_argument("--model", choices=list_models(), help=f"model name (default {d['model']})")
+    g.add_argument("--depth", type=positive_int, help="transformer depth (default: the model's, 12)")
+    g.add_argument("--dist-token", action="store_true", default=None,
+                   help="add DeiT's distillation token (2 prefix tokens)")
+    g.add_argument("--stride", type=positive_int, help="patch stride for overlapping patches (AST used 10; default 16)")
+    g.add_argument("--init", metavar="PATH",
+                   help="local file to start from (never downloaded): a timm/DeiT state dict, an official AST "
+                        "checkpoint (module.v.* keys) or a c2f-search checkpoint (final.pt, last.pt)")
+    g.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default {d['lr']:g})")
+    g.add_argument("--batch-size", type=positive_int, help=f"default {d['batch_size']}")
+    g.add_argument("--weight-decay", type=nonneg_float, help=f"default {d['weight_decay']:g}")
+    g.add_argument("--warmup-steps", type=nonneg_int,
+                   help=f"linear LR warmup at the start of every phase (default {d['warmup_steps']})")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="step: x --lr-gamma at --lr-milestones (AST's); cosine: to 0 at each phase's end "
+                        f"(default {d['lr_schedule']})")
+    g.add_argument("--lr-milestones", type=positive_float, nargs="*",
+                   help="epochs from each phase start at which the LR is multiplied by --lr-gamma")
+    g.add_argument("--lr-gamma", type=positive_float, help=f"default {d['lr_gamma']}")
+    g.add_argument("--freqm", type=nonneg_int, help="SpecAugment frequency mask width in bins (default 0)")
+    g.add_argument("--timem", type=nonneg_int,
+                   help="SpecAugment time mask width at full resolution in frames (default 0)")
+    g.add_argument("--mixup", type=fraction, help="fraction of each batch mixed, in [0, 1] (default 0; AST: 0.5)")
+    g.add_argument("--seed", type=nonneg_int, help=f"default {d['seed']}")
+
+
+MODEL_FLAGS = {"depth": "depth", "dist_token": "dist_token", "stride": "stride"}
+TRAIN_FLAGS = ("model", "init", "lr", "batch_size", "weight_decay", "warmup_steps", "lr_schedule", "lr_milestones",
+               "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target")
+
+
+def given_config(a) -> dict:
+    """The training settings given on the command line (None = not given)."""
+    out = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k, None) is not None}
+    if "lr_milestones" in out:
+        out["lr_milestones"] = tuple(out["lr_milestones"])
+    kw = {k: getattr(a, f) for k, f in MODEL_FLAGS.items() if getattr(a, f, None) is not None}
+    if kw:
+        out["model_kwargs"] = kw
+    return out
+
+
+def train_config(a, schedule: str, base: dict | None = None) -> TrainConfig:
+    """`base` (a recorded configuration) overlaid with what the command line gives."""
+    d = dict(base or {})
+    given = given_config(a)
+    if "model_kwargs" in given:
+        given["model_kwargs"] = {**d.get("model_kwargs", {}), **given["model_kwargs"]}
+    d.update(given)
+    d["schedule"] = schedule
+    return TrainConfig.from_dict(d)
+
+
+def norm_arg(text):
+    from .frontend import DATASET_STATS
+    if text is None or text == "auto":
+        return None
+    if text.lower() in DATASET_STATS:
+        return DATASET_STATS[text.lower()]
+    try:
+        mean, std = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError("norm", f"{text!r}: use auto, one of {', '.join(DATASET_STATS)}, or MEAN,STD") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ConfigError("norm", f"{text!r}: MEAN must be finite and STD > 0")
+    return mean, std

@@ -1,0 +1,9 @@
+"""Avg pool: 1 x C average pooling over time."""
+from . import register_method
+from ._pool import PoolMethod
+
+
+@register_method
+class AvgPool(PoolMethod):
+    name, mode = "avgpool", "avg"
+    summary = "1xC average pooling over time on the raw fbank, before padding"

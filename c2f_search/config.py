@@ -1,0 +1,117 @@
+"""``TrainConfig``: every training setting and its default, in one place. The CLI, the space
+files and the Ray trainable all read their defaults from here, and every value is checked
+here, before any work starts."""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from .errors import ConfigError
+
+# settings a search space may search or fix (`fixed:` and `space:` keys)
+SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma",
+              "lr_schedule", "seed")
+MODEL_KWARGS = {"depth": "transformer depth", "dist_token": "DeiT's distillation token",
+                "stride": "patch stride (overlapping patches)", "drop_path_rate": "stochastic depth"}
+LR_SCHEDULES = ("step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    schedule: str
+    model: str = "ast-tiny"
+    model_kwargs: dict = field(default_factory=dict)  # depth, dist_token, stride, drop_path_rate
+    init: str | None = None  # local pretrained file: timm/DeiT, official AST or a c2f-search checkpoint
+    lr: float = 1e-4
+    batch_size: int = 16
+    weight_decay: float = 5e-7
+    betas: tuple = (0.95, 0.999)
+    warmup_steps: int = 20  # linear warmup at the start of every phase
+    lr_schedule: str = "step"  # step: x lr_gamma at lr_milestones; cosine: to 0 at the phase's end
+    lr_milestones: tuple = ()  # epochs from each phase start where lr *= lr_gamma
+    lr_gamma: float = 0.5
+    freqm: int = 0
+    timem: int = 0  # at full resolution; scaled by the method's time-mask scale
+    mixup: float = 0.0  # fraction of each batch mixed, lambda ~ Beta(10, 10)
+    seed: int = 0
+    metric_target: float | None = None  # budget mode: stop at the first final-phase eval reaching it
+
+    def __post_init__(self):
+        self.betas, self.lr_milestones = tuple(self.betas), tuple(self.lr_milestones)
+        self.model_kwargs = dict(self.model_kwargs)
+        _check(self)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"], d["lr_milestones"] = list(self.betas), list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown setting; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def training_identity(self) -> dict:
+        """What determines the trajectory apart from the schedule: runs that agree on it can share a prefix."""
+        d = self.to_dict()
+        for k in ("schedule", "metric_target"):
+            d.pop(k)
+        return d
+
+
+def defaults() -> dict:
+    """Field -> default value."""
+    return {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+            for f in fields(TrainConfig) if f.name != "schedule"}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check(c: TrainConfig) -> None:
+    from .models import list_models
+    if c.model not in list_models():
+        raise ConfigError("model", f"unknown model {c.model!r}; choose one of {', '.join(list_models())}")
+    if not (_number(c.lr) and c.lr > 0):
+        raise ConfigError("lr", f"must be a finite number > 0, got {c.lr!r} (AST uses 1e-4 to 1e-5)")
+    for name in ("batch_size",):
+        v = getattr(c, name)
+        if not (_int(v) and v >= 1):
+            raise ConfigError(name, f"must be an integer >= 1, got {v!r}")
+    for name in ("warmup_steps", "freqm", "timem", "seed"):
+        v = getattr(c, name)
+        if not (_int(v) and v >= 0):
+            raise ConfigError(name, f"must be an integer >= 0, got {v!r}")
+    if not (_number(c.weight_decay) and c.weight_decay >= 0):
+        raise ConfigError("weight_decay", f"must be a finite number >= 0, got {c.weight_decay!r}")
+    if len(c.betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in c.betas):
+        raise ConfigError("betas", f"must be two numbers in [0, 1), got {c.betas!r}")
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {c.lr_schedule!r}")
+    if not all(_number(m) and m > 0 for m in c.lr_milestones) or list(c.lr_milestones) != sorted(c.lr_milestones):
+        raise ConfigError("lr_milestones", f"must be increasing epochs > 0, got {list(c.lr_milestones)}")
+    if not (_number(c.lr_gamma) and c.lr_gamma > 0):
+        raise ConfigError("lr_gamma", f"must be a finite number > 0, got {c.lr_gamma!r}")
+    if not (_number(c.mixup) and 0 <= c.mixup <= 1):
+        raise ConfigError("mixup", f"must be a fraction of the batch in [0, 1], got {c.mixup!r}")
+    if c.metric_target is not None and not (_number(c.metric_target) and 0 <= c.metric_target <= 1):
+        raise ConfigError("metric_target", f"accuracy and mAP lie in [0, 1], got {c.metric_target!r}")
+    for k, v in c.model_kwargs.items():
+        if k not in MODEL_KWARGS:
+            raise ConfigError(k, f"unknown model setting; known: {', '.join(MODEL_KWARGS)}")
+        if k in ("depth", "stride") and not (_int(v) and v >= 1):
+            raise ConfigError(k, f"must be an integer >= 1, got {v!r}")
+        if k == "drop_path_rate" and not (_number(v) and 0 <= v < 1):
+            raise ConfigError(k, f"must be in [0, 1), got {v!r}")
+        if k == "dist_token" and not isinstance(v, bool):
+            raise ConfigError(k, f"must be true or false, got {v!r}")
+    if c.init is not None and not isinstance(c.init, str):
+        raise ConfigError("init", f"must be a path, got {c.init!r}")

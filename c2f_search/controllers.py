@@ -1,0 +1,172 @@
+"""Phase controllers: they decide when the next phase starts and at which C. ``Run`` trains; a
+controller only looks at what has been trained (``run.phases``: C, steps, why) and answers
+``next_action``: train on to a step, move to another C, or stop.
+
+``FixedSchedule`` is the paper's controller: phase lengths fixed up front. It keeps no state of
+its own, everything follows from the schedule and the trained history, so a run can continue
+from the state of another run whose history is a prefix of its schedule (forking).
+
+When forking is exact
+---------------------
+A run B may continue from a state of run A, and then trains exactly as if it had trained A's
+prefix itself, when:
+  * A and B agree on everything that shapes training apart from the schedule
+    (``TrainConfig.training_identity``: model, hyperparameters, seed) and on the data;
+  * they use the same compression method;
+  * every phase A finished is a phase of B with the same C and the same number of steps;
+  * A's current phase has B's C and has not gone past B's length for that phase; with a
+    phase-length-dependent LR (``lr_schedule: cosine``) it must also have B's planned length,
+    since its LR at each step depends on where the phase ends (step decay and warmup do not);
+  * the state was saved at an evaluation point of both runs (an epoch boundary or a phase end
+    of both), so the records, losses and counters so far are B's own.
+``fork_point`` computes the last such step for two fixed schedules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schedule import Schedule
+
+
+@dataclass(frozen=True)
+class Train:
+    stop: int  # train until this absolute step, then evaluate
+
+
+@dataclass(frozen=True)
+class Transition:
+    C: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: str
+
+
+class PhaseController:
+    """The contract; see the module docstring."""
+    name = "controller"
+
+    def bind(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+
+    def first_C(self) -> int: ...
+    def final_C(self) -> int: ...
+    def candidate_Cs(self) -> list[int]: ...  # every C the run may train at (features are prepared up front)
+    def describe(self) -> str: ...  # the schedule text written in records
+    def next_action(self, run) -> Train | Transition | Done: ...
+
+    def planned_steps(self, phase_index: int) -> int | None:
+        """The phase's length if known when it starts (a cosine LR needs it); None if decided on the way."""
+        return None
+
+    def observe(self, run, record: dict) -> None:
+        """Called after each evaluation, before ``next_action``."""
+
+    def accepts(self, phases: list[dict], step: int, lr_needs_length: bool) -> str | None:
+        """None if a trained history can continue under this controller, else why not."""
+        return None
+
+    def total_steps(self) -> int | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, s: dict) -> None:
+        pass
+
+
+class FixedSchedule(PhaseController):
+    name = "fixed"
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def bind(self, steps_per_epoch):
+        super().bind(steps_per_epoch)
+        self.steps = self.schedule.phase_steps(steps_per_epoch)
+        self.bounds = [0]
+        for n in self.steps:
+            self.bounds.append(self.bounds[-1] + n)
+
+    def first_C(self):
+        return self.schedule.phases[0].C
+
+    def final_C(self):
+        return self.schedule.phases[-1].C
+
+    def candidate_Cs(self):
+        return self.schedule.Cs
+
+    def describe(self):
+        return str(self.schedule)
+
+    def total_steps(self):
+        return self.bounds[-1]
+
+    def planned_steps(self, phase_index):
+        return self.steps[phase_index]
+
+    def next_action(self, run):
+        i, done = len(run.phases) - 1, run.phases[-1]["steps"]
+        if done >= self.steps[i]:
+            if i + 1 == len(self.steps):
+                return Done(f"schedule {self.schedule} finished")
+            nxt = self.schedule.phases[i + 1].C
+            return Transition(nxt, f"planned: phase {i + 1} ends after {self.steps[i]} steps")
+        spe = self.steps_per_epoch
+        return Train(min((run.step // spe + 1) * spe, self.bounds[i + 1]))
+
+    def eval_points(self) -> set[int]:
+        return set(range(0, self.bounds[-1] + 1, self.steps_per_epoch)) | set(self.bounds)
+
+    def accepts(self, phases, step, lr_needs_length):
+        plan = self.schedule.phases
+        if len(phases) > len(plan):
+            return f"it trained {len(phases)} phases, {self.schedule} has {len(plan)}"
+        for j, ph in enumerate(phases):
+            if ph["C"] != plan[j].C:
+                return f"its phase {j + 1} trained at C={ph['C']}, {self.schedule} has C={plan[j].C}"
+            last = j == len(phases) - 1
+            if (not last and ph["steps"] != self.steps[j]) or ph["steps"] > self.steps[j]:
+                return (f"its phase {j + 1} trained {ph['steps']} steps, {self.schedule} plans {self.steps[j]} "
+                        f"({'a different length' if not last else 'fewer'})")
+            if last and lr_needs_length and 0 < ph["steps"] and ph.get("planned") != self.steps[j]:
+                return (f"its phase {j + 1} was planned at {ph.get('planned')} steps and the cosine LR depends on "
+                        f"where a phase ends; {self.schedule} plans {self.steps[j]}")
+        if step not in self.eval_points():
+            return f"step {step} is not an evaluation point of {self.schedule} (an epoch boundary or a phase end)"
+        return None
+
+    def labels(self, record: dict) -> dict:
+        """phase_end / schedule_done of a record as this schedule sees it (for a forked history)."""
+        end = record["step"] == self.bounds[record["phase"]]
+        return {"schedule": str(self.schedule), "phase_end": end,
+                "schedule_done": end and record["phase"] == len(self.steps)}
+
+
+def fork_point(parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs_length: bool = False) -> int:
+    """The last step at which a run of `child` may start from a saved state of a run of `parent`
+    (same training identity), training exactly as if it had trained that prefix itself; 0 if none.
+
+    The state must be saved at an evaluation point of both, so the answer is the last common
+    evaluation point within the shared prefix of phases (see the module docstring).
+    """
+    if parent.method != child.method:
+        return 0
+    a, b = FixedSchedule(parent), FixedSchedule(child)
+    a.bind(steps_per_epoch)
+    b.bind(steps_per_epoch)
+    shared = 0
+    for j, (pa, pb) in enumerate(zip(parent.phases, child.phases)):
+        if pa.C != pb.C:
+            break
+        if a.steps[j] == b.steps[j]:
+            shared += a.steps[j]
+            continue
+        if not lr_needs_length:
+            shared += min(a.steps[j], b.steps[j])
+        break
+    return max(p for p in a.eval_points() & b.eval_points() if p <= shared)

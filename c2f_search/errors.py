@@ -1,0 +1,51 @@
+"""One error base class: every mistake a user can fix is a ``C2FError``.
+
+The CLI prints a ``C2FError`` as one line on stderr and exits with code 2; a library
+caller catches ``C2FError`` (or the ``ValueError`` most of them also are).
+"""
+from __future__ import annotations
+
+
+class C2FError(Exception):
+    """A problem the user can fix; the message names the file, flag or field and the fix."""
+
+
+class ConfigError(C2FError, ValueError):
+    """A training or search setting out of range. ``field`` is the setting's name (``lr``), so
+    each front door can name it its own way (``--lr`` on the command line, ``fixed.lr`` in a space)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+class ScheduleError(C2FError, ValueError):
+    """A schedule spec that cannot be used; the message says how to fix it."""
+
+
+class DataError(C2FError, ValueError):
+    """Bad data input; the message names the file or field and the fix."""
+
+
+class AudioError(DataError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = str(path), problem
+
+
+class SpaceError(C2FError, ValueError):
+    """A search-space file or search setting that cannot be used; names the file, the key and the fix."""
+
+
+class NoResults(C2FError, FileNotFoundError):
+    """A search folder without (readable) results."""
+
+
+class CheckpointError(C2FError):
+    """A checkpoint that cannot be read or does not fit; names the file and what to do instead."""
+
+
+class NonFiniteLoss(C2FError, RuntimeError):
+    """Training diverged (loss is NaN or infinite); the message names the step and phase."""

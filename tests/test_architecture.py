@@ -1,0 +1,238 @@
+"""The architecture's contracts: layers, one-way imports, a model family added from outside the
+package, forking from a shared prefix, and runs that own their RNG."""
+import ast as pyast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from c2f_search import (Data, FixedSchedule, Geometry, ModelFamily, Run, TrainConfig, fork_point, parse_schedule,
+                        register_model)
+from c2f_search.errors import CheckpointError, ScheduleError
+from c2f_search.models._layers import resample_grid_embed
+
+from .conftest import TINY_DATA
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "c2f_search"
+
+
+# ---------------------------------------------------------------------------------------- layers
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of the project modules a file imports, at any depth (lazy imports included)."""
+    mod = _module_name(path)
+    pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out = set()
+    for node in pyast.walk(pyast.parse(path.read_text())):
+        if isinstance(node, pyast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, pyast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = pkg.split(".")
+                base = ".".join(up[: len(up) - node.level + 1] + ([base] if base else []))
+            out |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return {m for m in out if m.split(".")[0] in ("c2f_search", "trainables", "ray")}
+
+
+def _layer(mod: str) -> int:
+    """core 0 < trainables 1 < search orchestration 2 < CLI 3."""
+    if mod.startswith("trainables"):
+        return 1
+    if mod.startswith("c2f_search.search"):
+        return 2
+    if mod == "c2f_search.cli":
+        return 3
+    return 0
+
+
+def test_imports_point_one_way():
+    files = list(PKG.rglob("*.py")) + list((ROOT / "trainables").rglob("*.py"))
+    for f in files:
+        mod = _module_name(f)
+        for imp in _imports(f):
+            if imp.split(".")[0] == "ray":
+                assert _layer(mod) in (1, 2), f"{mod} imports Ray; only trainables/ and c2f_search.search may"
+                continue
+            target = imp if not imp.startswith("c2f_search.search") else "c2f_search.search"
+            # the CLI builds the search commands' parsers: that is its one downward arrow
+            assert _layer(target) <= _layer(mod), f"{mod} (layer {_layer(mod)}) imports {imp}"
+
+
+def test_core_runs_with_ray_unimportable(tmp_path):
+    """Every core module imports, and `train` runs, with `import ray` failing."""
+    code = f"""
+import sys, importlib, pkgutil
+sys.modules["ray"] = None  # any `import ray` now raises ImportError
+import c2f_search
+names = [m.name for m in pkgutil.walk_packages(c2f_search.__path__, "c2f_search.")
+         if not m.name.startswith("c2f_search.search.") or m.name == "c2f_search.search.commands"]
+for n in names:
+    importlib.import_module(n)
+assert "trainables" not in sys.modules
+from c2f_search.cli import main
+rc = main(["train", "--data", "{TINY_DATA}", "--schedule", "avgpool:2x0.5,1x0.5", "--depth", "1",
+           "--batch-size", "8", "--out", r"{tmp_path / 'run'}", "--no-progress"])
+print("OK", len(names), rc)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
+    assert p.stdout.split()[-1] == "0" and int(p.stdout.split()[-2]) > 15
+    assert (tmp_path / "run" / "metrics.parquet").exists()
+
+
+# ------------------------------------------------------------------------------- a new family
+class _ToyNet(nn.Module):
+    """A tiny model with a learned per-time-token embedding, like a position embedding."""
+
+    def __init__(self, geometry: Geometry, num_classes: int, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, kernel_size=(geometry.num_mel_bins, 8), stride=(1, 8))
+        self.time_embed = nn.Parameter(torch.randn(1, width, 1, geometry.frames // 8) * 0.1)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        h = self.conv(x.unsqueeze(1)) + self.time_embed
+        return self.head(h.mean((2, 3)))
+
+
+class _ToyFamily(ModelFamily):
+    name, time_granularity, methods = "toy", 8, ("none", "avgpool", "maxpool", "fshift")
+
+    def adapt_state_dict(self, sd, old, new, method):
+        emb = sd["time_embed"]  # (1, W, 1, t): resample along time like a position embedding
+        sd["time_embed"] = resample_grid_embed(emb.flatten(2).transpose(1, 2), (1, new.time_embed.shape[-1]),
+                                               (1, emb.shape[-1]), 0).transpose(1, 2).reshape(new.time_embed.shape)
+        return sd
+
+
+register_model("toy-net", _ToyFamily())(lambda geometry, num_classes, **kw: _ToyNet(geometry, num_classes, **kw))
+
+
+def test_a_family_registered_from_outside_trains_coarse_to_fine(tiny_data):
+    cfg = TrainConfig("maxpool:4x1,2x1,1x1", model="toy-net", batch_size=8, lr=1e-2, warmup_steps=0)
+    run = Run(cfg, tiny_data, "cpu")
+    recs = list(run.records())
+    assert [r["C"] for r in recs] == [4, 2, 1] and recs[-1]["schedule_done"]
+    assert run.model.time_embed.shape[-1] == 256 // 8 and run.model.geometry == Geometry(64, 256)
+    flops = [b["train_flops"] - a["train_flops"] for a, b in zip([{"train_flops": 0}] + recs, recs)]
+    assert flops[0] < flops[1] < flops[2]  # counted per phase by the same FlopCounterMode path
+    with pytest.raises(ScheduleError, match="toy-net .*does not support .*patch-pi"):
+        Run(TrainConfig("patch-pi:2x1,1x1", model="toy-net"), tiny_data, "cpu")
+    with pytest.raises(Exception, match="multiple of 8|divide"):
+        Run(TrainConfig("maxpool:64x1,1x1", model="toy-net"), tiny_data, "cpu")
+
+
+# --------------------------------------------------------------------------------------- forking
+def _cfg(schedule, **kw):
+    base = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32, mixup=0.5)
+    return TrainConfig(schedule, **{**base, **kw})
+
+
+def _metrics(records):
+    return [(r["step"], r["C"], r["phase"], r["train_loss"], r["val_metric"], r["train_flops"], r["eval_flops"],
+             r["phase_end"], r["schedule_done"], r["schedule"]) for r in records]
+
+
+def _last_state(run, at_step=None):
+    state = None
+    for rec in run.records():
+        state = run.state_dict()
+        if rec["step"] == at_step:
+            break
+    return state
+
+
+def test_forked_runs_match_runs_from_scratch(tiny_data):
+    """Three schedules share a prefix; each forked run's records equal its run from scratch."""
+    a, b, c = "fshift:2x1,1x1", "fshift:2x1,1x2", "fshift:2x1.4,1x1.6"  # 5 steps per epoch
+    scratch = {s: _metrics(Run(_cfg(s), tiny_data, "cpu").records()) for s in (a, b, c)}
+    end_a = _last_state(Run(_cfg(a), tiny_data, "cpu"))          # a's final state, step 10
+    fork_b = Run(_cfg(b), tiny_data, "cpu", state=end_a)          # b goes on at C=1 from step 10
+    rest_b = list(fork_b.records())
+    assert _metrics(fork_b.history) == scratch[b] and rest_b and rest_b[0]["step"] == 15
+    # c's first phase is longer (7 steps): it can take a's state at step 5, an epoch end of both
+    assert fork_point(parse_schedule(a), parse_schedule(c), 5) == 5
+    at5 = _last_state(Run(_cfg(a), tiny_data, "cpu"), at_step=5)
+    fork_c = Run(_cfg(c), tiny_data, "cpu", state=at5)
+    list(fork_c.records())
+    assert _metrics(fork_c.history) == scratch[c]
+    assert fork_c.history[0]["phase_end"] is False  # a's phase ended at step 5, c's does not: relabelled
+    with pytest.raises(CheckpointError, match="trained 5 steps|planned"):
+        Run(_cfg(c), tiny_data, "cpu", state=end_a)  # a's phase 1 is not c's
+    with pytest.raises(CheckpointError, match="lr"):
+        Run(_cfg(b, lr=1e-3), tiny_data, "cpu", state=end_a)  # other hyperparameters: another trajectory
+
+
+def test_fork_point_rules():
+    s = parse_schedule
+    assert fork_point(s("fshift:4x2,1x4"), s("fshift:4x2,1x8"), 10) == 60  # all of the parent
+    assert fork_point(s("fshift:4x2,1x4"), s("fshift:4x3,1x3"), 10) == 20  # into the longer first phase
+    assert fork_point(s("fshift:4x2,1x4"), s("fshift:4x3,1x3"), 10, lr_needs_length=True) == 0
+    assert fork_point(s("fshift:4x2,1x4"), s("fshift:4x2,1x8"), 10, lr_needs_length=True) == 20
+    assert fork_point(s("fshift:4x2,1x4"), s("avgpool:4x2,1x4"), 10) == 0  # another method
+    assert fork_point(s("fshift:4x2,1x4"), s("fshift:2x2,1x4"), 10) == 0  # another C
+    assert fork_point(s("fshift:4x1.5,1x4"), s("fshift:4x2,1x4"), 10) == 10  # last common epoch end
+    assert fork_point(s("none:1x3"), s("none:1x5"), 7) == 21
+
+
+def test_cosine_lr_forks_only_where_the_phase_length_agrees(tiny_data):
+    a, b = "fshift:2x1,1x1", "fshift:2x1,1x2"
+    at5 = _last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"), at_step=5)
+    end_a = _last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"))
+    scratch = _metrics(Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu").records())
+    fork = Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu", state=at5)
+    list(fork.records())
+    assert _metrics(fork.history) == scratch
+    with pytest.raises(CheckpointError, match="cosine"):
+        Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu", state=end_a)
+
+
+# ------------------------------------------------------------------------------------------- RNG
+_ONE_RUN = """
+import json, sys
+from c2f_search import Data, Run, TrainConfig
+data = Data.from_specs("{data}")
+cfg = TrainConfig(sys.argv[1], model_kwargs={{"depth": 1}}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8,
+                  timem=32, mixup=0.5, seed=int(sys.argv[2]))
+print(json.dumps([[r["step"], r["train_loss"], r["val_metric"]] for r in Run(cfg, data, "cpu").records()]))
+"""
+
+
+def test_two_runs_in_one_process_equal_two_processes(tiny_data, tmp_path):
+    jobs = [("avgpool:2x1,1x1", 1), ("patch-pi:2x1,1x1", 2)]
+    runs = [Run(_cfg(s, seed=seed), tiny_data, "cpu") for s, seed in jobs]
+    torch.manual_seed(123)  # the process-wide RNG is neither used nor disturbed by the runs
+    before = torch.get_rng_state()
+    its = [r.records() for r in runs]
+    together = [[], []]
+    for _ in range(2):  # interleaved: each run's records alternate with the other's
+        for k, it in enumerate(its):
+            r = next(it)
+            together[k].append([r["step"], r["train_loss"], r["val_metric"]])
+    assert torch.equal(torch.get_rng_state(), before)
+    script = tmp_path / "one.py"
+    script.write_text(_ONE_RUN.format(data=TINY_DATA))
+    for (s, seed), mine in zip(jobs, together):
+        p = subprocess.run([sys.executable, str(script), s, str(seed)], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert json.loads(p.stdout.strip().splitlines()[-1]) == mine
+
+
+# ---------------------------------------------------------------------------------- Table 1 Pool2
+def test_coarse_only_ablation_trains_and_evaluates_at_its_own_C(tiny_data):
+    run = Run(_cfg("avgpool:2x1,coarse-only", metric_target=0.0), tiny_data, "cpu")
+    recs = list(run.records())
+    assert [r["C"] for r in recs] == [2] and recs[0]["target_reached"]  # its final phase is C=2
+    assert run.model.geometry == Geometry(64, 128)
+    assert isinstance(run.controller, FixedSchedule) and run.controller.final_C() == 2

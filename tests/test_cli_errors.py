@@ -1,0 +1,113 @@
+"""Every user mistake through the command line: exit code 2, one line on stderr naming the flag,
+file or key, no traceback, and nothing written for a run that never started."""
+import json
+
+import pytest
+import torch
+
+from c2f_search.cli import main
+
+from .conftest import TINY_DATA
+
+TRAIN = ["train", "--data", TINY_DATA, "--depth", "1", "--batch-size", "8", "--no-progress"]
+S = ["--schedule", "fshift:2x1,1x1"]
+
+
+def _cli(args, capsys):
+    try:
+        rc = main(args)
+    except SystemExit as e:  # argparse's usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    return rc, [line for line in err.splitlines() if line.strip()]
+
+
+def _files(path):
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")) if path.exists() else None
+
+
+def _space(tmp_path, body):
+    f = tmp_path / "space.yaml"
+    f.write_text(body)
+    return str(f)
+
+
+@pytest.fixture
+def bad(tmp_path):
+    """Files the cases point at."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    torch.save({"foo": torch.zeros(2)}, tmp_path / "other.pt")
+    missing_wav = tmp_path / "d" / "train.json"
+    missing_wav.parent.mkdir()
+    (tmp_path / "d" / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/a,a\n")
+    missing_wav.write_text(json.dumps({"data": [{"wav": str(tmp_path / "gone.wav"), "labels": "/m/a"}]}))
+    return tmp_path
+
+
+CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
+    (TRAIN + S + ["--lr", "-1"], "--lr"),
+    (TRAIN + S + ["--lr", "0"], "--lr"),
+    (TRAIN + S + ["--lr", "nan"], "--lr"),
+    (TRAIN + S + ["--batch-size", "0"], "--batch-size"),
+    (TRAIN + S + ["--depth", "0"], "--depth"),
+    (TRAIN + S + ["--depth", "-1"], "--depth"),
+    (TRAIN + S + ["--target-length", "0"], "--target-length"),
+    (TRAIN + S + ["--target-length", "100"], "--target-length: 100 frames is not a multiple of 16"),
+    (TRAIN + S + ["--target-length", "272"], "C=2 does not divide the 17 time tokens"),
+    (TRAIN + S + ["--num-mel-bins", "8"], "--num-mel-bins: 8 is fewer than the 16"),
+    (TRAIN + S + ["--metric-target", "2"], "--metric-target"),
+    (TRAIN + S + ["--metric-target", "-1"], "--metric-target"),
+    (TRAIN + S + ["--mixup", "1.5"], "--mixup"),
+    (TRAIN + S + ["--warmup-steps", "-5"], "--warmup-steps"),
+    (TRAIN + S + ["--norm", "loud"], "--norm"),
+    (TRAIN + ["--schedule", "fshift:2xnan,1x1"], "epochs 'nan' is not a number"),
+    (TRAIN + ["--schedule", "fshift:2x1,4x1"], "strictly decrease"),
+    (TRAIN + ["--schedule", "fshift:3x1,1x1"], "does not divide"),
+    (TRAIN + ["--schedule", "avgpool:2x1"], "coarse-only"),
+    (TRAIN + S + ["--init", "{t}/notes.txt"], "notes.txt: cannot be read"),
+    (TRAIN + S + ["--init", "{t}/other.pt"], "other.pt: not a c2f-search checkpoint"),
+    (TRAIN + S + ["--init", "{t}/nope.pth"], "nope.pth: no such checkpoint file"),
+    (TRAIN + S + ["--out", "{t}/a_file"], "--out {t}/a_file: is a file"),
+    (TRAIN + S + ["--out", "/proc/c2f-x"], "--out /proc/c2f-x: cannot write there"),
+    (["train", "--data", "{t}/d/train.json", "--no-progress"] + S, "gone.wav: file not found"),
+    (["train", "--data", "{t}/missing.json"] + S, "datafile not found"),
+    (["train", "--data", TINY_DATA], "--schedule is required"),
+    (["train"] + S, "--data is required"),
+    (["train", "--out", "{t}/nothing", "--resume"], "last.pt not found"),
+    (["pareto", "{t}", "--out", "{t}/x.txt"], "x.txt: use a file name ending in .parquet"),
+    (["pareto", "{t}", "--ref", "0,-5"], "--ref"),
+    (["pareto", "{t}"], "no search results"),
+    (["search", "--data", TINY_DATA, "--trials", "0"], "--trials"),
+    (["search", "--data", TINY_DATA, "--epochs", "0"], "--epochs"),
+    (["search", "--data", TINY_DATA, "--epochs", "-1"], "--epochs"),
+    (["search", "--data", TINY_DATA, "--space", "{t}/nope.yaml"], "no such search-space file"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{}}\nfixed: {{batch_size: 0}}\n"],
+     "key 'fixed.batch_size'"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{lr: [0.1, -1.0]}}\n"], "key 'space.lr'"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{C_values: [3], coarse_phases: {{low: 0, high: 1}}}}\n"], "key 'space.C_values'"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nmetric_target: 1.5\nspace: {{}}\n"], "metric_target"),
+]
+
+
+@pytest.mark.parametrize("args, phrase", CASES, ids=[" ".join(a[:1] + [p]) for a, p in CASES])
+def test_user_mistake_is_one_line(args, phrase, bad, capsys, monkeypatch):
+    monkeypatch.chdir(bad)
+    out = bad / "run"
+    args = [a.replace("{t}", str(bad)).replace("{{", "{").replace("}}", "}") for a in args]
+    args = [_space(bad, a[1:]) if a.startswith("@") else a for a in args]
+    if args[0] in ("train", "search") and "--out" not in args:
+        args += ["--out", str(out)]
+    before = _files(bad)
+    rc, lines = _cli(args, capsys)
+    assert rc == 2, lines
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert phrase.replace("{t}", str(bad)) in lines[0], lines
+    assert not out.exists()
+    assert _files(bad) == before  # nothing written anywhere for a run that never started
+
+
+def test_cache_env_pointing_at_a_file(bad, capsys, monkeypatch):
+    monkeypatch.setenv("C2F_CACHE", str(bad / "a_file"))
+    rc, lines = _cli(TRAIN + S + ["--out", str(bad / "run")], capsys)
+    assert rc == 2 and len(lines) == 1 and "C2F_CACHE" in lines[0] and "is a file" in lines[0], lines
