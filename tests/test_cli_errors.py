@@ -111,3 +111,61 @@ def test_cache_env_pointing_at_a_file(bad, capsys, monkeypatch):
     monkeypatch.setenv("C2F_CACHE", str(bad / "a_file"))
     rc, lines = _cli(TRAIN + S + ["--out", str(bad / "run")], capsys)
     assert rc == 2 and len(lines) == 1 and "C2F_CACHE" in lines[0] and "is a file" in lines[0], lines
+
+
+def _wait_for(path, proc, timeout=240):
+    import time
+    t = time.time()
+    while time.time() - t < timeout and proc.poll() is None:
+        if path.exists():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_ctrl_c_ends_train_with_130_and_a_resume_hint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / "r"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    p = subprocess.Popen([sys.executable, "-m", "c2f_search.cli", *TRAIN, "--schedule", "fshift:2x1,1x20",
+                          "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env)
+    assert _wait_for(out / "checkpoints" / "phase1-C2.pt", p), p.communicate()[1][-2000:]
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert "interrupted; continue with: c2f-search train --out" in last and "--resume" in last
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    out = tmp_path / "s"
+    bad = _space(tmp_path, "epochs: 1\nspace: {C_values: [3], coarse_phases: {low: 0, high: 1}}\n")
+    cmd = [sys.executable, "-m", "c2f_search.cli", "search", "--data", TINY_DATA, "--depth", "1", "--out", str(out)]
+    p = subprocess.run(cmd + ["--space", bad], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "space.C_values" in p.stderr and not out.exists(), p.stderr[-2000:]
+    p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "search.json: not found" in p.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("epochs: 4\nschedules: ['fshift:2x1,1x3', 'none:1x4']\nfixed: {batch_size: 8}\n")
+    log = open(tmp_path / "log", "w")
+    p = subprocess.Popen(cmd + ["--space", str(good)], stdout=log, stderr=subprocess.PIPE, text=True, env=env)
+    assert _wait_for(out / "search.json", p)
+    import time
+    time.sleep(8)  # let a trial start
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=300)[1]
+    assert p.returncode == 130, err[-3000:]
+    assert f"interrupted; continue with: c2f-search search --out {out} --resume" in err.strip().splitlines()[-1]
+    p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (out / "front.parquet").exists()

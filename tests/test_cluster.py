@@ -32,6 +32,58 @@ def test_cluster_yaml_validates_against_rays_schema():
     assert any("pip install" in c and "c2f-search" in c for c in cfg["setup_commands"])
 
 
+DASHBOARD_GCS_PORTS = {8265, 6379, 10001, 8076, 52365}  # dashboard/Jobs API, GCS, client server, ...
+WORLD = {"0.0.0.0/0", "::/0"}
+
+
+def cluster_security_problems(cfg: dict) -> list[str]:
+    """What in a cluster.yaml lets someone off the cluster run code on it."""
+    problems = []
+    start = {"head": cfg.get("head_start_ray_commands", []), "worker": cfg.get("worker_start_ray_commands", [])}
+    for kind, cmds in start.items():
+        starts = [c for c in cmds if "ray start" in c]
+        if not starts or not all("RAY_AUTH_MODE=token" in c for c in starts):
+            problems.append(f"{kind} nodes start Ray without RAY_AUTH_MODE=token")
+    text = yaml.safe_dump(cfg)
+    for flag in ("dashboard-host=0.0.0.0", "dashboard-host 0.0.0.0", "ray-client-server-port", "node-ip-address=0.0.0.0"):
+        if flag in text:
+            problems.append(f"a start command opens the dashboard or another port to every interface ({flag})")
+    if "RAY_AUTH_TOKEN=" in text:
+        problems.append("a token is written into the file; distribute ~/.ray/auth_token instead")
+    mounts = cfg.get("file_mounts", {})
+    if not any(k.endswith(".ray/auth_token") and v.endswith(".ray/auth_token") for k, v in mounts.items()):
+        problems.append("the auth token from `ray get-auth-token --generate` is not copied to the nodes")
+    for rule in cfg.get("provider", {}).get("security_group", {}).get("IpPermissions", []):
+        cidrs = {r.get("CidrIp") for r in rule.get("IpRanges", [])} | {r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])}
+        lo, hi = rule.get("FromPort", -1), rule.get("ToPort", -1)
+        ports = set(range(0, 65536)) if lo == -1 else set(range(lo, hi + 1))
+        if cidrs & WORLD and ports - {22}:
+            problems.append(f"a security-group rule opens ports {lo}-{hi} to the world")
+    return problems
+
+
+def test_cluster_yaml_lets_no_one_in():
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    assert cluster_security_problems(cfg) == []
+    assert cfg["provider"]["security_group"]["IpPermissions"] == []
+
+
+@pytest.mark.parametrize("opening", ["dashboard_public", "auth_off", "world_rule", "token_in_file"])
+def test_the_security_check_catches_an_open_copy(opening):
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    if opening == "dashboard_public":
+        cfg["head_start_ray_commands"][-1] += " --dashboard-host=0.0.0.0"
+    elif opening == "auth_off":
+        cfg["worker_start_ray_commands"] = [c.replace("RAY_AUTH_MODE=token ", "") for c in cfg["worker_start_ray_commands"]]
+    elif opening == "world_rule":
+        cfg["provider"]["security_group"]["IpPermissions"] = [
+            {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    else:
+        cfg["setup_commands"].append("export RAY_AUTH_TOKEN=abc123")
+    assert cluster_security_problems(cfg)
+    _validate(cfg)  # still a valid cluster.yaml: only the security check can catch it
+
+
 @pytest.mark.parametrize("breakage", ["misspelled_key", "missing_resources", "bad_head_type"])
 def test_cluster_yaml_validation_catches_a_broken_copy(breakage):
     from jsonschema import ValidationError

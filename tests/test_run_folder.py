@@ -136,3 +136,20 @@ def test_defaults_have_one_source():
     assert trial_config({"schedule": "none:1x1"}, {"model": "ast-tiny"}) == TrainConfig("none:1x1")
     d = defaults()
     assert (d["batch_size"], d["warmup_steps"]) == (16, 20)
+
+
+def test_skip_bad_header_counts_the_clips_used(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    (tmp_path / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/a,a\n1,/m/b,b\n")
+    entries = []
+    for i in range(6):
+        p = tmp_path / f"{i}.wav"
+        sf.write(str(p), rng.standard_normal(16000).astype("float32") * 0.1, 16000)
+        entries.append({"wav": str(p), "labels": "/m/a" if i % 2 else "/m/b"})
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt junk")
+    entries.append({"wav": str(tmp_path / "broken.wav"), "labels": "/m/a"})
+    (tmp_path / "train.json").write_text(json.dumps({"data": entries}))
+    rc, err = _cli(["train", "--data", str(tmp_path / "train.json"), "--schedule", "none:1x1", "--depth", "1",
+                    "--skip-bad", "--out", str(tmp_path / "r"), "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "| 6 train / 6 val clips |" in err and "skipped 1 clips" in err
