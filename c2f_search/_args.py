@@ -102,11 +102,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="SpecAugment time mask width at full resolution in frames (default 0)")
     g.add_argument("--mixup", type=fraction, help="fraction of each batch mixed, in [0, 1] (default 0; AST: 0.5)")
     g.add_argument("--seed", type=nonneg_int, help=f"default {d['seed']}")
+    g.add_argument("--transition", metavar="RULE",
+                   help="how the auto phases of an adaptive schedule (fshift:4xauto,2xauto,1x12) end: "
+                        "plateau:patience=2,delta=0.002[,max=EPOCHS,budget=EPOCHS] or "
+                        "probe:steps=10[,score=flops|time,max=EPOCHS,budget=EPOCHS]; max caps each auto phase "
+                        "(default: the final phase's length), budget is the total compute in full-resolution epochs")
+    g.add_argument("--eval-every", metavar="N|Xepoch",
+                   help="evaluate every N steps or X epochs (e.g. 0.25epoch) as well as at every epoch end")
 
 
 MODEL_FLAGS = {"depth": "depth", "dist_token": "dist_token", "stride": "stride"}
 TRAIN_FLAGS = ("model", "init", "lr", "batch_size", "weight_decay", "warmup_steps", "lr_schedule", "lr_milestones",
-               "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target")
+               "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target", "transition", "eval_every")
 
 
 def given_config(a) -> dict:

@@ -175,8 +175,10 @@ def cmd_train(a) -> int:
         bar.set_description(f"phase {run.phase + 1}/{n_phases} C={run.C}", refresh=False)
         bar.update(1)
 
+    total = "auto" if schedule.is_adaptive else f"{schedule.total_epochs:g}"
+
     def show(r, rec):
-        bar.set_postfix(epoch=f"{rec['epoch']:.2f}/{schedule.total_epochs:g}", loss=f"{rec['train_loss']:.3f}",
+        bar.set_postfix(epoch=f"{rec['epoch']:.2f}/{total}", loss=f"{rec['train_loss']:.3f}",
                         **{r.metric_name: f"{rec['val_metric']:.3f}"})
     run.on_step = step
     for rec in run.records(progress=show):
@@ -190,6 +192,10 @@ def cmd_train(a) -> int:
     write_table(record_table(run.history), out / "metrics.parquet")
     last = run.history[-1]
     msg = "reached --metric-target" if last["target_reached"] else "schedule finished"
+    if schedule.is_adaptive:
+        print(f"learned schedule: {last['trained']} (re-run it with --schedule)", file=sys.stderr)
+        for a, b in zip(run.phases, run.phases[1:]):
+            print(f"  C={a['C']} -> C={b['C']} after {a['steps']} steps: {b['reason']}", file=sys.stderr)
     print(f"{msg}: {run.metric_name} {last['val_metric']:.4f} at epoch {last['epoch']:.2f}, "
           f"{last['train_flops'] / 1e12:.2f} TFLOPs, {last['wall_time_s']:.0f}s -> {out}/metrics.parquet")
     _bad_report(data, out)

@@ -35,6 +35,8 @@ class TrainConfig:
     mixup: float = 0.0  # fraction of each batch mixed, lambda ~ Beta(10, 10)
     seed: int = 0
     metric_target: float | None = None  # budget mode: stop at the first final-phase eval reaching it
+    transition: str | None = None  # how auto phases end: plateau:patience=2,delta=0.002 or probe:steps=10
+    eval_every: str | None = None  # N steps or Xepoch; default: every epoch (and at every phase end)
 
     def __post_init__(self):
         self.betas, self.lr_milestones = tuple(self.betas), tuple(self.lr_milestones)
@@ -113,5 +115,12 @@ def _check(c: TrainConfig) -> None:
             raise ConfigError(k, f"must be in [0, 1), got {v!r}")
         if k == "dist_token" and not isinstance(v, bool):
             raise ConfigError(k, f"must be true or false, got {v!r}")
+    if c.transition is not None:
+        from .controllers import check_transition
+        check_transition(c.transition)
+    if c.eval_every is not None:
+        from .controllers import parse_eval_every
+        c.eval_every = str(c.eval_every)
+        parse_eval_every(c.eval_every, 10 ** 6)
     if c.init is not None and not isinstance(c.init, str):
         raise ConfigError("init", f"must be a path, got {c.init!r}")

@@ -5,22 +5,27 @@ from __future__ import annotations
 import pyarrow as pa
 
 RECORD_SCHEMA = pa.schema([
-    ("schedule", pa.string()),        # the run's schedule text
+    ("schedule", pa.string()),        # the run's schedule text (an adaptive one with its [transition])
+    ("controller", pa.string()),      # fixed, plateau, probe, ...
+    ("trained", pa.string()),         # the phases trained so far, as a fixed schedule that re-runs them
     ("method", pa.string()),
     ("phase", pa.int64()),            # 1-based phase actually trained
     ("C", pa.int64()),
     ("epoch", pa.float64()),          # epochs of data seen (fractional at phase ends)
     ("step", pa.int64()),             # optimizer steps so far
     ("train_loss", pa.float64()),     # mean training loss since the previous record
+    ("val_loss", pa.float64()),
     ("val_metric", pa.float64()),
     ("metric_name", pa.string()),     # accuracy or mAP
     ("train_flops", pa.float64()),    # cumulative, forward + backward
     ("eval_flops", pa.float64()),     # cumulative
     ("train_time_s", pa.float64()),   # cumulative
     ("wall_time_s", pa.float64()),    # cumulative
+    ("controller_flops", pa.float64()),  # cumulative FLOPs a controller spent on itself (losing probes), in train_flops too
     ("phase_end", pa.bool_()),        # the phase ended at this record
     ("schedule_done", pa.bool_()),    # the run ended at this record
     ("target_reached", pa.bool_()),   # budget mode: a final-phase metric reached --metric-target
+    ("reason", pa.string()),          # at a phase end: why it ended
 ])
 RECORD_FIELDS = tuple(RECORD_SCHEMA.names)
 

@@ -1,7 +1,8 @@
 """Coarse-to-fine schedules: a compression method plus phases of (C, epochs).
 
 Text form: ``METHOD:C1xE1,C2xE2,...,1xEn``, e.g. ``fshift:4x5,1x15``. C strictly decreases and the
-last phase runs at full resolution (C = 1). Table 1's ablation that never returns to full
+last phase runs at full resolution (C = 1). An adaptive schedule leaves coarse phase lengths to a
+phase controller: ``fshift:4xauto,2xauto,1x12`` (the last phase always has a length). Table 1's ablation that never returns to full
 resolution ("Pool2") has its own spelling, ``METHOD:CxE,coarse-only`` (e.g. ``avgpool:2x20,coarse-only``),
 so that a forgotten ``1xE`` is still an error.
 """
@@ -16,19 +17,24 @@ from .errors import ScheduleError
 EXAMPLE = "fshift:4x5,1x15"
 COARSE_ONLY = "coarse-only"
 
-__all__ = ["Phase", "Schedule", "ScheduleError", "parse_schedule", "EXAMPLE", "COARSE_ONLY"]
+__all__ = ["Phase", "Schedule", "ScheduleError", "parse_schedule", "EXAMPLE", "COARSE_ONLY", "AUTO"]
+
+
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class Phase:
     C: int
-    epochs: float
+    epochs: float | None  # None: decided during training by a controller (written "auto")
 
     def __str__(self) -> str:
         return f"{self.C}x{_fmt_epochs(self.epochs)}"
 
 
-def _fmt_epochs(e: float) -> str:
+def _fmt_epochs(e: float | None) -> str:
+    if e is None:
+        return AUTO
     return str(int(e)) if float(e).is_integer() else repr(float(e))
 
 
@@ -50,7 +56,13 @@ class Schedule:
         return f"{self.method}:" + ",".join(str(p) for p in self.phases) + (f",{COARSE_ONLY}" if self.coarse_only else "")
 
     @property
+    def is_adaptive(self) -> bool:
+        return any(p.epochs is None for p in self.phases)
+
+    @property
     def total_epochs(self) -> float:
+        if self.is_adaptive:
+            raise ScheduleError(f"{self} leaves phase lengths to a controller; it has no fixed number of epochs")
         return sum(p.epochs for p in self.phases)
 
     @property
@@ -72,6 +84,8 @@ class Schedule:
         Bounds are rounded on the cumulative epochs, so a phase's step count depends only on
         the phases before it and itself: schedules that agree on a prefix agree on its steps.
         """
+        if self.is_adaptive:
+            raise ScheduleError(f"{self} leaves phase lengths to a controller; give --transition")
         bounds = [0]
         acc = 0.0
         for p in self.phases:
@@ -98,10 +112,15 @@ def _validate(s: Schedule) -> None:
     for p in s.phases:
         if not isinstance(p.C, int) or isinstance(p.C, bool) or p.C < 1:
             raise ScheduleError(f"C must be a positive integer, got {p.C!r} (e.g. {EXAMPLE})")
+        if p.epochs is None:
+            continue
         if not (isinstance(p.epochs, (int, float)) and not isinstance(p.epochs, bool)
                 and math.isfinite(p.epochs) and p.epochs > 0):
             raise ScheduleError(f"phase epochs must be a finite number > 0, got {p.epochs!r} (e.g. {EXAMPLE})")
     cs = s.Cs
+    if s.phases[-1].epochs is None:
+        raise ScheduleError(f"the last phase needs a length, e.g. fshift:4xauto,2xauto,1x12; only coarse phases "
+                            f"may be '{AUTO}'")
     if any(a <= b for a, b in zip(cs, cs[1:])):
         raise ScheduleError(f"C must strictly decrease across phases, got {'->'.join(map(str, cs))} (e.g. {EXAMPLE})")
     if not method.compresses and cs != [1]:
@@ -136,8 +155,11 @@ def parse_schedule(text: str) -> Schedule:
             if "x" not in part:
                 raise ScheduleError(f"phase {part!r} in {text!r} is missing the 'x' in CxEPOCHS (e.g. {EXAMPLE})")
             raise ScheduleError(f"phase {part!r} in {text!r} is not CxEPOCHS with an integer C (e.g. {EXAMPLE})")
+        if m.group(2) == AUTO:
+            phases.append(Phase(int(m.group(1)), None))
+            continue
         if not _NUMBER.match(m.group(2)):
             raise ScheduleError(f"phase {part!r} in {text!r}: epochs {m.group(2)!r} is not a number "
-                                f"(e.g. {EXAMPLE}; fractions like 0.5 are fine)")
+                                f"(e.g. {EXAMPLE}; fractions like 0.5 are fine, or '{AUTO}' for a controller)")
         phases.append(Phase(int(m.group(1)), float(m.group(2))))
     return Schedule(method, tuple(phases), coarse_only)

@@ -9,6 +9,7 @@ where the controller accepts its history as a prefix (forking).
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Iterator
@@ -20,7 +21,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multilab
 
 from .compress import get_method
 from .config import TrainConfig
-from .controllers import Done, FixedSchedule, PhaseController, Train, Transition
+from .controllers import Done, PhaseController, Train, Transition, make_controller
 from .data import Data
 from .errors import CheckpointError, ConfigError, NonFiniteLoss, ScheduleError
 from .flops import eval_flops, train_flops
@@ -69,7 +70,7 @@ class Run:
         self.device = resolve_device(device) if isinstance(device, str) else device
         schedule = parse_schedule(cfg.schedule)
         self.method = get_method(schedule.method)
-        self.controller = controller or FixedSchedule(schedule)
+        self.controller = controller or make_controller(schedule, cfg.transition, cfg.eval_every)
         get_family(cfg.model).check_method(cfg.model, self.method.name)
         fe = data.fe
         self.full = Geometry(fe.num_mel_bins, fe.target_length)
@@ -84,7 +85,8 @@ class Run:
         self.step, self.done = 0, False
         self.phases = [{"C": self.controller.first_C(), "steps": 0, "planned": self.controller.planned_steps(0),
                         "reason": "start"}]
-        self.counters = {"train_flops": 0.0, "eval_flops": 0.0, "train_time_s": 0.0, "wall_time_s": 0.0}
+        self.counters = {"train_flops": 0.0, "eval_flops": 0.0, "train_time_s": 0.0, "wall_time_s": 0.0,
+                         "controller_flops": 0.0}
         self.history: list[dict] = []
         self.on_step = None  # optional callback after each optimizer step (progress bars)
         with self.rng.active():
@@ -195,7 +197,8 @@ class Run:
         return float(np.mean(losses)) if losses else float("nan")
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def _evaluate(self) -> tuple[float, float]:
+        """(metric, loss) on the validation split at the current C."""
         self.model.eval()
         feats = self._features("val", self.C)
         n = len(feats.kept)
@@ -203,9 +206,46 @@ class Run:
                 for s in range(0, n, EVAL_BATCH)]
         logits, y = torch.cat(outs), self.data.targets("val", feats)
         self.counters["eval_flops"] += eval_flops(self.model) * n
+        loss = float(self._loss(logits, y))
         if self.data.multilabel:
-            return float(multilabel_average_precision(torch.sigmoid(logits), y.int(), num_labels=y.shape[1], average="macro"))
-        return float(multiclass_accuracy(logits, y.argmax(1), num_classes=y.shape[1], average="micro"))
+            return float(multilabel_average_precision(torch.sigmoid(logits), y.int(), num_labels=y.shape[1],
+                                                      average="macro")), loss
+        return float(multiclass_accuracy(logits, y.argmax(1), num_classes=y.shape[1], average="micro")), loss
+
+    def evaluate(self) -> float:
+        return self._evaluate()[0]
+
+    def step_flops(self, C: int) -> float:
+        """Training FLOPs of one optimizer step at C (a full batch)."""
+        m = build_for_phase(self.cfg.model, self._model_kwargs(), self.method, C, self.full, device="meta")
+        return float(train_flops(m) * self.cfg.batch_size)
+
+    def trained_schedule(self) -> str:
+        """The phases trained so far as a fixed schedule that re-runs them standalone."""
+        from .schedule import Phase, Schedule
+        phases = [Phase(p["C"], p["steps"] / self.steps_per_epoch) for p in self.phases if p["steps"]]
+        if not phases:
+            return ""
+        return str(Schedule(self.method.name, tuple(phases), coarse_only=phases[-1].C != 1))
+
+    def spawn(self, controller: PhaseController) -> "Run":
+        """A run forked from this one's current state, driven by another controller (e.g. a probe)."""
+        return Run(self.cfg, self.data, self.device, state=self.state_dict(), controller=controller)
+
+    def adopt(self, other: "Run", extra_flops: float = 0.0, extra_eval_flops: float = 0.0, reason: str = "") -> None:
+        """Continue from a spawned run's state (its steps become this run's own), adding the FLOPs of
+        work thrown away (e.g. losing probes) to this run's cost."""
+        mine = self.controller
+        state = other.state_dict()
+        state["controller"] = {"name": mine.name, "describe": mine.describe(), "state": mine.state_dict()}
+        for p in state["phases"][len(self.phases):]:
+            p["reason"] = reason or p["reason"]
+        for r in state["history"][len(self.history):]:
+            r.update(schedule=mine.describe(), controller=mine.name)
+        self.load_state_dict(state)
+        self.counters["train_flops"] += extra_flops
+        self.counters["eval_flops"] += extra_eval_flops
+        self.counters["controller_flops"] += extra_flops + extra_eval_flops
 
     @property
     def metric_name(self) -> str:
@@ -228,7 +268,9 @@ class Run:
         """Train to the end (or the metric target), yielding a record at each evaluation point."""
         while not self.done:
             t0 = time.perf_counter()
+            seen = len(self.history)
             act = self._act()
+            yield from self.history[seen:]  # records a controller adopted (a winning probe's)
             if isinstance(act, Done):  # e.g. a state saved at the very end
                 self.done = True
                 return
@@ -238,16 +280,20 @@ class Run:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             self.counters["train_time_s"] += time.perf_counter() - t1
-            metric = self.evaluate()
+            metric, val_loss = self._evaluate()
             self.counters["wall_time_s"] += time.perf_counter() - t0
-            rec = {"schedule": self.controller.describe(), "method": self.method.name, "phase": self.phase + 1,
-                   "C": self.C, "epoch": self.step / self.steps_per_epoch, "step": self.step, "train_loss": loss,
-                   "val_metric": metric, "metric_name": self.metric_name, **self.counters}
+            rec = {"schedule": self.controller.describe(), "controller": self.controller.name,
+                   "method": self.method.name, "phase": self.phase + 1, "C": self.C,
+                   "epoch": self.step / self.steps_per_epoch, "step": self.step, "train_loss": loss,
+                   "val_loss": val_loss, "val_metric": metric, "metric_name": self.metric_name, **self.counters}
             self.controller.observe(self, rec)
             nxt = self.controller.next_action(self)
             reached = self._reached(metric, self.C)
             self.done = reached or isinstance(nxt, Done)
-            rec.update(phase_end=not isinstance(nxt, Train), schedule_done=self.done, target_reached=reached)
+            rec.update(phase_end=not isinstance(nxt, Train), schedule_done=self.done, target_reached=reached,
+                       reason=None if isinstance(nxt, Train) else ("metric target reached" if reached and not
+                                                                    isinstance(nxt, Done) else nxt.reason),
+                       trained=self.trained_schedule())
             self.history.append(rec)
             if progress is not None:
                 progress(self, rec)
@@ -305,10 +351,11 @@ class Run:
                                           f"before the checkpoint's step {self.step}")
         self.model = create_model(s["model_name"], geometry=Geometry(**s["geometry"]), device="meta",
                                   **s["model_kwargs"])
-        self.model.load_state_dict(s["model"], strict=True, assign=True)
+        # copies: a state taken from a live run (a fork, a probe) must not share its tensors
+        self.model.load_state_dict({k: v.clone() for k, v in s["model"].items()}, strict=True, assign=True)
         self.model.to(self.device)
         self._new_optimizer()
-        self.opt.load_state_dict(s["optimizer"])
+        self.opt.load_state_dict(copy.deepcopy(s["optimizer"]))
         self.lr_sched.load_state_dict(s["lr_sched"])
         self.rng.load_state_dict(s["rng"])
         last = self.history[-1] if self.history else None

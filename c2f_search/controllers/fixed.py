@@ -1,8 +1,4 @@
-"""Phase controllers: they decide when the next phase starts and at which C. ``Run`` trains; a
-controller only looks at what has been trained (``run.phases``: C, steps, why) and answers
-``next_action``: train on to a step, move to another C, or stop.
-
-``FixedSchedule`` is the paper's controller: phase lengths fixed up front. It keeps no state of
+"""``FixedSchedule`` is the paper's controller: phase lengths fixed up front. It keeps no state of
 its own, everything follows from the schedule and the trained history, so a run can continue
 from the state of another run whose history is a prefix of its schedule (forking).
 
@@ -23,69 +19,19 @@ prefix itself, when:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .schedule import Schedule
-
-
-@dataclass(frozen=True)
-class Train:
-    stop: int  # train until this absolute step, then evaluate
-
-
-@dataclass(frozen=True)
-class Transition:
-    C: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Done:
-    reason: str
-
-
-class PhaseController:
-    """The contract; see the module docstring."""
-    name = "controller"
-
-    def bind(self, steps_per_epoch: int) -> None:
-        self.steps_per_epoch = steps_per_epoch
-
-    def first_C(self) -> int: ...
-    def final_C(self) -> int: ...
-    def candidate_Cs(self) -> list[int]: ...  # every C the run may train at (features are prepared up front)
-    def describe(self) -> str: ...  # the schedule text written in records
-    def next_action(self, run) -> Train | Transition | Done: ...
-
-    def planned_steps(self, phase_index: int) -> int | None:
-        """The phase's length if known when it starts (a cosine LR needs it); None if decided on the way."""
-        return None
-
-    def observe(self, run, record: dict) -> None:
-        """Called after each evaluation, before ``next_action``."""
-
-    def accepts(self, phases: list[dict], step: int, lr_needs_length: bool) -> str | None:
-        """None if a trained history can continue under this controller, else why not."""
-        return None
-
-    def total_steps(self) -> int | None:
-        return None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, s: dict) -> None:
-        pass
+from ..schedule import Schedule
+from .base import Done, PhaseController, Train, Transition, next_eval, parse_eval_every
 
 
 class FixedSchedule(PhaseController):
     name = "fixed"
 
-    def __init__(self, schedule: Schedule):
-        self.schedule = schedule
+    def __init__(self, schedule: Schedule, eval_every=None):
+        self.schedule, self.eval_every = schedule, eval_every
 
     def bind(self, steps_per_epoch):
         super().bind(steps_per_epoch)
+        self.every = parse_eval_every(self.eval_every, steps_per_epoch) if self.eval_every else steps_per_epoch
         self.steps = self.schedule.phase_steps(steps_per_epoch)
         self.bounds = [0]
         for n in self.steps:
@@ -116,11 +62,11 @@ class FixedSchedule(PhaseController):
                 return Done(f"schedule {self.schedule} finished")
             nxt = self.schedule.phases[i + 1].C
             return Transition(nxt, f"planned: phase {i + 1} ends after {self.steps[i]} steps")
-        spe = self.steps_per_epoch
-        return Train(min((run.step // spe + 1) * spe, self.bounds[i + 1]))
+        return Train(min(next_eval(run.step, self.steps_per_epoch, self.every), self.bounds[i + 1]))
 
     def eval_points(self) -> set[int]:
-        return set(range(0, self.bounds[-1] + 1, self.steps_per_epoch)) | set(self.bounds)
+        end = self.bounds[-1] + 1
+        return set(range(0, end, self.steps_per_epoch)) | set(range(0, end, self.every)) | set(self.bounds)
 
     def accepts(self, phases, step, lr_needs_length):
         plan = self.schedule.phases
@@ -143,11 +89,14 @@ class FixedSchedule(PhaseController):
     def labels(self, record: dict) -> dict:
         """phase_end / schedule_done of a record as this schedule sees it (for a forked history)."""
         end = record["step"] == self.bounds[record["phase"]]
-        return {"schedule": str(self.schedule), "phase_end": end,
-                "schedule_done": end and record["phase"] == len(self.steps)}
+        last = record["phase"] == len(self.steps)
+        why = ((f"schedule {self.schedule} finished" if last else f"planned: phase {record['phase']} ends after "
+                f"{self.steps[record['phase'] - 1]} steps") if end else None)
+        return {"schedule": str(self.schedule), "phase_end": end, "schedule_done": end and last, "reason": why}
 
 
-def fork_point(parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs_length: bool = False) -> int:
+def fork_point(parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs_length: bool = False,
+               eval_every=None) -> int:
     """The last step at which a run of `child` may start from a saved state of a run of `parent`
     (same training identity), training exactly as if it had trained that prefix itself; 0 if none.
 
@@ -156,7 +105,7 @@ def fork_point(parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs
     """
     if parent.method != child.method:
         return 0
-    a, b = FixedSchedule(parent), FixedSchedule(child)
+    a, b = FixedSchedule(parent, eval_every), FixedSchedule(child, eval_every)
     a.bind(steps_per_epoch)
     b.bind(steps_per_epoch)
     shared = 0

@@ -1,0 +1,51 @@
+"""Phase controllers: who decides when the next phase starts and at which C.
+
+* ``FixedSchedule`` (``fixed.py``) - the paper's: lengths fixed up front; ``fork_point`` says which
+  schedules can share which prefix;
+* ``Plateau`` (``plateau.py``)   - an auto phase ends when the validation metric stops improving;
+* ``Probe`` (``probe.py``)       - short forked probes at each decision point pick the C to go on with.
+
+``make_controller(schedule, transition, eval_every)`` builds the one a run's settings ask for. A new
+controller subclasses ``PhaseController`` (``base.py``) and registers its name in ``CONTROLLERS``.
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..schedule import Schedule
+from .adaptive import AdaptiveSchedule
+from .base import Done, PhaseController, Train, Transition, parse_eval_every, parse_spec
+from .fixed import FixedSchedule, fork_point
+from .plateau import Plateau
+from .probe import Probe, ProbeArm
+
+_COMMON = {"max": float, "budget": float}
+CONTROLLERS = {
+    "plateau": (Plateau, {"patience": int, "delta": float, **_COMMON}),
+    "probe": (Probe, {"steps": int, "score": str, **_COMMON}),
+}
+
+__all__ = ["PhaseController", "FixedSchedule", "AdaptiveSchedule", "Plateau", "Probe", "ProbeArm", "Train",
+           "Transition", "Done", "fork_point", "make_controller", "check_transition", "CONTROLLERS"]
+
+
+def make_controller(schedule: Schedule, transition: str | None = None, eval_every=None) -> PhaseController:
+    if transition is None:
+        if schedule.is_adaptive:
+            raise ConfigError("transition", f"{schedule} leaves phase lengths open; say how they end, e.g. "
+                                            f"--transition plateau:patience=2,delta=0.002")
+        return FixedSchedule(schedule, eval_every)
+    name, kw = check_transition(transition)
+    if not schedule.is_adaptive:
+        raise ConfigError("transition", f"{transition!r} decides phase lengths, but {schedule} fixes all of them; "
+                                        f"write the coarse phases as CxAUTO, e.g. fshift:4xauto,2xauto,1x12")
+    cls, _ = CONTROLLERS[name]
+    kw["max_epochs"] = kw.pop("max", None)
+    return cls(schedule, transition, eval_every=eval_every, **kw)
+
+
+def check_transition(transition: str) -> tuple[str, dict]:
+    name = str(transition).partition(":")[0].strip()
+    if name not in CONTROLLERS:
+        raise ConfigError("transition", f"{transition!r}: choose {' or '.join(CONTROLLERS)}, e.g. "
+                                        f"plateau:patience=2,delta=0.002 or probe:steps=10")
+    return parse_spec(transition, CONTROLLERS[name][1])

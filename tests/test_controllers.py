@@ -1,0 +1,125 @@
+"""Learned schedules: the plateau and probe controllers, budgets and caps, and export as a fixed
+schedule that re-runs standalone."""
+import pytest
+
+from c2f_search import Run, TrainConfig
+from c2f_search.cli import main
+from c2f_search.controllers import Probe, make_controller
+from c2f_search.errors import ConfigError
+from c2f_search.schedule import parse_schedule
+
+KW = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2)
+
+
+def _cfg(schedule, **kw):
+    return TrainConfig(schedule, **{**KW, **kw})
+
+
+def _force_metrics(run, metrics):
+    """Inject a validation-metric sequence: the evaluation still runs and costs, its metric is replaced."""
+    it, real = iter(metrics), run._evaluate
+
+    def forced():
+        _, loss = real()
+        return next(it), loss
+    run._evaluate = forced
+
+
+def test_plateau_ends_a_phase_after_patience_flat_evaluations(tiny_data):
+    # 5 steps per epoch, evaluation every 2 steps (and at epoch ends)
+    run = Run(_cfg("fshift:2xauto,1x1", transition="plateau:patience=2,delta=0.01,max=10", eval_every="2"),
+              tiny_data, "cpu")
+    _force_metrics(run, [0.10, 0.20, 0.205, 0.209] + [0.5] * 10)
+    recs = list(run.records())
+    coarse = [r for r in recs if r["C"] == 2]
+    # 0.10 -> 0.20 improves; 0.205 and 0.209 do not beat 0.20 by > 0.01: the second flat one ends the phase
+    assert [r["step"] for r in coarse] == [2, 4, 5, 6] and coarse[-1]["phase_end"]
+    assert coarse[-1]["reason"].startswith("plateau: 2 evaluations without an improvement over 0.2000")
+    assert [p["C"] for p in run.phases] == [2, 1] and run.phases[0]["steps"] == 6
+    assert recs[-1]["schedule_done"] and recs[-1]["trained"] == "fshift:2x1.2,1x1"
+
+
+def test_max_length_and_budget_cap_an_auto_phase(tiny_data):
+    run = Run(_cfg("avgpool:4xauto,2xauto,1x1", transition="plateau:patience=99,max=1"), tiny_data, "cpu")
+    list(run.records())
+    assert [(p["C"], p["steps"]) for p in run.phases] == [(4, 5), (2, 5), (1, 5)]
+    assert run.phases[1]["reason"].startswith("max phase length (5 steps)")
+    # a budget of 2 full-resolution epochs: the final 1-epoch phase keeps its share, the coarse ones get the rest
+    run = Run(_cfg("avgpool:4xauto,1x1", transition="plateau:patience=99,max=10,budget=2"), tiny_data, "cpu")
+    list(run.records())
+    total, coarse, full = 2 * 5 * run.step_flops(1), run.step_flops(4), run.step_flops(1)
+    n = run.phases[0]["steps"]
+    assert run.phases[1]["C"] == 1 and run.phases[1]["steps"] == 5 and run.phases[1]["reason"].startswith("budget")
+    assert n * coarse + 5 * full <= total < (n + 5) * coarse + 5 * full  # it stopped at the last interval that fits
+    assert n >= 10 and run.counters["train_flops"] == pytest.approx(n * coarse + 5 * full)
+
+
+class _ForceFinest(Probe):
+    """A probe controller whose choice is forced: always the finest C it probed."""
+
+    def choose(self, scores):
+        self.seen_scores = dict(scores)
+        return min(scores)
+
+
+def test_probe_continues_from_the_winning_probes_state(tiny_data):
+    sched = parse_schedule("maxpool:4xauto,2xauto,1x1")
+    ctrl = _ForceFinest(sched, "probe:steps=3,max=4", steps=3, max_epochs=4)
+    run = Run(_cfg(str(sched), transition="probe:steps=3,max=4"), tiny_data, "cpu", controller=ctrl)
+    it = run.records()
+    first = next(it)  # the first evaluation, at C=4
+    assert first["C"] == 4 and first["step"] == 5
+    snapshot = run.state_dict()
+    probe = Run(run.cfg, tiny_data, "cpu", state=snapshot,
+                controller=__import__("c2f_search.controllers", fromlist=["ProbeArm"]).ProbeArm(1, 5, 3, 1))
+    list(probe.records())  # what the forced winner (C=1) trains: the run that would have happened
+    adopted = next(it)  # the main run's next record is the winner's evaluation, adopted
+    assert set(ctrl.seen_scores) == {4, 2, 1}
+    assert adopted["C"] == 1 and adopted["step"] == 8 and run.phases[-1]["C"] == 1
+    assert run.phases[-1]["reason"].startswith("probe: C=1")
+    mine, theirs = run.model.state_dict(), probe.model.state_dict()
+    assert all((mine[k] == theirs[k]).all() for k in mine)
+    assert adopted["val_metric"] == probe.history[-1]["val_metric"]
+    # the two losing probes' FLOPs are in the run's cost, and named as the controller's
+    arm_cost = probe.counters["train_flops"] - snapshot["counters"]["train_flops"]
+    assert run.counters["controller_flops"] > 0
+    assert run.counters["train_flops"] == pytest.approx(snapshot["counters"]["train_flops"] + arm_cost
+                                                        + run.counters["controller_flops"]
+                                                        - (run.counters["eval_flops"] - probe.counters["eval_flops"]))
+    rest = list(it)
+    assert rest[-1]["schedule_done"] and rest[-1]["trained"] == "maxpool:4x1,1x1" and run.phases[-1]["steps"] == 5
+
+
+def test_learned_schedule_exports_and_reruns_standalone(tiny_data, tmp_path, capsys):
+    import pyarrow.parquet as pq
+    learned = Run(_cfg("fshift:2xauto,1x1", transition="plateau:patience=1,delta=0.5,max=3", eval_every="2"),
+                  tiny_data, "cpu")
+    recs = list(learned.records())
+    trained = recs[-1]["trained"]
+    assert trained == "fshift:2x0.8,1x1"  # ended after the first flat evaluation: 4 steps
+    rerun = Run(_cfg(trained, eval_every="2"), tiny_data, "cpu")
+    again = list(rerun.records())
+    key = ("step", "C", "train_loss", "val_metric", "train_flops")
+    assert [[r[k] for k in key] for r in again] == [[r[k] for k in key] for r in recs]
+    rc = main(["train", "--data", "builtin:events?train=40&val=20&seed=3", "--schedule", "fshift:2xauto,1x1",
+               "--transition", "plateau:patience=1,delta=0.5,max=3", "--eval-every", "2", "--depth", "1",
+               "--batch-size", "8", "--lr", "3e-4", "--warmup-steps", "2", "--out", str(tmp_path / "r"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "learned schedule: fshift:2x0.8,1x1" in err and "C=2 -> C=1 after 4 steps: plateau" in err
+    rows = pq.read_table(tmp_path / "r" / "metrics.parquet").to_pylist()
+    assert rows[-1]["trained"] == trained and rows[-1]["controller"] == "plateau"
+
+
+@pytest.mark.parametrize("schedule, transition, words", [
+    ("fshift:4xauto,1x2", None, "leaves phase lengths open"),
+    ("fshift:4x1,1x2", "plateau", "fixes all of them"),
+    ("fshift:4xauto,1x2", "plateu:patience=2", "choose plateau or probe"),
+    ("fshift:4xauto,1x2", "plateau:patience=two", "patience='two' is not a valid value"),
+    ("fshift:4xauto,1x2", "plateau:patients=2", "'patients=2' is not one of"),
+    ("fshift:4xauto,1x2", "probe:score=money", "score flops or time"),
+])
+def test_transition_mistakes_name_the_flag(schedule, transition, words):
+    with pytest.raises(ConfigError, match=words) as e:
+        make_controller(parse_schedule(schedule), TrainConfig(schedule, transition=transition).transition)
+    assert e.value.field == "transition"
