@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..schedule import Schedule
-from .base import Done, PhaseController, Train, Transition, next_eval, parse_eval_every
+from .base import Done, ScheduleController, Train, Transition, next_eval, parse_eval_every
 
 
-class AdaptiveSchedule(PhaseController):
+class AdaptiveSchedule(ScheduleController):
     def __init__(self, schedule: Schedule, spec: str, max_epochs: float | None = None, budget: float | None = None,
                  eval_every=None):
         if max_epochs is not None and not max_epochs > 0:
@@ -28,15 +28,6 @@ class AdaptiveSchedule(PhaseController):
         self.every = parse_eval_every(self.eval_every, spe) if self.eval_every else spe
         self.max_steps = max(1, round(self.max_epochs * spe))
         self.fixed_steps = [None if p.epochs is None else max(1, round(p.epochs * spe)) for p in self.schedule.phases]
-
-    def first_C(self):
-        return self.schedule.phases[0].C
-
-    def final_C(self):
-        return self.schedule.phases[-1].C
-
-    def candidate_Cs(self):
-        return self.schedule.Cs
 
     def describe(self):
         return f"{self.schedule} [{self.spec}]"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,20 @@ class PhaseController:
         pass
 
 
+
+
+class ScheduleController(PhaseController):
+    """A controller driven by a schedule's C sequence (fixed or adaptive lengths)."""
+    schedule: Schedule
+
+    def first_C(self):
+        return self.schedule.phases[0].C
+
+    def final_C(self):
+        return self.schedule.phases[-1].C
+
+    def candidate_Cs(self):
+        return self.schedule.Cs
 
 
 def next_eval(step: int, steps_per_epoch: int, every: int) -> int:

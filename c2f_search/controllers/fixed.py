@@ -20,10 +20,10 @@ prefix itself, when:
 from __future__ import annotations
 
 from ..schedule import Schedule
-from .base import Done, PhaseController, Train, Transition, next_eval, parse_eval_every
+from .base import Done, ScheduleController, Train, Transition, next_eval, parse_eval_every
 
 
-class FixedSchedule(PhaseController):
+class FixedSchedule(ScheduleController):
     name = "fixed"
 
     def __init__(self, schedule: Schedule, eval_every=None):
@@ -36,15 +36,6 @@ class FixedSchedule(PhaseController):
         self.bounds = [0]
         for n in self.steps:
             self.bounds.append(self.bounds[-1] + n)
-
-    def first_C(self):
-        return self.schedule.phases[0].C
-
-    def final_C(self):
-        return self.schedule.phases[-1].C
-
-    def candidate_Cs(self):
-        return self.schedule.Cs
 
     def describe(self):
         return str(self.schedule)
