@@ -65,7 +65,7 @@ def check_geometry(cfg: TrainConfig, fe, Cs) -> None:
 
 class Run:
     def __init__(self, cfg: TrainConfig, data: Data, device="auto", state: dict | None = None,
-                 controller: PhaseController | None = None):
+                 controller: PhaseController | None = None, exploit: bool = False):
         self.cfg, self.data = cfg, data
         self.device = resolve_device(device) if isinstance(device, str) else device
         schedule = parse_schedule(cfg.schedule)
@@ -95,7 +95,7 @@ class Run:
             get_family(cfg.model).load_init(self.model, cfg.init)
         self._new_optimizer()
         if state is not None:
-            self.load_state_dict(state)
+            self.load_state_dict(state, exploit=exploit)
 
     def _model_kwargs(self) -> dict:
         return {"num_classes": self.data.num_classes, **self.cfg.model_kwargs}
@@ -299,6 +299,14 @@ class Run:
                 progress(self, rec)
             yield rec
 
+    def _apply_hyperparameters(self) -> None:
+        """Put this run's own optimizer settings over a copied optimizer state (PBT's explore)."""
+        c = self.cfg
+        self.lr_sched.base_lrs = [c.lr for _ in self.opt.param_groups]
+        for g, f in zip(self.opt.param_groups, self.lr_sched.lr_lambdas):
+            g.update(initial_lr=c.lr, lr=c.lr * f(self.lr_sched.last_epoch), weight_decay=c.weight_decay,
+                     betas=c.betas)
+
     # ------------------------------------------------------------------ state
     def identity(self) -> dict:
         """What a saved state must agree on to continue here (beyond the schedule)."""
@@ -319,13 +327,20 @@ class Run:
             "rng": self.rng.state_dict(),
         }
 
-    def load_state_dict(self, s: dict) -> None:
+    def load_state_dict(self, s: dict, exploit: bool = False) -> None:
         """Continue from a saved state: this run's own (resume) or one whose trained history the
-        controller accepts as a prefix of its own (fork). Anything else is refused, saying why."""
+        controller accepts as a prefix of its own (fork). Anything else is refused, saying why.
+
+        ``exploit=True`` is population-based training's copy of a better member: the weights, optimizer
+        state and history are the donor's, the hyperparameters this run's own (its LR from here on)."""
         if s.get("version") != STATE_VERSION:
             raise CheckpointError(f"checkpoint format {s.get('version')} is not {STATE_VERSION}; it was written "
                                   f"by another c2f-search version, start a new run")
         mine = self.identity()
+        if exploit:  # only what shapes the model and the data must agree
+            arch = ("model", "model_kwargs")
+            mine = {**mine, "config": {k: mine["config"][k] for k in arch}}
+            s = {**s, "identity": {**s["identity"], "config": {k: s["identity"]["config"][k] for k in arch}}}
         for key in mine:
             if s["identity"][key] != mine[key]:
                 diff = _first_difference(s["identity"][key], mine[key])
@@ -358,6 +373,8 @@ class Run:
         self.opt.load_state_dict(copy.deepcopy(s["optimizer"]))
         self.lr_sched.load_state_dict(s["lr_sched"])
         self.rng.load_state_dict(s["rng"])
+        if exploit:
+            self._apply_hyperparameters()
         last = self.history[-1] if self.history else None
         self.done = bool(last and last["step"] == self.step and last["schedule_done"])
 

@@ -123,3 +123,25 @@ def test_transition_mistakes_name_the_flag(schedule, transition, words):
     with pytest.raises(ConfigError, match=words) as e:
         make_controller(parse_schedule(schedule), TrainConfig(schedule, transition=transition).transition)
     assert e.value.field == "transition"
+
+
+def test_population_member_copies_a_donor_lowers_C_and_keeps_its_own_lr(tiny_data):
+    from c2f_search.controllers import Population
+    sched = parse_schedule("avgpool:4xauto,2xauto,1x1")
+    spec = "population"
+    donor = Run(_cfg(str(sched), lr=1e-3), tiny_data, "cpu", controller=Population(sched, spec, C=4, budget=3))
+    it = donor.records()
+    next(it)
+    state = donor.state_dict()
+    member = Run(_cfg(str(sched), lr=2e-4, seed=7), tiny_data, "cpu", state=state, exploit=True,
+                 controller=Population(sched, spec, C=2, budget=3))
+    assert member.C == 4 and member.step == donor.step
+    assert member.opt.param_groups[0]["initial_lr"] == 2e-4
+    with pytest.raises(Exception, match="lr"):  # without exploit, another lr is another run
+        Run(_cfg(str(sched), lr=2e-4), tiny_data, "cpu", state=state, controller=Population(sched, spec, C=2, budget=3))
+    recs = list(member.records())
+    assert [p["C"] for p in member.phases] == [4, 2, 1]
+    assert member.phases[1]["reason"].startswith("population: copied a better member, C lowered to 2")
+    assert member.phases[2]["reason"].startswith("budget") and recs[-1]["schedule_done"]
+    assert member.model.geometry.frames == 256 and member.phases[-1]["steps"] == 5
+    assert member.counters["train_flops"] <= 3 * 5 * member.step_flops(1) + 1

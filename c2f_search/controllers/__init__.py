@@ -3,7 +3,8 @@
 * ``FixedSchedule`` (``fixed.py``) - the paper's: lengths fixed up front; ``fork_point`` says which
   schedules can share which prefix;
 * ``Plateau`` (``plateau.py``)   - an auto phase ends when the validation metric stops improving;
-* ``Probe`` (``probe.py``)       - short forked probes at each decision point pick the C to go on with.
+* ``Probe`` (``probe.py``)       - short forked probes at each decision point pick the C to go on with;
+* ``Population`` (``population.py``) - the C comes from outside (a Ray PBT member's config).
 
 ``make_controller(schedule, transition, eval_every)`` builds the one a run's settings ask for. A new
 controller subclasses ``PhaseController`` (``base.py``) and registers its name in ``CONTROLLERS``.
@@ -16,6 +17,7 @@ from .adaptive import AdaptiveSchedule
 from .base import Done, PhaseController, Train, Transition, parse_eval_every, parse_spec
 from .fixed import FixedSchedule, fork_point
 from .plateau import Plateau
+from .population import Population
 from .probe import Probe, ProbeArm
 
 _COMMON = {"max": float, "budget": float}
@@ -24,7 +26,7 @@ CONTROLLERS = {
     "probe": (Probe, {"steps": int, "score": str, **_COMMON}),
 }
 
-__all__ = ["PhaseController", "FixedSchedule", "AdaptiveSchedule", "Plateau", "Probe", "ProbeArm", "Train",
+__all__ = ["PhaseController", "FixedSchedule", "AdaptiveSchedule", "Plateau", "Probe", "ProbeArm", "Population", "Train",
            "Transition", "Done", "fork_point", "make_controller", "check_transition", "CONTROLLERS"]
 
 
