@@ -34,6 +34,10 @@ def add_search_args(s) -> None:
     s.add_argument("--metric-target", type=finite_float, help="budget mode for every trial")
     s.add_argument("--seed", type=nonneg_int, default=0, help="sampler seed")
     add_data_args(s, required=False)
+    s.add_argument("--test", metavar="DATA",
+                   help="held-out test split (same forms as --data; a built-in spec gives its val clips, e.g. "
+                        "'builtin:events?train=10&val=400&seed=1'): no search decision sees it; after the search "
+                        "every final-front point and the baseline reference are evaluated on it")
     s.add_argument("--depth", type=positive_int, help="transformer depth (default: the model's, 12)")
 
 
@@ -56,6 +60,9 @@ def add_commands(sub) -> None:
     p.add_argument("--plot", default=None, help="plot file, .png or .pdf (default DIR/front.png)")
     p.add_argument("--ref", default=None, metavar="METRIC,GFLOPS",
                    help="hypervolume reference point (default: metric 0 and 1.1x the largest FLOPs)")
+    p.add_argument("--metric", choices=("val", "test"), default="val",
+                   help="metric the plot shows: val, or test (needs a search run with --test); fronts are always "
+                        "chosen on val")
     p.set_defaults(fn=cmd_pareto)
 
     d = sub.add_parser("demo", help="the main job: a 12-trial search on built-in data, local Ray, ast-tiny",
@@ -72,7 +79,7 @@ def add_commands(sub) -> None:
 def _settings_from_args(a):
     from ..builtin import cache_root
     from ..spaces import load_space
-    from .runner import resolve_data_args
+    from .runner import resolve_data_args, resolve_test_arg
     from .settings import SearchSettings
     space = load_space(a.space)
     data = a.data or space.data
@@ -86,7 +93,8 @@ def _settings_from_args(a):
         trials=a.trials, sampler=a.sampler, scheduler=a.scheduler, epochs=a.epochs, seed=a.seed,
         max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints or None,
         resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, metric_target=a.metric_target,
-        storage=a.storage, model_kwargs={"depth": a.depth} if a.depth is not None else {})
+        storage=a.storage, model_kwargs={"depth": a.depth} if a.depth is not None else {},
+        test=resolve_test_arg(a.test))
 
 
 def cmd_search(a) -> int:
@@ -108,20 +116,36 @@ def cmd_search(a) -> int:
         ray.shutdown()  # stop a local instance now, not at interpreter exit
 
 
-def _export(out, front=None, plot_path=None, ref=None) -> int:
+def _export(out, front=None, plot_path=None, ref=None, metric="val") -> int:
+    from ..io import atomic_write
     from ..pareto import export, summary_text
     out = Path(out)
     for path, kinds in ((front, (".parquet", ".csv", ".json")), (plot_path, (".png", ".pdf", ".svg"))):
         if path is not None and Path(path).suffix not in kinds:
             raise C2FError(f"{path}: use a file name ending in {', '.join(kinds)}")
-    res = export(out, front or out / "front.parquet", plot_path or out / "front.png", ref)
+    res = export(out, front or out / "front.parquet", plot_path or out / "front.png", ref, metric=metric)
     text = summary_text(res)
-    from ..io import atomic_write
+    repeats = _repeats(out)
+    if repeats:
+        text += (f"\n{repeats} sampled configurations repeated one already trained and were not trained again "
+                 f"(Optuna holds them with the first one's result, user attribute repeat_of)")
     atomic_write(out / "summary.txt", text + "\n")
     print(text)
     print(f"wrote {front or out / 'front.parquet'}, {plot_path or out / 'front.png'}, {out / 'trials.parquet'}, "
-          f"{out / 'summary.txt'}")
+          f"{out / 'table.parquet'}, {out / 'summary.txt'}")
     return 0
+
+
+def _repeats(out: Path) -> int:
+    """Optuna trials that repeated a configuration already trained (searcher.C2FOptunaSearch)."""
+    import optuna
+
+    from .searcher import STUDY
+    db = out / "optuna.db"
+    if not db.is_file():
+        return 0
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    return sum("repeat_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
 
 
 def cmd_pareto(a) -> int:
@@ -134,7 +158,7 @@ def cmd_pareto(a) -> int:
         if not (0 <= m <= 1) or not g > 0:
             raise C2FError(f"--ref {a.ref!r}: METRIC must be in [0, 1] and GFLOPS > 0")
         ref = (m, g * 1e9)
-    return _export(a.dir, a.out, a.plot, ref)
+    return _export(a.dir, a.out, a.plot, ref, a.metric)
 
 
 def cmd_demo(a) -> int:
