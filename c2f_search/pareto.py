@@ -293,7 +293,7 @@ def plot(rows: pa.Table, res: dict, path, metric: str = "val") -> Path:
         ax.scatter([b["train_flops"] / g], [b[key]], marker="*", s=240, color="gold", edgecolor="k", zorder=5,
                    label=f"baseline reference: {b['schedule']} at its best epoch ({b['epoch']:.2f})")
         ax.annotate("baseline best epoch", (b["train_flops"] / g, b[key]), textcoords="offset points",
-                    xytext=(8, -14), fontsize=8)
+                    xytext=(-8, -16), ha="right", fontsize=8)
     ax.set_xlabel("training GFLOPs (cumulative)")
     ax.set_ylabel(f"{'test' if metric == 'test' else 'validation'} {name}")
     ax.set_title(f"Coarse-to-fine schedules: {name} vs training compute"

@@ -24,10 +24,6 @@ from c2f_search.records import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
 from c2f_search.schedule import parse_schedule
 from c2f_search.train import Run
 
-# Tune keeps the highest-scored checkpoints (and always the latest): the ones the front needs score
-# above every other, the others by recency (runner.checkpoint_config)
-KEEP_SCORE = 1e12
-
 
 def _device() -> str:
     # Ray hides GPUs it has not granted, so any visible CUDA device is this trial's
@@ -77,9 +73,9 @@ def train_schedule(config: dict, setup: dict) -> None:
                "seed": cfg.seed}
     n_phases = len(parse_schedule(cfg.schedule).phases)
     for rec in run.records():
-        keep = keep_checkpoint(run.history, n_phases)
+        # the driver's runner.KeepCheckpoints never deletes a checkpoint the front may need
         metrics = {k: rec[k] for k in RECORD_FIELDS} | attempt | {
-            "checkpoint_score": KEEP_SCORE * keep + rec["step"], "checkpoint_needed": keep}
+            "checkpoint_needed": keep_checkpoint(run.history, n_phases)}
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(run.state_dict(), Path(d) / CHECKPOINT_FILE)
             _maybe_inject_fault(rec)

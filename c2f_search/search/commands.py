@@ -30,7 +30,9 @@ def add_search_args(s) -> None:
                    help="overrides the space's resources.gpu (fractional allowed)")
     s.add_argument("--max-failures", type=nonneg_int, default=1, help="retries of a crashed trial from its last checkpoint")
     s.add_argument("--keep-checkpoints", type=nonneg_int, default=2,
-                   help="checkpoints kept per trial (0 = all); each holds weights and optimizer state")
+                   help="checkpoints kept per trial (0 = all) besides those the front may need, which are "
+                        "never deleted: phase ends and final-phase evaluations that beat every earlier one "
+                        "(the paper's selected epochs are among them); each holds weights and optimizer state")
     s.add_argument("--metric-target", type=finite_float, help="budget mode for every trial")
     s.add_argument("--seed", type=nonneg_int, default=0, help="sampler seed")
     add_data_args(s, required=False)
@@ -64,6 +66,28 @@ def add_commands(sub) -> None:
                    help="metric the plot shows: val, or test (needs a search run with --test); fronts are always "
                         "chosen on val")
     p.set_defaults(fn=cmd_pareto)
+
+    c = sub.add_parser("confirm", help="re-run the baseline and the top front schedules with new seeds",
+                       description="Re-run the baseline reference's trial and the K final-front schedules with the "
+                                   "largest budget-mode saving, each with N new seeds, in parallel as one Ray Tune "
+                                   "run (DIR/confirm). Each saving is measured against the baseline at the same "
+                                   "seed. Writes DIR/confirm.parquet (mean and sd per schedule), "
+                                   "DIR/confirm_seeds.parquet, DIR/confirm.png and DIR/confirm.txt.")
+    c.add_argument("dir", metavar="DIR", help="the --out folder of a search")
+    c.add_argument("--top", type=positive_int, default=2, help="front schedules to re-run (default 2)")
+    c.add_argument("--seeds", type=positive_int, default=3, help="new seeds per schedule (default 3)")
+    c.add_argument("--overwrite", action="store_true", help="replace an earlier confirm run of DIR")
+    c.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
+    c.set_defaults(fn=cmd_confirm)
+
+    r = sub.add_parser("report", help="one self-contained HTML page of a search",
+                       description="Write DIR/report.html: the front plot, every trial's learning curve coloured "
+                                   "by C with the phase transitions marked, the Table 2/3 tables, the confirm "
+                                   "table when there is one, and the search settings. It opens from disk in any "
+                                   "browser, with no server.")
+    r.add_argument("dir", metavar="DIR", help="the --out folder of a search")
+    r.add_argument("--out", default=None, help="HTML file (default DIR/report.html)")
+    r.set_defaults(fn=cmd_report)
 
     d = sub.add_parser("demo", help="the main job: a 12-trial search on built-in data, local Ray, ast-tiny",
                        description=f"Run a small search on the embedded default: local Ray, SQLite, "
@@ -159,6 +183,26 @@ def cmd_pareto(a) -> int:
             raise C2FError(f"--ref {a.ref!r}: METRIC must be in [0, 1] and GFLOPS > 0")
         ref = (m, g * 1e9)
     return _export(a.dir, a.out, a.plot, ref, a.metric)
+
+
+def cmd_confirm(a) -> int:
+    from .confirm import run_confirm
+    try:
+        print(run_confirm(a.dir, a.top, a.seeds, a.overwrite, a.address))
+    finally:
+        import ray
+        ray.shutdown()
+    out = Path(a.dir)
+    print(f"wrote {out / 'confirm.parquet'}, {out / 'confirm_seeds.parquet'}, {out / 'confirm.png'}, {out / 'confirm.txt'}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from ..report import write_report
+    if a.out is not None and Path(a.out).suffix != ".html":
+        raise C2FError(f"{a.out}: use a file name ending in .html")
+    print(f"wrote {write_report(a.dir, a.out)}")
+    return 0
 
 
 def cmd_demo(a) -> int:

@@ -6,7 +6,6 @@ so a search that fails before its first trial leaves ``DIR`` reusable.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from ray.tune import Callback
 from ..errors import C2FError, SpaceError
 from ..spaces import Space, load_space
 from .schedulers import make_scheduler
-from .searcher import STUDY, make_searcher
+from .searcher import METRICS, STUDY, make_searcher
 from .settings import SearchSettings
 
 # Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
@@ -192,9 +191,9 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=n),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=settings.storage or str(out), storage_filesystem=storage_filesystem,
-                verbose=0, callbacks=[TrialLines(progress_stream)],
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                checkpoint_config=checkpoint_config(settings.keep_checkpoints, space, epochs)))
+                verbose=0, callbacks=[TrialLines(progress_stream)] + (
+                    [KeepCheckpoints(settings.keep_checkpoints)] if settings.keep_checkpoints else []),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
     settings.save()
     results = tuner.fit()
     _close_stale_trials(out / "optuna.db")
@@ -223,16 +222,26 @@ def make_trainable(settings: SearchSettings, space: Space, metric_target="space"
                                {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
 
 
-def checkpoint_config(keep: int | None, space: Space, epochs: float):
-    """`keep` recent checkpoints per trial besides those the front needs (phase ends and final-phase
-    evaluations that beat all earlier ones, ``records.keep_checkpoint``), which are never rotated away:
-    the trainable scores them above every other, and at most phases + final-phase evaluations exist."""
-    from ray import tune
-    if keep is None:
-        return tune.CheckpointConfig()
-    phases = max(len(s.phases) for s in space.schedules) if space.is_grid else space.coarse_phases[1] + 1
-    return tune.CheckpointConfig(num_to_keep=keep + phases + math.ceil(epochs) + 1,
-                                 checkpoint_score_attribute="checkpoint_score")
+class KeepCheckpoints(Callback):
+    """Keeps every checkpoint the front may need (``records.keep_checkpoint``: phase ends and final-phase
+    evaluations that beat all earlier ones, which include the paper's selected epochs) and the `keep`
+    most recent others per trial, deleting the rest. Tune's own rotation keeps a count or the best by one
+    score, neither of which is this set, so Tune keeps all and this callback does the rotation."""
+
+    def __init__(self, keep: int):
+        self.keep, self.others = keep, {}
+
+    def __getstate__(self):  # pickled with Tune's experiment state; filesystems need not pickle
+        return {"keep": self.keep, "others": {}}
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if (trial.last_result or {}).get("checkpoint_needed"):  # the result this checkpoint came with
+            return
+        q = self.others.setdefault(trial.trial_id, [])
+        q.append(checkpoint)
+        while len(q) > self.keep:
+            old = q.pop(0)
+            old.filesystem.delete_dir(old.path)
 
 
 def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
@@ -249,9 +258,11 @@ def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
 
 def _close_stale_trials(db: Path) -> None:
     """After fit() no trial runs: an Optuna trial still RUNNING lost its Tune trial (driver
-    killed before Tune saved it); mark it FAIL so the study holds nothing stuck."""
+    killed before Tune saved it); mark it FAIL so the study holds nothing stuck. The objectives are
+    named, so optuna-dashboard shows val_metric and train_flops."""
     if not db.exists():
         return
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    study.set_metric_names(METRICS)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
