@@ -8,7 +8,9 @@ from pathlib import Path
 from .._args import (add_data_args, finite_float, nonneg_int, norm_arg, positive_float, positive_int)
 from ..errors import C2FError, SpaceError
 
-DEMO_DATA = "builtin:events?train=600&val=200"
+DEMO_DATA = "builtin:events?train=1200&val=400"
+DEMO_TEST = "builtin:events?train=10&val=400&seed=1"  # other clips than the data's (another seed)
+DEMO_DEPTH, DEMO_EPOCHS = 2, 6.0
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
 
 
@@ -89,13 +91,20 @@ def add_commands(sub) -> None:
     r.add_argument("--out", default=None, help="HTML file (default DIR/report.html)")
     r.set_defaults(fn=cmd_report)
 
-    d = sub.add_parser("demo", help="the main job: a 12-trial search on built-in data, local Ray, ast-tiny",
-                       description=f"Run a small search on the embedded default: local Ray, SQLite, "
-                                   f"{DEMO_DATA}, ast-tiny, about 10 minutes on 2 CPU cores. Writes the Pareto "
-                                   f"front, its plot and a summary to DIR.")
+    d = sub.add_parser(
+        "demo", help="the main job: a 12-trial search on built-in data that learns, on 2 CPU cores in minutes",
+        description=f"Search coarse-to-fine schedules on built-in data: local Ray, SQLite, space 'demo' "
+                    f"(method, C sequence and phase lengths at a fixed recipe), {DEMO_DATA}, held-out test split "
+                    f"{DEMO_TEST}, ast-tiny at depth {DEMO_DEPTH}, {DEMO_EPOCHS:g} epochs per trial. The sizes are "
+                    f"chosen to learn within about 10 minutes on 2 CPU cores: depth {DEMO_DEPTH} (a 12-layer model "
+                    f"trains too slowly on a CPU to leave chance level), 64 mel bins x 256 frames (4 x 16 tokens, "
+                    f"so C=2 and 4 divide the time axis), 1200 training clips and {DEMO_EPOCHS:g} epochs, with which "
+                    f"the baseline reaches about 0.8 accuracy on the 10 classes (chance: 0.1), and 400 validation "
+                    f"clips, so one clip moves the accuracy by 0.0025. Writes the fronts, the Table 2/3 table, the "
+                    f"plot, a summary and report.html to DIR.")
     d.add_argument("--out", default="runs/demo", metavar="DIR")
     d.add_argument("--trials", type=positive_int, default=12)
-    d.add_argument("--epochs", type=positive_float, default=2)
+    d.add_argument("--epochs", type=positive_float, default=DEMO_EPOCHS)
     d.add_argument("--resume", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
@@ -207,13 +216,16 @@ def cmd_report(a) -> int:
 
 def cmd_demo(a) -> int:
     from .._args import Parser
+    from ..report import write_report
     # the demo is a search with fixed arguments: parse them, so it keeps every search default
     parser = Parser(prog="c2f-search search")
     add_search_args(parser)
     ns = parser.parse_args(
-        ["--space", "default", "--data", DEMO_DATA, "--trials", str(a.trials), "--epochs", str(a.epochs),
-         "--out", a.out, "--sampler", "tpe", "--cpus-per-trial", "1", "--keep-checkpoints", "1"]
-        + (["--resume"] if a.resume else []))
-    print(f"demo: {a.trials} trials of the default space on {DEMO_DATA}, ast-tiny, {a.epochs:g} epochs each, "
-          f"{os.cpu_count()} CPUs", file=sys.stderr)
-    return cmd_search(ns)
+        ["--space", "demo", "--data", DEMO_DATA, "--test", DEMO_TEST, "--depth", str(DEMO_DEPTH),
+         "--trials", str(a.trials), "--epochs", str(a.epochs), "--out", a.out, "--sampler", "tpe",
+         "--cpus-per-trial", "1", "--keep-checkpoints", "1"] + (["--resume"] if a.resume else []))
+    print(f"demo: {a.trials} trials of the demo space on {DEMO_DATA}, ast-tiny depth {DEMO_DEPTH}, {a.epochs:g} epochs "
+          f"each, {os.cpu_count()} CPUs", file=sys.stderr)
+    rc = cmd_search(ns)
+    print(f"wrote {write_report(a.out)}; also try: c2f-search confirm {a.out} --top 2 --seeds 3")
+    return rc
