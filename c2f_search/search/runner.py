@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -263,6 +264,8 @@ def _close_stale_trials(db: Path) -> None:
     if not db.exists():
         return
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
-    study.set_metric_names(METRICS)
+    with warnings.catch_warnings():  # experimental in Optuna, and only a label
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(METRICS)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
