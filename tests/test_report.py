@@ -64,7 +64,7 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     test_spec = "builtin:events?train=10&val=20&seed=5"
     r = _run_cli(["search", "--space", str(_space(tmp_path, ["none:1x2", "avgpool:2x3,1x1"])),
                   "--data", TINY_DATA, "--test", test_spec, "--depth", "1", "--keep-checkpoints", "1",
-                  "--epochs", "4", "--out", str(out)], tmp_path / "search.log", env, 400)
+                  "--epochs", "3", "--out", str(out)], tmp_path / "search.log", env, 400)
     assert r.returncode == 0, r.stdout[-3000:]
     rows = load_rows(out).to_pylist()
     # --keep-checkpoints 1: what the front may need (phase ends, final-phase evaluations better than every
@@ -101,7 +101,7 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:]
     seeds = pq.read_table(out / "confirm_seeds.parquet").to_pylist()
     assert sorted((x["schedule"], x["seed"]) for x in seeds) == [
-        ("avgpool:2x3,1x1", 1), ("avgpool:2x3,1x1", 2), ("none:1x4", 1), ("none:1x4", 2)]
+        ("avgpool:2x2.25,1x0.75", 1), ("avgpool:2x2.25,1x0.75", 2), ("none:1x3", 1), ("none:1x3", 2)]
     summary = pq.read_table(out / "confirm.parquet").to_pylist()
     assert [x["seeds"] for x in summary] == [2, 2] and (out / "confirm.png").stat().st_size > 10_000
     assert "holds at every seed" in r.stdout

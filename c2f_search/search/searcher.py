@@ -39,6 +39,7 @@ class C2FOptunaSearch(OptunaSearch):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._first: dict[str, str] = {}     # config key -> Tune trial id that trains it
+        self._key: dict[str, str] = {}       # Tune trial id -> its config key
         self._outcome: dict[str, tuple] = {}  # Tune trial id -> (values, state) told to Optuna
         self._waiting: dict[str, list] = {}   # Tune trial id -> Optuna trial numbers repeating it
         self.repeats, self.exhausted = 0, False
@@ -51,6 +52,7 @@ class C2FOptunaSearch(OptunaSearch):
             key = config_key(config)
             first = self._first.setdefault(key, trial_id)
             if first == trial_id:
+                self._key[trial_id] = key
                 return config
             ot = self._ot_trials.pop(trial_id)  # the next ask() gives this Tune trial a new Optuna trial
             ot.set_user_attr("repeat_of", self._ot_trials[first].number)
@@ -69,8 +71,17 @@ class C2FOptunaSearch(OptunaSearch):
         S = optuna.trial.TrialState
         values = [result[m] for m in self.metric] if result else None
         self._outcome[trial_id] = (values, S.COMPLETE if values else S.FAIL if error else S.PRUNED)
+        if trial_id in self._key:  # known again after a restore
+            self._first.setdefault(self._key[trial_id], trial_id)
         for number in self._waiting.pop(trial_id, []):
             self._tell(number, *self._outcome[trial_id])
+
+    def restore(self, checkpoint_path):
+        """A trial that had not ended when the driver stopped may be lost with it: forget it, so that no
+        repeat waits for a trial that never ends (its waiting Optuna trials are closed as FAIL after fit)."""
+        super().restore(checkpoint_path)
+        self._first = {k: t for k, t in self._first.items() if t in self._outcome}
+        self._waiting = {}
 
     def _tell(self, number: int, values, state) -> None:
         self._ot_study.tell(number, values, state=state)
