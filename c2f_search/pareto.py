@@ -339,8 +339,9 @@ def export(search_dir, out=None, plot_path=None, ref=None, rows_path=None, files
         rows = row_table([dict(r, test_metric=tests.get((r["trial_id"], r["step"]))) for r in rows.to_pylist()])
     if metric == "test" and not tests:
         raise C2FError(f"{search_dir}: the search has no --test split; plot the validation metric")
-    write_table(rows, rows_path or d / "trials.parquet")
-    write_table(pa.Table.from_pylist(res["table"]) if res["table"] else pa.table({}), d / "table.parquet")
+    rows_path = Path(rows_path or d / "trials.parquet")
+    write_table(rows, rows_path)
+    write_table(pa.Table.from_pylist(res["table"]) if res["table"] else pa.table({}), rows_path.with_name("table.parquet"))
     if out:
         write_table(front_table(res), out)
     if plot_path:

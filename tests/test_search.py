@@ -174,9 +174,11 @@ def test_repeated_configurations_are_not_trained_again(tmp_path, fresh_ray):
     assert f"{len(repeats)} sampled configurations repeated" in (out / "summary.txt").read_text()
 
 
-def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path):
+def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, monkeypatch):
+    from c2f_search.search import searcher
     from c2f_search.search.searcher import make_searcher
     from c2f_search.spaces import load_space
+    monkeypatch.setattr(searcher, "MAX_REPEATS", 5)  # every sample repeats here; fewer SQLite round trips
     sp = load_space(str(_space(tmp_path, ["none:1x1"])))
     s = make_searcher(sp, "tpe", 0, 1, optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"))
     assert s.suggest("a")["schedule"] == "none:1x1"
