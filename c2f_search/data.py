@@ -284,10 +284,11 @@ class Data:
     """Train/val clip sets, the front end, normalization and lazily extracted features."""
 
     def __init__(self, train: ClipSet, val: ClipSet, fe: FrontEnd, norm=None, cache_dir=None,
-                 skip_bad=False, progress=False, target_reason: str = ""):
-        if train.classes != val.classes:
-            raise DataError(f"{val.name}: its classes differ from {train.name}'s; use one class_labels_indices.csv")
-        self.train, self.val, self.fe, self.target_reason = train, val, fe, target_reason
+                 skip_bad=False, progress=False, target_reason: str = "", test: ClipSet | None = None):
+        for other in (val, test):
+            if other is not None and train.classes != other.classes:
+                raise DataError(f"{other.name}: its classes differ from {train.name}'s; use one class_labels_indices.csv")
+        self.train, self.val, self.test, self.fe, self.target_reason = train, val, test, fe, target_reason
         self.cache_dir, self.skip_bad, self.progress = cache_dir, skip_bad, progress
         self._feats: dict = {}
         self.num_classes, self.multilabel = len(train.classes), train.multilabel or val.multilabel
@@ -311,11 +312,18 @@ class Data:
     @classmethod
     def from_specs(cls, train: str, val: str | None = None, labels=None, task="auto", skip_bad=False,
                    norm=None, cache_dir="auto", progress=False, quantum: int = 16, num_mel_bins=None,
-                   target_length=None) -> "Data":
+                   target_length=None, test: str | None = None) -> "Data":
         """`target_length` None derives it from the training clips (``derive_target_length``) unless
-        the data set declares its own front end (``builtin:events``)."""
+        the data set declares its own front end (``builtin:events``). `test` is a held-out split that
+        only reporting reads (``Run.evaluate("test")``)."""
         tr = resolve(train, "train", labels, task, skip_bad)
         va = resolve(val or train, "val", labels, task, skip_bad, classes=tr.classes)
+        te = resolve(test, "test", labels, task, skip_bad, classes=tr.classes) if test else None
+        if te is not None:
+            shared = set(map(os.path.realpath, te.paths)) & set(map(os.path.realpath, tr.paths + va.paths))
+            if shared:
+                raise DataError(f"--test {test}: {len(shared)} of its clips are also training or validation clips "
+                                f"(e.g. {sorted(shared)[0]}); a test split must be held out")
         if cache_dir == "auto":
             cache_dir = builtin.cache_root() / "features"
         fe_kw = {"num_mel_bins": num_mel_bins, "target_length": target_length}
@@ -326,7 +334,7 @@ class Data:
             reason = f"the front end declared by {train.split('?')[0]}"
         else:
             fe_kw["target_length"], reason = derive_target_length(tr, quantum)
-        return cls(tr, va, default_frontend(train, **fe_kw), norm, cache_dir, skip_bad, progress, reason)
+        return cls(tr, va, default_frontend(train, **fe_kw), norm, cache_dir, skip_bad, progress, reason, te)
 
     def features(self, split: str, shift_ms: float, frames: int) -> Features:
         key = (split, float(shift_ms), int(frames))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .errors import NoResults
+from .errors import C2FError, NoResults
 from .io import atomic_write
 from .records import RECORD_FIELDS, ROW_FIELDS, row_table
 from .results import write_table
@@ -49,31 +49,31 @@ def hypervolume_2d(points, ref) -> float:
     return area
 
 
-def experiment_location(search_dir, filesystem=None):
-    """(pyarrow filesystem, path) of the Tune experiment of a search folder.
+def experiment_location(search_dir, filesystem=None, name="search"):
+    """(pyarrow filesystem, path) of a Tune experiment (``search`` or ``confirm``) of a search folder.
 
     The storage chosen at search time (``--storage`` URI, recorded in DIR/search.json) wins;
     a filesystem object given here is used with the path as it is.
     """
     import pyarrow.fs as pafs
     if filesystem is not None:
-        return filesystem, f"{str(search_dir).rstrip('/')}/search"
+        return filesystem, f"{str(search_dir).rstrip('/')}/{name}"
     settings = Path(search_dir) / "search.json"
     storage = json.loads(settings.read_text()).get("storage") if settings.is_file() else None
     if storage:
         fs, root = pafs.FileSystem.from_uri(storage)
-        return fs, f"{root.rstrip('/')}/search"
-    return pafs.LocalFileSystem(), str(Path(search_dir).resolve() / "search")
+        return fs, f"{root.rstrip('/')}/{name}"
+    return pafs.LocalFileSystem(), str(Path(search_dir).resolve() / name)
 
 
-def load_rows(search_dir, filesystem=None) -> pa.Table:
+def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
     """Every report of every trial, one row per (trial, step), last write wins. Reads local
     folders, shared filesystems and URIs (s3://, gs://) alike through pyarrow filesystems."""
     import pyarrow.fs as pafs
-    fs, root = experiment_location(search_dir, filesystem)
+    fs, root = experiment_location(search_dir, filesystem, name)
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory:
-        raise NoResults(f"{search_dir}: no search results (expected {root}); run 'c2f-search search' first")
+        raise NoResults(f"{search_dir}: no {name} results (expected {root}); run 'c2f-search {name}' first")
     rows = {}
     for t in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path):
         if t.type != pafs.FileType.Directory:
@@ -95,49 +95,93 @@ def load_rows(search_dir, filesystem=None) -> pa.Table:
             ck = r.get("checkpoint_dir_name")
             trial_rows.append({**{k: r.get(k) for k in RECORD_FIELDS}, "trial_id": r.get("trial_id", t.base_name),
                                "checkpoint_path": f"{t.path}/{ck}" if ck and ck in names else None,
-                               "lr": r.get("lr"), "batch_size": r.get("batch_size")})
+                               "lr": r.get("lr"), "batch_size": r.get("batch_size"), "seed": r.get("seed"),
+                               "config": json.dumps(r["config"], sort_keys=True) if "config" in r else None})
         done = any(x["schedule_done"] for x in trial_rows)
         for x in trial_rows:
             x["status"] = "finished" if done else (status or "pruned")
             rows[(x["trial_id"], x["step"])] = x
     if not rows:
-        raise NoResults(f"{search_dir}: the search has no reported results yet")
+        raise NoResults(f"{search_dir}: the {name} has no reported results yet")
     ordered = sorted(rows.values(), key=lambda x: (x["trial_id"], x["step"]))
     return row_table(ordered)
 
 
+def _finite(x) -> bool:
+    return x is not None and x == x
+
+
+def by_trial(R: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped per trial, in step order."""
+    out: dict[str, list[dict]] = {}
+    for r in sorted(R, key=lambda r: (r["trial_id"], r["step"])):
+        out.setdefault(r["trial_id"], []).append(r)
+    return out
+
+
+def final_phase(rows: list[dict]) -> list[dict]:
+    """A trial's evaluations in its schedule's last phase (C=1, or the coarse-only ablation's C)."""
+    n = len(parse_schedule(rows[0]["schedule"]).phases)
+    return [r for r in rows if r["phase"] == n and _finite(r["val_metric"])]
+
+
+def baseline_reference(trials: dict[str, list[dict]]) -> dict | None:
+    """The paper's baseline reference: the best epoch (the earliest, on ties) of the best finished
+    baseline trial, with its metric and the FLOPs and time spent until then. None without a baseline."""
+    best = None
+    for rows in trials.values():
+        if rows[0]["status"] != "finished" or not parse_schedule(rows[0]["schedule"]).is_baseline:
+            continue
+        ok = [r for r in rows if _finite(r["val_metric"])]
+        top = max(ok, key=lambda r: (r["val_metric"], -r["step"]), default=None)
+        if top is not None and (best is None or top["val_metric"] > best["val_metric"]):
+            best = top
+    return best
+
+
+def trial_quantities(rows: list[dict], ref: dict | None) -> dict:
+    """Table 2/3 quantities of one trial against the baseline reference `ref`.
+
+    Budget mode: the earliest evaluation of the final phase at or above the reference metric; the
+    FLOPs and time saving are taken there (an evaluation in a coarse phase never counts). Convergence
+    mode: the best final-phase metric minus the baseline's best.
+    """
+    last, fin = rows[-1], final_phase(rows)
+    best = max(fin, key=lambda r: (r["val_metric"], -r["step"]), default=None)
+    q = {"trial_id": last["trial_id"], "schedule": last["schedule"], "method": last["method"],
+         "status": last["status"], "metric_name": last["metric_name"], "seed": last.get("seed"),
+         "final_metric": last["val_metric"], "total_flops": last["train_flops"], "total_time_s": last["train_time_s"],
+         "best_final_metric": best["val_metric"] if best else None, "best_final_epoch": best["epoch"] if best else None,
+         "convergence_delta": None, "budget_reached": None, "budget_epoch": None, "budget_metric": None,
+         "budget_flops": None, "flops_saving": None, "time_saving": None}
+    if ref is None:
+        return q
+    if best is not None:
+        q["convergence_delta"] = best["val_metric"] - ref["val_metric"]
+    hit = next((r for r in fin if r["val_metric"] >= ref["val_metric"]), None)
+    q["budget_reached"] = hit is not None
+    if hit is not None:
+        q.update(budget_epoch=hit["epoch"], budget_metric=hit["val_metric"], budget_flops=hit["train_flops"],
+                 flops_saving=1 - hit["train_flops"] / ref["train_flops"],
+                 time_saving=1 - hit["train_time_s"] / ref["train_time_s"] if ref["train_time_s"] else None)
+    return q
+
+
 def analyse(rows: pa.Table, ref=None) -> dict:
-    """Final and anytime fronts, hypervolume and the FLOPs saving against the `none` baseline."""
+    """Final and anytime fronts, hypervolume, the baseline reference and the Table 2/3 quantities of
+    every finished trial (docs/results.md)."""
     R = rows.to_pylist()
-    last = {}
-    for r in R:
-        if r["status"] == "finished" and r["schedule_done"]:
-            last[r["trial_id"]] = r
-    final = list(last.values())
+    trials = by_trial(R)
+    final = [t[-1] for t in trials.values() if t[-1]["status"] == "finished" and t[-1]["schedule_done"]]
     fi = pareto_front([(r["val_metric"], r["train_flops"]) for r in final])
     ai = pareto_front([(r["val_metric"], r["train_flops"]) for r in R])
-    final_front = [final[i] for i in fi]
-    anytime_front = [R[i] for i in ai]
     if ref is None:
         ref = (0.0, 1.1 * max(r["train_flops"] for r in R))
-    base = [r for r in final if parse_schedule(r["schedule"]).is_baseline]
-    baseline = None
-    if base:
-        b = max(base, key=lambda r: r["val_metric"])
-        # the paper's budget quantity: FLOPs the baseline spent until it first reached its best metric
-        runs = [r for r in R if r["trial_id"] == b["trial_id"]]
-        first_best = min((r for r in runs if r["val_metric"] >= b["val_metric"]), key=lambda r: r["step"])
-        baseline = {"trial_id": b["trial_id"], "schedule": b["schedule"], "val_metric": b["val_metric"],
-                    "train_flops": first_best["train_flops"]}
-    for r in final_front + anytime_front:
-        r["flops_saving_vs_baseline"] = None
-        if baseline is not None and r["val_metric"] >= baseline["val_metric"]:
-            # budget mode (the paper's Table 2): FLOPs until this trial first reached the baseline's best
-            reach = min((x for x in R if x["trial_id"] == r["trial_id"] and x["step"] <= r["step"]
-                         and x["val_metric"] >= baseline["val_metric"]), key=lambda x: x["step"])
-            r["flops_saving_vs_baseline"] = 1 - reach["train_flops"] / baseline["train_flops"]
+    baseline = baseline_reference(trials)
+    table = [trial_quantities(trials[r["trial_id"]], baseline) for r in final]
     pts = lambda rs: [(r["val_metric"], r["train_flops"]) for r in rs]  # noqa: E731
-    return {"final": final, "final_front": final_front, "anytime_front": anytime_front, "baseline": baseline,
+    return {"final": final, "final_front": [final[i] for i in fi], "anytime_front": [R[i] for i in ai],
+            "baseline": baseline, "table": sorted(table, key=lambda q: q["total_flops"]),
             "reference_point": {"val_metric": ref[0], "train_flops": ref[1]},
             # hypervolume in metric x GFLOPs so the numbers read at a glance
             "hypervolume_final": hypervolume_2d(pts(final), ref) / 1e9,
@@ -145,47 +189,48 @@ def analyse(rows: pa.Table, ref=None) -> dict:
             "counts": {s: len({r["trial_id"] for r in R if r["status"] == s}) for s in ("finished", "pruned", "error")}}
 
 
-def plot(rows: pa.Table, res: dict, path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:+.1f}%"
 
-    R = rows.to_pylist()
-    metric = R[0]["metric_name"]
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    g = 1e9
-    ax.scatter([r["train_flops"] / g for r in R], [r["val_metric"] for r in R], s=10, c="0.75",
-               label="every trial-epoch (anytime)", zorder=1)
-    methods = sorted({r["method"] for r in res["final"]})
-    cmap = plt.get_cmap("tab10")
-    for k, m in enumerate(methods):
-        pts = [r for r in res["final"] if r["method"] == m]
-        ax.scatter([r["train_flops"] / g for r in pts], [r["val_metric"] for r in pts], s=36, color=cmap(k),
-                   label=f"{m} (finished)", zorder=3, edgecolor="k", linewidth=0.4)
-    for key, style, lab in (("anytime_front", dict(color="0.4", ls=":"), "anytime front"),
-                            ("final_front", dict(color="C3", lw=2), "final front")):
-        fr = sorted(res[key], key=lambda r: r["train_flops"])
-        if fr:
-            ax.step([r["train_flops"] / g for r in fr], [r["val_metric"] for r in fr], where="post", label=lab,
-                    zorder=2, **style)
+
+def table_text(res: dict) -> str:
+    """Table 2 (budget mode) and Table 3 (convergence mode) for every finished trial, as text."""
     b = res["baseline"]
-    if b:
-        ax.axhline(b["val_metric"], color="k", ls="--", lw=0.8)
-        ax.scatter([b["train_flops"] / g], [b["val_metric"]], marker="*", s=220, color="gold", edgecolor="k",
-                   zorder=4, label=f"baseline {b['schedule']}")
-    ax.set_xlabel("training GFLOPs (cumulative, whole run)")
-    ax.set_ylabel(f"validation {metric}")
-    ax.set_title(f"Coarse-to-fine schedules: {metric} vs training compute\n"
-                 f"hypervolume (final) = {res['hypervolume_final']:.4g} vs ref "
-                 f"({res['reference_point']['val_metric']:g}, {res['reference_point']['train_flops'] / g:.4g} GFLOPs)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, format=path.suffix.lstrip(".") or "png"))
-    plt.close(fig)
-    return path
+    name = res["table"][0]["metric_name"] if res["table"] else "metric"
+    head = (f"  {'schedule':<36} {'trial':<14} {'end ' + name:>12} {'GFLOPs':>9} | {'budget: epoch':>13} {name:>9} "
+            f"{'GFLOPs':>9} {'FLOPs saved':>11} {'time saved':>10} | {'best final':>10} {'vs baseline':>11}")
+    lines = [head]
+    for q in res["table"]:
+        if b is None:
+            budget = f"{'no baseline':>13} {'':>9} {'':>9} {'':>11} {'':>10}"
+        elif q["budget_reached"]:
+            budget = (f"{q['budget_epoch']:>13.2f} {q['budget_metric']:>9.4f} {q['budget_flops'] / 1e9:>9.4g} "
+                      f"{_pct(q['flops_saving']):>11} {_pct(q['time_saving']):>10}")
+        else:
+            budget = f"{'did not reach':>13} {'':>9} {'':>9} {'':>11} {'':>10}"
+        best = f"{q['best_final_metric']:>10.4f}" if q["best_final_metric"] is not None else f"{'':>10}"
+        delta = f"{q['convergence_delta']:>+11.4f}" if q["convergence_delta"] is not None else f"{'':>11}"
+        lines.append(f"  {q['schedule']:<36} {q['trial_id']:<14} {q['final_metric']:>12.4f} "
+                     f"{q['total_flops'] / 1e9:>9.4g} | {budget} | {best} {delta}")
+    return "\n".join(lines)
+
+
+def front_sentence(res: dict) -> str:
+    """One sentence on what the results show, claiming no more than the table does."""
+    b, table = res["baseline"], res["table"]
+    c2f = [q for q in table if not parse_schedule(q["schedule"]).is_baseline]
+    if b is None:
+        return "No baseline trial finished, so no saving can be stated; the front only orders the schedules tried."
+    name = b["metric_name"]
+    reached = [q for q in c2f if q["budget_reached"]]
+    if not reached:
+        return (f"None of the {len(c2f)} finished coarse-to-fine schedules reached the baseline's best {name} "
+                f"({b['val_metric']:.4f}) in its final phase, so this search shows no budget-mode saving.")
+    top = max(reached, key=lambda q: q["flops_saving"])
+    return (f"{len(reached)} of {len(c2f)} finished coarse-to-fine schedules reached the baseline's best {name} "
+            f"({b['val_metric']:.4f}) in their final phase; the largest budget-mode saving is "
+            f"{100 * top['flops_saving']:.1f}% of FLOPs ({top['schedule']}), measured on the validation split "
+            f"that also chose it, with one seed.")
 
 
 def summary_text(res: dict) -> str:
@@ -195,26 +240,139 @@ def summary_text(res: dict) -> str:
              f"{res['reference_point']['train_flops'] / 1e9:.4g} GFLOPs",
              f"hypervolume (metric x GFLOPs): final {res['hypervolume_final']:.6g}, anytime {res['hypervolume_anytime']:.6g}"]
     if b:
-        lines.append(f"baseline {b['schedule']}: metric {b['val_metric']:.4f} first reached at {b['train_flops'] / 1e9:.4g} GFLOPs")
-    lines.append("final front (metric up, FLOPs down):")
+        lines.append(f"baseline reference (its best epoch): {b['schedule']} trial {b['trial_id']}, {b['metric_name']} "
+                     f"{b['val_metric']:.4f} at epoch {b['epoch']:.2f}, {b['train_flops'] / 1e9:.4g} GFLOPs, "
+                     f"{b['train_time_s']:.1f} s" + (f", test {b['test_metric']:.4f}" if _finite(b.get("test_metric")) else ""))
+    lines.append("Table 2/3, every finished trial (budget mode: earliest final-phase evaluation at or above the "
+                 "baseline reference; convergence mode: best final-phase metric minus the baseline's best):")
+    lines.append(table_text(res))
+    lines.append("final front (each finished schedule at its end; metric up, FLOPs down):")
     for r in sorted(res["final_front"], key=lambda r: r["train_flops"]):
-        s = r.get("flops_saving_vs_baseline")
-        lines.append(f"  {r['schedule']:<34} {r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs"
-                     + (f"  saves {100 * s:.1f}% vs baseline" if s is not None else ""))
+        test = f"  test={r['test_metric']:.4f}" if _finite(r.get("test_metric")) else ""
+        lines.append(f"  {r['schedule']:<36} {r['metric_name']}={r['val_metric']:.4f}{test}  "
+                     f"{r['train_flops'] / 1e9:10.4g} GFLOPs")
+    lines.append("anytime front (any evaluation; a checkpoint at C>1 expects input compressed by C; no saving is "
+                 "claimed from it):")
+    for r in sorted(res["anytime_front"], key=lambda r: r["train_flops"]):
+        lines.append(f"  {r['schedule']:<36} C={r['C']:<2} phase {r['phase']} epoch {r['epoch']:5.2f}  "
+                     f"{r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs")
+    lines.append(front_sentence(res))
     return "\n".join(lines)
 
 
-def export(search_dir, out=None, plot_path=None, ref=None, rows_path=None, filesystem=None) -> dict:
-    """Write the fronts (and all rows), draw the plot; returns the analysis."""
+def plot(rows: pa.Table, res: dict, path, metric: str = "val") -> Path:
+    """Every trial-evaluation, the finished trials, both fronts and the baseline reference. `metric`
+    'test' draws the front points' and the reference's test metric (the front is still chosen on val)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    R = rows.to_pylist()
+    name = R[0]["metric_name"]
+    key = "test_metric" if metric == "test" else "val_metric"
+    g = 1e9
+    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
+    if metric == "val":
+        ax.scatter([r["train_flops"] / g for r in R], [r["val_metric"] for r in R], s=10, c="0.75",
+                   label="every evaluation (anytime)", zorder=1)
+        fr = sorted(res["anytime_front"], key=lambda r: r["train_flops"])
+        ax.step([r["train_flops"] / g for r in fr], [r["val_metric"] for r in fr], where="post", color="0.4",
+                ls=":", label="anytime front (C varies)", zorder=2)
+    cmap = plt.get_cmap("tab10")
+    for k, m in enumerate(sorted({r["method"] for r in res["final"]})):
+        pts = [r for r in res["final"] if r["method"] == m and _finite(r.get(key))]
+        ax.scatter([r["train_flops"] / g for r in pts], [r[key] for r in pts], s=36, color=cmap(k),
+                   label=f"{m} (finished)", zorder=3, edgecolor="k", linewidth=0.4)
+    fr = sorted((r for r in res["final_front"] if _finite(r.get(key))), key=lambda r: r["train_flops"])
+    if fr:  # drawn with markers too, so a front of one point shows
+        ax.step([r["train_flops"] / g for r in fr], [r[key] for r in fr], where="post", color="C3", lw=2,
+                marker="o", mfc="none", ms=11, zorder=4, label=f"final front ({len(fr)} point{'s' * (len(fr) > 1)})")
+    b = res["baseline"]
+    if b and _finite(b.get(key)):
+        ax.axhline(b[key], color="k", ls="--", lw=0.8)
+        ax.scatter([b["train_flops"] / g], [b[key]], marker="*", s=240, color="gold", edgecolor="k", zorder=5,
+                   label=f"baseline reference: {b['schedule']} at its best epoch ({b['epoch']:.2f})")
+        ax.annotate("baseline best epoch", (b["train_flops"] / g, b[key]), textcoords="offset points",
+                    xytext=(-8, -16), ha="right", fontsize=8)
+    ax.set_xlabel("training GFLOPs (cumulative)")
+    ax.set_ylabel(f"{'test' if metric == 'test' else 'validation'} {name}")
+    ax.set_title(f"Coarse-to-fine schedules: {name} vs training compute"
+                 + (" (test split; fronts chosen on validation)" if metric == "test" else "")
+                 + f"\nhypervolume (final, validation) = {res['hypervolume_final']:.4g} vs ref "
+                 f"({res['reference_point']['val_metric']:g}, {res['reference_point']['train_flops'] / g:.4g} GFLOPs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """Write a figure to a file (atomically, format by suffix) or to a binary buffer (PNG), and close it."""
+    import matplotlib.pyplot as plt
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        atomic_write(path, lambda p: fig.savefig(p, format=path.suffix.lstrip(".") or "png", bbox_inches="tight"))
+    else:
+        fig.savefig(path, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def front_table(res: dict) -> pa.Table:
+    """The fronts as one table: ROW_SCHEMA's columns plus ``front`` (final or anytime)."""
+    rows = [dict(r, front="final") for r in res["final_front"]] + [dict(r, front="anytime") for r in res["anytime_front"]]
+    t = row_table(rows)
+    return t.append_column("front", pa.array([r["front"] for r in rows], pa.string()))
+
+
+def export(search_dir, out=None, plot_path=None, ref=None, rows_path=None, filesystem=None, metric="val",
+           device="cpu") -> dict:
+    """Write the fronts, every row, the Table 2/3 table and the plot; evaluate the final front and the
+    baseline reference on the --test split when the search has one. Returns the analysis."""
     rows = load_rows(search_dir, filesystem)
     res = analyse(rows, ref)
     d = Path(search_dir)
-    write_table(rows, rows_path or d / "trials.parquet")
+    tests = test_metrics(search_dir, res, filesystem, device)
+    if tests:
+        for r in res["final_front"] + res["final"] + ([res["baseline"]] if res["baseline"] else []):
+            r["test_metric"] = tests.get((r["trial_id"], r["step"]))
+        rows = row_table([dict(r, test_metric=tests.get((r["trial_id"], r["step"]))) for r in rows.to_pylist()])
+    if metric == "test" and not tests:
+        raise C2FError(f"{search_dir}: the search has no --test split; plot the validation metric")
+    rows_path = Path(rows_path or d / "trials.parquet")
+    write_table(rows, rows_path)
+    write_table(pa.Table.from_pylist(res["table"]) if res["table"] else pa.table({}), rows_path.with_name("table.parquet"))
     if out:
-        out = Path(out)
-        front = [dict(r, front="final") for r in res["final_front"]] + \
-                [dict(r, front="anytime") for r in res["anytime_front"]]
-        write_table(pa.Table.from_pylist(front), out)
+        write_table(front_table(res), out)
     if plot_path:
-        plot(rows, res, plot_path)
+        plot(rows, res, plot_path, metric)
     return res
+
+
+def test_metrics(search_dir, res: dict, filesystem=None, device="cpu") -> dict:
+    """{(trial_id, step): test metric} of the final-front points and the baseline reference, evaluated
+    from their checkpoints on the search's --test split (none: {}). Kept in DIR/test_metrics.parquet so
+    a second export evaluates nothing again."""
+    import pyarrow.parquet as pq
+    settings = Path(search_dir) / "search.json"
+    doc = json.loads(settings.read_text()) if settings.is_file() else {}
+    if not doc.get("test"):
+        return {}
+    cache = Path(search_dir) / "test_metrics.parquet"
+    known = {(r["trial_id"], r["step"]): r["test_metric"] for r in pq.read_table(cache).to_pylist()} \
+        if cache.is_file() else {}
+    want = res["final_front"] + ([res["baseline"]] if res["baseline"] else [])
+    todo = [r for r in want if (r["trial_id"], r["step"]) not in known]
+    if todo:
+        from .data import Data
+        from .evaluate import evaluate_state, read_state
+        data = Data.from_specs(**doc["data"], test=doc["test"])
+        fs, _ = experiment_location(search_dir, filesystem)
+        for r in todo:
+            if not r["checkpoint_path"]:
+                raise NoResults(f"{r['trial_id']} step {r['step']}: its checkpoint was not kept, so it cannot be "
+                                f"evaluated on the test split")
+            known[(r["trial_id"], r["step"])] = evaluate_state(read_state(fs, r["checkpoint_path"]), data, "test", device)
+        write_table(pa.Table.from_pylist([{"trial_id": k[0], "step": k[1], "test_metric": v} for k, v in known.items()]),
+                    cache)
+    return known

@@ -33,8 +33,26 @@ RECORD_FIELDS = tuple(RECORD_SCHEMA.names)
 ROW_SCHEMA = pa.schema([("trial_id", pa.string()), *RECORD_SCHEMA,
                         ("status", pa.string()),           # finished, pruned or error
                         ("checkpoint_path", pa.string()),  # this row's checkpoint, if kept
-                        ("lr", pa.float64()), ("batch_size", pa.int64())])
+                        ("lr", pa.float64()), ("batch_size", pa.int64()),
+                        ("seed", pa.int64()),              # the trial's training seed
+                        ("config", pa.string()),           # the trial's sampled config (JSON): what a re-run needs
+                        ("test_metric", pa.float64())])    # on the --test split, where evaluated (front points)
 ROW_FIELDS = tuple(ROW_SCHEMA.names)
+CHECKPOINT_FILE = "state.pt"  # the training state inside a trial's Tune checkpoint folder
+
+
+def keep_checkpoint(history: list[dict], n_phases: int) -> bool:
+    """Whether the newest record's checkpoint may be needed after the search, so must never be rotated
+    away: a phase end, or a final-phase evaluation that beats every earlier one of that phase. The
+    paper's selected epochs are of this kind: the earliest final-phase evaluation at or above the
+    baseline's best beats all earlier ones, and so do the best final-phase epoch and the baseline's best."""
+    r = history[-1]
+    if r["phase_end"]:
+        return True
+    if r["phase"] != n_phases:
+        return False
+    earlier = [x["val_metric"] for x in history[:-1] if x["phase"] == n_phases]
+    return all(r["val_metric"] > m for m in earlier)
 
 
 def record_table(records: list[dict]) -> pa.Table:

@@ -197,23 +197,26 @@ class Run:
         return float(np.mean(losses)) if losses else float("nan")
 
     @torch.no_grad()
-    def _evaluate(self) -> tuple[float, float]:
-        """(metric, loss) on the validation split at the current C."""
+    def _evaluate(self, split: str = "val") -> tuple[float, float]:
+        """(metric, loss) on `split` at the current C. Only validation evaluations count as eval FLOPs
+        (a test evaluation is reporting, not training)."""
         self.model.eval()
-        feats = self._features("val", self.C)
+        feats = self._features(split, self.C)
         n = len(feats.kept)
         outs = [self.model(self._inputs(feats, np.arange(s, min(n, s + EVAL_BATCH)), False)).float().cpu()
                 for s in range(0, n, EVAL_BATCH)]
-        logits, y = torch.cat(outs), self.data.targets("val", feats)
-        self.counters["eval_flops"] += eval_flops(self.model) * n
+        logits, y = torch.cat(outs), self.data.targets(split, feats)
+        if split == "val":
+            self.counters["eval_flops"] += eval_flops(self.model) * n
         loss = float(self._loss(logits, y))
         if self.data.multilabel:
             return float(multilabel_average_precision(torch.sigmoid(logits), y.int(), num_labels=y.shape[1],
                                                       average="macro")), loss
         return float(multiclass_accuracy(logits, y.argmax(1), num_classes=y.shape[1], average="micro")), loss
 
-    def evaluate(self) -> float:
-        return self._evaluate()[0]
+    def evaluate(self, split: str = "val") -> float:
+        """The metric on `split` at the current C."""
+        return self._evaluate(split)[0]
 
     def step_flops(self, C: int) -> float:
         """Training FLOPs of one optimizer step at C (a full batch)."""

@@ -55,3 +55,13 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path):
 def test_help_answers():
     p = subprocess.run([sys.executable, "-m", "c2f_search.cli", "train", "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "--metric-target" in p.stdout and "fshift:4x5,1x15" in p.stdout
+
+
+def test_demo_explains_its_sizes_and_its_space_checks():
+    p = subprocess.run([sys.executable, "-m", "c2f_search.cli", "demo", "--help"], capture_output=True, text=True)
+    text = " ".join(p.stdout.split())  # argparse wraps lines
+    assert p.returncode == 0 and "depth 2" in text and "0.75 accuracy" in text
+    from c2f_search.search.commands import DEMO_DEPTH
+    from c2f_search.spaces import load_space
+    sp = load_space("demo")
+    assert sp.coarse_phases[0] == 0 and not sp.hparams and DEMO_DEPTH == 2  # the baseline runs; only schedules vary

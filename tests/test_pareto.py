@@ -1,7 +1,8 @@
 import pyarrow as pa
 import pytest
 
-from c2f_search.pareto import ROW_COLUMNS, analyse, hypervolume_2d, pareto_front
+from c2f_search.pareto import ROW_COLUMNS, analyse, hypervolume_2d, pareto_front, summary_text
+from c2f_search.records import keep_checkpoint
 
 
 def test_front_with_ties_and_duplicates():
@@ -21,25 +22,75 @@ def test_hypervolume_by_hand():
     assert hypervolume_2d([(0.9, 200)], (0, 100)) == 0
 
 
-def _row(tid, step, m, f, done, method="fshift", status="finished"):
+def _row(tid, step, m, f, done, method="fshift", status="finished", phase=1, C=1, schedule=None, seed=0):
     r = dict.fromkeys(ROW_COLUMNS)
-    r.update(trial_id=tid, schedule="none:1x3" if method == "none" else f"{method}:2x1,1x1", method=method, step=step, val_metric=m, train_flops=f * 1e9,
-             schedule_done=done, status=status, metric_name="accuracy")
+    r.update(trial_id=tid, schedule=schedule or ("none:1x3" if method == "none" else f"{method}:2x1,1x2"),
+             method=method, step=step, epoch=float(step), phase=phase, C=C, val_metric=m, train_flops=f * 1e9,
+             train_time_s=f / 10, schedule_done=done, status=status, metric_name="accuracy", phase_end=done, seed=seed)
     return r
 
 
-def test_analyse_final_anytime_baseline_saving():
-    rows = pa.Table.from_pylist([
-        _row("base", 1, 0.50, 10, False, "none"), _row("base", 2, 0.60, 20, False, "none"),
-        _row("base", 3, 0.60, 30, True, "none"),
-        _row("a", 1, 0.62, 8, False), _row("a", 2, 0.65, 15, True),
-        _row("p", 1, 0.70, 5, False, status="pruned"),  # stopped early: anytime only
-    ])
-    res = analyse(rows, ref=(0.0, 40e9))
-    assert {r["trial_id"] for r in res["final"]} == {"base", "a"}
-    assert [r["trial_id"] for r in res["final_front"]] == ["a"]
-    assert res["baseline"] == {"trial_id": "base", "schedule": "none:1x3", "val_metric": 0.6, "train_flops": 20e9}
-    # trial a first reached the baseline's best (0.6) at 8 GFLOPs; the baseline needed 20
-    assert res["final_front"][0]["flops_saving_vs_baseline"] == pytest.approx(1 - 8 / 20)
-    assert [r["trial_id"] for r in res["anytime_front"]] == ["p"]
-    assert res["counts"] == {"finished": 2, "pruned": 1, "error": 0}
+def _histories():
+    return [
+        # the baseline peaks at epoch 2 and falls at epoch 3: the reference is epoch 2, not the last one
+        _row("base", 1, 0.50, 10, False, "none"), _row("base", 2, 0.62, 20, False, "none"),
+        _row("base", 3, 0.58, 30, True, "none"),
+        # a weaker baseline trial (another learning rate): not the reference
+        _row("base2", 1, 0.40, 10, False, "none"), _row("base2", 2, 0.61, 20, False, "none"),
+        _row("base2", 3, 0.61, 30, True, "none"),
+        # its coarse phase (C=2) beats the baseline at 5 GFLOPs; that evaluation never counts
+        _row("a", 1, 0.70, 5, False, phase=1, C=2), _row("a", 2, 0.60, 12, False, phase=2),
+        _row("a", 3, 0.63, 19, True, phase=2),
+        # never reaches 0.62 in its final phase
+        _row("b", 1, 0.30, 4, False, phase=1, C=2), _row("b", 2, 0.55, 11, False, phase=2),
+        _row("b", 3, 0.60, 18, True, phase=2),
+        _row("p", 1, 0.90, 3, False, status="pruned", phase=1, C=2),  # stopped early: anytime only
+    ]
+
+
+def test_baseline_reference_is_the_best_epoch_of_the_best_baseline():
+    res = analyse(pa.Table.from_pylist(_histories()), ref=(0.0, 40e9))
+    b = res["baseline"]
+    assert (b["trial_id"], b["epoch"], b["val_metric"], b["train_flops"]) == ("base", 2.0, 0.62, 20e9)
+    assert {r["trial_id"] for r in res["final"]} == {"base", "base2", "a", "b"}
+    assert res["counts"] == {"finished": 4, "pruned": 1, "error": 0}
+
+
+def test_budget_saving_counts_only_the_final_phase():
+    res = analyse(pa.Table.from_pylist(_histories()))
+    q = {x["trial_id"]: x for x in res["table"]}
+    # a first reaches 0.62 in its C=1 phase at epoch 3 (19 GFLOPs), not at its C=2 epoch (5 GFLOPs)
+    assert q["a"]["budget_reached"] and q["a"]["budget_epoch"] == 3.0
+    assert q["a"]["flops_saving"] == pytest.approx(1 - 19 / 20)
+    assert q["a"]["time_saving"] == pytest.approx(1 - 1.9 / 2.0)
+    assert q["a"]["convergence_delta"] == pytest.approx(0.63 - 0.62)
+    assert q["b"]["budget_reached"] is False and q["b"]["flops_saving"] is None
+    assert q["b"]["convergence_delta"] == pytest.approx(0.60 - 0.62)
+    assert q["base"]["flops_saving"] == pytest.approx(0.0) and q["base"]["convergence_delta"] == pytest.approx(0)
+    assert q["base2"]["budget_reached"] is False  # 0.61 < 0.62
+    text = summary_text(res)
+    assert "did not reach" in text and "+5.0%" in text and "+75" not in text
+    assert "1 of 2 finished coarse-to-fine schedules reached" in text
+
+
+def test_fronts_final_and_anytime():
+    res = analyse(pa.Table.from_pylist(_histories()), ref=(0.0, 40e9))
+    assert [r["trial_id"] for r in res["final_front"]] == ["b", "a"]
+    # the anytime front holds the coarse checkpoints, labelled with their C, and claims no saving
+    assert [(r["trial_id"], r["C"]) for r in res["anytime_front"]] == [("p", 2)]
+    assert "C=2  phase 1" in summary_text(res)
+    assert all("flops_saving" not in r for r in res["anytime_front"])
+
+
+def test_no_baseline_no_saving():
+    rows = [r for r in _histories() if not r["trial_id"].startswith("base")]
+    res = analyse(pa.Table.from_pylist(rows))
+    assert res["baseline"] is None and all(q["flops_saving"] is None for q in res["table"])
+    assert "No baseline trial finished" in summary_text(res)
+
+
+def test_checkpoints_the_front_needs_are_marked():
+    h = [dict(phase=1, C=2, val_metric=0.7, phase_end=False), dict(phase=1, C=2, val_metric=0.5, phase_end=True),
+         dict(phase=2, C=1, val_metric=0.4, phase_end=False), dict(phase=2, C=1, val_metric=0.6, phase_end=False),
+         dict(phase=2, C=1, val_metric=0.6, phase_end=False), dict(phase=2, C=1, val_metric=0.65, phase_end=True)]
+    assert [keep_checkpoint(h[:k + 1], 2) for k in range(len(h))] == [False, True, True, True, False, True]

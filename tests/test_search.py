@@ -99,8 +99,13 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
     finished = {x["trial_id"]: x["schedule"] for x in rows if x["schedule_done"]}
     assert sorted(finished.values()) == sorted(["none:1x2", SCHED, "fshift:2x1,1x1", "maxpool:2x1,1x1"])
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len({t.params["schedule"] for t in complete}) == len(complete)  # no schedule told twice
-    assert sorted(t.params["schedule"] for t in complete) == sorted(finished.values())  # study agrees with Tune
+    trained = [t for t in complete if "repeat_of" not in t.user_attrs]  # a repeat is told, not trained
+    assert len({t.params["schedule"] for t in trained}) == len(trained)  # no schedule trained twice
+    assert sorted(t.params["schedule"] for t in trained) == sorted(finished.values())  # study agrees with Tune
+    by_number = {t.number: t for t in study.trials}
+    for t in complete:
+        if "repeat_of" in t.user_attrs:
+            assert t.values == by_number[t.user_attrs["repeat_of"]].values
     front = pq.read_table(out / "front.parquet").to_pylist()
     assert front and (out / "front.png").stat().st_size > 10_000
 
@@ -146,3 +151,41 @@ def test_open_space_runs_the_baseline_first():
     s = make_searcher(sp, "auto", 0, 4, None)
     first, second = s.suggest("a"), s.suggest("b")
     assert first["schedule"] == "none:1x4" and second["schedule"] != "none:1x4"
+
+
+def test_repeated_configurations_are_not_trained_again(tmp_path, fresh_ray):
+    """Two configurations and four trials: the sampler must repeat, and no repeat is trained."""
+    out = tmp_path / "s"
+    r = _run_cli(["search", "--space", str(_space(tmp_path, ["none:1x1", "avgpool:2x0.5,1x0.5"])), "--data",
+                  TINY_DATA, "--sampler", "random", "--trials", "4", "--epochs", "1", "--depth", "1",
+                  "--out", str(out)], tmp_path / "log", {**os.environ, "RAY_AUTH_MODE": "disabled"}, 400)
+    assert r.returncode == 0, r.stdout[-3000:]
+    rows = load_rows(out).to_pylist()
+    trained = {x["trial_id"]: x["schedule"] for x in rows}
+    assert sorted(trained.values()) == ["avgpool:2x0.5,1x0.5", "none:1x1"]  # each once
+    study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{out / 'optuna.db'}")
+    first = {t.number: t for t in study.trials if "repeat_of" not in t.user_attrs}
+    repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
+    assert len(first) == 2 and repeats, "the sampler never repeated"
+    for t in repeats:  # told the first one's result
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.values == first[t.user_attrs["repeat_of"]].values
+        assert t.params["schedule"] == first[t.user_attrs["repeat_of"]].params["schedule"]
+    assert "the space holds only 2 distinct configurations" in r.stdout
+    assert f"{len(repeats)} sampled configurations repeated" in (out / "summary.txt").read_text()
+
+
+def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, monkeypatch):
+    from c2f_search.search import searcher
+    from c2f_search.search.searcher import make_searcher
+    from c2f_search.spaces import load_space
+    monkeypatch.setattr(searcher, "MAX_REPEATS", 5)  # every sample repeats here; fewer SQLite round trips
+    sp = load_space(str(_space(tmp_path, ["none:1x1"])))
+    s = make_searcher(sp, "tpe", 0, 1, optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"))
+    assert s.suggest("a")["schedule"] == "none:1x1"
+    assert s.suggest("b") == s.FINISHED and s.exhausted  # every sample repeats "a", which still runs
+    study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    S = optuna.trial.TrialState
+    assert {t.state for t in study.trials[1:]} == {S.RUNNING}
+    s.on_trial_complete("a", {"val_metric": 0.5, "train_flops": 2.0, "schedule_done": True})
+    study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert all(t.state == S.COMPLETE and t.values == [0.5, 2.0] for t in study.trials)

@@ -20,10 +20,9 @@ from c2f_search.config import SEARCHABLE, TrainConfig
 from c2f_search.data import Data
 from c2f_search.errors import DataError
 from c2f_search.io import load_checkpoint, save_checkpoint
-from c2f_search.records import RECORD_FIELDS
+from c2f_search.records import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
+from c2f_search.schedule import parse_schedule
 from c2f_search.train import Run
-
-CKPT_FILE = "state.pt"
 
 
 def _device() -> str:
@@ -63,17 +62,21 @@ def train_schedule(config: dict, setup: dict) -> None:
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = load_checkpoint(Path(d) / CKPT_FILE)
+            state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
     run = Run(cfg, data, _device(), state)
     if os.environ.get("C2F_INJECT_NAN") == cfg.schedule:  # fault injection for tests: a diverging trial
         with torch.no_grad():
             next(run.model.parameters()).fill_(float("nan"))
     # where this attempt runs and resumed from: node-loss recovery is measured from these
     attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
-               "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size}
+               "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size,
+               "seed": cfg.seed}
+    n_phases = len(parse_schedule(cfg.schedule).phases)
     for rec in run.records():
-        metrics = {k: rec[k] for k in RECORD_FIELDS} | attempt
+        # the driver's runner.KeepCheckpoints never deletes a checkpoint the front may need
+        metrics = {k: rec[k] for k in RECORD_FIELDS} | attempt | {
+            "checkpoint_needed": keep_checkpoint(run.history, n_phases)}
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(run.state_dict(), Path(d) / CKPT_FILE)
+            save_checkpoint(run.state_dict(), Path(d) / CHECKPOINT_FILE)
             _maybe_inject_fault(rec)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

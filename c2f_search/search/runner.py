@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,7 @@ from ray.tune import Callback
 from ..errors import C2FError, SpaceError
 from ..spaces import Space, load_space
 from .schedulers import make_scheduler
-from .searcher import STUDY, make_searcher
+from .searcher import METRICS, STUDY, make_searcher
 from .settings import SearchSettings
 
 # Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
@@ -63,7 +64,8 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
         if not family.supports(m):
             raise SpaceError(f"{space.path}: key '{'schedules' if space.is_grid else 'space.method'}': model "
                              f"{space.model} does not support {m!r}; choose from {', '.join(family.methods)}")
-    data = Data.from_specs(**settings.data, quantum=space.max_C() * family.time_granularity, progress=progress)
+    data = Data.from_specs(**settings.data, quantum=space.max_C() * family.time_granularity, progress=progress,
+                           test=settings.test)  # a bad --test split fails here too, before any trial
     fe = data.fe
     try:
         check_geometry(space.probe_config(), FrontEnd(**fe.key()), sorted(space.Cs_used()))
@@ -92,6 +94,16 @@ def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_d
     return {"train": absp(data_spec), "val": absp(val), "labels": absp(labels), "task": task,
             "skip_bad": skip_bad, "norm": norm, "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None,
             "num_mel_bins": num_mel_bins, "target_length": target_length}
+
+
+def resolve_test_arg(spec: str | None) -> str | None:
+    """--test as an absolute path (a built-in spec becomes its generated validation file)."""
+    from .. import builtin
+    if spec is None:
+        return None
+    if spec.startswith("builtin:"):
+        return str(builtin.materialize(spec) / "val.json")
+    return str(Path(spec).resolve())
 
 
 def _unreachable(address: str, why) -> SpaceError:
@@ -148,8 +160,6 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
     import ray
     from ray import tune
 
-    from trainables import train_schedule
-
     space = load_space(settings.space)
     out = Path(settings.out).resolve()
     exp_dir = experiment_dir(settings)
@@ -164,11 +174,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                          num_mel_bins=data.fe.num_mel_bins)  # every trial reads the same
     settings.target_length_reason = settings.target_length_reason or data.target_reason
     epochs = settings.epochs or space.epochs
-    setup = {"data": settings.data, "model": space.model, "fixed": space.fixed,
-             "model_kwargs": settings.model_kwargs, "metric_target": settings.metric_target or space.metric_target}
-    res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
-    trainable = tune.with_resources(tune.with_parameters(train_schedule, setup=setup),
-                                    {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
+    trainable = make_trainable(settings, space)
     if not ray.is_initialized():
         connect_ray(address)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,15 +192,57 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=n),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=settings.storage or str(out), storage_filesystem=storage_filesystem,
-                verbose=0, callbacks=[TrialLines(progress_stream)],
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints)))
+                verbose=0, callbacks=[TrialLines(progress_stream)] + (
+                    [KeepCheckpoints(settings.keep_checkpoints)] if settings.keep_checkpoints else []),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
     settings.save()
     results = tuner.fit()
     _close_stale_trials(out / "optuna.db")
-    if results.num_terminated + results.num_errors < len(results) or (not resume and len(results) < n):
+    exhausted = not resume and searcher.exhausted
+    if results.num_terminated + results.num_errors < len(results) or (not resume and len(results) < n and not exhausted):
         raise KeyboardInterrupt  # Tune caught Ctrl-C, saved its state and stopped: say so, and how to resume
+    if not resume and searcher.repeats:
+        print(f"{searcher.repeats} sampled configurations repeated one already trained (same schedule and "
+              f"hyperparameters): not trained again, Optuna was told the first one's result", flush=True)
+    if exhausted:
+        print(f"the space holds only {len(results)} distinct configurations: all trained, the search ends here",
+              flush=True)
     return results
+
+
+def make_trainable(settings: SearchSettings, space: Space, metric_target="space"):
+    """The trial function with the search's fixed parts (data, model, fixed settings) and resources."""
+    from ray import tune
+
+    from trainables import train_schedule
+    target = settings.metric_target or space.metric_target if metric_target == "space" else metric_target
+    setup = {"data": settings.data, "model": space.model, "fixed": space.fixed,
+             "model_kwargs": settings.model_kwargs, "metric_target": target}
+    res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
+    return tune.with_resources(tune.with_parameters(train_schedule, setup=setup),
+                               {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
+
+
+class KeepCheckpoints(Callback):
+    """Keeps every checkpoint the front may need (``records.keep_checkpoint``: phase ends and final-phase
+    evaluations that beat all earlier ones, which include the paper's selected epochs) and the `keep`
+    most recent others per trial, deleting the rest. Tune's own rotation keeps a count or the best by one
+    score, neither of which is this set, so Tune keeps all and this callback does the rotation."""
+
+    def __init__(self, keep: int):
+        self.keep, self.others = keep, {}
+
+    def __getstate__(self):  # pickled with Tune's experiment state; filesystems need not pickle
+        return {"keep": self.keep, "others": {}}
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if (trial.last_result or {}).get("checkpoint_needed"):  # the result this checkpoint came with
+            return
+        q = self.others.setdefault(trial.trial_id, [])
+        q.append(checkpoint)
+        while len(q) > self.keep:
+            old = q.pop(0)
+            old.filesystem.delete_dir(old.path)
 
 
 def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
@@ -211,9 +259,13 @@ def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
 
 def _close_stale_trials(db: Path) -> None:
     """After fit() no trial runs: an Optuna trial still RUNNING lost its Tune trial (driver
-    killed before Tune saved it); mark it FAIL so the study holds nothing stuck."""
+    killed before Tune saved it); mark it FAIL so the study holds nothing stuck. The objectives are
+    named, so optuna-dashboard shows val_metric and train_flops."""
     if not db.exists():
         return
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    with warnings.catch_warnings():  # experimental in Optuna, and only a label
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(METRICS)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)

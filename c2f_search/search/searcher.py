@@ -1,9 +1,13 @@
 """Optuna through Ray Tune's ``OptunaSearch``: multi-objective (metric up, FLOPs down)."""
 from __future__ import annotations
 
+import json
+
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from ..config import SEARCHABLE
 from ..errors import SpaceError
 from ..spaces import Space
 
@@ -11,14 +15,76 @@ STUDY = "c2f-search"
 METRICS, MODES = ["val_metric", "train_flops"], ["max", "min"]
 
 
+# consecutive samples that all repeat a configuration already run: the space is used up
+MAX_REPEATS = 200
+
+
+def config_key(config: dict) -> str:
+    """What a trial trains: its schedule and the hyperparameters it sets (not the sampler's raw
+    parameters, several of which can give the same schedule)."""
+    return json.dumps({k: v for k, v in config.items() if k == "schedule" or k in SEARCHABLE}, sort_keys=True)
+
+
 class C2FOptunaSearch(OptunaSearch):
-    """Only a trial whose schedule finished is COMPLETE; one stopped early (ASHA) is PRUNED,
-    so unfinished schedules never reach the study's Pareto front."""
+    """OptunaSearch that tells Optuna the truth about schedules and never trains a configuration twice.
+
+    * Only a trial whose schedule finished is COMPLETE; one stopped early (ASHA) is PRUNED, so
+      unfinished schedules never reach the study's Pareto front.
+    * A sampled configuration equal to one already run or running (``config_key``) is not given to
+      Tune: its Optuna trial gets the first one's outcome (now, or when that trial ends), tagged
+      ``repeat_of``, and the sampler is asked again. When ``MAX_REPEATS`` samples in a row are repeats,
+      the space is used up and the search ends (``exhausted``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._first: dict[str, str] = {}     # config key -> Tune trial id that trains it
+        self._key: dict[str, str] = {}       # Tune trial id -> its config key
+        self._outcome: dict[str, tuple] = {}  # Tune trial id -> (values, state) told to Optuna
+        self._waiting: dict[str, list] = {}   # Tune trial id -> Optuna trial numbers repeating it
+        self.repeats, self.exhausted = 0, False
+
+    def suggest(self, trial_id):
+        for _ in range(MAX_REPEATS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            key = config_key(config)
+            first = self._first.setdefault(key, trial_id)
+            if first == trial_id:
+                self._key[trial_id] = key
+                return config
+            ot = self._ot_trials.pop(trial_id)  # the next ask() gives this Tune trial a new Optuna trial
+            ot.set_user_attr("repeat_of", self._ot_trials[first].number)
+            self.repeats += 1
+            if first in self._outcome:
+                self._tell(ot.number, *self._outcome[first])
+            else:
+                self._waiting.setdefault(first, []).append(ot.number)
+        self.exhausted = True
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if result is not None and not error and not result.get("schedule_done"):
             result = None
         super().on_trial_complete(trial_id, result, error)
+        S = optuna.trial.TrialState
+        values = [result[m] for m in self.metric] if result else None
+        self._outcome[trial_id] = (values, S.COMPLETE if values else S.FAIL if error else S.PRUNED)
+        if trial_id in self._key:  # known again after a restore
+            self._first.setdefault(self._key[trial_id], trial_id)
+        for number in self._waiting.pop(trial_id, []):
+            self._tell(number, *self._outcome[trial_id])
+
+    def restore(self, checkpoint_path):
+        """A trial that had not ended when the driver stopped may be lost with it: forget it, so that no
+        repeat waits for a trial that never ends (its waiting Optuna trials are closed as FAIL after fit)."""
+        super().restore(checkpoint_path)
+        self._first = {k: t for k, t in self._first.items() if t in self._outcome}
+        self._waiting = {}
+
+    def _tell(self, number: int, values, state) -> None:
+        self._ot_study.tell(number, values, state=state)
 
 
 def make_sampler(name: str, space: Space, seed: int, epochs):

@@ -26,6 +26,7 @@ class SearchSettings:
     model_kwargs: dict = field(default_factory=dict)
     metric_target: float | None = None
     storage: str | None = None  # Tune storage_path (local folder or URI); default DIR
+    test: str | None = None  # held-out split (absolute): only the front's report reads it, no search decision
     target_length_reason: str = ""
 
     def save(self) -> None:

@@ -1,0 +1,123 @@
+"""``report``: one self-contained HTML page of a search (plots embedded as data URIs, no scripts, no
+server): the front, every trial's learning curve coloured by C, the Table 2/3 tables, the seeds, the settings."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .io import atomic_write
+from .pareto import analyse, by_trial, front_sentence, load_rows, plot, save_figure, test_metrics
+
+
+def _png(draw) -> str:
+    buf = io.BytesIO()
+    draw(buf)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def plot_curves(rows: list[dict], baseline: dict | None, path):
+    """Every trial's validation metric against epochs and against GFLOPs; each segment coloured by the
+    C it trained at, each phase transition marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    Cs = sorted({r["C"] for r in rows})
+    color = {C: plt.get_cmap("plasma")(0.8 * k / max(1, len(Cs) - 1)) for k, C in enumerate(Cs)}  # no pale yellow
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=110, sharey=True)
+    for ax, x, label in ((axes[0], "epoch", "epochs"), (axes[1], "train_flops", "training GFLOPs (cumulative)")):
+        k = 1e9 if x == "train_flops" else 1
+        for t in by_trial(rows).values():
+            for a, b in zip(t, t[1:]):
+                ax.plot([a[x] / k, b[x] / k], [a["val_metric"], b["val_metric"]], color=color[b["C"]], lw=1, alpha=0.8)
+            ends = [r for r in t if r["phase_end"] and not r["schedule_done"]]
+            ax.scatter([r[x] / k for r in ends], [r["val_metric"] for r in ends], marker="|", s=120, color="C3",
+                       zorder=3)
+        if baseline:
+            ax.axhline(baseline["val_metric"], color="k", ls="--", lw=0.8)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"validation {rows[0]['metric_name']}")
+    handles = [matplotlib.lines.Line2D([], [], color=color[C], label=f"C={C}") for C in Cs]
+    handles.append(matplotlib.lines.Line2D([], [], color="C3", marker="|", ls="", ms=12, label="phase transition"))
+    if baseline:
+        handles.append(matplotlib.lines.Line2D([], [], color="k", ls="--", label="baseline best (reference)"))
+    axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("learning curves of every trial")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _table(records: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """columns: (key, heading, format) with format '' for text, 'pct' for a fraction as %, or a format spec."""
+    def cell(v, f):
+        if v is None or v != v:
+            return ""
+        if f == "pct":
+            return f"{100 * v:+.1f}%"
+        return html.escape(str(v)) if not f else format(v, f)
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(k), f)}</td>" for k, _, f in columns) + "</tr>" for r in records)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(search_dir, path=None) -> Path:
+    d = Path(search_dir)
+    rows = load_rows(d)
+    res = analyse(rows)
+    tests = test_metrics(d, res)
+    for r in res["final_front"] + ([res["baseline"]] if res["baseline"] else []):
+        r["test_metric"] = tests.get((r["trial_id"], r["step"]))
+    R = rows.to_pylist()
+    name = R[0]["metric_name"]
+    b = res["baseline"]
+    for q in res["table"]:
+        q["budget"] = "no baseline" if b is None else "reached" if q["budget_reached"] else "did not reach"
+        q["gflops"], q["budget_gflops"] = q["total_flops"] / 1e9, q["budget_flops"] and q["budget_flops"] / 1e9
+    for r in res["final_front"]:
+        r["gflops"] = r["train_flops"] / 1e9
+    parts = [f"<h1>c2f-search: {html.escape(str(d.resolve()))}</h1>", f"<p>{html.escape(front_sentence(res))}</p>"]
+    if b:
+        parts.append(f"<p>Baseline reference (its best epoch): {html.escape(b['schedule'])}, trial {b['trial_id']}, "
+                     f"{name} {b['val_metric']:.4f} at epoch {b['epoch']:.2f}, {b['train_flops'] / 1e9:.4g} GFLOPs.</p>")
+    parts += ["<h2>Pareto front</h2>", _png(lambda f: plot(rows, res, f))]
+    if tests:
+        parts.append(_png(lambda f: plot(rows, res, f, metric="test")))
+    parts += ["<h2>Learning curves</h2>", _png(lambda f: plot_curves(R, b, f)),
+              "<h2>Table 2/3: every finished trial</h2>",
+              "<p>Budget mode (Table 2): the earliest evaluation of a schedule's final phase at or above the baseline "
+              "reference; its FLOPs and time saving against the reference. Convergence mode (Table 3): the best "
+              "final-phase metric minus the baseline's best. Definitions: docs/results.md.</p>",
+              _table(res["table"], [("schedule", "schedule", ""), ("trial_id", "trial", ""),
+                                    ("final_metric", f"end {name}", ".4f"), ("gflops", "GFLOPs", ".4g"),
+                                    ("budget", "budget mode", ""), ("budget_epoch", "epoch", ".2f"),
+                                    ("budget_metric", name, ".4f"), ("budget_gflops", "GFLOPs", ".4g"),
+                                    ("flops_saving", "FLOPs saved", "pct"),
+                                    ("time_saving", "time saved", "pct"), ("best_final_metric", f"best final {name}", ".4f"),
+                                    ("convergence_delta", "vs baseline best", "+.4f")]),
+              "<h2>Final front</h2>",
+              _table(sorted(res["final_front"], key=lambda r: r["train_flops"]),
+                     [("schedule", "schedule", ""), ("trial_id", "trial", ""), ("val_metric", f"val {name}", ".4f"),
+                      ("test_metric", f"test {name}", ".4f"), ("gflops", "GFLOPs", ".4g")])]
+    if (d / "confirm.parquet").is_file():
+        parts += ["<h2>Seeds (confirm)</h2>", _table(pq.read_table(d / "confirm.parquet").to_pylist(), [
+            ("schedule", "schedule", ""), ("seeds", "seeds", "d"), ("best_final_metric_mean", f"best final {name}", ".4f"),
+            ("best_final_metric_sd", "sd", ".4f"), ("reached", "reached", "d"), ("flops_saving_mean", "FLOPs saved", "pct"),
+            ("flops_saving_sd", "sd", "pct"), ("holds_every_seed", "holds at every seed", "")])]
+        if (d / "confirm.png").is_file():
+            parts.append(f'<img alt="confirm" src="data:image/png;base64,'
+                         f'{base64.b64encode((d / "confirm.png").read_bytes()).decode()}">')
+    settings = d / "search.json"
+    if settings.is_file():
+        parts += ["<h2>Search settings</h2>",
+                  f"<pre>{html.escape(json.dumps(json.loads(settings.read_text()), indent=1), quote=False)}</pre>"]
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>c2f-search report</title><style>"
+            "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}img{max-width:100%}"
+            "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+            "text-align:right}td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:1em}"
+            "</style></head><body>" + "\n".join(parts) + "</body></html>")
+    return atomic_write(Path(path) if path else d / "report.html", page)
