@@ -18,8 +18,8 @@ def main():
     ap.add_argument("--data", default="builtin:events?train=600&val=100")
     a = ap.parse_args()
     import ray
-    from c2f_search.search import SearchSettings, resolve_data_args, run_search
-    from c2f_search.train import Data, Run, TrainConfig
+    from c2f_search import Data, Run, TrainConfig
+    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
 
     tmp = Path(tempfile.mkdtemp())
     space = tmp / "space.yaml"

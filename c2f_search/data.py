@@ -329,7 +329,7 @@ class Data:
         fe_kw = {"num_mel_bins": num_mel_bins, "target_length": target_length}
         declared = builtin.FRONTEND if train.startswith("builtin:") else {}
         if target_length is not None:
-            reason = "given (--target-length)"
+            reason = target_reason or "given (--target-length)"
         elif "target_length" in declared:
             reason = f"the front end declared by {train.split('?')[0]}"
         else:

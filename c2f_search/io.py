@@ -28,10 +28,17 @@ def atomic_write(path, content: bytes | str | Callable[[Path], object]) -> Path:
             tmp.write_bytes(content.encode() if isinstance(content, str) else content)
         with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open would
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(state: dict, path) -> Path:

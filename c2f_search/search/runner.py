@@ -84,16 +84,19 @@ def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_d
                       target_length) -> dict:
     """Absolute paths and an explicit front end, so trials on any node and any cwd read the same data."""
     from .. import builtin
+    reason = None
     if data_spec.startswith("builtin:"):
         root = builtin.materialize(data_spec)
         declared = builtin.FRONTEND
+        if target_length is None:
+            reason = f"the front end declared by {data_spec.split('?')[0]}"
         num_mel_bins = num_mel_bins or declared["num_mel_bins"]
         target_length = target_length or declared["target_length"]
         data_spec, val, labels = str(root / "train.json"), val or str(root / "val.json"), str(root / "class_labels_indices.csv")
     absp = lambda p: None if p is None else str(Path(p).resolve())  # noqa: E731
     return {"train": absp(data_spec), "val": absp(val), "labels": absp(labels), "task": task,
             "skip_bad": skip_bad, "norm": norm, "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None,
-            "num_mel_bins": num_mel_bins, "target_length": target_length}
+            "num_mel_bins": num_mel_bins, "target_length": target_length, "target_reason": reason}
 
 
 def resolve_test_arg(spec: str | None) -> str | None:
