@@ -312,7 +312,7 @@ class Data:
     @classmethod
     def from_specs(cls, train: str, val: str | None = None, labels=None, task="auto", skip_bad=False,
                    norm=None, cache_dir="auto", progress=False, quantum: int = 16, num_mel_bins=None,
-                   target_length=None, test: str | None = None) -> "Data":
+                   target_length=None, test: str | None = None, target_reason: str | None = None) -> "Data":
         """`target_length` None derives it from the training clips (``derive_target_length``) unless
         the data set declares its own front end (``builtin:events``). `test` is a held-out split that
         only reporting reads (``Run.evaluate("test")``)."""

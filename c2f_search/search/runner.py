@@ -199,11 +199,12 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                     [KeepCheckpoints(settings.keep_checkpoints)] if settings.keep_checkpoints else []),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
     settings.save()
+    # Ctrl-C raises KeyboardInterrupt out of fit() (Tune's own handler would stop quietly and return a
+    # partial result); Tune saves its experiment state as it goes, so --resume picks up from there
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     results = tuner.fit()
     _close_stale_trials(out / "optuna.db")
     exhausted = not resume and searcher.exhausted
-    if results.num_terminated + results.num_errors < len(results) or (not resume and len(results) < n and not exhausted):
-        raise KeyboardInterrupt  # Tune caught Ctrl-C, saved its state and stopped: say so, and how to resume
     if not resume and searcher.repeats:
         print(f"{searcher.repeats} sampled configurations repeated one already trained (same schedule and "
               f"hyperparameters): not trained again, Optuna was told the first one's result", flush=True)
