@@ -21,6 +21,7 @@ RECORD_SCHEMA = pa.schema([
     ("phase_end", pa.bool_()),        # the phase ended at this record
     ("schedule_done", pa.bool_()),    # the run ended at this record
     ("target_reached", pa.bool_()),   # budget mode: a final-phase metric reached --metric-target
+    ("averaged", pa.bool_()),         # the weight-averaged model (weight_averaging), after the last record
 ])
 RECORD_FIELDS = tuple(RECORD_SCHEMA.names)
 
@@ -28,7 +29,8 @@ RECORD_FIELDS = tuple(RECORD_SCHEMA.names)
 ROW_SCHEMA = pa.schema([("trial_id", pa.string()), *RECORD_SCHEMA,
                         ("status", pa.string()),           # finished, pruned or error
                         ("checkpoint_path", pa.string()),  # this row's checkpoint, if kept
-                        ("lr", pa.float64()), ("batch_size", pa.int64())])
+                        ("lr", pa.float64()), ("batch_size", pa.int64()),
+                        ("model", pa.string())])          # the trial's model (a space may search it)
 ROW_FIELDS = tuple(ROW_SCHEMA.names)
 
 
