@@ -7,7 +7,7 @@ import argparse
 import math
 import sys
 
-from .config import LR_SCHEDULES, TrainConfig, defaults
+from .config import LOSSES, LR_SCHEDULES, TrainConfig, defaults
 from .errors import ConfigError
 
 EPILOG_SCHEDULE = ("Schedules are METHOD:CxEPOCHS,...,1xEPOCHS with METHOD in none, fshift, avgpool, maxpool, "
@@ -76,11 +76,16 @@ def add_data_args(p: argparse.ArgumentParser, required=True) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     from .models import list_models
+    from .recipes import list_recipes
     d = defaults()
     g = p.add_argument_group("model and training (defaults: TrainConfig's)")
     g.add_argument("--model", choices=list_models(), help=f"model name (default {d['model']})")
-    g.add_argument("--depth", type=positive_int, help="transformer depth (default: the model's, 12)")
-    g.add_argument("--dist-token", action="store_true", default=None,
+    g.add_argument("--recipe", choices=list_recipes(),
+                   help="a published recipe (docs/recipes.md): epochs, front end, model, LR schedule, augmentation, "
+                        "sampler, weight averaging; the flags given override it")
+    g.add_argument("--depth", type=positive_int,
+                   help="transformer depth (default: the model's, 12; Swin: blocks in every stage)")
+    g.add_argument("--dist-token", action=argparse.BooleanOptionalAction, default=None,
                    help="add DeiT's distillation token (2 prefix tokens)")
     g.add_argument("--stride", type=positive_int, help="patch stride for overlapping patches (AST used 10; default 16)")
     g.add_argument("--init", metavar="PATH",
@@ -101,12 +106,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timem", type=nonneg_int,
                    help="SpecAugment time mask width at full resolution in frames (default 0)")
     g.add_argument("--mixup", type=fraction, help="fraction of each batch mixed, in [0, 1] (default 0; AST: 0.5)")
+    g.add_argument("--loss", choices=LOSSES, help="auto: BCE for multi-label data, CE otherwise (default auto)")
+    g.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction, default=None,
+                   help="AST's balanced sampler: clips drawn with replacement, weighted by 1000/(label count+0.01)")
+    g.add_argument("--noise", action=argparse.BooleanOptionalAction, default=None,
+                   help="AST's noise augmentation (Speech Commands): uniform noise and a random roll in time")
+    g.add_argument("--weight-averaging", metavar="SPEC",
+                   help="average final-phase checkpoints and report the averaged model as its own row: from:E "
+                        "(every evaluation from epoch E on, AST) or top:K (the K best, HTS-AT: top:15)")
     g.add_argument("--seed", type=nonneg_int, help=f"default {d['seed']}")
 
 
 MODEL_FLAGS = {"depth": "depth", "dist_token": "dist_token", "stride": "stride"}
 TRAIN_FLAGS = ("model", "init", "lr", "batch_size", "weight_decay", "warmup_steps", "lr_schedule", "lr_milestones",
-               "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target")
+               "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target", "loss", "balanced_sampling", "noise",
+               "weight_averaging", "mask_patches")
 
 
 def given_config(a) -> dict:
