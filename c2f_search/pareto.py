@@ -95,11 +95,12 @@ def load_rows(search_dir, filesystem=None) -> pa.Table:
             ck = r.get("checkpoint_dir_name")
             trial_rows.append({**{k: r.get(k) for k in RECORD_FIELDS}, "trial_id": r.get("trial_id", t.base_name),
                                "checkpoint_path": f"{t.path}/{ck}" if ck and ck in names else None,
-                               "lr": r.get("lr"), "batch_size": r.get("batch_size")})
+                               "lr": r.get("lr"), "batch_size": r.get("batch_size"), "model": r.get("model")})
         done = any(x["schedule_done"] for x in trial_rows)
         for x in trial_rows:
             x["status"] = "finished" if done else (status or "pruned")
-            rows[(x["trial_id"], x["step"])] = x
+            # the averaged model and a pretraining trial's fine-tune share the last step: rows of their own
+            rows[(x["trial_id"], x["step"], bool(x["averaged"]), x["metric_name"])] = x
     if not rows:
         raise NoResults(f"{search_dir}: the search has no reported results yet")
     ordered = sorted(rows.values(), key=lambda x: (x["trial_id"], x["step"]))
@@ -114,6 +115,10 @@ def analyse(rows: pa.Table, ref=None) -> dict:
         if r["status"] == "finished" and r["schedule_done"]:
             last[r["trial_id"]] = r
     final = list(last.values())
+    # a pretraining search reports a proxy metric per epoch and the downstream one at the end: the
+    # anytime view compares rows of the final metric only
+    metric = final[-1]["metric_name"] if final else R[-1]["metric_name"]
+    every, R = R, [r for r in R if r["metric_name"] == metric]
     fi = pareto_front([(r["val_metric"], r["train_flops"]) for r in final])
     ai = pareto_front([(r["val_metric"], r["train_flops"]) for r in R])
     final_front = [final[i] for i in fi]
@@ -142,7 +147,7 @@ def analyse(rows: pa.Table, ref=None) -> dict:
             # hypervolume in metric x GFLOPs so the numbers read at a glance
             "hypervolume_final": hypervolume_2d(pts(final), ref) / 1e9,
             "hypervolume_anytime": hypervolume_2d(pts(R), ref) / 1e9,
-            "counts": {s: len({r["trial_id"] for r in R if r["status"] == s}) for s in ("finished", "pruned", "error")}}
+            "counts": {s: len({r["trial_id"] for r in every if r["status"] == s}) for s in ("finished", "pruned", "error")}}
 
 
 def plot(rows: pa.Table, res: dict, path) -> Path:
@@ -199,7 +204,9 @@ def summary_text(res: dict) -> str:
     lines.append("final front (metric up, FLOPs down):")
     for r in sorted(res["final_front"], key=lambda r: r["train_flops"]):
         s = r.get("flops_saving_vs_baseline")
-        lines.append(f"  {r['schedule']:<34} {r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs"
+        label = f"{r['model']} {r['schedule']}" if r.get("model") else r["schedule"]
+        label += " (averaged)" if r.get("averaged") else ""
+        lines.append(f"  {label:<34} {r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs"
                      + (f"  saves {100 * s:.1f}% vs baseline" if s is not None else ""))
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from c2f_search.config import SEARCHABLE, TrainConfig
 from c2f_search.data import Data
 from c2f_search.errors import DataError
 from c2f_search.io import load_checkpoint, save_checkpoint
+from c2f_search.pretrain import finetune_record
 from c2f_search.records import RECORD_FIELDS
 from c2f_search.train import Run
 
@@ -43,10 +44,12 @@ def _maybe_inject_fault(rec: dict) -> None:
 
 
 def trial_config(config: dict, setup: dict) -> TrainConfig:
-    """The trial's TrainConfig: TrainConfig's defaults, the space's fixed settings, then the sampled ones."""
+    """The trial's TrainConfig: TrainConfig's defaults, the space's fixed settings, then the sampled ones
+    (the model too, where the space searches it or a grid entry names it)."""
     hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in SEARCHABLE}}
-    return TrainConfig(schedule=config["schedule"], model=setup["model"], model_kwargs=setup.get("model_kwargs", {}),
-                       metric_target=setup.get("metric_target"), **hp)
+    return TrainConfig(schedule=config["schedule"], model=config.get("model", setup["model"]),
+                       model_kwargs=setup.get("model_kwargs", {}), metric_target=setup.get("metric_target"),
+                       objective=setup.get("objective", "supervised"), **hp)
 
 
 def train_schedule(config: dict, setup: dict) -> None:
@@ -70,10 +73,16 @@ def train_schedule(config: dict, setup: dict) -> None:
             next(run.model.parameters()).fill_(float("nan"))
     # where this attempt runs and resumed from: node-loss recovery is measured from these
     attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
-               "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size}
+               "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size,
+               "model": cfg.model}
     for rec in run.records():
-        metrics = {k: rec[k] for k in RECORD_FIELDS} | attempt
+        if setup.get("finetune") and rec["schedule_done"]:  # the trial ends with its fine-tune's record
+            rec = {**rec, "schedule_done": False}
+        metrics = {k: rec.get(k) for k in RECORD_FIELDS} | attempt
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(run.state_dict(), Path(d) / CKPT_FILE)
             _maybe_inject_fault(rec)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    if setup.get("finetune"):  # a pretraining search: its objective is the downstream metric
+        rec = finetune_record(run, setup["finetune"], _device())
+        tune.report({k: rec.get(k) for k in RECORD_FIELDS} | attempt)

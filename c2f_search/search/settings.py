@@ -27,6 +27,7 @@ class SearchSettings:
     metric_target: float | None = None
     storage: str | None = None  # Tune storage_path (local folder or URI); default DIR
     target_length_reason: str = ""
+    finetune: dict | None = None  # a pretraining search's fine-tune: {data (resolved), schedule, fixed}
 
     def save(self) -> None:
         atomic_write(Path(self.out) / "search.json", json.dumps(asdict(self), indent=1))
