@@ -89,8 +89,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="add DeiT's distillation token (2 prefix tokens)")
     g.add_argument("--stride", type=positive_int, help="patch stride for overlapping patches (AST used 10; default 16)")
     g.add_argument("--init", metavar="PATH",
-                   help="local file to start from (never downloaded): a timm/DeiT state dict, an official AST "
-                        "checkpoint (module.v.* keys) or a c2f-search checkpoint (final.pt, last.pt)")
+                   help="local file to start from (never downloaded): a c2f-search checkpoint (final.pt, last.pt, "
+                        "averaged.pt; e.g. an SSAST encoder from 'pretrain'), for AST models also a timm/DeiT state "
+                        "dict or an official AST checkpoint (module.v.* keys)")
     g.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default {d['lr']:g})")
     g.add_argument("--batch-size", type=positive_int, help=f"default {d['batch_size']}")
     g.add_argument("--weight-decay", type=nonneg_float, help=f"default {d['weight_decay']:g}")

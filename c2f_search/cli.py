@@ -92,7 +92,7 @@ def _recipe_base(a, recipe) -> dict:
     return base
 
 
-def _overrides(a, recipe, cfg, data_args) -> dict:
+def _overrides(a, recipe) -> dict:
     """The flags given that change what the recipe sets (recorded in config.json)."""
     if recipe is None:
         return {}
@@ -205,7 +205,8 @@ def _train(a) -> int:
     atomic_write(out / "config.json", json.dumps(
         {"config": cfg.to_dict(), "data": data_args, "frontend": data.fe.key(),
          "target_length_reason": data.target_reason, "norm": [data.mean, data.std], "classes": data.train.classes,
-         "recipe": recipe.name if recipe else None, "overrides": _overrides(a, recipe, cfg, data_args),
+         "recipe": recipe.name if recipe else None,
+         "overrides": recorded.get("overrides", {}) if a.resume else _overrides(a, recipe),
          "resumed_from": str(source) if a.resume else None}, indent=1))
     n_tr, n_va = data.used_counts()
     print(f"training {cfg.schedule} | {cfg.model} | {n_tr} train / {n_va} val clips | {data.num_classes} classes "
@@ -303,7 +304,9 @@ def build_parser() -> Parser:
     t = sub.add_parser("train", help="train one schedule (no Ray)", epilog=EPILOG_SCHEDULE,
                        description="Train one coarse-to-fine schedule and write DIR/metrics.parquet (one row per "
                                    "evaluation), DIR/config.json and checkpoints (one per phase end, final, last). "
-                                   "Without --target-length the full-resolution length is derived from the data.")
+                                   "Without --target-length the full-resolution length is derived from the data. "
+                                   "Models: AST, HTS-AT, CNN14, SSAST (docs/models.md); --recipe sets a published "
+                                   "setup (docs/recipes.md).")
     _add_run_args(t, "runs/train")
     t.set_defaults(fn=cmd_train)
 
