@@ -209,8 +209,9 @@ def _train(a) -> int:
          "overrides": recorded.get("overrides", {}) if a.resume else _overrides(a, recipe),
          "resumed_from": str(source) if a.resume else None}, indent=1))
     n_tr, n_va = data.used_counts()
-    print(f"training {cfg.schedule} | {cfg.model} | {n_tr} train / {n_va} val clips | {data.num_classes} classes "
-          f"({run.metric_name}) | device {run.device}", file=sys.stderr)
+    what = "unlabelled" if a.pretrain else f"{data.num_classes} classes"
+    print(f"{'pretraining' if a.pretrain else 'training'} {cfg.schedule} | {cfg.model} | {n_tr} train / {n_va} val "
+          f"clips | {what} ({run.metric_name}) | device {run.device}", file=sys.stderr)
     print(f"target length {data.fe.target_length} frames at {data.fe.frame_shift_ms:g} ms: {data.target_reason}",
           file=sys.stderr)
     if recipe is not None:

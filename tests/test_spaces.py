@@ -88,3 +88,11 @@ def test_a_space_searches_the_model_and_checks_each(tmp_path):
     from c2f_search.search.settings import SearchSettings
     with pytest.raises(SpaceError, match="cnn14 does not support 'patch-pi'"):
         prepare_data(SearchSettings(space=str(f), out=str(tmp_path), data={"train": "x"}), load_space(str(f)))
+
+
+def test_a_model_setting_one_of_the_models_does_not_take_is_refused_before_any_trial(tmp_path):
+    from c2f_search.search.runner import prepare_data
+    from c2f_search.search.settings import SearchSettings
+    with pytest.raises(SpaceError, match="--depth: cnn14 does not take this setting"):
+        prepare_data(SearchSettings(space="table1", out=str(tmp_path), data={"train": "x"}, model_kwargs={"depth": 1}),
+                     load_space("table1"))

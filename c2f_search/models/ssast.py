@@ -58,7 +58,8 @@ class SSAST(AST):
         labels = torch.arange(n, device=x.device).repeat(B)
         nce = F.cross_entropy(scores.reshape(B * n, n), labels)  # each target picks its own prediction
         mse = F.mse_loss(self.gpred(h), t)
-        acc = (scores.argmax(1).reshape(-1) == labels).float().mean()  # each prediction picks its own target
+        # SSAST's accuracy: per prediction, the target with the highest row-normalised score is its own
+        acc = (scores.softmax(-1).argmax(1).reshape(-1) == labels).float().mean()
         return nce + GENERATIVE_WEIGHT * mse, acc
 
 

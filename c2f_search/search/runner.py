@@ -58,7 +58,14 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
     from ..frontend import FrontEnd
     from ..models import get_family
     from ..train import check_geometry
+    from ..config import TrainConfig
+    from ..errors import ConfigError
     models = sorted({m for m, _, _ in space.variants()})
+    for model in models:  # e.g. --depth for a model without depth: refused here, not in every trial
+        try:
+            TrainConfig("none:1x1", model=model, model_kwargs=settings.model_kwargs)
+        except ConfigError as e:
+            raise SpaceError(f"--{e.field.replace('_', '-')}: {e.problem}") from None
     for model, method, _ in sorted(space.variants()):
         family = get_family(model)
         if not family.supports(method):
