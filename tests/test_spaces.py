@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import optuna
 import pytest
 
 from c2f_search.schedule import parse_schedule
-from c2f_search.spaces import SpaceError, load_space
+from c2f_search.spaces import SpaceError, find_space, load_space
 
 
 def test_default_space_samples_valid_variable_length_schedules():
@@ -96,3 +98,21 @@ def test_a_model_setting_one_of_the_models_does_not_take_is_refused_before_any_t
     with pytest.raises(SpaceError, match="--depth: cnn14 does not take this setting"):
         prepare_data(SearchSettings(space="table1", out=str(tmp_path), data={"train": "x"}, model_kwargs={"depth": 1}),
                      load_space("table1"))
+
+
+def test_the_pretraining_space_reads_unlabelled_audio_and_resolves_its_fine_tune(tmp_path):
+    from c2f_search._args import Parser
+    from c2f_search.search.commands import _settings_from_args, add_search_args
+    from .conftest import TINY_DATA
+    parser = Parser(prog="c2f-search search")
+    add_search_args(parser)
+    shipped = Path(find_space("pretrain")).read_text()
+    assert "builtin:events?train=600&val=200" in shipped
+    f = tmp_path / "pretrain.yaml"  # the shipped space, with the tests' small data set to fine-tune on
+    f.write_text(shipped.replace("builtin:events?train=600&val=200", TINY_DATA))
+    st = _settings_from_args(parser.parse_args(["--space", str(f), "--data", TINY_DATA, "--out", str(tmp_path)]))
+    sp = load_space("pretrain")
+    assert sp.objective == "masked-patch" and sp.model == "ssast-tiny" and st.data["labelled"] is False
+    assert st.finetune["schedule"] == "none:1x2" and st.finetune["fixed"]["batch_size"] == 16
+    assert st.finetune["data"]["train"].endswith("train.json") and st.finetune["data"]["labels"].endswith(".csv")
+    assert "labelled" not in st.finetune["data"]  # the fine-tune reads labels
