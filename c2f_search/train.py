@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multilabel_average_precision
 
+from .averaging import WeightAverage
 from .compress import get_method
 from .config import TrainConfig
 from .controllers import Done, FixedSchedule, PhaseController, Train, Transition
 from .data import Data, balanced_weights
 from .errors import CheckpointError, ConfigError, NonFiniteLoss, ScheduleError
-from .averaging import WeightAverage
 from .flops import eval_flops
 from .frontend import add_noise, normalize, spec_augment
 from .geometry import Geometry
