@@ -7,7 +7,7 @@ import argparse
 import math
 import sys
 
-from .config import LR_SCHEDULES, TrainConfig, defaults
+from .config import LOSSES, LR_SCHEDULES, TrainConfig, defaults
 from .errors import ConfigError
 
 EPILOG_SCHEDULE = ("Schedules are METHOD:CxEPOCHS,...,1xEPOCHS with METHOD in none, fshift, avgpool, maxpool, "
@@ -76,16 +76,22 @@ def add_data_args(p: argparse.ArgumentParser, required=True) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     from .models import list_models
+    from .recipes import list_recipes
     d = defaults()
     g = p.add_argument_group("model and training (defaults: TrainConfig's)")
     g.add_argument("--model", choices=list_models(), help=f"model name (default {d['model']})")
-    g.add_argument("--depth", type=positive_int, help="transformer depth (default: the model's, 12)")
-    g.add_argument("--dist-token", action="store_true", default=None,
+    g.add_argument("--recipe", choices=list_recipes(),
+                   help="a published recipe (docs/recipes.md): epochs, front end, model, LR schedule, augmentation, "
+                        "sampler, weight averaging; the flags given override it")
+    g.add_argument("--depth", type=positive_int,
+                   help="transformer depth (default: the model's, 12; Swin: blocks in every stage)")
+    g.add_argument("--dist-token", action=argparse.BooleanOptionalAction, default=None,
                    help="add DeiT's distillation token (2 prefix tokens)")
     g.add_argument("--stride", type=positive_int, help="patch stride for overlapping patches (AST used 10; default 16)")
     g.add_argument("--init", metavar="PATH",
-                   help="local file to start from (never downloaded): a timm/DeiT state dict, an official AST "
-                        "checkpoint (module.v.* keys) or a c2f-search checkpoint (final.pt, last.pt)")
+                   help="local file to start from (never downloaded): a c2f-search checkpoint (final.pt, last.pt, "
+                        "averaged.pt; e.g. an SSAST encoder from 'pretrain'), for AST models also a timm/DeiT state "
+                        "dict or an official AST checkpoint (module.v.* keys)")
     g.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default {d['lr']:g})")
     g.add_argument("--batch-size", type=positive_int, help=f"default {d['batch_size']}")
     g.add_argument("--weight-decay", type=nonneg_float, help=f"default {d['weight_decay']:g}")
@@ -101,6 +107,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timem", type=nonneg_int,
                    help="SpecAugment time mask width at full resolution in frames (default 0)")
     g.add_argument("--mixup", type=fraction, help="fraction of each batch mixed, in [0, 1] (default 0; AST: 0.5)")
+    g.add_argument("--loss", choices=LOSSES, help="auto: BCE for multi-label data, CE otherwise (default auto)")
+    g.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction, default=None,
+                   help="AST's balanced sampler: clips drawn with replacement, weighted by 1000/(label count+0.01)")
+    g.add_argument("--noise", action=argparse.BooleanOptionalAction, default=None,
+                   help="AST's noise augmentation (Speech Commands): uniform noise and a random roll in time")
+    g.add_argument("--weight-averaging", metavar="SPEC",
+                   help="average final-phase checkpoints and report the averaged model as its own row: from:E "
+                        "(every evaluation from epoch E on, AST) or top:K (the K best, HTS-AT: top:15)")
     g.add_argument("--seed", type=nonneg_int, help=f"default {d['seed']}")
     g.add_argument("--transition", metavar="RULE",
                    help="how the auto phases of an adaptive schedule (fshift:4xauto,2xauto,1x12) end: "
@@ -113,7 +127,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 MODEL_FLAGS = {"depth": "depth", "dist_token": "dist_token", "stride": "stride"}
 TRAIN_FLAGS = ("model", "init", "lr", "batch_size", "weight_decay", "warmup_steps", "lr_schedule", "lr_milestones",
-               "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target", "transition", "eval_every")
+               "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target", "transition", "eval_every", "loss",
+               "balanced_sampling", "noise", "weight_averaging", "mask_patches")
 
 
 def given_config(a) -> dict:

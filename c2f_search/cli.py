@@ -79,18 +79,50 @@ def _recorded(run_dir: Path) -> dict:
         raise C2FError(f"{f}: not valid JSON; restore it or start again with --overwrite") from None
 
 
+def _recipe_base(a, recipe) -> dict:
+    """The TrainConfig fields a recipe (and the command) sets before the flags given."""
+    from .models import get_family
+    base = {"objective": "masked-patch", "model": "ssast-tiny"} if a.pretrain else {}
+    if recipe is not None:
+        base.update(recipe.config())
+        if a.model and get_family(a.model) is not get_family(recipe.model):  # its model settings are another family's
+            print(f"--recipe {recipe.name}: --model {a.model} replaces {recipe.model}; the recipe's model settings "
+                  f"{recipe.model_kwargs} are not used", file=sys.stderr)
+            base["model_kwargs"] = {}
+    return base
+
+
+def _overrides(a, recipe) -> dict:
+    """The flags given that change what the recipe sets (recorded in config.json)."""
+    if recipe is None:
+        return {}
+    rec = {**recipe.config(), **recipe.data}
+    given = {**given_config(a), **{k: getattr(a, k) for k in DATA_FLAGS if getattr(a, k) is not None}}
+    if "model_kwargs" in given:
+        given.update(given.pop("model_kwargs"))
+        rec.update(rec.pop("model_kwargs"))
+    return {k: v for k, v in given.items() if k != "data" and rec.get(k) != (list(v) if isinstance(v, tuple) else v)}
+
+
 def _settings(a, state: dict | None, recorded: dict):
-    """(TrainConfig, data args): the recorded ones of a resumed run overlaid by the flags given,
-    refusing a flag that contradicts what the checkpoint was trained with."""
-    data_rec = recorded.get("data", {})
+    """(TrainConfig, data args, recipe): the recorded ones of a resumed run overlaid by the flags given,
+    refusing a flag that contradicts what the checkpoint was trained with; a fresh run starts from its
+    recipe, if any, overlaid by the flags given."""
+    from .recipes import load_recipe
+    if a.resume and a.recipe and recorded.get("recipe") != a.recipe:
+        raise C2FError(f"--recipe {a.recipe}: the run was trained with recipe {recorded.get('recipe')}; drop the "
+                       f"flag to continue it, or start a new --out")
+    recipe = load_recipe(a.recipe or recorded.get("recipe")) if (a.recipe or recorded.get("recipe")) else None
+    data_rec = {**(recipe.data if recipe else {}), **recorded.get("data", {})}
     data_args = {k: getattr(a, k) if getattr(a, k) is not None else data_rec.get(k, DATA_DEFAULTS.get(k))
                  for k in DATA_FLAGS}
     if state is None:
-        if not a.schedule:
-            raise C2FError("--schedule is required (e.g. --schedule fshift:2x2,1x4)")
+        schedule = a.schedule or (recipe.schedule if recipe else None)
+        if not schedule:
+            raise C2FError("--schedule is required (e.g. --schedule fshift:2x2,1x4, or a --recipe)")
         if not data_args["data"]:
             raise C2FError("--data is required (e.g. --data builtin:events)")
-        return train_config(a, a.schedule), data_args
+        return train_config(a, schedule, _recipe_base(a, recipe)), data_args, recipe
     base = dict(state["config"])
     for k, v in given_config(a).items():
         rec = base.get(k)
@@ -112,18 +144,29 @@ def _settings(a, state: dict | None, recorded: dict):
     cfg = train_config(a, schedule, base)
     if not data_args["data"]:
         raise C2FError("--data is required: the checkpoint's run folder has no config.json to read it from")
-    return cfg, data_args
+    return cfg, data_args, recipe
 
 
-def load_data(data_args: dict, quantum: int, progress=True):
+def load_data(data_args: dict, quantum: int, progress=True, labelled=True):
     from .data import Data
     return Data.from_specs(data_args["data"], data_args["val"], data_args["labels"], data_args["task"] or "auto",
                            bool(data_args["skip_bad"]), norm_arg(data_args["norm"]),
                            None if data_args["no_cache"] else "auto", progress, quantum=quantum,
-                           num_mel_bins=data_args["num_mel_bins"], target_length=data_args["target_length"])
+                           num_mel_bins=data_args["num_mel_bins"], target_length=data_args["target_length"],
+                           labelled=labelled)
+
+
+def cmd_pretrain(a) -> int:
+    a.pretrain = True
+    return _train(a)
 
 
 def cmd_train(a) -> int:
+    a.pretrain = False
+    return _train(a)
+
+
+def _train(a) -> int:
     from tqdm import tqdm
 
     from .io import atomic_write, save_checkpoint
@@ -145,12 +188,15 @@ def cmd_train(a) -> int:
     _run_folder(out, a)
     state = _read_state(source) if a.resume else None
     recorded = _recorded(source.parent.parent) if a.resume else {}
-    cfg, data_args = _settings(a, state, recorded)
+    cfg, data_args, recipe = _settings(a, state, recorded)
+    if a.pretrain != (cfg.objective == "masked-patch"):
+        raise C2FError(f"{source}: a {'pretraining' if not a.pretrain else 'supervised'} run; continue it with "
+                       f"c2f-search {'pretrain' if not a.pretrain else 'train'}")
     schedule = parse_schedule(cfg.schedule)
     family = get_family(cfg.model)
     family.check_method(cfg.model, schedule.method)
     quantum = schedule.max_C * family.time_granularity
-    data = load_data(data_args, quantum, progress=not a.no_progress)
+    data = load_data(data_args, quantum, progress=not a.no_progress, labelled=not a.pretrain)
     if a.resume and a.target_length is None and recorded.get("target_length_reason"):
         data.target_reason = recorded["target_length_reason"]
     run = Run(cfg, data, a.device, state)
@@ -159,12 +205,21 @@ def cmd_train(a) -> int:
     atomic_write(out / "config.json", json.dumps(
         {"config": cfg.to_dict(), "data": data_args, "frontend": data.fe.key(),
          "target_length_reason": data.target_reason, "norm": [data.mean, data.std], "classes": data.train.classes,
+         "recipe": recipe.name if recipe else None,
+         "overrides": recorded.get("overrides", {}) if a.resume else _overrides(a, recipe),
          "resumed_from": str(source) if a.resume else None}, indent=1))
     n_tr, n_va = data.used_counts()
-    print(f"training {cfg.schedule} | {cfg.model} | {n_tr} train / {n_va} val clips | {data.num_classes} classes "
-          f"({run.metric_name}) | device {run.device}", file=sys.stderr)
+    what = "unlabelled" if a.pretrain else f"{data.num_classes} classes"
+    print(f"{'pretraining' if a.pretrain else 'training'} {cfg.schedule} | {cfg.model} | {n_tr} train / {n_va} val "
+          f"clips | {what} ({run.metric_name}) | device {run.device}", file=sys.stderr)
     print(f"target length {data.fe.target_length} frames at {data.fe.frame_shift_ms:g} ms: {data.target_reason}",
           file=sys.stderr)
+    if recipe is not None:
+        print(f"recipe {recipe.name}: {recipe.description}", file=sys.stderr)
+    if a.pretrain:
+        ob = run.objective
+        print(f"masked patch modeling: {ob.full_masked} of {ob.full_tokens} patches masked at full resolution, "
+              f"scaled to each phase's tokens; labels are not read", file=sys.stderr)
     if a.resume:
         print(f"continuing from {source} at step {run.step} (epoch {run.step / run.steps_per_epoch:.2f})",
               file=sys.stderr)
@@ -191,6 +246,12 @@ def cmd_train(a) -> int:
     save_checkpoint(run.state_dict(), ckdir / "final.pt")
     write_table(record_table(run.history), out / "metrics.parquet")
     last = run.history[-1]
+    if last.get("averaged"):  # the weight-averaged model, loadable with --init like final.pt
+        avg = {**run.state_dict(), "model": run.averaged_model().state_dict()}
+        save_checkpoint(avg, ckdir / "averaged.pt")
+        print(f"weight averaging ({run.averager.members()}): {run.metric_name} {last['val_metric']:.4f} -> "
+              f"{ckdir / 'averaged.pt'}")
+        last = run.history[-2]
     msg = "reached --metric-target" if last["target_reached"] else "schedule finished"
     if schedule.is_adaptive:
         print(f"learned schedule: {last['trained']} (re-run it with --schedule)", file=sys.stderr)
@@ -250,22 +311,25 @@ def build_parser() -> Parser:
     t = sub.add_parser("train", help="train one schedule (no Ray)", epilog=EPILOG_SCHEDULE,
                        description="Train one coarse-to-fine schedule and write DIR/metrics.parquet (one row per "
                                    "evaluation), DIR/config.json and checkpoints (one per phase end, final, last). "
-                                   "Without --target-length the full-resolution length is derived from the data.")
-    t.add_argument("--schedule", help="e.g. fshift:2x2,1x4 (required, except with --resume)")
-    t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
-    t.add_argument("--metric-target", type=finite_float,
-                   help="budget mode: stop at the first final-phase evaluation whose validation metric reaches this")
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--resume", action="store_true",
-                   help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings")
-    t.add_argument("--resume-from", metavar="CKPT",
-                   help="continue from this checkpoint: an earlier one of this run (e.g. phase1-C2.pt), or one of "
-                        "another run whose trained phases are a prefix of --schedule (a fork)")
-    t.add_argument("--overwrite", action="store_true", help="replace the run already in DIR")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_data_args(t, required=False)
-    add_model_args(t)
+                                   "Without --target-length the full-resolution length is derived from the data. "
+                                   "Models: AST, HTS-AT, CNN14, SSAST (docs/models.md); --recipe sets a published "
+                                   "setup (docs/recipes.md).")
+    _add_run_args(t, "runs/train")
     t.set_defaults(fn=cmd_train)
+
+    pt = sub.add_parser("pretrain", help="self-supervised SSAST pretraining of one schedule (no Ray)",
+                        epilog=EPILOG_SCHEDULE,
+                        description="Pretrain an SSAST encoder (default ssast-tiny) by masked patch modeling "
+                                    "(InfoNCE + 10 MSE over masked patches) on unlabelled audio: a folder of audio "
+                                    "files (searched recursively; a folder with train/ and test/ uses those), a "
+                                    "datafile or builtin:events, labels ignored. The masked patches (--mask-patches, "
+                                    "default 400/512 of the full-resolution patches) scale with each phase's tokens. "
+                                    "Reports the masked-patch accuracy on held-out clips (every 10th without --val) "
+                                    "and writes DIR/checkpoints/final.pt, which 'c2f-search train --init' fine-tunes.")
+    _add_run_args(pt, "runs/pretrain")
+    pt.add_argument("--mask-patches", type=positive_int,
+                    help="masked patches at full resolution (default: 400/512 of them, SSAST's)")
+    pt.set_defaults(fn=cmd_pretrain)
 
     f = sub.add_parser("flops", help="training FLOPs per phase and schedule, and the saving against none",
                        epilog=EPILOG_SCHEDULE,
@@ -288,6 +352,23 @@ def build_parser() -> Parser:
     return p
 
 
+def _add_run_args(t, out: str) -> None:
+    t.add_argument("--schedule", help="e.g. fshift:2x2,1x4 (required, except with --resume or --recipe)")
+    t.add_argument("--out", default=out, metavar="DIR", help=f"output folder (default {out})")
+    t.add_argument("--metric-target", type=finite_float,
+                   help="budget mode: stop at the first final-phase evaluation whose validation metric reaches this")
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--resume", action="store_true",
+                   help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings")
+    t.add_argument("--resume-from", metavar="CKPT",
+                   help="continue from this checkpoint: an earlier one of this run (e.g. phase1-C2.pt), or one of "
+                        "another run whose trained phases are a prefix of --schedule (a fork)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in DIR")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_data_args(t, required=False)
+    add_model_args(t)
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -305,7 +386,7 @@ def main(argv=None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         out = getattr(a, "out", None)
-        hint = f"; continue with: c2f-search {a.command} --out {out} --resume" if a.command in ("train", "search") \
+        hint = f"; continue with: c2f-search {a.command} --out {out} --resume" if a.command in ("train", "pretrain", "search") \
             else ""
         print(f"{prog}: interrupted{hint}", file=sys.stderr)
         return 130

@@ -10,10 +10,11 @@ from .errors import ConfigError
 
 # settings a search space may search or fix (`fixed:` and `space:` keys)
 SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma",
-              "lr_schedule", "seed")
-MODEL_KWARGS = {"depth": "transformer depth", "dist_token": "DeiT's distillation token",
+              "lr_schedule", "seed", "mask_patches")
+MODEL_KWARGS = {"depth": "transformer depth (Swin: blocks in every stage)", "dist_token": "DeiT's distillation token",
                 "stride": "patch stride (overlapping patches)", "drop_path_rate": "stochastic depth"}
 LR_SCHEDULES = ("step", "cosine")
+LOSSES = ("auto", "ce", "bce")
 
 
 @dataclass
@@ -37,6 +38,12 @@ class TrainConfig:
     metric_target: float | None = None  # budget mode: stop at the first final-phase eval reaching it
     transition: str | None = None  # how auto phases end: plateau:patience=2,delta=0.002 or probe:steps=10
     eval_every: str | None = None  # N steps or Xepoch; default: every epoch (and at every phase end)
+    loss: str = "auto"  # auto: BCE for multi-label data, CE otherwise; AST's Speech Commands recipe uses BCE
+    balanced_sampling: bool = False  # AST's: clips drawn with replacement, weight = sum of 1000/(count+0.01)
+    noise: bool = False  # AST's Speech Commands noise: uniform noise and a roll of up to 10 frames
+    weight_averaging: str | None = None  # from:E (AST) or top:K (HTS-AT) final-phase evaluations
+    objective: str = "supervised"  # or masked-patch: SSAST's self-supervised pretraining
+    mask_patches: int | None = None  # masked patches at full resolution (default SSAST's 400/512)
 
     def __post_init__(self):
         self.betas, self.lr_milestones = tuple(self.betas), tuple(self.lr_milestones)
@@ -106,9 +113,13 @@ def _check(c: TrainConfig) -> None:
         raise ConfigError("mixup", f"must be a fraction of the batch in [0, 1], got {c.mixup!r}")
     if c.metric_target is not None and not (_number(c.metric_target) and 0 <= c.metric_target <= 1):
         raise ConfigError("metric_target", f"accuracy and mAP lie in [0, 1], got {c.metric_target!r}")
+    from .models import get_family
+    takes = get_family(c.model).settings
     for k, v in c.model_kwargs.items():
         if k not in MODEL_KWARGS:
             raise ConfigError(k, f"unknown model setting; known: {', '.join(MODEL_KWARGS)}")
+        if k not in takes:
+            raise ConfigError(k, f"{c.model} does not take this setting; it takes {', '.join(takes) or 'none'}")
         if k in ("depth", "stride") and not (_int(v) and v >= 1):
             raise ConfigError(k, f"must be an integer >= 1, got {v!r}")
         if k == "drop_path_rate" and not (_number(v) and 0 <= v < 1):
@@ -124,3 +135,18 @@ def _check(c: TrainConfig) -> None:
         parse_eval_every(c.eval_every, 10 ** 6)
     if c.init is not None and not isinstance(c.init, str):
         raise ConfigError("init", f"must be a path, got {c.init!r}")
+    if c.loss not in LOSSES:
+        raise ConfigError("loss", f"must be one of {', '.join(LOSSES)}, got {c.loss!r}")
+    for name in ("balanced_sampling", "noise"):
+        if not isinstance(getattr(c, name), bool):
+            raise ConfigError(name, f"must be true or false, got {getattr(c, name)!r}")
+    if c.weight_averaging is not None:
+        from .averaging import parse_averaging
+        parse_averaging(c.weight_averaging)
+    from .objectives import OBJECTIVES
+    if c.objective not in OBJECTIVES:
+        raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {c.objective!r}")
+    if c.mask_patches is not None and not (_int(c.mask_patches) and c.mask_patches >= 1):
+        raise ConfigError("mask_patches", f"must be an integer >= 1, got {c.mask_patches!r}")
+    if c.objective == "masked-patch" and c.mixup > 0:
+        raise ConfigError("mixup", "pretraining has no labels to mix; use 0")

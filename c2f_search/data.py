@@ -140,6 +140,53 @@ def resolve(spec: str, split: str, labels=None, task: str = "auto", skip_bad: bo
     raise DataError(f"{spec}: no such data set; give builtin:events, a JSON datafile or a folder with train/ and test/")
 
 
+UNLABELLED = "unlabelled"
+HOLD_OUT = 10  # without --val, every 10th clip of an unlabelled folder validates the pretraining proxy
+
+
+def _audio_files(d: Path) -> list[str]:
+    return sorted(str(f) for f in d.rglob("*") if f.suffix.lower() in AUDIO_EXT and f.is_file())
+
+
+def _unlabelled_paths(spec: str) -> tuple[list[str], list[str] | None]:
+    """(train, val or None) audio paths of a pretraining data spec; labels are never read."""
+    if spec.startswith("builtin:"):
+        root = builtin.materialize(spec)
+        return _unlabelled_paths(str(root / "train.json"))[0], _unlabelled_paths(str(root / "val.json"))[0]
+    p = Path(spec)
+    if p.is_dir():
+        if (p / "train").is_dir():  # a class-folder data set: its train/ pretrains, its test/ validates
+            test = p / "test"
+            return _audio_files(p / "train"), _audio_files(test) if test.is_dir() else None
+        return _audio_files(p), None
+    if not p.is_file():
+        raise DataError(f"{spec}: no such data; give builtin:events, a JSON datafile or a folder of audio files")
+    try:
+        doc = json.loads(p.read_text())
+        entries = [e["wav"] for e in doc["data"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f'{p}: expected {{"data": [{{"wav": ...}}, ...]}} ({e})') from None
+    return [str(w if Path(w).is_absolute() else p.parent / w) for w in map(Path, entries)], None
+
+
+def unlabelled_sets(train: str, val: str | None = None) -> tuple[ClipSet, ClipSet]:
+    """Pretraining clips (labels ignored): a folder of audio files (searched recursively), a datafile or
+    builtin:events. Without a validation set, every 10th clip is held out for the validation proxy."""
+    tr, va = _unlabelled_paths(train)
+    if val is not None:
+        va = _unlabelled_paths(val)[0]
+    elif va is None:
+        if len(tr) < 2:
+            raise DataError(f"{train}: {len(tr)} audio file(s); pretraining needs at least 2 (one to validate)")
+        va = tr[HOLD_OUT - 1::HOLD_OUT] or tr[-1:]
+        tr = [f for f in tr if f not in set(va)]
+    if not tr or not va:
+        raise DataError(f"{train if not tr else val}: no audio files ({', '.join(sorted(AUDIO_EXT))})")
+    sets = [ClipSet(name, paths, torch.zeros(len(paths), 1), [UNLABELLED], False)
+            for name, paths in ((train, tr), (val or train, va))]
+    return sets[0], sets[1]
+
+
 def default_frontend(spec: str, **over) -> FrontEnd:
     base = dict(builtin.FRONTEND) if spec.startswith("builtin:") else {}
     base.update({k: v for k, v in over.items() if v is not None})
@@ -248,6 +295,12 @@ def norm_stats(f: Features) -> tuple[float, float]:
     return float(vals.mean()), float(vals.std())
 
 
+def balanced_weights(targets: torch.Tensor) -> torch.Tensor:
+    """AST's balanced sampling: label weight 1000 / (count + 0.01), a clip's weight the sum over its labels."""
+    label = 1000.0 / (targets.sum(0).double() + 0.01)
+    return (targets.double() * label).sum(1)
+
+
 # --------------------------------------------------------------------------- target length
 def clip_frames(clips: ClipSet, fe_sample_rate: int, shift_ms: float, frame_length_ms: float) -> np.ndarray:
     """Fbank frames per clip, read from the audio headers (no decoding); unreadable clips are left
@@ -312,12 +365,17 @@ class Data:
     @classmethod
     def from_specs(cls, train: str, val: str | None = None, labels=None, task="auto", skip_bad=False,
                    norm=None, cache_dir="auto", progress=False, quantum: int = 16, num_mel_bins=None,
-                   target_length=None, test: str | None = None, target_reason: str | None = None) -> "Data":
+                   target_length=None, test: str | None = None, target_reason: str | None = None,
+                   labelled: bool = True) -> "Data":
         """`target_length` None derives it from the training clips (``derive_target_length``) unless
         the data set declares its own front end (``builtin:events``). `test` is a held-out split that
-        only reporting reads (``Run.evaluate("test")``)."""
-        tr = resolve(train, "train", labels, task, skip_bad)
-        va = resolve(val or train, "val", labels, task, skip_bad, classes=tr.classes)
+        only reporting reads (``Run.evaluate("test")``). `labelled` False reads audio only
+        (pretraining): ``unlabelled_sets``."""
+        if labelled:
+            tr = resolve(train, "train", labels, task, skip_bad)
+            va = resolve(val or train, "val", labels, task, skip_bad, classes=tr.classes)
+        else:
+            tr, va = unlabelled_sets(train, val)
         te = resolve(test, "test", labels, task, skip_bad, classes=tr.classes) if test else None
         if te is not None:
             shared = set(map(os.path.realpath, te.paths)) & set(map(os.path.realpath, tr.paths + va.paths))

@@ -17,7 +17,7 @@ from .models import create_model
 
 
 @functools.lru_cache(maxsize=256)
-def _count(model_name: str, kwargs_json: str, geometry: Geometry, backward: bool) -> int:
+def _count(model_name: str, kwargs_json: str, geometry: Geometry, backward: bool, masked: int = 0) -> int:
     m = create_model(model_name, geometry=geometry, device="meta", **json.loads(kwargs_json))
     for mod in m.modules():
         if hasattr(mod, "fused_attn"):
@@ -25,7 +25,10 @@ def _count(model_name: str, kwargs_json: str, geometry: Geometry, backward: bool
     m.train(backward)
     x = torch.zeros((1, *geometry.input_size), device="meta")
     with FlopCounterMode(display=False) as fc:
-        out = m(x)
+        if masked:  # masked patch modeling: the encoder, both heads and both losses on `masked` patches
+            out = m.masked_patch_loss(x, torch.arange(masked, device="meta")[None])[0]
+        else:
+            out = m(x)
         if backward:
             out.sum().backward()
     return int(fc.get_total_flops())
@@ -43,3 +46,8 @@ def train_flops(model) -> int:
 def eval_flops(model) -> int:
     """FLOPs of one forward pass per sample."""
     return _count(*_key(model), False)
+
+
+def masked_patch_flops(model, masked: int, backward: bool) -> int:
+    """FLOPs per sample of SSAST's pretraining step (or its evaluation) with `masked` masked patches."""
+    return _count(*_key(model), backward, masked)

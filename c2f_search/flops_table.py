@@ -17,8 +17,8 @@ def flops_table(schedules: list[Schedule], model: str, num_mel_bins: int, target
     full = Geometry(num_mel_bins, target_length)
     rows = []
     for s in schedules:
-        check_geometry(TrainConfig(str(s), model=model), FrontEnd(num_mel_bins=num_mel_bins, target_length=target_length),
-                       s.Cs)
+        check_geometry(TrainConfig(str(s), model=model, model_kwargs=model_kwargs or {}),
+                       FrontEnd(num_mel_bins=num_mel_bins, target_length=target_length), s.Cs)
         phases = []
         for p in s.phases:
             m = build_for_phase(model, kw, s.method, p.C, full, device="meta")
@@ -45,8 +45,8 @@ def format_table(rows: list[dict], model: str, mel: int, T: int) -> str:
     for r in rows:
         for i, ph in enumerate(r["phases"]):
             last = i == len(r["phases"]) - 1
-            lines.append(f"{r['schedule'] if i == 0 else '':<28} {i + 1:>5} {ph['C']:>3} "
-                         f"{ph['tokens']:>4} ({ph['grid'][0]}x{ph['grid'][1]})".ljust(51)
+            lines.append((f"{r['schedule'] if i == 0 else '':<28} {i + 1:>5} {ph['C']:>3} "
+                         + (f"{ph['tokens']:>4} ({ph['grid'][0]}x{ph['grid'][1]})" if ph["tokens"] else "   -")).ljust(51)
                          + f" {ph['epochs']:>7g} {ph['gflops_per_sample_step']:>12.2f}"
                          + (f" {r['gflops_per_sample_total']:>13.1f} {100 * r['saving_vs_none']:>7.1f}%" if last else ""))
     return "\n".join(lines)

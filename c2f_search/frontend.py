@@ -89,3 +89,12 @@ def spec_augment(x: torch.Tensor, freqm: int, timem: int) -> torch.Tensor:
     if timem > 0:
         x = torchaudio.transforms.TimeMasking(min(timem, x.shape[-1]), iid_masks=True)(x)
     return x.squeeze(1)
+
+
+def add_noise(x: torch.Tensor, time_scale: int = 1) -> torch.Tensor:
+    """AST's noise augmentation on a normalized (B, F, T) batch: uniform noise of a random level up to 0.1
+    and a random roll in time of -10..9 frames at full resolution (divided by the phase's time scale)."""
+    B = x.shape[0]
+    x = x + torch.rand_like(x) * torch.rand(B, 1, 1, device=x.device) / 10
+    shifts = torch.randint(-10, 10, (B,)).div(time_scale, rounding_mode="floor")
+    return torch.stack([torch.roll(x[b], int(shifts[b]), -1) for b in range(B)])

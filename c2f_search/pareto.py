@@ -96,11 +96,13 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
             trial_rows.append({**{k: r.get(k) for k in RECORD_FIELDS}, "trial_id": r.get("trial_id", t.base_name),
                                "checkpoint_path": f"{t.path}/{ck}" if ck and ck in names else None,
                                "lr": r.get("lr"), "batch_size": r.get("batch_size"), "seed": r.get("seed"),
-                               "config": json.dumps(r["config"], sort_keys=True) if "config" in r else None})
+                               "config": json.dumps(r["config"], sort_keys=True) if "config" in r else None,
+                               "model": r.get("model")})
         done = any(x["schedule_done"] for x in trial_rows)
         for x in trial_rows:
             x["status"] = "finished" if done else (status or "pruned")
-            rows[(x["trial_id"], x["step"])] = x
+            # the averaged model and a pretraining trial's fine-tune share the last step: rows of their own
+            rows[(x["trial_id"], x["step"], bool(x["averaged"]), x["metric_name"])] = x
     if not rows:
         raise NoResults(f"{search_dir}: the {name} has no reported results yet")
     ordered = sorted(rows.values(), key=lambda x: (x["trial_id"], x["step"]))
@@ -171,8 +173,20 @@ def analyse(rows: pa.Table, ref=None) -> dict:
     """Final and anytime fronts, hypervolume, the baseline reference and the Table 2/3 quantities of
     every finished trial (docs/results.md)."""
     R = rows.to_pylist()
-    trials = by_trial(R)
+    every = R
+    # a pretraining search reports a proxy metric per epoch and the downstream one at the end: fronts
+    # and tables compare rows of the final metric only
+    ends = [t[-1] for t in by_trial(R).values()]
+    metric = next((r["metric_name"] for r in ends if r["status"] == "finished" and r["schedule_done"]),
+                  R[-1]["metric_name"])
+    R = [r for r in R if r["metric_name"] == metric]
+    varies = len({r.get("model") for r in R}) > 1  # name the model where the search varies it
+    for r in R:
+        r["model_varies"] = varies
+    # a weight-averaged model is a row of its own: on the fronts, not in a trial's epoch-by-epoch quantities
+    trials = by_trial([r for r in R if not r.get("averaged")])
     final = [t[-1] for t in trials.values() if t[-1]["status"] == "finished" and t[-1]["schedule_done"]]
+    final += [r for r in R if r.get("averaged") and r["status"] == "finished"]
     fi = pareto_front([(r["val_metric"], r["train_flops"]) for r in final])
     ai = pareto_front([(r["val_metric"], r["train_flops"]) for r in R])
     if ref is None:
@@ -186,7 +200,13 @@ def analyse(rows: pa.Table, ref=None) -> dict:
             # hypervolume in metric x GFLOPs so the numbers read at a glance
             "hypervolume_final": hypervolume_2d(pts(final), ref) / 1e9,
             "hypervolume_anytime": hypervolume_2d(pts(R), ref) / 1e9,
-            "counts": {s: len({r["trial_id"] for r in R if r["status"] == s}) for s in ("finished", "pruned", "error")}}
+            "counts": {s: len({r["trial_id"] for r in every if r["status"] == s}) for s in ("finished", "pruned", "error")}}
+
+
+def _label(r: dict) -> str:
+    """A row's schedule, with its model where a search varies it and a mark for a weight-averaged model."""
+    label = f"{r['model']} {r['schedule']}" if r.get("model") and r.get("model_varies") else r["schedule"]
+    return label + (" (averaged)" if r.get("averaged") else "")
 
 
 def _pct(x) -> str:
@@ -249,12 +269,13 @@ def summary_text(res: dict) -> str:
     lines.append("final front (each finished schedule at its end; metric up, FLOPs down):")
     for r in sorted(res["final_front"], key=lambda r: r["train_flops"]):
         test = f"  test={r['test_metric']:.4f}" if _finite(r.get("test_metric")) else ""
-        lines.append(f"  {r['schedule']:<36} {r['metric_name']}={r['val_metric']:.4f}{test}  "
+        label = _label(r)
+        lines.append(f"  {label:<36} {r['metric_name']}={r['val_metric']:.4f}{test}  "
                      f"{r['train_flops'] / 1e9:10.4g} GFLOPs")
     lines.append("anytime front (any evaluation; a checkpoint at C>1 expects input compressed by C; no saving is "
                  "claimed from it):")
     for r in sorted(res["anytime_front"], key=lambda r: r["train_flops"]):
-        lines.append(f"  {r['schedule']:<36} C={r['C']:<2} phase {r['phase']} epoch {r['epoch']:5.2f}  "
+        lines.append(f"  {_label(r):<36} C={r['C']:<2} phase {r['phase']} epoch {r['epoch']:5.2f}  "
                      f"{r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs")
     lines.append(front_sentence(res))
     return "\n".join(lines)

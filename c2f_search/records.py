@@ -26,6 +26,7 @@ RECORD_SCHEMA = pa.schema([
     ("schedule_done", pa.bool_()),    # the run ended at this record
     ("target_reached", pa.bool_()),   # budget mode: a final-phase metric reached --metric-target
     ("reason", pa.string()),          # at a phase end: why it ended
+    ("averaged", pa.bool_()),         # the weight-averaged model (weight_averaging), after the last record
 ])
 RECORD_FIELDS = tuple(RECORD_SCHEMA.names)
 
@@ -36,7 +37,8 @@ ROW_SCHEMA = pa.schema([("trial_id", pa.string()), *RECORD_SCHEMA,
                         ("lr", pa.float64()), ("batch_size", pa.int64()),
                         ("seed", pa.int64()),              # the trial's training seed
                         ("config", pa.string()),           # the trial's sampled config (JSON): what a re-run needs
-                        ("test_metric", pa.float64())])    # on the --test split, where evaluated (front points)
+                        ("test_metric", pa.float64()),     # on the --test split, where evaluated (front points)
+                        ("model", pa.string())])          # the trial's model (a space may search it)
 ROW_FIELDS = tuple(ROW_SCHEMA.names)
 CHECKPOINT_FILE = "state.pt"  # the training state inside a trial's Tune checkpoint folder
 

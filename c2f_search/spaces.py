@@ -20,7 +20,8 @@ from .errors import ConfigError, ScheduleError, SpaceError
 from .schedule import Phase, Schedule, parse_schedule
 
 TOP_KEYS = {"name", "description", "data", "model", "epochs", "metric_target", "resources", "space",
-            "schedules", "fixed"}
+            "schedules", "fixed", "objective", "finetune"}
+FINETUNE_KEYS = {"data", "schedule", "fixed"}
 SPACE_KEYS = {"method", "coarse_phases", "C_values", "phase_fraction", "max_coarse_fraction"}
 HPARAMS = set(SEARCHABLE)
 RESOURCE_KEYS = {"cpu", "gpu"}
@@ -31,7 +32,12 @@ class Space:
     path: str
     name: str
     epochs: float
-    model: str = "ast-tiny"
+    model: str = "ast-tiny"  # the first of `models`
+    models: list[str] = field(default_factory=lambda: ["ast-tiny"])  # several: searched ('model')
+    grid_models: list[str | None] | None = None  # grid mode: each listed schedule's own model, if given
+    grid_fixed: list[dict] | None = None  # grid mode: each listed schedule's own fixed settings
+    objective: str = "supervised"  # masked-patch: a pretraining search
+    finetune: dict | None = None  # pretraining search: {data, schedule, fixed}; None = the proxy metric
     data: str | None = None
     metric_target: float | None = None
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
@@ -48,13 +54,30 @@ class Space:
     def is_grid(self) -> bool:
         return self.schedules is not None
 
+    @property
+    def searches_model(self) -> bool:
+        return len(self.models) > 1
+
     def grid(self, epochs: float | None = None) -> list[str]:
-        """The listed schedules, rescaled to `epochs` total when given."""
+        """The listed schedules, rescaled to `epochs` total when given; an entry with its own model
+        is labelled 'MODEL SCHEDULE'."""
         out = []
-        for s in self.schedules or []:
+        for s, m in zip(self.schedules or [], self.grid_models or [None] * len(self.schedules or [])):
             k = (epochs or s.total_epochs) / s.total_epochs
-            out.append(str(Schedule(s.method, tuple(Phase(p.C, _round(p.epochs * k)) for p in s.phases))))
+            text = str(Schedule(s.method, tuple(Phase(p.C, _round(p.epochs * k)) for p in s.phases), s.coarse_only))
+            out.append(f"{m} {text}" if m else text)
         return out
+
+    def grid_size(self) -> int:
+        """Trials in the whole grid: every listed schedule, for every searched model."""
+        return len(self.schedules or []) * (len(self.models) if self.searches_model else 1)
+
+    def variants(self) -> set[tuple[str, str, int]]:
+        """Every (model, method, C) a trial of this space may train at."""
+        if self.is_grid and self.grid_models:
+            return {(m or self.model, s.method, p.C) for s, m in zip(self.schedules, self.grid_models)
+                    for p in s.phases}
+        return {(m, meth, C) for m in self.models for meth, C in self.phase_variants()}
 
     def max_C(self) -> int:
         if self.is_grid:
@@ -74,9 +97,9 @@ class Space:
     def Cs_used(self) -> set[int]:
         return {C for _, C in self.phase_variants()}
 
-    def probe_config(self) -> TrainConfig:
-        """A TrainConfig of this space's model and fixed settings (for checks before any trial)."""
-        return TrainConfig(schedule="none:1x1", model=self.model, **self.fixed)
+    def probe_config(self, model: str | None = None) -> TrainConfig:
+        """A TrainConfig of a model of this space and its fixed settings (for checks before any trial)."""
+        return TrainConfig(schedule="none:1x1", model=model or self.model, objective=self.objective, **self.fixed)
 
     def define_by_run(self, epochs: float | None = None) -> "DefineByRun":
         """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
@@ -106,10 +129,15 @@ class DefineByRun:
 
     def __call__(self, trial) -> dict:
         sp = self.space
+        cfg = {"model": trial.suggest_categorical("model", sp.models)} if sp.searches_model else {}
         if sp.is_grid:
-            cfg = {"schedule": trial.suggest_categorical("schedule", sp.grid(self.epochs))}
+            labels = sp.grid(self.epochs)
+            label = trial.suggest_categorical("schedule", labels)
+            model, _, schedule = label.rpartition(" ")
+            cfg.update({"schedule": schedule, **({"model": model} if model else {}),
+                        **(sp.grid_fixed[labels.index(label)] if sp.grid_fixed else {})})
         else:
-            cfg = {"schedule": str(sp.sample_schedule(trial, self.epochs))}
+            cfg["schedule"] = str(sp.sample_schedule(trial, self.epochs))
         for name, spec in sp.hparams.items():
             cfg[name] = _suggest(trial, name, spec)
         return cfg
@@ -162,8 +190,30 @@ def _check_values(path, section: str, model: str, fixed: dict, values: dict) -> 
                 raise _err(path, f"{section}.{name}", f"{v!r} is not a valid value") from None
 
 
+def _finetune(path, doc, objective, models) -> dict | None:
+    """A pretraining search's fixed fine-tune: {data, schedule, fixed}; its metric is the trial's objective."""
+    ft = doc.get("finetune")
+    if ft is None:
+        return None
+    if objective != "masked-patch":
+        raise _err(path, "finetune", "only a pretraining search (objective: masked-patch) has a fine-tune")
+    if not isinstance(ft, dict) or set(ft) - FINETUNE_KEYS or not {"data", "schedule"} <= set(ft):
+        raise _err(path, "finetune", "must be {data: ..., schedule: ..., fixed: {...}} (data: the labelled set)")
+    try:
+        parse_schedule(str(ft["schedule"]))
+    except ScheduleError as e:
+        raise _err(path, "finetune.schedule", str(e)) from None
+    fixed = ft.get("fixed") or {}
+    bad = set(fixed) - HPARAMS
+    if bad:
+        raise _err(path, f"finetune.fixed.{sorted(bad)[0]}", f"unknown; allowed: {', '.join(sorted(HPARAMS))}")
+    for m in models:
+        _check_values(path, "finetune.fixed", m, fixed, {k: [v] for k, v in fixed.items()})
+    return {"data": str(ft["data"]), "schedule": str(ft["schedule"]), "fixed": dict(fixed)}
+
+
 def find_space(name_or_path: str) -> Path:
-    """A path, or the name of a shipped space (default, paper)."""
+    """A path, or the name of a shipped space (default, paper, table1, ...)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
@@ -171,7 +221,8 @@ def find_space(name_or_path: str) -> Path:
     shipped = Path(search_spaces.__file__).parent / f"{name_or_path.removesuffix('.yaml')}.yaml"
     if shipped.is_file():
         return shipped
-    raise SpaceError(f"{name_or_path}: no such search-space file; give a path or one of: default, paper")
+    names = sorted(f.stem for f in Path(search_spaces.__file__).parent.glob("*.yaml"))
+    raise SpaceError(f"{name_or_path}: no such search-space file; give a path or one of: {', '.join(names)}")
 
 
 def load_space(name_or_path: str) -> Space:
@@ -201,24 +252,54 @@ def load_space(name_or_path: str) -> Space:
     if bad:
         raise _err(path, f"fixed.{sorted(bad)[0]}", f"unknown hyperparameter; allowed: {', '.join(sorted(HPARAMS))}")
     from .models import list_models
-    model = doc.get("model", "ast-tiny")
-    if model not in list_models():
-        raise _err(path, "model", f"unknown model {model!r}; choose one of {', '.join(list_models())}")
-    _check_values(path, "fixed", model, fixed, {k: [v] for k, v in fixed.items()})
+    models = doc.get("model", "ast-tiny")
+    models = models if isinstance(models, list) else [models]
+    for model in models:
+        if model not in list_models():
+            raise _err(path, "model", f"unknown model {model!r}; choose one of {', '.join(list_models())}")
+    if not models or len(set(models)) != len(models):
+        raise _err(path, "model", "a model name or a list of distinct model names")
+    model = models[0]
+    from .objectives import OBJECTIVES
+    objective = doc.get("objective", "supervised")
+    if objective not in OBJECTIVES:
+        raise _err(path, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    for m in models:
+        _check_values(path, "fixed", m, {**fixed, "objective": objective}, {k: [v] for k, v in fixed.items()})
     mt = doc.get("metric_target")
     if mt is not None and not (isinstance(mt, (int, float)) and 0 <= mt <= 1):
         raise _err(path, "metric_target", f"accuracy and mAP lie in [0, 1], got {mt!r}")
-    sp = Space(str(path), doc.get("name", path.stem), float(epochs), model=model, data=doc.get("data"),
-               metric_target=doc.get("metric_target"), resources={"cpu": 1, "gpu": 0, **res}, fixed=fixed)
+    sp = Space(str(path), doc.get("name", path.stem), float(epochs), model=model, models=models,
+               data=doc.get("data"), metric_target=doc.get("metric_target"), resources={"cpu": 1, "gpu": 0, **res},
+               fixed=fixed, objective=objective, finetune=_finetune(path, doc, objective, models))
     if "schedules" in doc:
         items = doc["schedules"]
         if not isinstance(items, list) or not items:
             raise _err(path, "schedules", "must be a non-empty list of schedule strings like fshift:4x5,1x15")
+        entries = [it if isinstance(it, dict) else {"schedule": it} for it in items]
+        if any(set(e) - {"schedule", "model", "fixed"} or "schedule" not in e for e in entries):
+            raise _err(path, "schedules", "each entry is a schedule string or {schedule: ..., model: ..., fixed: {...}}")
         try:
-            sp.schedules = [parse_schedule(str(s)) for s in items]
+            sp.schedules = [parse_schedule(str(e["schedule"])) for e in entries]
         except ScheduleError as e:
             raise _err(path, "schedules", f"{e}; quote schedules in YAML flow lists, ['fshift:4x5,1x15'], "
                        "since commas split them") from None
+        if any("model" in e for e in entries):
+            if len(models) > 1:
+                raise _err(path, "model", "give one model (the default) when grid entries name their own")
+            sp.grid_models = [e.get("model") for e in entries]
+            for m in filter(None, sp.grid_models):
+                if m not in list_models():
+                    raise _err(path, "schedules", f"unknown model {m!r}; choose one of {', '.join(list_models())}")
+        if any("fixed" in e for e in entries):
+            sp.grid_fixed = [dict(e.get("fixed") or {}) for e in entries]
+            for e, m, fx in zip(entries, sp.grid_models or [model] * len(entries), sp.grid_fixed):
+                bad = set(fx) - HPARAMS
+                if bad:
+                    raise _err(path, f"schedules.fixed.{sorted(bad)[0]}", f"unknown; allowed: {', '.join(sorted(HPARAMS))}")
+                _check_values(path, "schedules.fixed", m or model, {**fixed, **fx}, {k: [v] for k, v in fx.items()})
+        if len(set(sp.grid())) != len(entries):
+            raise _err(path, "schedules", "two entries run the same model and schedule; list each once")
         sp.hparams = {}
         return sp
     body = doc["space"]
@@ -231,7 +312,8 @@ def load_space(name_or_path: str) -> Space:
             raise _err(path, f"space.{key}", f"unknown; allowed: {', '.join(sorted(SPACE_KEYS | HPARAMS))}")
         _check_hparam(path, key, spec)
         sp.hparams[key] = spec
-    _check_values(path, "space", model, fixed, {k: _extremes(v) for k, v in sp.hparams.items()})
+    for m in models:
+        _check_values(path, "space", m, {**fixed, "objective": objective}, {k: _extremes(v) for k, v in sp.hparams.items()})
     compressing = list_methods(compressing_only=True)
     methods = body.get("method", compressing)
     if not isinstance(methods, list) or not methods or set(methods) - set(compressing):

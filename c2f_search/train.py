@@ -19,15 +19,17 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multilabel_average_precision
 
+from .averaging import WeightAverage
 from .compress import get_method
 from .config import TrainConfig
 from .controllers import Done, PhaseController, Train, Transition, make_controller
-from .data import Data
+from .data import Data, balanced_weights
 from .errors import CheckpointError, ConfigError, NonFiniteLoss, ScheduleError
-from .flops import eval_flops, train_flops
-from .frontend import normalize, spec_augment
+from .flops import eval_flops
+from .frontend import add_noise, normalize, spec_augment
 from .geometry import Geometry
-from .models import create_model, get_family
+from .models import get_family, load_model
+from .objectives import make_objective
 from .rng import RunRNG
 from .schedule import parse_schedule
 from .transfer import build_for_phase, transfer_weights
@@ -93,6 +95,9 @@ class Run:
             self.model = build_for_phase(cfg.model, self._model_kwargs(), self.method, self.C, self.full).to(self.device)
         if cfg.init and state is None:
             get_family(cfg.model).load_init(self.model, cfg.init)
+        self.objective = make_objective(self)
+        self.averager = (WeightAverage(cfg.weight_averaging, self.controller.final_C())
+                         if cfg.weight_averaging else None)
         self._new_optimizer()
         if state is not None:
             self.load_state_dict(state, exploit=exploit)
@@ -152,20 +157,32 @@ class Run:
         epoch, b = divmod(step, self.steps_per_epoch)
         if getattr(self, "_perm_epoch", None) != epoch:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n_train, generator=g).numpy(), epoch
+            if self.cfg.balanced_sampling:  # AST's WeightedRandomSampler, drawn from (seed, epoch) alone
+                order = torch.multinomial(self._clip_weights(), self.n_train, replacement=True, generator=g)
+            else:
+                order = torch.randperm(self.n_train, generator=g)
+            self._perm, self._perm_epoch = order.numpy(), epoch
         B = self.cfg.batch_size
         return self._perm[b * B:(b + 1) * B]
+
+    def _clip_weights(self) -> torch.Tensor:
+        if getattr(self, "_weights", None) is None:
+            fe = self.data.fe  # the clips n_train counts
+            self._weights = balanced_weights(self.data.targets("train", self.data.features("train", fe.frame_shift_ms,
+                                                                                             fe.target_length)))
+        return self._weights
 
     def _inputs(self, feats, idx, train: bool) -> torch.Tensor:
         x, n = feats.batch(idx)
         x = self.method.transform(x.to(self.device, non_blocking=True), n, self.C)
         if train:
             x = spec_augment(x, self.cfg.freqm, self.cfg.timem // self.method.time_mask_scale(self.C))
-        return normalize(x, self.data.mean, self.data.std)
+        x = normalize(x, self.data.mean, self.data.std)
+        return add_noise(x, self.method.time_mask_scale(self.C)) if train and self.cfg.noise else x
 
     # ------------------------------------------------------------------ train / eval
     def _loss(self, logits, y):
-        if self.data.multilabel:
+        if self.cfg.loss == "bce" or (self.cfg.loss == "auto" and self.data.multilabel):
             return F.binary_cross_entropy_with_logits(logits, y)
         return F.cross_entropy(logits, y)
 
@@ -173,14 +190,14 @@ class Run:
         self.model.train()
         feats = self._features("train", self.C)
         targets = self.data.targets("train", feats)
-        flops = train_flops(self.model)
+        flops = self.objective.train_flops(self.model)
         losses = []
         for _ in range(stop - self.step):
             idx = self._batch_indices(self.step)
             x, y = self._inputs(feats, idx, True), targets[idx].to(self.device)
             if self.cfg.mixup > 0:
                 x, y = _mixup(x, y, self.cfg.mixup)
-            loss = self._loss(self.model(x), y)
+            loss = self.objective.loss(self.model, x, y)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} (phase {self.phase + 1}, C={self.C}); "
                                     f"lower --lr or check the data")
@@ -200,6 +217,8 @@ class Run:
     def _evaluate(self, split: str = "val") -> tuple[float, float]:
         """(metric, loss) on `split` at the current C. Only validation evaluations count as eval FLOPs
         (a test evaluation is reporting, not training)."""
+        if not self.objective.supervised:
+            return self.objective.evaluate()
         self.model.eval()
         feats = self._features(split, self.C)
         n = len(feats.kept)
@@ -221,7 +240,7 @@ class Run:
     def step_flops(self, C: int) -> float:
         """Training FLOPs of one optimizer step at C (a full batch)."""
         m = build_for_phase(self.cfg.model, self._model_kwargs(), self.method, C, self.full, device="meta")
-        return float(train_flops(m) * self.cfg.batch_size)
+        return float(self.objective.train_flops(m) * self.cfg.batch_size)
 
     def trained_schedule(self) -> str:
         """The phases trained so far as a fixed schedule that re-runs them standalone."""
@@ -252,7 +271,7 @@ class Run:
 
     @property
     def metric_name(self) -> str:
-        return "mAP" if self.data.multilabel else "accuracy"
+        return self.objective.metric_name
 
     def _reached(self, metric: float, C: int) -> bool:
         """Budget mode counts only an evaluation of the final phase (the paper's definition)."""
@@ -276,7 +295,7 @@ class Run:
             yield from self.history[seen:]  # records a controller adopted (a winning probe's)
             if isinstance(act, Done):  # e.g. a state saved at the very end
                 self.done = True
-                return
+                break
             t1 = time.perf_counter()
             with self.rng.active():
                 loss = self._train_until(act.stop)
@@ -288,7 +307,8 @@ class Run:
             rec = {"schedule": self.controller.describe(), "controller": self.controller.name,
                    "method": self.method.name, "phase": self.phase + 1, "C": self.C,
                    "epoch": self.step / self.steps_per_epoch, "step": self.step, "train_loss": loss,
-                   "val_loss": val_loss, "val_metric": metric, "metric_name": self.metric_name, **self.counters}
+                   "val_loss": val_loss, "val_metric": metric, "metric_name": self.metric_name, **self.counters,
+                   "averaged": False}
             self.controller.observe(self, rec)
             nxt = self.controller.next_action(self)
             reached = self._reached(metric, self.C)
@@ -298,9 +318,37 @@ class Run:
                                                                     isinstance(nxt, Done) else nxt.reason),
                        trained=self.trained_schedule())
             self.history.append(rec)
+            if self.averager is not None:
+                self.averager.observe(rec, self.model)
             if progress is not None:
                 progress(self, rec)
             yield rec
+        if self.averager is not None and self.history and not self.history[-1].get("averaged"):
+            rec = self._averaged_record()
+            if rec is not None:
+                self.history.append(rec)
+                if progress is not None:
+                    progress(self, rec)
+                yield rec
+
+    def averaged_model(self):
+        """The model with the averaged weights (``weight_averaging``), or None."""
+        sd = self.averager.averaged() if self.averager is not None else None
+        m = self.model
+        return None if sd is None else load_model(m.model_name, m.geometry, m.model_kwargs, sd, self.device)
+
+    def _averaged_record(self) -> dict | None:
+        """The averaged model, evaluated: its own record after the schedule's last one."""
+        t0, model = time.perf_counter(), self.averaged_model()
+        if model is None:
+            return None
+        own, self.model = self.model, model
+        try:
+            metric, val_loss = self._evaluate()
+        finally:
+            self.model = own
+        self.counters["wall_time_s"] += time.perf_counter() - t0
+        return {**self.history[-1], "val_metric": metric, "val_loss": val_loss, **self.counters, "averaged": True}
 
     def _apply_hyperparameters(self) -> None:
         """Put this run's own optimizer settings over a copied optimizer state (PBT's explore)."""
@@ -328,6 +376,7 @@ class Run:
             "geometry": self.model.geometry.as_dict(), "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
             "rng": self.rng.state_dict(),
+            "averaging": self.averager.state_dict() if self.averager is not None else None,
         }
 
     def load_state_dict(self, s: dict, exploit: bool = False) -> None:
@@ -367,15 +416,15 @@ class Run:
                 if r["schedule_done"] and k < len(self.history) - 1:
                     raise CheckpointError(f"{self.controller.describe()} would have stopped at step {r['step']}, "
                                           f"before the checkpoint's step {self.step}")
-        self.model = create_model(s["model_name"], geometry=Geometry(**s["geometry"]), device="meta",
-                                  **s["model_kwargs"])
         # copies: a state taken from a live run (a fork, a probe) must not share its tensors
-        self.model.load_state_dict({k: v.clone() for k, v in s["model"].items()}, strict=True, assign=True)
-        self.model.to(self.device)
+        self.model = load_model(s["model_name"], Geometry(**s["geometry"]), s["model_kwargs"],
+                                {k: v.clone() for k, v in s["model"].items()}, self.device)
         self._new_optimizer()
         self.opt.load_state_dict(copy.deepcopy(s["optimizer"]))
         self.lr_sched.load_state_dict(s["lr_sched"])
         self.rng.load_state_dict(s["rng"])
+        if self.averager is not None:
+            self.averager.load_state_dict(s.get("averaging"))
         if exploit:
             self._apply_hyperparameters()
         last = self.history[-1] if self.history else None

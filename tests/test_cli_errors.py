@@ -75,6 +75,15 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (["train", "--data", TINY_DATA], "--schedule is required"),
     (["train"] + S, "--data is required"),
     (["train", "--out", "{t}/nothing", "--resume"], "last.pt not found"),
+    (["train", "--data", TINY_DATA, "--model", "cnn14-tiny", "--schedule", "patch-pi:2x1,1x1", "--no-progress"],
+     "cnn14-tiny (cnn14) does not support the compression method 'patch-pi'"),
+    (TRAIN + S + ["--model", "cnn14-tiny"], "--depth: cnn14-tiny does not take this setting"),
+    (TRAIN + S + ["--weight-averaging", "best:3"], "--weight-averaging: 'best:3'"),
+    (TRAIN + ["--model", "htsat", "--schedule", "fshift:4x1,1x1"], "C=4 does not divide the 2 time tokens"),
+    (["pretrain", "--data", TINY_DATA, "--model", "ast-tiny", "--no-progress"] + S, "ast-tiny cannot be pretrained"),
+    (["pretrain", "--data", TINY_DATA, "--mask-patches", "65", "--depth", "1", "--no-progress"] + S,
+     "--mask-patches: 65 is more than the 64 patches"),
+    (["pretrain", "--data", "{t}/a_file", "--no-progress"] + S, "a_file"),
     (["pareto", "{t}", "--out", "{t}/x.txt"], "x.txt: use a file name ending in .parquet"),
     (["pareto", "{t}", "--ref", "0,-5"], "--ref"),
     (["pareto", "{t}"], "no search results"),
@@ -96,7 +105,7 @@ def test_user_mistake_is_one_line(args, phrase, bad, capsys, monkeypatch):
     out = bad / "run"
     args = [a.replace("{t}", str(bad)).replace("{{", "{").replace("}}", "}") for a in args]
     args = [_space(bad, a[1:]) if a.startswith("@") else a for a in args]
-    if args[0] in ("train", "search") and "--out" not in args:
+    if args[0] in ("train", "pretrain", "search") and "--out" not in args:
         args += ["--out", str(out)]
     before = _files(bad)
     rc, lines = _cli(args, capsys)

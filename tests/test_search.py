@@ -189,3 +189,40 @@ def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, monkeypatch)
     s.on_trial_complete("a", {"val_metric": 0.5, "train_flops": 2.0, "schedule_done": True})
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{tmp_path / 'o.db'}")
     assert all(t.state == S.COMPLETE and t.values == [0.5, 2.0] for t in study.trials)
+
+
+def test_a_search_over_two_model_families(tmp_path, fresh_ray):
+    space = tmp_path / "models.yaml"
+    space.write_text("epochs: 2\nmodel: [ast-tiny, htsat-tiny]\nschedules: ['fshift:2x1,1x1']\n"
+                     "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n")
+    out = tmp_path / "s"
+    r = _run_cli(["search", "--space", str(space), "--data", TINY_DATA, "--depth", "1", "--out", str(out)],
+                 tmp_path / "models.log", {**os.environ, "RAY_AUTH_MODE": "disabled"}, 600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    rows = load_rows(out).to_pylist()
+    assert {(x["model"], x["C"]) for x in rows} == {(m, C) for m in ("ast-tiny", "htsat-tiny") for C in (2, 1)}
+    assert {x["status"] for x in rows} == {"finished"}
+    study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert sorted(t.params["model"] for t in study.trials) == ["ast-tiny", "htsat-tiny"]
+    assert "htsat-tiny fshift:2x1,1x1" in r.stdout or "ast-tiny fshift:2x1,1x1" in r.stdout  # the front names models
+
+
+def test_a_pretraining_search_is_scored_by_its_fine_tune(tmp_path, fresh_ray):
+    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
+    space = tmp_path / "pre.yaml"
+    space.write_text("epochs: 2\nmodel: ssast-tiny\nobjective: masked-patch\nschedules: ['fshift:2x1,1x1']\n"
+                     "fixed: {lr: 1.0e-3, batch_size: 8, warmup_steps: 0}\n"
+                     f"finetune: {{data: '{TINY_DATA}', schedule: 'none:1x1', fixed: {{batch_size: 8}}}}\n")
+    cache = str(tmp_path / "cache")
+    data = resolve_data_args(TINY_DATA, None, None, "auto", False, None, cache, None, None)
+    st = SearchSettings(space=str(space), out=str(tmp_path / "s"), data={**data, "labelled": False}, trials=1,
+                        model_kwargs={"depth": 1},
+                        finetune={"data": resolve_data_args(TINY_DATA, None, None, "auto", False, None, cache, None,
+                                                            None), "schedule": "none:1x1", "fixed": {"batch_size": 8}})
+    run_search(st)
+    rows = load_rows(tmp_path / "s").to_pylist()
+    assert [(x["C"], x["metric_name"], x["schedule_done"]) for x in rows] == [
+        (2, "masked_patch_accuracy", False), (1, "masked_patch_accuracy", False), (1, "accuracy", True)]
+    assert rows[2]["train_flops"] == rows[1]["train_flops"]  # the pretraining's FLOPs
+    study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{tmp_path / 's' / 'optuna.db'}")
+    assert [t.values for t in study.trials] == [[rows[2]["val_metric"], rows[2]["train_flops"]]]

@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import optuna
 import pytest
 
 from c2f_search.schedule import parse_schedule
-from c2f_search.spaces import SpaceError, load_space
+from c2f_search.spaces import SpaceError, find_space, load_space
 
 
 def test_default_space_samples_valid_variable_length_schedules():
@@ -46,3 +48,71 @@ def test_bad_space_file_names_the_key(tmp_path, text, key):
     with pytest.raises(SpaceError) as e:
         load_space(str(f))
     assert f"key '{key}'" in str(e.value) and str(f) in str(e.value)
+
+
+def test_table1_has_the_five_rows_each_with_its_model_and_lr():
+    sp = load_space("table1")
+    assert sp.grid() == ["cnn14 none:1x5", "cnn14 avgpool:2x5,coarse-only", "ast-base none:1x5",
+                         "ast-base avgpool:2x5,coarse-only", "ast-base avgpool:2x1,1x4"]
+    fn = sp.define_by_run(10)
+
+    class Pick:  # a trial that picks the grid entry given
+        def __init__(self, label):
+            self.label = label
+
+        def suggest_categorical(self, name, choices):
+            assert name == "schedule" and self.label in choices
+            return self.label
+    seen = {}
+    for label in sp.grid(10):
+        cfg = fn(Pick(label))
+        seen[(cfg["model"], cfg["schedule"])] = cfg.get("lr", sp.fixed["lr"])
+    assert seen == {("cnn14", "none:1x10"): 1e-3, ("cnn14", "avgpool:2x10,coarse-only"): 1e-3,
+                    ("ast-base", "none:1x10"): 1e-5, ("ast-base", "avgpool:2x10,coarse-only"): 1e-5,
+                    ("ast-base", "avgpool:2x2,1x8"): 1e-5}
+
+
+def test_a_space_searches_the_model_and_checks_each(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("epochs: 4\nmodel: [ast-tiny, htsat]\nspace: {method: [fshift], coarse_phases: {low: 1, high: 1},"
+                 " C_values: [2]}\n")
+    sp = load_space(str(f))
+    assert sp.searches_model and {m for m, _, _ in sp.variants()} == {"ast-tiny", "htsat"}
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    models = set()
+    for _ in range(12):
+        t = study.ask()
+        models.add(sp.define_by_run(4)(t)["model"])
+        study.tell(t, [0.5, 1.0])
+    assert models == {"ast-tiny", "htsat"}
+    f.write_text("epochs: 4\nmodel: [ast-tiny, cnn14]\nspace: {method: [patch-pi]}\nfixed: {lr: 1.0e-4}\n")
+    from c2f_search.search.runner import prepare_data
+    from c2f_search.search.settings import SearchSettings
+    with pytest.raises(SpaceError, match="cnn14 does not support 'patch-pi'"):
+        prepare_data(SearchSettings(space=str(f), out=str(tmp_path), data={"train": "x"}), load_space(str(f)))
+
+
+def test_a_model_setting_one_of_the_models_does_not_take_is_refused_before_any_trial(tmp_path):
+    from c2f_search.search.runner import prepare_data
+    from c2f_search.search.settings import SearchSettings
+    with pytest.raises(SpaceError, match="--depth: cnn14 does not take this setting"):
+        prepare_data(SearchSettings(space="table1", out=str(tmp_path), data={"train": "x"}, model_kwargs={"depth": 1}),
+                     load_space("table1"))
+
+
+def test_the_pretraining_space_reads_unlabelled_audio_and_resolves_its_fine_tune(tmp_path):
+    from c2f_search._args import Parser
+    from c2f_search.search.commands import _settings_from_args, add_search_args
+    from .conftest import TINY_DATA
+    parser = Parser(prog="c2f-search search")
+    add_search_args(parser)
+    shipped = Path(find_space("pretrain")).read_text()
+    assert "builtin:events?train=600&val=200" in shipped
+    f = tmp_path / "pretrain.yaml"  # the shipped space, with the tests' small data set to fine-tune on
+    f.write_text(shipped.replace("builtin:events?train=600&val=200", TINY_DATA))
+    st = _settings_from_args(parser.parse_args(["--space", str(f), "--data", TINY_DATA, "--out", str(tmp_path)]))
+    sp = load_space("pretrain")
+    assert sp.objective == "masked-patch" and sp.model == "ssast-tiny" and st.data["labelled"] is False
+    assert st.finetune["schedule"] == "none:1x2" and st.finetune["fixed"]["batch_size"] == 16
+    assert st.finetune["data"]["train"].endswith("train.json") and st.finetune["data"]["labels"].endswith(".csv")
+    assert "labelled" not in st.finetune["data"]  # the fine-tune reads labels

@@ -20,6 +20,7 @@ from c2f_search.config import SEARCHABLE, TrainConfig
 from c2f_search.data import Data
 from c2f_search.errors import DataError
 from c2f_search.io import load_checkpoint, save_checkpoint
+from c2f_search.pretrain import finetune_record
 from c2f_search.records import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
 from c2f_search.schedule import parse_schedule
 from c2f_search.train import Run
@@ -42,10 +43,12 @@ def _maybe_inject_fault(rec: dict) -> None:
 
 
 def trial_config(config: dict, setup: dict) -> TrainConfig:
-    """The trial's TrainConfig: TrainConfig's defaults, the space's fixed settings, then the sampled ones."""
+    """The trial's TrainConfig: TrainConfig's defaults, the space's fixed settings, then the sampled ones
+    (the model too, where the space searches it or a grid entry names it)."""
     hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in SEARCHABLE}}
-    return TrainConfig(schedule=config["schedule"], model=setup["model"], model_kwargs=setup.get("model_kwargs", {}),
-                       metric_target=setup.get("metric_target"), **hp)
+    return TrainConfig(schedule=config["schedule"], model=config.get("model", setup["model"]),
+                       model_kwargs=setup.get("model_kwargs", {}), metric_target=setup.get("metric_target"),
+                       objective=setup.get("objective", "supervised"), **hp)
 
 
 def train_schedule(config: dict, setup: dict) -> None:
@@ -70,13 +73,18 @@ def train_schedule(config: dict, setup: dict) -> None:
     # where this attempt runs and resumed from: node-loss recovery is measured from these
     attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
                "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size,
-               "seed": cfg.seed}
+               "seed": cfg.seed, "model": cfg.model}
     n_phases = len(parse_schedule(cfg.schedule).phases)
     for rec in run.records():
+        if setup.get("finetune") and rec["schedule_done"]:  # the trial ends with its fine-tune's record
+            rec = {**rec, "schedule_done": False}
         # the driver's runner.KeepCheckpoints never deletes a checkpoint the front may need
-        metrics = {k: rec[k] for k in RECORD_FIELDS} | attempt | {
+        metrics = {k: rec.get(k) for k in RECORD_FIELDS} | attempt | {
             "checkpoint_needed": keep_checkpoint(run.history, n_phases)}
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(run.state_dict(), Path(d) / CHECKPOINT_FILE)
             _maybe_inject_fault(rec)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    if setup.get("finetune"):  # a pretraining search: its objective is the downstream metric
+        rec = finetune_record(run, setup["finetune"], _device())
+        tune.report({k: rec.get(k) for k in RECORD_FIELDS} | attempt)

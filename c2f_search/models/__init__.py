@@ -3,6 +3,6 @@
 One file per family; each registers its names with its phase adapter (``ModelFamily``). A new
 family is one file in this package: it is found and registered on first use.
 """
-from ._registry import ModelFamily, create_model, get_family, list_models, register_model
+from ._registry import ModelFamily, create_model, get_family, list_models, load_model, register_model
 
-__all__ = ["ModelFamily", "create_model", "get_family", "list_models", "register_model"]
+__all__ = ["ModelFamily", "create_model", "get_family", "list_models", "load_model", "register_model"]

@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..errors import C2FError
 from ..geometry import Geometry
 from ._layers import resample_grid_embed, resize_patch_kernel
-from ._registry import ModelFamily, create_model, get_family, register_model
+from ._registry import ModelFamily, is_run_state, load_matching, register_model
 
 PATCH = 16
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
@@ -61,6 +61,7 @@ class AST(nn.Module):
 
 class ASTFamily(ModelFamily):
     name, time_granularity, min_mel_bins = "ast", PATCH, PATCH
+    settings = ("depth", "dist_token", "stride", "drop_path_rate")
 
     def adapt_state_dict(self, sd, old, new, method):
         sd["vit.pos_embed"] = resample_grid_embed(sd["vit.pos_embed"], new.token_grid, old.token_grid,
@@ -90,8 +91,8 @@ class ASTFamily(ModelFamily):
                 raise C2FError(f"--init {path}: cannot read it as safetensors ({e})") from None
         else:
             sd = load_checkpoint(p)
-        if isinstance(sd.get("model"), dict) and "model_name" in sd:
-            return self._from_c2f(model, sd, path)
+        if is_run_state(sd):
+            return self.init_from_run(model, sd, path)
         sd = sd.get("model", sd.get("state_dict", sd))
         if any(k.startswith("module.v.") for k in sd):  # official AST
             sd = {("vit." + k[9:] if k.startswith("module.v.") else k.replace("module.mlp_head.", "head.")): v
@@ -104,18 +105,6 @@ class ASTFamily(ModelFamily):
             raise C2FError(f"--init {path}: not a c2f-search checkpoint, an official AST checkpoint "
                            f"(module.v.* keys) or a timm ViT/DeiT state dict")
         self._load_vit(model, sd, grid, path)
-
-    def _from_c2f(self, model, state, path):
-        if get_family(state["model_name"]) is not self:
-            raise C2FError(f"--init {path}: a checkpoint of {state['model_name']}, which is not an AST model")
-        geo = Geometry(**state["geometry"])
-        src = create_model(state["model_name"], geometry=geo, device="meta", **state["model_kwargs"])
-        try:
-            src.load_state_dict(state["model"], strict=True, assign=True)
-        except RuntimeError as e:
-            raise C2FError(f"--init {path}: its weights do not fit its own model ({str(e).splitlines()[0]})") from None
-        sd = self.adapt_state_dict(dict(src.state_dict()), src, model, _PI)
-        self._load_strict(model, sd, path)
 
     def _load_vit(self, model, sd, grid, path):
         vit = model.vit
@@ -139,28 +128,8 @@ class ASTFamily(ModelFamily):
             sd["vit.pos_embed"] = torch.cat([prefix[:, :npt], body], 1)
         if "vit.dist_token" in sd and not hasattr(vit, "dist_token"):
             sd.pop("vit.dist_token")
-        self._load_strict(model, sd, path, may_miss=("vit.dist_token",))
-
-    @staticmethod
-    def _load_strict(model, sd, path, may_miss=()):
-        own = model.state_dict()
-        for k in [k for k in sd if k.startswith("head.") and k in own and sd[k].shape != own[k].shape]:
-            sd.pop(k)  # another number of classes: this classifier starts fresh
-        bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-        missing = [k for k in own if k not in sd and not k.startswith("head.") and k not in may_miss]
-        unexpected = [k for k in sd if k not in own]
-        if bad or missing or unexpected:
-            raise C2FError(f"--init {path}: the checkpoint does not fit {model.model_name} (shape differs: {bad[:3]}, "
-                           f"missing: {missing[:3]}, unexpected: {unexpected[:3]}); pick the matching --model width "
-                           f"and --depth")
-        model.load_state_dict(sd, strict=False)
-
-
-class _PIKernel:  # how an --init kernel moves: PI keeps its tokens
-    kernel_resize = "pi"
-
-
-_PI = _PIKernel()
+        # an ImageNet or AST encoder has no SSAST pretraining heads: those start fresh
+        load_matching(model, sd, path, self.head, may_miss=("vit.dist_token", *self.pretraining_keys))
 
 
 def _ast_grid(sd, path) -> tuple[int, int]:
@@ -179,14 +148,16 @@ def _ast_grid(sd, path) -> tuple[int, int]:
 AST_FAMILY = ASTFamily()
 
 
-def _make(size):
+def make_builder(size: str, cls=None):
+    """A builder of `cls` (AST or a subclass) at DeiT width `size`."""
+    cls = cls or AST
     dim, heads = WIDTHS[size]
 
-    def fn(geometry: Geometry, num_classes: int, depth: int = 12, **kw) -> AST:
-        return AST(geometry, num_classes, embed_dim=dim, depth=depth, num_heads=heads, **kw)
-    fn.__doc__ = f"AST with DeiT-{size[0].upper()} width ({dim}, {heads} heads)."
+    def fn(geometry: Geometry, num_classes: int, depth: int = 12, **kw):
+        return cls(geometry, num_classes, embed_dim=dim, depth=depth, num_heads=heads, **kw)
+    fn.__doc__ = f"{cls.__name__} with DeiT-{size[0].upper()} width ({dim}, {heads} heads)."
     return fn
 
 
 for _size in WIDTHS:
-    register_model(f"ast-{_size}", AST_FAMILY)(_make(_size))
+    register_model(f"ast-{_size}", AST_FAMILY)(make_builder(_size))

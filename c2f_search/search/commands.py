@@ -15,7 +15,8 @@ SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
 
 
 def add_search_args(s) -> None:
-    s.add_argument("--space", default="default", help="search-space YAML: a path, or 'default' / 'paper' (shipped)")
+    s.add_argument("--space", default="default",
+                   help="search-space YAML: a path, or a shipped one: default, paper, table1, pretrain")
     s.add_argument("--trials", type=positive_int, help="number of trials (default 12; grid mode: the whole grid)")
     s.add_argument("--out", default="runs/search", metavar="DIR")
     s.add_argument("--sampler", default="auto", choices=SAMPLERS,
@@ -119,10 +120,16 @@ def _settings_from_args(a):
     if not data:
         raise SpaceError(f"{space.path}: no data set; pass --data or set 'data' in the space file")
     cache = None if a.no_cache else str(cache_root() / "features")
+    data_args = resolve_data_args(data, a.val, a.labels, a.task or "auto", bool(a.skip_bad), norm_arg(a.norm), cache,
+                                  a.num_mel_bins, a.target_length)
+    finetune = None
+    if space.objective == "masked-patch":  # a pretraining search reads audio only
+        data_args["labelled"] = False
+        if space.finetune:
+            finetune = {**space.finetune, "data": resolve_data_args(space.finetune["data"], None, None, "auto", False,
+                                                                    None, cache, None, None)}
     return SearchSettings(
-        space=str(Path(space.path).resolve()), out=str(Path(a.out).resolve()),
-        data=resolve_data_args(data, a.val, a.labels, a.task or "auto", bool(a.skip_bad), norm_arg(a.norm), cache,
-                               a.num_mel_bins, a.target_length),
+        space=str(Path(space.path).resolve()), out=str(Path(a.out).resolve()), data=data_args, finetune=finetune,
         trials=a.trials, sampler=a.sampler, scheduler=a.scheduler, epochs=a.epochs, seed=a.seed,
         max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints or None,
         resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, metric_target=a.metric_target,

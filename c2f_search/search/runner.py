@@ -59,24 +59,39 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
     from ..frontend import FrontEnd
     from ..models import get_family
     from ..train import check_geometry
-    family = get_family(space.model)
-    for m in space.methods_used():
-        if not family.supports(m):
+    from ..config import TrainConfig
+    from ..errors import ConfigError
+    models = sorted({m for m, _, _ in space.variants()})
+    for model in models:  # e.g. --depth for a model without depth: refused here, not in every trial
+        try:
+            TrainConfig("none:1x1", model=model, model_kwargs=settings.model_kwargs)
+        except ConfigError as e:
+            raise SpaceError(f"--{e.field.replace('_', '-')}: {e.problem}") from None
+    for model, method, _ in sorted(space.variants()):
+        family = get_family(model)
+        if not family.supports(method):
             raise SpaceError(f"{space.path}: key '{'schedules' if space.is_grid else 'space.method'}': model "
-                             f"{space.model} does not support {m!r}; choose from {', '.join(family.methods)}")
-    data = Data.from_specs(**settings.data, quantum=space.max_C() * family.time_granularity, progress=progress,
+                             f"{model} does not support {method!r}; choose from {', '.join(family.methods)}")
+    quantum = max(space.max_C() * get_family(m).time_granularity for m in models)
+    data = Data.from_specs(**settings.data, quantum=quantum, progress=progress,
                            test=settings.test)  # a bad --test split fails here too, before any trial
     fe = data.fe
-    try:
-        check_geometry(space.probe_config(), FrontEnd(**fe.key()), sorted(space.Cs_used()))
-    except C2FError as e:
-        key = "schedules" if space.is_grid else "space.C_values"
-        raise SpaceError(f"{space.path}: key '{key}': {e}") from None
+    for model in models:
+        try:
+            check_geometry(space.probe_config(model), FrontEnd(**fe.key()),
+                           sorted({C for m, _, C in space.variants() if m == model}))
+        except C2FError as e:
+            key = "schedules" if space.is_grid else "space.C_values"
+            raise SpaceError(f"{space.path}: key '{key}' ({model}): {e}") from None
     for method, C in sorted(space.phase_variants()):
         from ..compress import get_method
         m = get_method(method)
         for split in ("train", "val"):
             data.features(split, m.frame_shift(fe.frame_shift_ms, C), m.feature_length(fe.target_length, C))
+    if settings.finetune:  # the fixed fine-tune of a pretraining search reads its own data
+        ft = Data.from_specs(**settings.finetune["data"], progress=progress)
+        settings.finetune["data"].update(norm=[ft.mean, ft.std], target_length=ft.fe.target_length,
+                                         num_mel_bins=ft.fe.num_mel_bins)
     return data
 
 
@@ -188,7 +203,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         searcher = make_searcher(space, settings.sampler, settings.seed, epochs,
                                  optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"))
         grid_mode = space.is_grid and settings.sampler in ("auto", "grid")
-        n = min(settings.trials or len(space.grid()), len(space.grid())) if grid_mode else (settings.trials or 12)
+        n = min(settings.trials or space.grid_size(), space.grid_size()) if grid_mode else (settings.trials or 12)
         sched = make_scheduler(settings.scheduler, _max_flops(data, space, epochs, settings.model_kwargs))
         tuner = tune.Tuner(
             trainable,
@@ -221,7 +236,8 @@ def make_trainable(settings: SearchSettings, space: Space, metric_target="space"
     from trainables import train_schedule
     target = settings.metric_target or space.metric_target if metric_target == "space" else metric_target
     setup = {"data": settings.data, "model": space.model, "fixed": space.fixed,
-             "model_kwargs": settings.model_kwargs, "metric_target": target}
+             "model_kwargs": settings.model_kwargs, "metric_target": target, "objective": space.objective,
+             "finetune": settings.finetune}
     res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
     return tune.with_resources(tune.with_parameters(train_schedule, setup=setup),
                                {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
@@ -250,15 +266,16 @@ class KeepCheckpoints(Callback):
 
 
 def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
-    """FLOPs of the full-resolution baseline over the epoch budget: ASHA's max_t."""
+    """FLOPs of the costliest model's full-resolution baseline over the epoch budget: ASHA's max_t."""
     from ..flops import train_flops
     from ..geometry import Geometry
     from ..models import create_model
     fe = data.fe
-    m = create_model(space.model, geometry=Geometry(fe.num_mel_bins, fe.target_length), device="meta",
-                     num_classes=data.num_classes, **model_kwargs)
+    flops = max(train_flops(create_model(m, geometry=Geometry(fe.num_mel_bins, fe.target_length), device="meta",
+                                         num_classes=data.num_classes, **model_kwargs))
+                for m in {m for m, _, _ in space.variants()})
     n = len(data.features("train", fe.frame_shift_ms, fe.target_length).kept)
-    return float(train_flops(m) * n * epochs)
+    return float(flops * n * epochs)
 
 
 def _close_stale_trials(db: Path) -> None:

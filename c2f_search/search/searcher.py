@@ -95,7 +95,8 @@ def make_sampler(name: str, space: Space, seed: int, epochs):
             raise SpaceError(f"{space.path}: --sampler grid needs a space with a 'schedules' list (e.g. paper.yaml)")
         if space.hparams:
             raise SpaceError(f"{space.path}: --sampler grid runs listed schedules; move searched hyperparameters to 'fixed'")
-        return optuna.samplers.GridSampler({"schedule": space.grid(epochs)}, seed=seed)
+        grid = {"schedule": space.grid(epochs), **({"model": space.models} if space.searches_model else {})}
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if name == "nsga2":

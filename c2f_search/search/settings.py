@@ -28,6 +28,7 @@ class SearchSettings:
     storage: str | None = None  # Tune storage_path (local folder or URI); default DIR
     test: str | None = None  # held-out split (absolute): only the front's report reads it, no search decision
     target_length_reason: str = ""
+    finetune: dict | None = None  # a pretraining search's fine-tune: {data (resolved), schedule, fixed}
 
     def save(self) -> None:
         atomic_write(Path(self.out) / "search.json", json.dumps(asdict(self), indent=1))

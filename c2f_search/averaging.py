@@ -1,0 +1,78 @@
+"""Checkpoint weight averaging (``TrainConfig.weight_averaging``).
+
+* ``from:E`` - the mean of the weights at every evaluation of the final phase from epoch E on
+  (AST: ``wa_start`` = 1 on AudioSet, 6 on its balanced set);
+* ``top:K``  - the mean of the K final-phase evaluations with the best validation metric (HTS-AT: 15).
+
+Only the final phase counts: its weights share one geometry. The averaged model is evaluated once the
+schedule is done and reported as its own record (``averaged`` = true). ``from:E`` keeps one running
+sum; ``top:K`` keeps K copies of the weights, in memory and in every checkpoint of the run.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+MODES = ("from", "top")
+
+
+def parse_averaging(text: str) -> tuple[str, float]:
+    mode, _, n = str(text).partition(":")
+    try:
+        value = float(n) if mode == "from" else int(n)
+    except ValueError:
+        value = None
+    if mode not in MODES or value is None or value < (0 if mode == "from" else 1):
+        raise ConfigError("weight_averaging", f"{text!r}: write from:E (every final-phase evaluation from epoch E "
+                                              f"on, AST) or top:K (the K best, HTS-AT uses top:15)")
+    return mode, value
+
+
+class WeightAverage:
+    def __init__(self, text: str, final_C: int):
+        self.mode, self.n = parse_averaging(text)
+        self.final_C = final_C
+        self.total: dict | None = None  # from: running sum
+        self.count = 0
+        self.best: list[dict] = []  # top: {"metric", "step", "weights"}, best first
+
+    def observe(self, record: dict, model) -> None:
+        if record["C"] != self.final_C:
+            return
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if self.mode == "from":
+            if record["epoch"] + 1e-9 < self.n:
+                return
+            if self.total is None:
+                self.total = weights
+            else:  # float tensors are summed; counters (BatchNorm's batches seen) keep the latest
+                self.total = {k: self.total[k] + v if v.is_floating_point() else v for k, v in weights.items()}
+            self.count += 1
+        else:
+            self.best.append({"metric": float(record["val_metric"]), "step": int(record["step"]), "weights": weights})
+            self.best.sort(key=lambda e: (-e["metric"], e["step"]))  # ties: the earlier one stays
+            del self.best[self.n:]
+
+    def averaged(self) -> dict | None:
+        """The averaged weights, or None if no evaluation qualified."""
+        if self.mode == "from":
+            if not self.count:
+                return None
+            return {k: v / self.count if v.is_floating_point() else v for k, v in self.total.items()}
+        if not self.best:
+            return None
+        last = max(self.best, key=lambda e: e["step"])["weights"]
+        return {k: (torch.stack([e["weights"][k] for e in self.best]).mean(0) if v.is_floating_point() else v)
+                for k, v in last.items()}
+
+    def members(self) -> str:
+        return (f"{self.count} evaluations from epoch {self.n:g}" if self.mode == "from"
+                else f"the best {len(self.best)} of the final phase (steps {sorted(e['step'] for e in self.best)})")
+
+    def state_dict(self) -> dict:
+        return {"final_C": self.final_C, "total": self.total, "count": self.count, "best": self.best}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s and s.get("final_C") == self.final_C:  # a forked history ending at another C starts afresh
+            self.total, self.count, self.best = s["total"], s["count"], list(s["best"])
