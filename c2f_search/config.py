@@ -10,7 +10,7 @@ from .errors import ConfigError
 
 # settings a search space may search or fix (`fixed:` and `space:` keys)
 SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma",
-              "lr_schedule", "seed", "mask_patches")
+              "lr_schedule", "seed", "mask_patches", "transition", "eval_every")
 MODEL_KWARGS = {"depth": "transformer depth (Swin: blocks in every stage)", "dist_token": "DeiT's distillation token",
                 "stride": "patch stride (overlapping patches)", "drop_path_rate": "stochastic depth"}
 LR_SCHEDULES = ("step", "cosine")

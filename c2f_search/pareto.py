@@ -16,7 +16,7 @@ from .errors import C2FError, NoResults
 from .io import atomic_write
 from .records import RECORD_FIELDS, ROW_FIELDS, row_table
 from .results import write_table
-from .schedule import parse_schedule
+from .schedule import parse_schedule, record_schedule
 
 ROW_COLUMNS = list(ROW_FIELDS)
 
@@ -123,8 +123,8 @@ def by_trial(R: list[dict]) -> dict[str, list[dict]]:
 
 def final_phase(rows: list[dict]) -> list[dict]:
     """A trial's evaluations in its schedule's last phase (C=1, or the coarse-only ablation's C)."""
-    n = len(parse_schedule(rows[0]["schedule"]).phases)
-    return [r for r in rows if r["phase"] == n and _finite(r["val_metric"])]
+    final_C = record_schedule(rows[0]["schedule"]).phases[-1].C  # a learned run may skip phases: go by C
+    return [r for r in rows if r["C"] == final_C and _finite(r["val_metric"])]
 
 
 def baseline_reference(trials: dict[str, list[dict]]) -> dict | None:
@@ -132,7 +132,7 @@ def baseline_reference(trials: dict[str, list[dict]]) -> dict | None:
     baseline trial, with its metric and the FLOPs and time spent until then. None without a baseline."""
     best = None
     for rows in trials.values():
-        if rows[0]["status"] != "finished" or not parse_schedule(rows[0]["schedule"]).is_baseline:
+        if rows[0]["status"] != "finished" or not record_schedule(rows[0]["schedule"]).is_baseline:
             continue
         ok = [r for r in rows if _finite(r["val_metric"])]
         top = max(ok, key=lambda r: (r["val_metric"], -r["step"]), default=None)
@@ -203,9 +203,17 @@ def analyse(rows: pa.Table, ref=None) -> dict:
             "counts": {s: len({r["trial_id"] for r in every if r["status"] == s}) for s in ("finished", "pruned", "error")}}
 
 
+def is_learned(r: dict) -> bool:
+    """Whether a controller decided the row's phases during training (plateau, probe, population)."""
+    return r.get("controller") not in (None, "fixed")
+
+
 def _label(r: dict) -> str:
-    """A row's schedule, with its model where a search varies it and a mark for a weight-averaged model."""
+    """A row's schedule, with its model where a search varies it, what a learned schedule trained (a fixed
+    schedule that re-runs it), and a mark for a weight-averaged model."""
     label = f"{r['model']} {r['schedule']}" if r.get("model") and r.get("model_varies") else r["schedule"]
+    if is_learned(r) and r.get("trained"):
+        label += f" -> learned {r['trained']}"
     return label + (" (averaged)" if r.get("averaged") else "")
 
 
@@ -238,7 +246,7 @@ def table_text(res: dict) -> str:
 def front_sentence(res: dict) -> str:
     """One sentence on what the results show, claiming no more than the table does."""
     b, table = res["baseline"], res["table"]
-    c2f = [q for q in table if not parse_schedule(q["schedule"]).is_baseline]
+    c2f = [q for q in table if not record_schedule(q["schedule"]).is_baseline]
     if b is None:
         return "No baseline trial finished, so no saving can be stated; the front only orders the schedules tried."
     name = b["metric_name"]
@@ -301,9 +309,12 @@ def plot(rows: pa.Table, res: dict, path, metric: str = "val") -> Path:
                 ls=":", label="anytime front (C varies)", zorder=2)
     cmap = plt.get_cmap("tab10")
     for k, m in enumerate(sorted({r["method"] for r in res["final"]})):
-        pts = [r for r in res["final"] if r["method"] == m and _finite(r.get(key))]
-        ax.scatter([r["train_flops"] / g for r in pts], [r[key] for r in pts], s=36, color=cmap(k),
-                   label=f"{m} (finished)", zorder=3, edgecolor="k", linewidth=0.4)
+        for learned in (False, True):  # learned schedules (a controller chose the phases) as triangles
+            pts = [r for r in res["final"] if r["method"] == m and _finite(r.get(key)) and is_learned(r) == learned]
+            if pts:
+                ax.scatter([r["train_flops"] / g for r in pts], [r[key] for r in pts], s=44 if learned else 36,
+                           color=cmap(k), marker="^" if learned else "o", zorder=3, edgecolor="k", linewidth=0.4,
+                           label=f"{m} ({'learned' if learned else 'fixed'}, finished)")
     fr = sorted((r for r in res["final_front"] if _finite(r.get(key))), key=lambda r: r["train_flops"])
     if fr:  # drawn with markers too, so a front of one point shows
         ax.step([r["train_flops"] / g for r in fr], [r[key] for r in fr], where="post", color="C3", lw=2,

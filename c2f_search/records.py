@@ -43,17 +43,17 @@ ROW_FIELDS = tuple(ROW_SCHEMA.names)
 CHECKPOINT_FILE = "state.pt"  # the training state inside a trial's Tune checkpoint folder
 
 
-def keep_checkpoint(history: list[dict], n_phases: int) -> bool:
+def keep_checkpoint(history: list[dict], final_C: int) -> bool:
     """Whether the newest record's checkpoint may be needed after the search, so must never be rotated
-    away: a phase end, or a final-phase evaluation that beats every earlier one of that phase. The
-    paper's selected epochs are of this kind: the earliest final-phase evaluation at or above the
-    baseline's best beats all earlier ones, and so do the best final-phase epoch and the baseline's best."""
+    away: a phase end, or a final-phase (C = `final_C`) evaluation that beats every earlier one of that
+    phase. The paper's selected epochs are of this kind: the earliest final-phase evaluation at or above
+    the baseline's best beats all earlier ones, and so do the best final-phase epoch and the baseline's best."""
     r = history[-1]
     if r["phase_end"]:
         return True
-    if r["phase"] != n_phases:
+    if r["C"] != final_C:
         return False
-    earlier = [x["val_metric"] for x in history[:-1] if x["phase"] == n_phases]
+    earlier = [x["val_metric"] for x in history[:-1] if x["C"] == final_C]
     return all(r["val_metric"] > m for m in earlier)
 
 

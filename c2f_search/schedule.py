@@ -17,7 +17,7 @@ from .errors import ScheduleError
 EXAMPLE = "fshift:4x5,1x15"
 COARSE_ONLY = "coarse-only"
 
-__all__ = ["Phase", "Schedule", "ScheduleError", "parse_schedule", "EXAMPLE", "COARSE_ONLY", "AUTO"]
+__all__ = ["Phase", "Schedule", "ScheduleError", "parse_schedule", "record_schedule", "EXAMPLE", "COARSE_ONLY", "AUTO"]
 
 
 AUTO = "auto"
@@ -136,6 +136,11 @@ def _validate(s: Schedule) -> None:
 
 _PHASE = re.compile(r"^\s*([-+]?\d+)\s*x\s*(.+?)\s*$")
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def record_schedule(text: str) -> Schedule:
+    """The schedule of a record's ``schedule`` field (an adaptive one carries its rule: ``... [plateau:...]``)."""
+    return parse_schedule(text.split(" [", 1)[0])
 
 
 def parse_schedule(text: str) -> Schedule:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .pareto import baseline_reference, by_trial, save_figure, trial_quantities
-from .schedule import parse_schedule
+from .schedule import record_schedule as parse_schedule
 
 
 def _mean_sd(xs: list) -> tuple:

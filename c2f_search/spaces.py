@@ -3,7 +3,9 @@ Optuna define-by-run function.
 
 Two kinds of file:
   * an open space (``space:``): method, number of coarse phases, C values, phase
-    fractions and hyperparameters, sampled by Optuna;
+    fractions and hyperparameters, sampled by Optuna; with ``controller:`` the coarse phases are
+    learned (``CxAUTO``) by a sampled controller under the epoch budget, and ``pbt:`` sets
+    population-based training (``search --scheduler pbt``);
   * a grid (``schedules:``): listed schedules run as they are (e.g. the paper's grid).
 """
 from __future__ import annotations
@@ -20,9 +22,11 @@ from .errors import ConfigError, ScheduleError, SpaceError
 from .schedule import Phase, Schedule, parse_schedule
 
 TOP_KEYS = {"name", "description", "data", "model", "epochs", "metric_target", "resources", "space",
-            "schedules", "fixed", "objective", "finetune"}
+            "schedules", "fixed", "objective", "finetune", "pbt"}
+PBT_KEYS = {"interval": 0.5, "quantile": 0.25, "lower_C": 0.5}  # and their defaults
 FINETUNE_KEYS = {"data", "schedule", "fixed"}
-SPACE_KEYS = {"method", "coarse_phases", "C_values", "phase_fraction", "max_coarse_fraction"}
+SPACE_KEYS = {"method", "coarse_phases", "C_values", "phase_fraction", "max_coarse_fraction", "controller",
+              "final_fraction"}
 HPARAMS = set(SEARCHABLE)
 RESOURCE_KEYS = {"cpu", "gpu"}
 
@@ -49,6 +53,13 @@ class Space:
     C_values: list[int] = field(default_factory=lambda: [8, 4, 2])
     phase_fraction: tuple[float, float] = (0.1, 0.3)
     max_coarse_fraction: float = 0.8
+    controllers: dict | None = None  # learned coarse phases: controller name -> {setting: spec}
+    final_fraction: tuple[float, float] = (0.4, 0.6)  # learned: the final phase's share of the epochs
+    pbt: dict = field(default_factory=lambda: dict(PBT_KEYS))
+
+    @property
+    def is_adaptive(self) -> bool:
+        return self.controllers is not None
 
     @property
     def is_grid(self) -> bool:
@@ -105,6 +116,17 @@ class Space:
         """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
         return DefineByRun(self, epochs or self.epochs)
 
+    def population_schedule(self, method: str, E: float) -> Schedule:
+        """A PBT member's schedule: every C of the space, learned (CxAUTO), then the final phase."""
+        final = _round(E * sum(self.final_fraction) / 2)
+        return Schedule(method, (*(Phase(C, None) for C in sorted(self.C_values, reverse=True)), Phase(1, final)))
+
+    def sample_transition(self, trial, E: float) -> str:
+        """A learned space's controller and its settings, as a --transition rule with the epoch budget."""
+        name = trial.suggest_categorical("controller", sorted(self.controllers))
+        kv = [f"{k}={_suggest(trial, f'{name}_{k}', spec)}" for k, spec in sorted(self.controllers[name].items())]
+        return f"{name}:" + ",".join(kv + [f"budget={E:g}"])
+
     def sample_schedule(self, trial, E: float) -> Schedule:
         lo, hi = self.coarse_phases
         k = trial.suggest_int("coarse_phases", lo, hi) if hi > lo else lo
@@ -114,6 +136,9 @@ class Space:
         # one categorical per k over the strictly decreasing C tuples: fixed choices per name, as samplers need
         combos = ["-".join(map(str, c)) for c in itertools.combinations(sorted(self.C_values, reverse=True), k)]
         Cs = [int(c) for c in trial.suggest_categorical(f"C_{k}", combos).split("-")]
+        if self.is_adaptive:  # the controller learns the coarse lengths; the final phase keeps its share
+            final = _round(trial.suggest_float("final_fraction", *self.final_fraction) * E)
+            return Schedule(method, (*(Phase(C, None) for C in Cs), Phase(1, final)))
         fr = [trial.suggest_float(f"fraction_{i + 1}", *self.phase_fraction) for i in range(k)]
         if sum(fr) > self.max_coarse_fraction:  # keep a real full-resolution phase
             fr = [f * self.max_coarse_fraction / sum(fr) for f in fr]
@@ -137,7 +162,10 @@ class DefineByRun:
             cfg.update({"schedule": schedule, **({"model": model} if model else {}),
                         **(sp.grid_fixed[labels.index(label)] if sp.grid_fixed else {})})
         else:
-            cfg["schedule"] = str(sp.sample_schedule(trial, self.epochs))
+            schedule = sp.sample_schedule(trial, self.epochs)
+            cfg["schedule"] = str(schedule)
+            if schedule.is_adaptive:
+                cfg["transition"] = sp.sample_transition(trial, self.epochs)
         for name, spec in sp.hparams.items():
             cfg[name] = _suggest(trial, name, spec)
         return cfg
@@ -335,4 +363,55 @@ def load_space(name_or_path: str) -> Space:
         raise _err(path, "space.max_coarse_fraction", "must be between 0 and 1")
     sp.coarse_phases, sp.C_values = (cp["low"], cp["high"]), Cs
     sp.phase_fraction, sp.max_coarse_fraction = (fr["low"], fr["high"]), mcf
+    if "controller" in body:
+        sp.controllers = _controllers(path, body["controller"], float(epochs))
+        ff = body.get("final_fraction", {"low": 0.4, "high": 0.6})
+        if not (isinstance(ff, dict) and {"low", "high"} == set(ff) and 0 < ff["low"] <= ff["high"] < 1):
+            raise _err(path, "space.final_fraction", "must be {low: .., high: ..} with 0 < low <= high < 1")
+        sp.final_fraction = (ff["low"], ff["high"])
+        if cp["low"] == 0:
+            raise _err(path, "space.coarse_phases", "a learned space needs low >= 1 (its trials learn coarse phases)")
+    elif "final_fraction" in body:
+        raise _err(path, "space.final_fraction", "belongs to a learned space; add 'controller'")
+    sp.pbt = _pbt(path, doc.get("pbt"))
     return sp
+
+
+def _controllers(path, spec, epochs: float) -> dict:
+    """controller: {plateau: {patience: [1, 2], delta: {low: 0, high: 0.02}}, probe: {steps: [5, 10]}}."""
+    from .controllers import CONTROLLERS, make_controller
+    if not isinstance(spec, dict) or not spec or set(spec) - set(CONTROLLERS):
+        raise _err(path, "space.controller", f"must map controllers ({', '.join(CONTROLLERS)}) to their settings")
+    out = {}
+    for name, settings in spec.items():
+        settings = settings or {}
+        allowed = set(CONTROLLERS[name][1]) - {"budget"}  # the budget is the space's epochs
+        if not isinstance(settings, dict) or set(settings) - allowed:
+            raise _err(path, f"space.controller.{name}", f"settings are {', '.join(sorted(allowed))}")
+        out[name] = {}
+        for k, v in settings.items():
+            v = v if isinstance(v, (list, dict)) else [v]
+            _check_hparam(path, f"controller.{name}.{k}", v)
+            out[name][k] = v
+            for x in _extremes(v):  # every value a trial may get makes a valid rule
+                try:
+                    make_controller(parse_schedule("fshift:2xauto,1x1"), f"{name}:{k}={x}")
+                except ConfigError as e:
+                    raise _err(path, f"space.controller.{name}.{k}", e.problem) from None
+    return out
+
+
+def _pbt(path, spec) -> dict:
+    """pbt: {interval: full-resolution epochs of FLOPs between perturbations, quantile, lower_C: probability
+    that a member copying a better one also moves to the next finer C}."""
+    spec = spec or {}
+    if not isinstance(spec, dict) or set(spec) - set(PBT_KEYS):
+        raise _err(path, "pbt", f"must be a mapping with keys {', '.join(PBT_KEYS)}")
+    out = {**PBT_KEYS, **spec}
+    if not (isinstance(out["interval"], (int, float)) and out["interval"] > 0):
+        raise _err(path, "pbt.interval", "full-resolution epochs of compute between perturbations, > 0")
+    if not (isinstance(out["quantile"], (int, float)) and 0 < out["quantile"] <= 0.5):
+        raise _err(path, "pbt.quantile", "the bottom (and top) fraction of the population, in (0, 0.5]")
+    if not (isinstance(out["lower_C"], (int, float)) and 0 <= out["lower_C"] <= 1):
+        raise _err(path, "pbt.lower_C", "a probability in [0, 1]")
+    return out

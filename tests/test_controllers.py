@@ -145,3 +145,41 @@ def test_population_member_copies_a_donor_lowers_C_and_keeps_its_own_lr(tiny_dat
     assert member.phases[2]["reason"].startswith("budget") and recs[-1]["schedule_done"]
     assert member.model.geometry.frames == 256 and member.phases[-1]["steps"] == 5
     assert member.counters["train_flops"] <= 3 * 5 * member.step_flops(1) + 1
+
+
+@pytest.mark.slow
+def test_pbt_member_lowers_C_mid_trial_and_loads_the_donor_onto_its_grid(tmp_path):
+    """Real Ray PBT: two members; the worse one copies the better one and always moves to the next finer C."""
+    import os
+
+    import ray
+
+    from c2f_search.pareto import load_rows
+    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
+    space = tmp_path / "pbt.yaml"
+    space.write_text("epochs: 3\nspace:\n  method: [avgpool]\n  coarse_phases: {low: 1, high: 1}\n  C_values: [2]\n"
+                     "  final_fraction: {low: 0.5, high: 0.5}\n  controller: {plateau: {patience: [2]}}\n"
+                     "  lr: [1.0e-5, 1.0e-3]\npbt: {interval: 0.25, quantile: 0.5, lower_C: 1.0}\n"
+                     "fixed: {batch_size: 8, warmup_steps: 1, eval_every: 0.5epoch}\n")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.shutdown()
+    st = SearchSettings(space=str(space), out=str(tmp_path / "o"), trials=2, scheduler="pbt", seed=1,
+                        data=resolve_data_args("builtin:events?train=40&val=20&seed=3", None, None, "auto", False,
+                                               None, None, None, None), model_kwargs={"depth": 1})
+    try:
+        run_search(st)
+    finally:
+        ray.shutdown()
+    rows = load_rows(tmp_path / "o").to_pylist()
+    assert {r["controller"] for r in rows} == {"population"}
+    assert all(r["status"] == "finished" for r in rows)
+    import json
+    exploits = [json.loads(line) for d in (tmp_path / "o" / "search").iterdir() if d.is_dir()
+                for line in (d / "result.json").read_text().splitlines() if json.loads(line).get("exploited_from")]
+    assert exploits, "PBT never made a member copy another"
+    first = exploits[0]
+    assert first["C"] == 1 and first["controller_flops"] > 0  # moved to the finer grid; its own work still counted
+    mine = sorted((r for r in rows if r["trial_id"] == first["trial_id"]), key=lambda r: r["train_flops"])
+    assert mine[0]["C"] == 2 and mine[-1]["C"] == 1 and mine[-1]["schedule_done"]
+    assert mine[-1]["trained"].startswith("avgpool:2x") and ",1x" in mine[-1]["trained"]
+    assert all(t["schedule_done"] for t in rows if t["step"] == max(r["step"] for r in rows if r["trial_id"] == t["trial_id"]))

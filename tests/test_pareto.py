@@ -93,4 +93,4 @@ def test_checkpoints_the_front_needs_are_marked():
     h = [dict(phase=1, C=2, val_metric=0.7, phase_end=False), dict(phase=1, C=2, val_metric=0.5, phase_end=True),
          dict(phase=2, C=1, val_metric=0.4, phase_end=False), dict(phase=2, C=1, val_metric=0.6, phase_end=False),
          dict(phase=2, C=1, val_metric=0.6, phase_end=False), dict(phase=2, C=1, val_metric=0.65, phase_end=True)]
-    assert [keep_checkpoint(h[:k + 1], 2) for k in range(len(h))] == [False, True, True, True, False, True]
+    assert [keep_checkpoint(h[:k + 1], 1) for k in range(len(h))] == [False, True, True, True, False, True]

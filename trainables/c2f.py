@@ -6,6 +6,7 @@ Tune's checkpoint when there is one, and reports every record (each epoch and ea
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
@@ -19,11 +20,14 @@ from ray import tune
 from c2f_search.config import SEARCHABLE, TrainConfig
 from c2f_search.data import Data
 from c2f_search.errors import DataError
-from c2f_search.io import load_checkpoint, save_checkpoint
+from c2f_search.io import atomic_write, load_checkpoint, save_checkpoint
 from c2f_search.pretrain import finetune_record
 from c2f_search.records import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
+from c2f_search.controllers import Population
 from c2f_search.schedule import parse_schedule
 from c2f_search.train import Run
+
+OWNER_FILE = "trial_id"  # which trial wrote a checkpoint: PBT hands a member a better member's
 
 
 def _device() -> str:
@@ -51,6 +55,20 @@ def trial_config(config: dict, setup: dict) -> TrainConfig:
                        objective=setup.get("objective", "supervised"), **hp)
 
 
+def _ledger() -> Path:
+    """What this population member has spent, kept in its trial folder across PBT's restarts."""
+    return Path(tune.get_context().get_trial_dir()) / "member.json"
+
+
+def _count_thrown_away(run) -> None:
+    """A member that copies a better one throws its own training away: that work stays in its cost
+    (train_flops, and controller_flops for the controller's own spending), never hidden."""
+    f = _ledger()
+    spent = json.loads(f.read_text())["train_flops"] if f.is_file() else 0.0
+    run.counters["train_flops"] += spent
+    run.counters["controller_flops"] += spent
+
+
 def train_schedule(config: dict, setup: dict) -> None:
     """Run one trial. `config` holds the schedule and searched hyperparameters; `setup`
     the fixed parts (data, model, fixed hyperparameters, metric target)."""
@@ -61,12 +79,21 @@ def train_schedule(config: dict, setup: dict) -> None:
         raise DataError(f"node {socket.gethostname()} cannot read the data: {e}. Every node needs the same "
                         f"paths: put the data on a shared mount (NFS/EFS) or sync it with cluster.yaml's "
                         f"file_mounts") from None
-    state, started = None, time.time()
+    state, started, donor = None, time.time(), None
+    me = tune.get_context().get_trial_id()
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
-    run = Run(cfg, data, _device(), state)
+            owner = Path(d) / OWNER_FILE
+            donor = owner.read_text() if owner.is_file() and owner.read_text() != me else None
+    controller = None
+    if "C" in config:  # a population member: PBT sets its C (and lowers it when it copies a better member)
+        controller = Population(parse_schedule(cfg.schedule), "population", C=config["C"], budget=setup["budget"],
+                                eval_every=cfg.eval_every)
+    run = Run(cfg, data, _device(), state, controller=controller, exploit=donor is not None)
+    if donor is not None:
+        _count_thrown_away(run)
     if os.environ.get("C2F_INJECT_NAN") == cfg.schedule:  # fault injection for tests: a diverging trial
         with torch.no_grad():
             next(run.model.parameters()).fill_(float("nan"))
@@ -74,15 +101,19 @@ def train_schedule(config: dict, setup: dict) -> None:
     attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
                "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size,
                "seed": cfg.seed, "model": cfg.model}
-    n_phases = len(parse_schedule(cfg.schedule).phases)
+    attempt["exploited_from"] = donor
+    final_C = run.controller.final_C()
     for rec in run.records():
         if setup.get("finetune") and rec["schedule_done"]:  # the trial ends with its fine-tune's record
             rec = {**rec, "schedule_done": False}
         # the driver's runner.KeepCheckpoints never deletes a checkpoint the front may need
         metrics = {k: rec.get(k) for k in RECORD_FIELDS} | attempt | {
-            "checkpoint_needed": keep_checkpoint(run.history, n_phases)}
+            "checkpoint_needed": keep_checkpoint(run.history, final_C)}
+        if controller is not None:
+            atomic_write(_ledger(), json.dumps({"train_flops": run.counters["train_flops"]}))
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(run.state_dict(), Path(d) / CHECKPOINT_FILE)
+            (Path(d) / OWNER_FILE).write_text(me)
             _maybe_inject_fault(rec)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     if setup.get("finetune"):  # a pretraining search: its objective is the downstream metric

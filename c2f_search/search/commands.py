@@ -21,8 +21,10 @@ def add_search_args(s) -> None:
     s.add_argument("--out", default="runs/search", metavar="DIR")
     s.add_argument("--sampler", default="auto", choices=SAMPLERS,
                    help="Optuna sampler; auto = grid for a 'schedules' space, TPE otherwise")
-    s.add_argument("--scheduler", default="fifo", choices=("fifo", "asha"),
-                   help="asha stops weak trials early, comparing them at equal cumulative train FLOPs")
+    s.add_argument("--scheduler", default="fifo", choices=("fifo", "asha", "pbt"),
+                   help="asha stops weak trials early, comparing them at equal cumulative train FLOPs; pbt runs a "
+                        "population (--trials members) of a learned space (e.g. --space adaptive) under Ray's "
+                        "population-based training, which may lower a member's C (never raise it)")
     s.add_argument("--epochs", type=positive_float, help="epoch budget per trial (overrides the space's 'epochs'; "
                                                            "grid schedules are rescaled to it)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted search in DIR")

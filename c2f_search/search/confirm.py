@@ -10,7 +10,7 @@ from ..errors import C2FError
 from ..io import atomic_write
 from ..pareto import analyse, load_rows
 from ..results import write_table
-from ..schedule import parse_schedule
+from ..schedule import record_schedule as parse_schedule
 from ..seeds import analyse_seeds, plot_seeds, summary_text
 from ..spaces import load_space
 from .runner import connect_ray, make_trainable

@@ -17,7 +17,7 @@ from ray.tune import Callback
 
 from ..errors import C2FError, SpaceError
 from ..spaces import Space, load_space
-from .schedulers import make_scheduler
+from .schedulers import make_scheduler, population
 from .searcher import METRICS, STUDY, make_searcher
 from .settings import SearchSettings
 
@@ -200,18 +200,27 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=storage_filesystem)
     else:
-        searcher = make_searcher(space, settings.sampler, settings.seed, epochs,
-                                 optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"))
-        grid_mode = space.is_grid and settings.sampler in ("auto", "grid")
-        n = min(settings.trials or space.grid_size(), space.grid_size()) if grid_mode else (settings.trials or 12)
-        sched = make_scheduler(settings.scheduler, _max_flops(data, space, epochs, settings.model_kwargs))
+        sched = make_scheduler(settings.scheduler, _max_flops(data, space, epochs, settings.model_kwargs), space,
+                               epochs, settings.seed)
+        if settings.scheduler == "pbt":  # Ray runs no search algorithm with PBT: members draw their values once
+            from ray.tune.search import BasicVariantGenerator
+            searcher, n, param_space = None, settings.trials or 8, population(space, epochs)
+            search_alg = BasicVariantGenerator(random_state=settings.seed)
+        else:
+            searcher = make_searcher(space, settings.sampler, settings.seed, epochs,
+                                     optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"))
+            grid_mode = space.is_grid and settings.sampler in ("auto", "grid")
+            n = min(settings.trials or space.grid_size(), space.grid_size()) if grid_mode else (settings.trials or 12)
+            param_space, search_alg = None, searcher
         tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=n),
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=sched, num_samples=n),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=settings.storage or str(out), storage_filesystem=storage_filesystem,
+                # PBT clones a donor's checkpoint of its own choosing, maybe an older one: keep them all
                 verbose=0, callbacks=[TrialLines(progress_stream)] + (
-                    [KeepCheckpoints(settings.keep_checkpoints)] if settings.keep_checkpoints else []),
+                    [KeepCheckpoints(settings.keep_checkpoints)]
+                    if settings.keep_checkpoints and settings.scheduler != "pbt" else []),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
     settings.save()
     # Ctrl-C raises KeyboardInterrupt out of fit() (Tune's own handler would stop quietly and return a
@@ -219,8 +228,8 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     results = tuner.fit()
     _close_stale_trials(out / "optuna.db")
-    exhausted = not resume and searcher.exhausted
-    if not resume and searcher.repeats:
+    exhausted = not resume and searcher is not None and searcher.exhausted
+    if not resume and searcher is not None and searcher.repeats:
         print(f"{searcher.repeats} sampled configurations repeated one already trained (same schedule and "
               f"hyperparameters): not trained again, Optuna was told the first one's result", flush=True)
     if exhausted:
@@ -237,7 +246,7 @@ def make_trainable(settings: SearchSettings, space: Space, metric_target="space"
     target = settings.metric_target or space.metric_target if metric_target == "space" else metric_target
     setup = {"data": settings.data, "model": space.model, "fixed": space.fixed,
              "model_kwargs": settings.model_kwargs, "metric_target": target, "objective": space.objective,
-             "finetune": settings.finetune}
+             "finetune": settings.finetune, "budget": settings.epochs or space.epochs}
     res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
     return tune.with_resources(tune.with_parameters(train_schedule, setup=setup),
                                {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
