@@ -65,6 +65,23 @@ def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fr
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
+def _kill_ray_session_of(driver_pid: int) -> None:
+    """Kill what is left of the Ray instance a killed driver started (its GCS, raylet, ...), and nothing
+    else: other Ray instances on the machine (`ray stop` would kill them all) are left alone. Ray's
+    session folder ends with the driver's pid: /tmp/ray/session_<time>_<pid>."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "session_" in cmd and (f"_{driver_pid}/" in cmd or cmd.strip().endswith(f"_{driver_pid}")):
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
 def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fresh_ray):
     space = _space(tmp_path, ["none:1x2", SCHED, "fshift:2x1,1x1", "maxpool:2x1,1x1"])
     out = tmp_path / "s"
@@ -89,7 +106,7 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     log.close()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    _kill_ray_session_of(p.pid)
     r = _run_cli(["search", "--out", str(out), "--resume"], tmp_path / "resume.log", env, 400)
     assert r.returncode == 0, r.stdout[-3000:]
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{db}")

@@ -20,9 +20,10 @@ MAX_REPEATS = 200
 
 
 def config_key(config: dict) -> str:
-    """What a trial trains: its schedule and the hyperparameters it sets (not the sampler's raw
+    """What a trial trains: its model, schedule and the hyperparameters it sets (not the sampler's raw
     parameters, several of which can give the same schedule)."""
-    return json.dumps({k: v for k, v in config.items() if k == "schedule" or k in SEARCHABLE}, sort_keys=True)
+    return json.dumps({k: v for k, v in config.items() if k in ("schedule", "model") or k in SEARCHABLE},
+                      sort_keys=True)
 
 
 class C2FOptunaSearch(OptunaSearch):
