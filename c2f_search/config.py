@@ -7,10 +7,15 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import ConfigError
+from .precision import PRECISIONS
 
 # settings a search space may search or fix (`fixed:` and `space:` keys)
 SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma",
               "lr_schedule", "seed")
+# settings a space may fix but not search: they change speed and numerics, not FLOPs
+FIXED_ONLY = ("precision", "compile")
+# how a run executes, not what it computes: a resumed run may change it
+EXECUTION = ("compile",)
 MODEL_KWARGS = {"depth": "transformer depth", "dist_token": "DeiT's distillation token",
                 "stride": "patch stride (overlapping patches)", "drop_path_rate": "stochastic depth"}
 LR_SCHEDULES = ("step", "cosine")
@@ -35,6 +40,8 @@ class TrainConfig:
     mixup: float = 0.0  # fraction of each batch mixed, lambda ~ Beta(10, 10)
     seed: int = 0
     metric_target: float | None = None  # budget mode: stop at the first final-phase eval reaching it
+    precision: str = "auto"  # auto: bf16 on CUDA that has it (else fp16), fp32 on CPU; resolved by Run
+    compile: bool | None = None  # torch.compile per phase (CUDA graphs on CUDA); None: on for CUDA only
 
     def __post_init__(self):
         self.betas, self.lr_milestones = tuple(self.betas), tuple(self.lr_milestones)
@@ -57,7 +64,7 @@ class TrainConfig:
     def training_identity(self) -> dict:
         """What determines the trajectory apart from the schedule: runs that agree on it can share a prefix."""
         d = self.to_dict()
-        for k in ("schedule", "metric_target"):
+        for k in ("schedule", "metric_target", *EXECUTION):
             d.pop(k)
         return d
 
@@ -113,5 +120,9 @@ def _check(c: TrainConfig) -> None:
             raise ConfigError(k, f"must be in [0, 1), got {v!r}")
         if k == "dist_token" and not isinstance(v, bool):
             raise ConfigError(k, f"must be true or false, got {v!r}")
+    if c.precision not in PRECISIONS:
+        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+    if c.compile is not None and not isinstance(c.compile, bool):
+        raise ConfigError("compile", f"must be true or false, got {c.compile!r}")
     if c.init is not None and not isinstance(c.init, str):
         raise ConfigError("init", f"must be a path, got {c.init!r}")
