@@ -53,6 +53,10 @@ def test_reuse_overwrite_resume_and_conflicting_flags(tmp_path, capsys):
     assert rc == 2 and "--batch-size 4: the run was trained with batch_size=8" in err
     rc, err = _cli(["train", "--out", out, "--resume", "--depth", "2"], capsys)
     assert rc == 2 and "--depth 2: the run was trained with depth=1" in err
+    rc, err = _cli(["train", "--out", out, "--resume", "--precision", "bf16"], capsys)  # auto ran fp32 on the CPU
+    assert rc == 2 and "--precision bf16: the run was trained with precision='fp32'" in err
+    rc, err = _cli(["train", "--out", out, "--resume", "--no-progress", "--precision", "fp32", "--compile"], capsys)
+    assert rc == 0  # the precision it ran at, and how it executes, may be given on a resume
     rc, err = _cli(["train", "--out", out, "--resume", "--no-progress"], capsys)  # recorded settings, finished run
     assert rc == 0 and len(pq.read_table(tmp_path / "r" / "metrics.parquet")) == 2
     assert _cli(BASE + ["--schedule", "fshift:2x1,1x1", "--out", out, "--overwrite"], capsys)[0] == 0

@@ -82,7 +82,7 @@ def _settings_from_args(a):
     return SearchSettings(
         space=str(Path(space.path).resolve()), out=str(Path(a.out).resolve()),
         data=resolve_data_args(data, a.val, a.labels, a.task or "auto", bool(a.skip_bad), norm_arg(a.norm), cache,
-                               a.num_mel_bins, a.target_length),
+                               a.num_mel_bins, a.target_length, a.features or "fp32", a.stream_workers),
         trials=a.trials, sampler=a.sampler, scheduler=a.scheduler, epochs=a.epochs, seed=a.seed,
         max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints or None,
         resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, metric_target=a.metric_target,
