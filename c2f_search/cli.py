@@ -164,7 +164,8 @@ def cmd_train(a) -> int:
     atomic_write(out / "config.json", json.dumps(
         {"config": cfg.to_dict(), "data": data_args, "frontend": data.fe.key(),
          "target_length_reason": data.target_reason, "norm": [data.mean, data.std], "classes": data.train.classes,
-         "resumed_from": str(source) if a.resume else None}, indent=1))
+         "resumed_from": str(source) if a.resume else None,
+         "resolved": {"device": run.device_name, "precision": run.precision, "compile": run.compiled}}, indent=1))
     n_tr, n_va = data.used_counts()
     print(f"training {cfg.schedule} | {cfg.model} | {n_tr} train / {n_va} val clips | {data.num_classes} classes "
           f"({run.metric_name}) | device {run.device}{f' ({run.device_name})' if run.device.type == 'cuda' else ''}, "
@@ -253,7 +254,8 @@ def build_parser() -> Parser:
     t = sub.add_parser("train", help="train one schedule (no Ray)", epilog=EPILOG_SCHEDULE,
                        description="Train one coarse-to-fine schedule and write DIR/metrics.parquet (one row per "
                                    "evaluation), DIR/config.json and checkpoints (one per phase end, final, last). "
-                                   "Without --target-length the full-resolution length is derived from the data.")
+                                   "Without --target-length the full-resolution length is derived from the data. "
+                                   "Every step trains a full batch: the last partial batch of an epoch is dropped.")
     t.add_argument("--schedule", help="e.g. fshift:2x2,1x4 (required, except with --resume)")
     t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--metric-target", type=finite_float,

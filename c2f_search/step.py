@@ -56,10 +56,11 @@ class TrainStep:
         self.fwd = fwd
 
     def __call__(self, x, y, opt) -> torch.Tensor:
+        # grads of the step before alias its graph's outputs: drop them before the next replay
+        opt.zero_grad(set_to_none=True)
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
         loss = self.fwd(x, y)
-        opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)  # fused Adam skips an overflowing step on the device

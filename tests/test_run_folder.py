@@ -64,6 +64,8 @@ def test_reuse_overwrite_resume_and_conflicting_flags(tmp_path, capsys):
                                                                                    "phase1-C2.pt"]
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["config"]["schedule"] == "fshift:2x1,1x1" and cfg["config"]["model_kwargs"] == {"depth": 1}
+    assert cfg["config"]["precision"] == "auto" and cfg["resolved"] == {"device": "cpu", "precision": "fp32",
+                                                                        "compile": False}
 
 
 def test_damaged_last_checkpoint_names_the_intact_one_and_resume_from_it(tmp_path, capsys):
