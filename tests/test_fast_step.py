@@ -200,3 +200,21 @@ def test_gpu_bench_without_a_gpu_says_so_and_exits_0():
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_step.py")], capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
     assert p.returncode == 0 and "no CUDA GPU" in p.stdout + p.stderr
+
+
+def test_streaming_names_a_clip_that_fails_at_decode_time_and_scans_headers_up_front(tmp_path):
+    from c2f_search.data import Data
+
+    from .test_data import _datafile, _wav
+    good = [{"wav": _wav(tmp_path / f"{i}.wav"), "labels": "/m/a"} for i in range(3)]
+    nan = {"wav": _wav(tmp_path / "nan.wav", value=np.full(8000, np.nan, "float32")), "labels": "/m/b"}
+    gone = {"wav": str(tmp_path / "gone.wav"), "labels": "/m/a"}
+    f, _ = _datafile(tmp_path, good + [nan, gone])
+    kw = dict(features="stream", workers=1, norm=(0.0, 1.0), num_mel_bins=32, target_length=64)
+    with pytest.raises(DataError, match="gone.wav: file not found"):  # the header scan, before any training
+        Data.from_specs(str(f), **kw).features("train", 10.0, 64)
+    feats = Data.from_specs(str(f), skip_bad=True, **kw).features("train", 10.0, 64)
+    assert feats.kept.tolist() == [0, 1, 2, 3] and feats.bad[0][0].endswith("gone.wav")
+    assert next(feats.batches([np.arange(3)]))[0].shape == (3, 32, 64)
+    with pytest.raises(DataError, match="nan.wav: contains NaN .*streaming decodes clips only when"):
+        list(feats.batches([np.arange(2), np.arange(4)]))
