@@ -19,6 +19,7 @@ Usage: python bench/learned_vs_fixed.py [--data events rhythms] [--seeds 3] [--e
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -90,11 +91,12 @@ def run_core(cfg_kw: dict, schedule: str, data, seed: int, **extra) -> list[dict
 
 
 def stretch(schedule: str, budget: float, flops) -> str:
-    """The schedule with its final phase lengthened (or shortened) to spend `budget` FLOPs."""
+    """The schedule with its final phase lengthened (or shortened) to spend `budget` FLOPs;
+    `flops(method, C)` is one epoch's training FLOPs."""
     from c2f_search.schedule import Phase, Schedule, parse_schedule
     s = parse_schedule(schedule)
-    coarse = sum(p.epochs * flops(p.C) for p in s.phases[:-1])
-    final = max(0.1, (budget - coarse) / flops(1))
+    coarse = sum(p.epochs * flops(s.method, p.C) for p in s.phases[:-1])
+    final = max(0.1, (budget - coarse) / flops(s.method, 1))
     return str(Schedule(s.method, (*s.phases[:-1], Phase(1, round(final, 3)))))
 
 
@@ -132,10 +134,18 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
         Data.from_specs(data_spec, quantum=64, num_mel_bins=64)
     spec = data_spec if data_spec.startswith("builtin:") else data_spec
     from c2f_search import Run, TrainConfig
+    from c2f_search.compress import get_method
+    from c2f_search.transfer import build_for_phase
     probe = Run(TrainConfig("none:1x1", **cfg_kw), data, "cpu")
     spe = probe.steps_per_epoch
-    per_epoch = {C: probe.step_flops(C) * spe for C in (1, 2, 4, 8)}
-    budget = E * per_epoch[1]
+
+    @functools.cache
+    def epoch_flops(method: str, C: int) -> float:
+        """Training FLOPs of one epoch of `method` at C (the model built on the meta device)."""
+        m = build_for_phase(probe.cfg.model, probe._model_kwargs(), get_method(method), C, probe.full, device="meta")
+        return float(probe.objective.train_flops(m) * probe.cfg.batch_size * spe)
+
+    budget = E * epoch_flops("none", 1)
     res, t0 = {"data": name, "clips": [len(data.train), len(data.val)], "budget_epochs": E}, time.time()
     base = {s: run_core(cfg_kw, f"none:1x{E:g}", data, s) for s in range(seeds)}
     refs = {s: max(recs, key=lambda r: (r["val_metric"], -r["step"])) for s, recs in base.items()}
@@ -153,8 +163,8 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
                                                                         "patch-pi")]
     g = {s: run_core(cfg_kw, s, data, 0) for s in grid[1:]}
     best_grid = max(g, key=lambda s: max(r["val_metric"] for r in g[s] if r["C"] == 1))
-    contenders = {"default-space best (fixed)": stretch(best_default, budget, lambda C: per_epoch[C]),
-                  "paper-grid best (fixed)": stretch(best_grid, budget, lambda C: per_epoch[C])}
+    contenders = {"default-space best (fixed)": stretch(best_default, budget, epoch_flops),
+                  "paper-grid best (fixed)": stretch(best_grid, budget, epoch_flops)}
     for label, sched in contenders.items():
         rows[f"{label}: {sched}"] = {s: records_summary(run_core(cfg_kw, sched, data, s), refs[s], budget)
                                      for s in range(seeds)}
@@ -188,7 +198,7 @@ def table(results: list[dict]) -> str:
             return "did not reach"
         m = statistics.mean(vals)
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{fmt(m)} ± {fmt(sd)}" + (f" ({len(vals)} of n reached)" if False else "")
+        return f"{fmt(m)} ± {fmt(sd)}"
     lines = []
     for res in results:
         lines += [f"### {res['data']} ({res['clips'][0]} train / {res['clips'][1]} val clips, budget "

@@ -9,6 +9,7 @@ import sys
 
 from .config import LOSSES, LR_SCHEDULES, TrainConfig, defaults
 from .errors import ConfigError
+from .precision import PRECISIONS
 
 EPILOG_SCHEDULE = ("Schedules are METHOD:CxEPOCHS,...,1xEPOCHS with METHOD in none, fshift, avgpool, maxpool, "
                    "patch-bl, patch-pi; e.g. fshift:4x5,1x15 or patch-pi:4x3,2x3,1x14 or none:1x20. "
@@ -53,6 +54,7 @@ def config_error_line(e: ConfigError) -> str:
 
 
 def add_data_args(p: argparse.ArgumentParser, required=True) -> None:
+    from .data import FEATURE_MODES
     g = p.add_argument_group("data")
     g.add_argument("--data", required=required, metavar="DATA",
                    help="builtin:events[?train=N&val=N&seed=N], an AST JSON datafile, or a folder DIR with "
@@ -72,6 +74,11 @@ def add_data_args(p: argparse.ArgumentParser, required=True) -> None:
                         "name (audioset, esc50, speechcommands, vggsound, voxceleb) or MEAN,STD")
     g.add_argument("--no-cache", action="store_true", default=None,
                    help="do not keep fbank features in the Arrow cache ($C2F_CACHE, default ~/.cache/c2f-search)")
+    g.add_argument("--features", choices=FEATURE_MODES, default=None,
+                   help="fp32: float32 fbank store (default); fp16: a store of half the size; stream: no store, "
+                        "fbank computed per batch in worker processes (docs/benchmarks.md sizes each)")
+    g.add_argument("--stream-workers", type=positive_int, metavar="N",
+                   help="worker processes for --features stream (default: the CPU cores available, less one)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -123,12 +130,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default: the final phase's length), budget is the total compute in full-resolution epochs")
     g.add_argument("--eval-every", metavar="N|Xepoch",
                    help="evaluate every N steps or X epochs (e.g. 0.25epoch) as well as at every epoch end")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32, tf32 (CUDA matmuls), bf16 or fp16 (autocast; fp16 with a GradScaler); default auto: "
+                        "bf16 on a CUDA device that has it, else fp16, and fp32 on the CPU")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step once per phase (CUDA graphs on CUDA); default: on for "
+                        "CUDA, off for the CPU")
 
 
 MODEL_FLAGS = {"depth": "depth", "dist_token": "dist_token", "stride": "stride"}
 TRAIN_FLAGS = ("model", "init", "lr", "batch_size", "weight_decay", "warmup_steps", "lr_schedule", "lr_milestones",
                "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target", "transition", "eval_every", "loss",
-               "balanced_sampling", "noise", "weight_averaging", "mask_patches")
+               "balanced_sampling", "noise", "weight_averaging", "mask_patches", "precision", "compile")
 
 
 def given_config(a) -> dict:

@@ -10,11 +10,15 @@ from pathlib import Path
 
 from ._args import (EPILOG_SCHEDULE, Parser, add_data_args, add_model_args, config_error_line, finite_float,
                     given_config, norm_arg, positive_float, positive_int, train_config)
+from .config import EXECUTION
 from .errors import C2FError, CheckpointError, ConfigError
 
 RUN_FILES = ("config.json", "metrics.parquet", "skipped_clips.txt")
-DATA_FLAGS = ("data", "val", "labels", "task", "skip_bad", "norm", "no_cache", "num_mel_bins", "target_length")
-DATA_DEFAULTS = {"task": "auto", "skip_bad": False, "norm": None, "no_cache": False}
+DATA_FLAGS = ("data", "val", "labels", "task", "skip_bad", "norm", "no_cache", "num_mel_bins", "target_length",
+              "features", "stream_workers")
+DATA_DEFAULTS = {"task": "auto", "skip_bad": False, "norm": None, "no_cache": False, "features": "fp32"}
+# data flags a resumed run may change: where features come from, not what they are (Run checks their dtype)
+DATA_EXECUTION = ("no_cache", "features", "stream_workers")
 
 
 # ---------------------------------------------------------------------------- train
@@ -125,19 +129,19 @@ def _settings(a, state: dict | None, recorded: dict):
         return train_config(a, schedule, _recipe_base(a, recipe)), data_args, recipe
     base = dict(state["config"])
     for k, v in given_config(a).items():
-        rec = base.get(k)
+        rec = base.get(k) if k != "precision" or v == "auto" else state.get("precision", base.get(k))  # as resolved
         if k == "model_kwargs":
             bad = {f: x for f, x in v.items() if rec.get(f) != x}
             if bad:
                 f = next(iter(bad))
                 raise C2FError(f"--{f.replace('_', '-')} {bad[f]}: the run was trained with {f}={rec.get(f)}; "
                                f"drop the flag to continue it, or start a new --out")
-        elif rec != v and k != "metric_target":
+        elif rec != v and k not in ("metric_target", *EXECUTION):
             raise C2FError(f"--{k.replace('_', '-')} {v}: the run was trained with {k}={rec!r}; drop the flag "
                            f"to continue it, or start a new --out")
     for k in DATA_FLAGS:
         given = getattr(a, k)
-        if given is not None and k in data_rec and data_rec[k] != given and k != "no_cache":
+        if given is not None and k in data_rec and data_rec[k] != given and k not in DATA_EXECUTION:
             raise C2FError(f"--{k.replace('_', '-')} {given}: the run was trained with {data_rec[k]!r}; drop the "
                            f"flag to continue it, or start a new --out")
     schedule = a.schedule or base["schedule"]
@@ -153,7 +157,8 @@ def load_data(data_args: dict, quantum: int, progress=True, labelled=True):
                            bool(data_args["skip_bad"]), norm_arg(data_args["norm"]),
                            None if data_args["no_cache"] else "auto", progress, quantum=quantum,
                            num_mel_bins=data_args["num_mel_bins"], target_length=data_args["target_length"],
-                           labelled=labelled)
+                           labelled=labelled, features=data_args.get("features") or "fp32",
+                           workers=data_args.get("stream_workers"))
 
 
 def cmd_pretrain(a) -> int:
@@ -207,11 +212,15 @@ def _train(a) -> int:
          "target_length_reason": data.target_reason, "norm": [data.mean, data.std], "classes": data.train.classes,
          "recipe": recipe.name if recipe else None,
          "overrides": recorded.get("overrides", {}) if a.resume else _overrides(a, recipe),
-         "resumed_from": str(source) if a.resume else None}, indent=1))
+         "resumed_from": str(source) if a.resume else None,
+         "resolved": {"device": run.device_name, "precision": run.precision, "compile": run.compiled}}, indent=1))
     n_tr, n_va = data.used_counts()
     what = "unlabelled" if a.pretrain else f"{data.num_classes} classes"
     print(f"{'pretraining' if a.pretrain else 'training'} {cfg.schedule} | {cfg.model} | {n_tr} train / {n_va} val "
-          f"clips | {what} ({run.metric_name}) | device {run.device}", file=sys.stderr)
+          f"clips | {what} ({run.metric_name}) | device {run.device}"
+          f"{f' ({run.device_name})' if run.device.type == 'cuda' else ''}, {run.precision}"
+          f"{', compiled' if run.compiled else ''} | {run.steps_per_epoch} steps of {cfg.batch_size} per epoch "
+          f"(the last partial batch is dropped)", file=sys.stderr)
     print(f"target length {data.fe.target_length} frames at {data.fe.frame_shift_ms:g} ms: {data.target_reason}",
           file=sys.stderr)
     if recipe is not None:
@@ -258,7 +267,8 @@ def _train(a) -> int:
         for a, b in zip(run.phases, run.phases[1:]):
             print(f"  C={a['C']} -> C={b['C']} after {a['steps']} steps: {b['reason']}", file=sys.stderr)
     print(f"{msg}: {run.metric_name} {last['val_metric']:.4f} at epoch {last['epoch']:.2f}, "
-          f"{last['train_flops'] / 1e12:.2f} TFLOPs, {last['wall_time_s']:.0f}s -> {out}/metrics.parquet")
+          f"{last['train_flops'] / 1e12:.2f} TFLOPs, {last['train_time_s']:.1f}s training, {last['wall_time_s']:.0f}s "
+          f"in all -> {out}/metrics.parquet")
     _bad_report(data, out)
     return 0
 
@@ -313,7 +323,8 @@ def build_parser() -> Parser:
                                    "evaluation), DIR/config.json and checkpoints (one per phase end, final, last). "
                                    "Without --target-length the full-resolution length is derived from the data. "
                                    "Models: AST, HTS-AT, CNN14, SSAST (docs/models.md); --recipe sets a published "
-                                   "setup (docs/recipes.md).")
+                                   "setup (docs/recipes.md). Every step trains a full batch: the last partial batch "
+                                   "of an epoch is dropped.")
     _add_run_args(t, "runs/train")
     t.set_defaults(fn=cmd_train)
 

@@ -7,10 +7,15 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import ConfigError
+from .precision import PRECISIONS
 
 # settings a search space may search or fix (`fixed:` and `space:` keys)
 SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma",
               "lr_schedule", "seed", "mask_patches", "transition", "eval_every")
+# settings a space may fix but not search: they change speed and numerics, not FLOPs
+FIXED_ONLY = ("precision", "compile")
+# how a run executes, not what it computes: a resumed run may change it
+EXECUTION = ("compile",)
 MODEL_KWARGS = {"depth": "transformer depth (Swin: blocks in every stage)", "dist_token": "DeiT's distillation token",
                 "stride": "patch stride (overlapping patches)", "drop_path_rate": "stochastic depth"}
 LR_SCHEDULES = ("step", "cosine")
@@ -44,6 +49,8 @@ class TrainConfig:
     weight_averaging: str | None = None  # from:E (AST) or top:K (HTS-AT) final-phase evaluations
     objective: str = "supervised"  # or masked-patch: SSAST's self-supervised pretraining
     mask_patches: int | None = None  # masked patches at full resolution (default SSAST's 400/512)
+    precision: str = "auto"  # auto: bf16 on CUDA that has it (else fp16), fp32 on CPU; resolved by Run
+    compile: bool | None = None  # torch.compile per phase (CUDA graphs on CUDA); None: on for CUDA only
 
     def __post_init__(self):
         self.betas, self.lr_milestones = tuple(self.betas), tuple(self.lr_milestones)
@@ -66,7 +73,7 @@ class TrainConfig:
     def training_identity(self) -> dict:
         """What determines the trajectory apart from the schedule: runs that agree on it can share a prefix."""
         d = self.to_dict()
-        for k in ("schedule", "metric_target"):
+        for k in ("schedule", "metric_target", *EXECUTION):
             d.pop(k)
         return d
 
@@ -133,6 +140,10 @@ def _check(c: TrainConfig) -> None:
         from .controllers import parse_eval_every
         c.eval_every = str(c.eval_every)
         parse_eval_every(c.eval_every, 10 ** 6)
+    if c.precision not in PRECISIONS:
+        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+    if c.compile is not None and not isinstance(c.compile, bool):
+        raise ConfigError("compile", f"must be true or false, got {c.compile!r}")
     if c.init is not None and not isinstance(c.init, str):
         raise ConfigError("init", f"must be a path, got {c.init!r}")
     if c.loss not in LOSSES:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import math
 import os
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,9 @@ from .frontend import FrontEnd, fbank, fit_length, load_audio
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 STORE_VERSION = 1
+# fp32 / fp16: the Arrow feature store in that dtype; stream: fbank per batch in worker processes, no store
+FEATURE_MODES = ("fp32", "fp16", "stream")
+NORM_SAMPLE = 256  # clips a streamed data set estimates its normalization from
 
 
 @dataclass
@@ -203,10 +208,23 @@ class Features:
     bad: list[tuple[str, str]]
 
     def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, n_frames) for these rows; x in the store's dtype (the device casts fp16 to fp32)."""
         return torch.from_numpy(np.ascontiguousarray(self.x[idx])), torch.from_numpy(self.n_frames[idx].astype(np.int64))
 
+    def batches(self, index_batches):
+        return (self.batch(idx) for idx in index_batches)
 
-def _cache_key(clips: ClipSet, fe: FrontEnd, shift: float, target: int, skip_bad: bool) -> str:
+
+def clip_fbank(path, fe: FrontEnd, shift_ms: float, target: int) -> tuple[np.ndarray, int]:
+    """One clip's raw log-mel fbank (F, target) float32 and its real frame count; AudioError if unusable."""
+    fb = fbank(load_audio(path, fe.sample_rate), fe, shift_ms)
+    if fb.shape[0] == 0 or not torch.isfinite(fb).all():
+        raise AudioError(path, "fbank is empty or not finite (silent or broken clip)")
+    fb, n = fit_length(fb, target)
+    return fb.T.contiguous().numpy(), n
+
+
+def _cache_key(clips: ClipSet, fe: FrontEnd, shift: float, target: int, skip_bad: bool, dtype: str) -> str:
     h = hashlib.sha1()
     for p in clips.paths:
         try:
@@ -214,20 +232,22 @@ def _cache_key(clips: ClipSet, fe: FrontEnd, shift: float, target: int, skip_bad
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{p}|missing\n".encode())
-    h.update(json.dumps([fe.key(), shift, target, skip_bad, STORE_VERSION]).encode())
+    key = [fe.key(), shift, target, skip_bad, STORE_VERSION] + ([dtype] if dtype != "float32" else [])
+    h.update(json.dumps(key).encode())  # float32 stores keep the key they had before fp16 existed
     return h.hexdigest()[:20]
 
 
 def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad: bool = False,
-            cache_dir: Path | None = None, progress: bool = False) -> Features:
-    """Fbank for every clip at `shift_ms`, from the Arrow cache when present (memory-mapped)."""
+            cache_dir: Path | None = None, progress: bool = False, dtype: str = "float32") -> Features:
+    """Fbank for every clip at `shift_ms`, from the Arrow cache when present (memory-mapped);
+    `dtype` float16 halves the store."""
     path = None
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
         if cache_dir.exists() and not cache_dir.is_dir():
             raise DataError(f"feature cache {cache_dir} is a file, not a folder; point $C2F_CACHE at a folder "
                             f"or pass --no-cache")
-        path = cache_dir / f"fbank-{_cache_key(clips, fe, shift_ms, target, skip_bad)}.arrow"
+        path = cache_dir / f"fbank-{_cache_key(clips, fe, shift_ms, target, skip_bad, dtype)}.arrow"
         if path.exists():
             try:
                 return _read_store(path, fe.num_mel_bins, target)
@@ -242,19 +262,14 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
         from tqdm import tqdm
         it = tqdm(it, desc=f"fbank {Path(clips.name).name} @{shift_ms:g}ms", unit="clip", leave=False)
     for i in it:
-        p = clips.paths[i]
         try:
-            fb = fbank(load_audio(p, fe.sample_rate), fe, shift_ms)
-            if fb.shape[0] == 0 or not torch.isfinite(fb).all():
-                raise AudioError(p, "fbank is empty or not finite (silent or broken clip)")
+            fb, n = clip_fbank(clips.paths[i], fe, shift_ms, target)
         except AudioError as e:
             if not skip_bad:
-                raise DataError(f"{e} (listed in {clips.name}; pass --skip-bad to skip such clips and list them "
-                                f"at the end)") from None
+                raise _named(e, clips) from None
             bad.append((e.path, e.problem))
             continue
-        fb, n = fit_length(fb, target)
-        xs.append(fb.T.contiguous().numpy())
+        xs.append(fb.astype(dtype, copy=False))
         ns.append(n)
         kept.append(i)
     if not xs:
@@ -263,6 +278,10 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
     if path is not None:
         _write_store(path, feats)
     return feats
+
+
+def _named(e: AudioError, clips: ClipSet) -> DataError:
+    return DataError(f"{e} (listed in {clips.name}; pass --skip-bad to skip such clips and list them at the end)")
 
 
 def _write_store(path: Path, f: Features) -> None:
@@ -287,11 +306,93 @@ def _read_store(path: Path, F: int, T: int) -> Features:
                     [tuple(b) for b in json.loads(meta[b"bad"])])
 
 
+# --------------------------------------------------------------------------- streaming (no store)
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # one clip at a time per process: the processes are the parallelism
+
+
+def _batch_job(paths: list[str], fe_key: dict, shift_ms: float, target: int):
+    """In a worker process: (x (B, F, T) float32, n_frames, [(path, problem)] of clips that failed)."""
+    fe = FrontEnd(**fe_key)
+    xs, ns, bad = [], [], []
+    for p in paths:
+        try:
+            fb, n = clip_fbank(p, fe, shift_ms, target)
+        except AudioError as e:
+            bad.append((e.path, e.problem))
+            fb, n = np.zeros((fe.num_mel_bins, target), np.float32), 0
+        xs.append(fb)
+        ns.append(n)
+    return np.stack(xs), np.array(ns, np.int64), bad
+
+
+def scan_clips(clips: ClipSet, skip_bad: bool) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """The clips whose header reads (no decoding): what a streamed data set trains on."""
+    import soundfile as sf
+    kept, bad = [], []
+    for i, p in enumerate(clips.paths):
+        try:
+            if sf.info(p).frames <= 0:
+                raise AudioError(p, "zero-length clip")
+        except AudioError as e:
+            problem = e
+        except Exception as e:  # noqa: BLE001 - soundfile raises several types
+            problem = AudioError(p, "file not found" if not Path(p).exists() else f"cannot read its header ({e})")
+        else:
+            kept.append(i)
+            continue
+        if not skip_bad:
+            raise _named(problem, clips)
+        bad.append((problem.path, problem.problem))
+    if not kept:
+        raise DataError(f"{clips.name}: no usable clips ({len(bad)} bad); the data set is empty")
+    return np.array(kept, np.int64), bad
+
+
+class StreamFeatures:
+    """Features computed per batch from the audio by worker processes, in order; nothing is stored.
+    Same interface as ``Features`` for training (``kept``, ``bad``, ``batch``, ``batches``)."""
+
+    def __init__(self, clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, kept, bad, pool, workers: int):
+        self.clips, self.fe, self.shift_ms, self.target = clips, fe, shift_ms, target
+        self.kept, self.bad, self._pool, self.workers = kept, bad, pool, workers
+
+    def _submit(self, idx):
+        paths = [self.clips.paths[k] for k in self.kept[np.asarray(idx)]]
+        return self._pool().submit(_batch_job, paths, self.fe.key(), self.shift_ms, self.target)
+
+    def batches(self, index_batches):
+        """2 batches per worker in flight, so every worker is busy while the consumer takes one."""
+        it = iter(index_batches)
+        pending = deque(self._submit(idx) for idx in itertools.islice(it, 2 * self.workers))
+        try:
+            while pending:
+                x, n, bad = pending.popleft().result()
+                if bad:
+                    raise DataError(f"{bad[0][0]}: {bad[0][1]} (listed in {self.clips.name}; streaming decodes "
+                                    f"clips only when they are trained on: drop it from the data set, or use a "
+                                    f"feature store, whose --skip-bad skips it up front)")
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(self._submit(nxt))
+                yield torch.from_numpy(x), torch.from_numpy(n)
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def batch(self, idx):
+        return next(iter(self.batches([idx])))
+
+
 def norm_stats(f: Features) -> tuple[float, float]:
     """Mean and std of the real (unpadded) frames of a training set."""
     T = f.x.shape[-1]
     mask = np.arange(T)[None, :] < f.n_frames[:, None]
-    vals = f.x.transpose(0, 2, 1)[mask]
+    vals = f.x.transpose(0, 2, 1)[mask].astype(np.float32, copy=False)  # fp16 stores: sum in fp32
     return float(vals.mean()), float(vals.std())
 
 
@@ -334,25 +435,56 @@ def derive_target_length(clips: ClipSet, quantum: int, sample_rate: int = 16000,
 
 # --------------------------------------------------------------------------- train/val data
 class Data:
-    """Train/val clip sets, the front end, normalization and lazily extracted features."""
+    """Train/val clip sets, the front end, normalization and lazily extracted features.
+
+    `features`: ``fp32`` (the Arrow store, default), ``fp16`` (a store of half the size) or ``stream``
+    (fbank per batch in `workers` processes, no store; for data sets whose store would not fit a disk)."""
 
     def __init__(self, train: ClipSet, val: ClipSet, fe: FrontEnd, norm=None, cache_dir=None,
-                 skip_bad=False, progress=False, target_reason: str = "", test: ClipSet | None = None):
+                 skip_bad=False, progress=False, target_reason: str = "", test: ClipSet | None = None,
+                 features: str = "fp32", workers: int | None = None):
         for other in (val, test):
             if other is not None and train.classes != other.classes:
                 raise DataError(f"{other.name}: its classes differ from {train.name}'s; use one class_labels_indices.csv")
+        if features not in FEATURE_MODES:
+            raise DataError(f"--features must be one of {', '.join(FEATURE_MODES)}, got {features!r}")
         self.train, self.val, self.test, self.fe, self.target_reason = train, val, test, fe, target_reason
         self.cache_dir, self.skip_bad, self.progress = cache_dir, skip_bad, progress
+        self.mode = features
+        self.workers = workers or max(1, _cpus() - 1)
         self._feats: dict = {}
+        self._scans: dict = {}
+        self._executor = None
         self.num_classes, self.multilabel = len(train.classes), train.multilabel or val.multilabel
         self._norm = tuple(norm) if norm is not None else None
 
     @property
+    def feature_dtype(self) -> str:
+        """What training sees: streamed features are the fp32 store's values, computed later."""
+        return "float16" if self.mode == "fp16" else "float32"
+
+    @property
     def norm(self) -> tuple[float, float]:
-        """Mean and std for normalization: given, or computed from the training set on first use."""
+        """Mean and std for normalization: given, or computed from the training set on first use
+        (streamed: from NORM_SAMPLE evenly spaced training clips)."""
         if self._norm is None:
-            self._norm = norm_stats(self.features("train", self.fe.frame_shift_ms, self.fe.target_length))
+            f = self.features("train", self.fe.frame_shift_ms, self.fe.target_length)
+            if self.mode == "stream":
+                rows = np.unique(np.linspace(0, len(f.kept) - 1, min(NORM_SAMPLE, len(f.kept))).astype(np.int64))
+                x, n = zip(*f.batches(np.array_split(rows, max(1, len(rows) // 16))))
+                f = Features(torch.cat(x).numpy(), torch.cat(n).numpy(), f.kept[rows], [])
+            self._norm = norm_stats(f)
         return self._norm
+
+    def _pool(self):
+        """The worker processes of a streamed data set, shared by its splits and frame shifts. The
+        platform's start method, as torch's DataLoader; the first call (from ``features``, in the main
+        thread, before any loader thread runs) starts every worker."""
+        if self._executor is None:
+            from concurrent.futures import ProcessPoolExecutor
+            self._executor = ProcessPoolExecutor(self.workers, initializer=_worker_init)
+            self._executor.submit(int).result()
+        return self._executor
 
     @property
     def mean(self) -> float:
@@ -366,7 +498,7 @@ class Data:
     def from_specs(cls, train: str, val: str | None = None, labels=None, task="auto", skip_bad=False,
                    norm=None, cache_dir="auto", progress=False, quantum: int = 16, num_mel_bins=None,
                    target_length=None, test: str | None = None, target_reason: str | None = None,
-                   labelled: bool = True) -> "Data":
+                   labelled: bool = True, features: str = "fp32", workers: int | None = None) -> "Data":
         """`target_length` None derives it from the training clips (``derive_target_length``) unless
         the data set declares its own front end (``builtin:events``). `test` is a held-out split that
         only reporting reads (``Run.evaluate("test")``). `labelled` False reads audio only
@@ -392,13 +524,22 @@ class Data:
             reason = f"the front end declared by {train.split('?')[0]}"
         else:
             fe_kw["target_length"], reason = derive_target_length(tr, quantum)
-        return cls(tr, va, default_frontend(train, **fe_kw), norm, cache_dir, skip_bad, progress, reason, te)
+        return cls(tr, va, default_frontend(train, **fe_kw), norm, cache_dir, skip_bad, progress, reason, te,
+                   features, workers)
 
-    def features(self, split: str, shift_ms: float, frames: int) -> Features:
+    def features(self, split: str, shift_ms: float, frames: int) -> Features | StreamFeatures:
         key = (split, float(shift_ms), int(frames))
         if key not in self._feats:
-            self._feats[key] = extract(getattr(self, split), self.fe, shift_ms, frames, self.skip_bad,
-                                       self.cache_dir, self.progress)
+            clips = getattr(self, split)
+            if self.mode == "stream":
+                if split not in self._scans:
+                    self._scans[split] = scan_clips(clips, self.skip_bad)
+                    self._pool()
+                self._feats[key] = StreamFeatures(clips, self.fe, shift_ms, frames, *self._scans[split], self._pool,
+                                                  self.workers)
+            else:
+                self._feats[key] = extract(clips, self.fe, shift_ms, frames, self.skip_bad, self.cache_dir,
+                                           self.progress, self.feature_dtype)
         return self._feats[key]
 
     def targets(self, split: str, feats: Features) -> torch.Tensor:

@@ -49,7 +49,10 @@ class Supervised:
     def metric_name(self) -> str:
         return "mAP" if self.run.data.multilabel else "accuracy"
 
-    def loss(self, model, x, y):
+    def extra(self, model, x):
+        return None
+
+    def forward_loss(self, model, x, y, extra=None):
         return self.run._loss(model(x), y)
 
     def train_flops(self, model) -> int:
@@ -79,10 +82,15 @@ class MaskedPatch:
         f, t = model.token_grid
         return max(1, round(self.full_masked * f * t / self.full_tokens))
 
-    def loss(self, model, x, y):
-        seed = int(torch.randint(2 ** 62, ()))  # from the run's own stream: forks and resumes draw the same
+    def extra(self, model, x):
+        """This step's masks, drawn on the host (outside a compiled step) from the run's own stream, so
+        forks and resumes draw the same."""
+        seed = int(torch.randint(2 ** 62, ()))
         idx = cluster_masks(model.token_grid, self.masked(model), x.shape[0], np.random.default_rng(seed))
-        return model.masked_patch_loss(x, idx.to(x.device))[0]
+        return idx.to(x.device)
+
+    def forward_loss(self, model, x, y, extra):
+        return model.masked_patch_loss(x, extra)[0]
 
     def train_flops(self, model) -> int:
         return masked_patch_flops(model, self.masked(model), backward=True)

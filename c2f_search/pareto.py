@@ -16,7 +16,7 @@ from .errors import C2FError, NoResults
 from .io import atomic_write
 from .records import RECORD_FIELDS, ROW_FIELDS, row_table
 from .results import write_table
-from .schedule import parse_schedule, record_schedule
+from .schedule import record_schedule
 
 ROW_COLUMNS = list(ROW_FIELDS)
 

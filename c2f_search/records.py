@@ -19,9 +19,14 @@ RECORD_SCHEMA = pa.schema([
     ("metric_name", pa.string()),     # accuracy or mAP
     ("train_flops", pa.float64()),    # cumulative, forward + backward
     ("eval_flops", pa.float64()),     # cumulative
-    ("train_time_s", pa.float64()),   # cumulative
-    ("wall_time_s", pa.float64()),    # cumulative
     ("controller_flops", pa.float64()),  # cumulative FLOPs a controller spent on itself (losing probes), in train_flops too
+    ("train_time_s", pa.float64()),   # cumulative, device-synchronised: training steps and their input waits
+    ("wall_time_s", pa.float64()),    # cumulative, evaluation and transitions included
+    ("phase_train_time_s", pa.float64()),  # train_time_s of this record's phase so far
+    ("samples_per_s", pa.float64()),  # training samples per second since the previous record
+    ("mfu", pa.float64()),            # training FLOP/s since the previous record over the device's peak; null if unknown
+    ("precision", pa.string()),       # fp32, tf32, bf16 or fp16, as resolved for the device
+    ("device", pa.string()),          # cpu, or the CUDA device's name
     ("phase_end", pa.bool_()),        # the phase ended at this record
     ("schedule_done", pa.bool_()),    # the run ended at this record
     ("target_reached", pa.bool_()),   # budget mode: a final-phase metric reached --metric-target

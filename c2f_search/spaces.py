@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .compress import baseline_method, list_methods
-from .config import SEARCHABLE, TrainConfig
+from .config import FIXED_ONLY, SEARCHABLE, TrainConfig
 from .errors import ConfigError, ScheduleError, SpaceError
 from .schedule import Phase, Schedule, parse_schedule
 
@@ -276,9 +276,10 @@ def load_space(name_or_path: str) -> Space:
     fixed = doc.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise _err(path, "fixed", "must be a mapping of hyperparameter: value")
-    bad = set(fixed) - HPARAMS
+    bad = set(fixed) - HPARAMS - set(FIXED_ONLY)
     if bad:
-        raise _err(path, f"fixed.{sorted(bad)[0]}", f"unknown hyperparameter; allowed: {', '.join(sorted(HPARAMS))}")
+        raise _err(path, f"fixed.{sorted(bad)[0]}",
+                   f"unknown hyperparameter; allowed: {', '.join(sorted(HPARAMS | set(FIXED_ONLY)))}")
     from .models import list_models
     models = doc.get("model", "ast-tiny")
     models = models if isinstance(models, list) else [models]
@@ -336,6 +337,9 @@ def load_space(name_or_path: str) -> Space:
     for key, spec in body.items():
         if key in SPACE_KEYS:
             continue
+        if key in FIXED_ONLY:
+            raise _err(path, f"space.{key}", f"can be fixed (fixed.{key}) but not searched: it changes speed and "
+                                             f"numerics, not the FLOPs a front is drawn against")
         if key not in HPARAMS:
             raise _err(path, f"space.{key}", f"unknown; allowed: {', '.join(sorted(SPACE_KEYS | HPARAMS))}")
         _check_hparam(path, key, spec)

@@ -6,6 +6,11 @@ evaluation point. ``Run.state_dict()`` is the full training state (weights, opti
 schedule, the run's own RNG, the phases trained, counters), so a run restored from any record
 continues exactly as if it had not stopped, and a run of another schedule may continue from it
 where the controller accepts its history as a prefix (forking).
+
+The step does not wait for the host (``step.py``): batches arrive from a prefetching thread
+(``loader.py``), losses stay on the device and are checked for NaN/inf once every
+``check_every`` steps and at every evaluation. Every step trains a full batch: the last partial
+batch of an epoch is dropped, so each phase has one static shape (and compiles once).
 """
 from __future__ import annotations
 
@@ -28,14 +33,18 @@ from .errors import CheckpointError, ConfigError, NonFiniteLoss, ScheduleError
 from .flops import eval_flops
 from .frontend import add_noise, normalize, spec_augment
 from .geometry import Geometry
+from .loader import Prefetcher, host_batches
 from .models import get_family, load_model
 from .objectives import make_objective
+from .precision import autocast, device_name, grad_scaler, matmul_mode, mfu, peak_flops, resolve_precision
 from .rng import RunRNG
 from .schedule import parse_schedule
+from .step import TrainStep, adam
 from .transfer import build_for_phase, transfer_weights
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 EVAL_BATCH = 256
+NONFINITE_CHECK_STEPS = 25  # one host read per this many steps (and at every evaluation)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -78,12 +87,25 @@ class Run:
         self.full = Geometry(fe.num_mel_bins, fe.target_length)
         check_geometry(cfg, fe, self.controller.candidate_Cs())
         self.n_train = len(data.features("train", fe.frame_shift_ms, fe.target_length).kept)
-        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
+        if self.n_train < cfg.batch_size:
+            raise ConfigError("batch_size", f"{cfg.batch_size} is more than the {self.n_train} training clips; every "
+                                            f"step trains a full batch, use at most {self.n_train}")
+        self.steps_per_epoch = self.n_train // cfg.batch_size  # the last partial batch is dropped: static shapes
         self.controller.bind(self.steps_per_epoch)
         for C in self.controller.candidate_Cs():  # every phase's features up front (progress bars here)
             for split in ("train", "val"):
                 self._features(split, C)
         self.rng = RunRNG(cfg.seed, self.device)
+        # auto adopts the precision of the state it continues, so a resume never changes numerics
+        asked = state.get("precision", "auto") if state is not None and cfg.precision == "auto" else cfg.precision
+        self.precision = resolve_precision(asked, self.device)
+        self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        self.scaler = grad_scaler(self.precision, self.device)
+        self.device_name = device_name(self.device)
+        self.peak = peak_flops(self.device_name, self.precision)
+        self.check_every = NONFINITE_CHECK_STEPS
+        self._train_step: TrainStep | None = None
+        self._beta = None
         self.step, self.done = 0, False
         self.phases = [{"C": self.controller.first_C(), "steps": 0, "planned": self.controller.planned_steps(0),
                         "reason": "start"}]
@@ -131,7 +153,7 @@ class Run:
     def _new_optimizer(self) -> None:
         """Fresh Adam and LR schedule: the paper resets both at every phase."""
         c = self.cfg
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, betas=c.betas)
+        self.opt = adam(self.model.parameters(), c.lr, c.weight_decay, c.betas, self.device)
         spe, ms, g, wu = self.steps_per_epoch, c.lr_milestones, c.lr_gamma, c.warmup_steps
         planned = self.phases[-1]["planned"]
         if c.lr_schedule == "cosine" and planned is None:
@@ -172,59 +194,96 @@ class Run:
                                                                                              fe.target_length)))
         return self._weights
 
+    def _batches(self, feats, targets, index_batches) -> Prefetcher:
+        return Prefetcher(host_batches(feats, targets, index_batches), self.device)
+
     def _inputs(self, feats, idx, train: bool) -> torch.Tensor:
+        """One batch of `feats`, prepared on the device (objectives that draw their own batches use it)."""
         x, n = feats.batch(idx)
-        x = self.method.transform(x.to(self.device, non_blocking=True), n, self.C)
+        return self._prepare(x.to(self.device), n.to(self.device), train)
+
+    def _prepare(self, x, n, train: bool) -> torch.Tensor:
+        """On the device: a fp16 store's batch to fp32, the method's transform, SpecAugment, normalization."""
+        x = self.method.transform(x.float(), n, self.C)
         if train:
             x = spec_augment(x, self.cfg.freqm, self.cfg.timem // self.method.time_mask_scale(self.C))
         x = normalize(x, self.data.mean, self.data.std)
         return add_noise(x, self.method.time_mask_scale(self.C)) if train and self.cfg.noise else x
 
-    # ------------------------------------------------------------------ train / eval
     def _loss(self, logits, y):
+        logits = logits.float()
         if self.cfg.loss == "bce" or (self.cfg.loss == "auto" and self.data.multilabel):
             return F.binary_cross_entropy_with_logits(logits, y)
         return F.cross_entropy(logits, y)
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ train / eval
     def _train_until(self, stop: int) -> float:
         self.model.train()
         feats = self._features("train", self.C)
         targets = self.data.targets("train", feats)
-        flops = self.objective.train_flops(self.model)
-        losses = []
-        for _ in range(stop - self.step):
-            idx = self._batch_indices(self.step)
-            x, y = self._inputs(feats, idx, True), targets[idx].to(self.device)
-            if self.cfg.mixup > 0:
-                x, y = _mixup(x, y, self.cfg.mixup)
-            loss = self.objective.loss(self.model, x, y)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} (phase {self.phase + 1}, C={self.C}); "
-                                    f"lower --lr or check the data")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.lr_sched.step()
-            self.step += 1
-            self.phases[-1]["steps"] += 1
-            self.counters["train_flops"] += flops * len(idx)
-            losses.append(loss.item())
-            if self.on_step is not None:
-                self.on_step()
-        return float(np.mean(losses)) if losses else float("nan")
+        if self._train_step is None or self._train_step.model is not self.model:  # compiled once per phase
+            self._train_step = TrainStep(self.model, self.objective, self.precision, self.device, self.compiled,
+                                         self.scaler)
+        flops, start = self.objective.train_flops(self.model) * self.cfg.batch_size, self.step
+        window, total = [], torch.zeros((), device=self.device)
+        order = [self._batch_indices(s) for s in range(self.step, stop)]
+        with matmul_mode(self.precision, self.device), self._batches(feats, targets, order) as batches:
+            for x, n, y in batches:
+                x = self._prepare(x, n, True)
+                if self.cfg.mixup > 0:
+                    x, y = self._mixup(x, y)
+                window.append(self._train_step(x, y, self.opt, self.objective.extra(self.model, x)))
+                self.lr_sched.step()
+                self.step += 1
+                self.phases[-1]["steps"] += 1
+                self.counters["train_flops"] += flops
+                if len(window) == self.check_every or self.step == stop:
+                    total += self._check_finite(window)
+                    window = []
+                if self.on_step is not None:
+                    self.on_step()
+        return float(total) / (stop - start) if stop > start else float("nan")
+
+    def _check_finite(self, window: list) -> torch.Tensor:
+        """The window's losses, summed on the device; one host read says whether all are finite, and
+        if not, which step came first (the steps after it have run: say so)."""
+        losses = torch.stack(window)
+        bad = ~torch.isfinite(losses)
+        if bad.any():
+            k = int(bad.nonzero()[0])
+            raise NonFiniteLoss(f"loss is {losses[k].item()} at step {self.step - len(window) + k} (phase "
+                                f"{self.phase + 1}, C={self.C}; found at step {self.step - 1} by the check that runs "
+                                f"every {self.check_every} steps); lower --lr or check the data")
+        return losses.sum()
+
+    def _mixup(self, x, y):
+        if self._beta is None:  # lambda drawn on the device, from the run's stream there
+            ten = torch.tensor(10.0, device=self.device)
+            self._beta = torch.distributions.Beta(ten, ten)
+        return _mixup(x, y, self.cfg.mixup, self._beta)
 
     @torch.no_grad()
     def _evaluate(self, split: str = "val") -> tuple[float, float]:
-        """(metric, loss) on `split` at the current C. Only validation evaluations count as eval FLOPs
-        (a test evaluation is reporting, not training)."""
+        """(metric, loss) on `split` at the current C, in the run's precision (eager: only the training step
+        is compiled). Only validation evaluations count as eval FLOPs (a test evaluation is reporting)."""
         if not self.objective.supervised:
             return self.objective.evaluate()
         self.model.eval()
         feats = self._features(split, self.C)
         n = len(feats.kept)
-        outs = [self.model(self._inputs(feats, np.arange(s, min(n, s + EVAL_BATCH)), False)).float().cpu()
-                for s in range(0, n, EVAL_BATCH)]
-        logits, y = torch.cat(outs), self.data.targets(split, feats)
+        y = self.data.targets(split, feats)
+        outs = []
+        order = [np.arange(s, min(n, s + EVAL_BATCH)) for s in range(0, n, EVAL_BATCH)]
+        with matmul_mode(self.precision, self.device), self._batches(feats, y, order) as batches:
+            for x, nf, _ in batches:
+                x = self._prepare(x, nf, False)
+                with autocast(self.precision, self.device):
+                    outs.append(self.model(x).float())
+        logits = torch.cat(outs).cpu()
         if split == "val":
             self.counters["eval_flops"] += eval_flops(self.model) * n
         loss = float(self._loss(logits, y))
@@ -295,20 +354,25 @@ class Run:
             yield from self.history[seen:]  # records a controller adopted (a winning probe's)
             if isinstance(act, Done):  # e.g. a state saved at the very end
                 self.done = True
-                break
-            t1 = time.perf_counter()
+                return
+            self._sync()  # the clock measures this interval's steps and nothing queued before them
+            t1, steps, flops = time.perf_counter(), self.step, self.counters["train_flops"]
             with self.rng.active():
                 loss = self._train_until(act.stop)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            self.counters["train_time_s"] += time.perf_counter() - t1
+            self._sync()
+            dt = time.perf_counter() - t1
+            self.counters["train_time_s"] += dt
+            phase = self.phases[-1]
+            phase["train_time_s"] = phase.get("train_time_s", 0.0) + dt
             metric, val_loss = self._evaluate()
             self.counters["wall_time_s"] += time.perf_counter() - t0
             rec = {"schedule": self.controller.describe(), "controller": self.controller.name,
                    "method": self.method.name, "phase": self.phase + 1, "C": self.C,
                    "epoch": self.step / self.steps_per_epoch, "step": self.step, "train_loss": loss,
                    "val_loss": val_loss, "val_metric": metric, "metric_name": self.metric_name, **self.counters,
-                   "averaged": False}
+                   "averaged": False, "phase_train_time_s": phase["train_time_s"], "precision": self.precision,
+                   "device": self.device_name, "samples_per_s": (self.step - steps) * self.cfg.batch_size / dt,
+                   "mfu": mfu(self.counters["train_flops"] - flops, dt, self.peak)}
             self.controller.observe(self, rec)
             nxt = self.controller.next_action(self)
             reached = self._reached(metric, self.C)
@@ -361,7 +425,8 @@ class Run:
     # ------------------------------------------------------------------ state
     def identity(self) -> dict:
         """What a saved state must agree on to continue here (beyond the schedule)."""
-        return {"config": self.cfg.training_identity(), "frontend": self.data.fe.key(),
+        return {"config": {**self.cfg.training_identity(), "precision": self.precision},
+                "frontend": self.data.fe.key(), "features": self.data.feature_dtype,
                 "norm": [float(v) for v in (self.data.mean, self.data.std)], "num_classes": self.data.num_classes,
                 "steps_per_epoch": self.steps_per_epoch}
 
@@ -375,7 +440,8 @@ class Run:
             "model_name": self.model.model_name, "model_kwargs": dict(self.model.model_kwargs),
             "geometry": self.model.geometry.as_dict(), "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
-            "rng": self.rng.state_dict(),
+            "rng": self.rng.state_dict(), "precision": self.precision,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "averaging": self.averager.state_dict() if self.averager is not None else None,
         }
 
@@ -423,6 +489,8 @@ class Run:
         self.opt.load_state_dict(copy.deepcopy(s["optimizer"]))
         self.lr_sched.load_state_dict(s["lr_sched"])
         self.rng.load_state_dict(s["rng"])
+        if self.scaler is not None and s["scaler"]:
+            self.scaler.load_state_dict(s["scaler"])
         if self.averager is not None:
             self.averager.load_state_dict(s.get("averaging"))
         if exploit:
@@ -439,10 +507,10 @@ def _first_difference(a, b) -> str:
     return f"{a!r} in the checkpoint, {b!r} now"
 
 
-def _mixup(x, y, frac: float):
-    """Mix a random `frac` of the batch with a shuffled partner, lambda ~ Beta(10, 10) (AST)."""
+def _mixup(x, y, frac: float, beta):
+    """Mix a random `frac` of the batch with a shuffled partner, lambda ~ `beta` = Beta(10, 10) (AST)."""
     B = x.shape[0]
-    lam = torch.distributions.Beta(10.0, 10.0).sample((B,)).to(x.device)
+    lam = beta.sample((B,))
     lam = torch.where(torch.rand(B, device=x.device) < frac, lam, torch.ones_like(lam))
     j = torch.randperm(B, device=x.device)
     return (lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x[j],

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from c2f_search import (Data, FixedSchedule, Geometry, ModelFamily, Run, TrainConfig, fork_point, parse_schedule,
+from c2f_search import (FixedSchedule, Geometry, ModelFamily, Run, TrainConfig, fork_point, parse_schedule,
                         register_model)
 from c2f_search.errors import CheckpointError, ScheduleError
 from c2f_search.models._layers import resample_grid_embed

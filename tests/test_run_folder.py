@@ -53,6 +53,10 @@ def test_reuse_overwrite_resume_and_conflicting_flags(tmp_path, capsys):
     assert rc == 2 and "--batch-size 4: the run was trained with batch_size=8" in err
     rc, err = _cli(["train", "--out", out, "--resume", "--depth", "2"], capsys)
     assert rc == 2 and "--depth 2: the run was trained with depth=1" in err
+    rc, err = _cli(["train", "--out", out, "--resume", "--precision", "bf16"], capsys)  # auto ran fp32 on the CPU
+    assert rc == 2 and "--precision bf16: the run was trained with precision='fp32'" in err
+    rc, err = _cli(["train", "--out", out, "--resume", "--no-progress", "--precision", "fp32", "--compile"], capsys)
+    assert rc == 0  # the precision it ran at, and how it executes, may be given on a resume
     rc, err = _cli(["train", "--out", out, "--resume", "--no-progress"], capsys)  # recorded settings, finished run
     assert rc == 0 and len(pq.read_table(tmp_path / "r" / "metrics.parquet")) == 2
     assert _cli(BASE + ["--schedule", "fshift:2x1,1x1", "--out", out, "--overwrite"], capsys)[0] == 0
@@ -60,6 +64,8 @@ def test_reuse_overwrite_resume_and_conflicting_flags(tmp_path, capsys):
                                                                                    "phase1-C2.pt"]
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["config"]["schedule"] == "fshift:2x1,1x1" and cfg["config"]["model_kwargs"] == {"depth": 1}
+    assert cfg["config"]["precision"] == "auto" and cfg["resolved"] == {"device": "cpu", "precision": "fp32",
+                                                                        "compile": False}
 
 
 def test_damaged_last_checkpoint_names_the_intact_one_and_resume_from_it(tmp_path, capsys):
@@ -150,6 +156,12 @@ def test_skip_bad_header_counts_the_clips_used(tmp_path, capsys):
     entries.append({"wav": str(tmp_path / "broken.wav"), "labels": "/m/a"})
     (tmp_path / "train.json").write_text(json.dumps({"data": entries}))
     rc, err = _cli(["train", "--data", str(tmp_path / "train.json"), "--schedule", "none:1x1", "--depth", "1",
-                    "--skip-bad", "--out", str(tmp_path / "r"), "--no-progress"], capsys)
+                    "--batch-size", "2", "--skip-bad", "--out", str(tmp_path / "r"), "--no-progress"], capsys)
     assert rc == 0, err
     assert "| 6 train / 6 val clips |" in err and "skipped 1 clips" in err
+
+
+def test_record_and_row_schemas_name_each_field_once():
+    from c2f_search.records import RECORD_FIELDS, ROW_FIELDS
+    for fields in (RECORD_FIELDS, ROW_FIELDS):
+        assert len(set(fields)) == len(fields), [f for f in fields if fields.count(f) > 1]

@@ -27,7 +27,7 @@ CONTROLLERS = {
 }
 
 __all__ = ["PhaseController", "FixedSchedule", "AdaptiveSchedule", "Plateau", "Probe", "ProbeArm", "Population", "Train",
-           "Transition", "Done", "fork_point", "make_controller", "check_transition", "CONTROLLERS"]
+           "Transition", "Done", "parse_eval_every", "parse_spec", "fork_point", "make_controller", "check_transition", "CONTROLLERS"]
 
 
 def make_controller(schedule: Schedule, transition: str | None = None, eval_every=None) -> PhaseController:

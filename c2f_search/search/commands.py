@@ -123,7 +123,7 @@ def _settings_from_args(a):
         raise SpaceError(f"{space.path}: no data set; pass --data or set 'data' in the space file")
     cache = None if a.no_cache else str(cache_root() / "features")
     data_args = resolve_data_args(data, a.val, a.labels, a.task or "auto", bool(a.skip_bad), norm_arg(a.norm), cache,
-                                  a.num_mel_bins, a.target_length)
+                                  a.num_mel_bins, a.target_length, a.features or "fp32", a.stream_workers)
     finetune = None
     if space.objective == "masked-patch":  # a pretraining search reads audio only
         data_args["labelled"] = False

@@ -96,7 +96,7 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
 
 
 def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_dir, num_mel_bins,
-                      target_length) -> dict:
+                      target_length, features: str = "fp32", workers: int | None = None) -> dict:
     """Absolute paths and an explicit front end, so trials on any node and any cwd read the same data."""
     from .. import builtin
     reason = None
@@ -111,7 +111,8 @@ def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_d
     absp = lambda p: None if p is None else str(Path(p).resolve())  # noqa: E731
     return {"train": absp(data_spec), "val": absp(val), "labels": absp(labels), "task": task,
             "skip_bad": skip_bad, "norm": norm, "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None,
-            "num_mel_bins": num_mel_bins, "target_length": target_length, "target_reason": reason}
+            "num_mel_bins": num_mel_bins, "target_length": target_length, "target_reason": reason,
+            "features": features, "workers": workers}
 
 
 def resolve_test_arg(spec: str | None) -> str | None:

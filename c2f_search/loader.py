@@ -1,0 +1,97 @@
+"""Batches from a feature source to the device, in the order asked for.
+
+``host_batches`` is the plain path: (features, frame counts, targets) per list of indices, on the
+CPU. ``Prefetcher`` runs that path in a background thread, a few batches ahead: on CUDA it pins
+each batch and copies it on a side stream, so the copy overlaps the step before it. Everything
+random (SpecAugment, mixup) happens later on the device, in the run's own RNG stream, so the
+thread changes nothing but when the batches arrive.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterable, Iterator
+
+import torch
+
+_END = object()
+
+
+def host_batches(feats, targets: torch.Tensor, index_batches: Iterable) -> Iterator[tuple]:
+    """(x, n_frames, y) CPU tensors per index batch, in order; x in the store's dtype."""
+    index_batches = list(index_batches)
+    for idx, (x, n) in zip(index_batches, feats.batches(index_batches)):
+        yield x, n, targets[torch.as_tensor(idx, dtype=torch.long)]
+
+
+class Prefetcher:
+    """Iterate the batches of `batches` on `device`, gathered `depth` ahead by a background thread.
+    A failure in the thread is raised here, at the batch it hit; ``close()`` (or leaving the
+    ``with`` block) stops the thread early."""
+
+    def __init__(self, batches: Iterable[tuple], device: torch.device, depth: int = 4):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.q: queue.Queue = queue.Queue(depth)
+        self.stop = threading.Event()
+        self.done = False
+        self.thread = threading.Thread(target=self._fill, args=(batches,), daemon=True, name="c2f-prefetch")
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, batches) -> None:
+        try:
+            for b in batches:
+                event = None
+                if self.cuda:
+                    with torch.cuda.stream(self.stream):
+                        b = tuple(t.pin_memory().to(self.device, non_blocking=True) for t in b)
+                        event = torch.cuda.Event()
+                        event.record(self.stream)
+                if not self._put((b, event)):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(e)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple:
+        if self.done:
+            raise StopIteration
+        item = self.q.get()
+        if item is _END:
+            self.done = True
+            self.thread.join()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.done = True
+            self.close()
+            raise item
+        b, event = item
+        if event is not None:  # the step's stream waits for the copy, and owns the memory from now on
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_event(event)
+            for t in b:
+                t.record_stream(cur)
+        return b
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,85 @@
+"""One optimizer step of one phase, built not to wait for the host: the forward and loss under the
+run's autocast, compiled once per phase (CUDA graphs on CUDA), a GradScaler for fp16, fused Adam,
+and the loss handed back as a device tensor. ``Run`` trains with it and ``bench/gpu_step.py`` times it."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .precision import autocast
+
+
+class ClassificationLoss:
+    """The supervised loss on a model's logits: BCE for multi-label targets, CE otherwise (in fp32)."""
+
+    def __init__(self, multilabel: bool):
+        self.multilabel = multilabel
+
+    def extra(self, model, x):
+        return None
+
+    def forward_loss(self, model, x, y, extra=None):
+        logits = model(x).float()
+        return F.binary_cross_entropy_with_logits(logits, y) if self.multilabel else F.cross_entropy(logits, y)
+
+
+def adam(params, lr, weight_decay, betas, device: torch.device) -> torch.optim.Adam:
+    """Fused Adam where torch has the kernel: one launch for every parameter, and it takes a
+    GradScaler's inf check on the device instead of asking the host."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas,
+                            fused=device.type in ("cuda", "cpu"))
+
+
+class _ForwardLoss(nn.Module):
+    """The objective's forward and loss under autocast: what is compiled (an objective draws anything
+    random, e.g. SSAST's masks, on the host beforehand: ``objective.extra``)."""
+
+    def __init__(self, model, objective, precision, device):
+        super().__init__()
+        self.model, self.objective, self.precision, self.device = model, objective, precision, device
+
+    def forward(self, x, y, extra):
+        with autocast(self.precision, self.device):
+            return self.objective.forward_loss(self.model, x, y, extra).float()
+
+
+def _allow_recompiles() -> None:
+    """Every phase shape (and batch size, precision) is one compiled entry, and a search worker trains
+    many; torch's default of 8 would fall back to eager without a word."""
+    import torch._dynamo.config as dc
+    name = "recompile_limit" if hasattr(dc, "recompile_limit") else "cache_size_limit"
+    setattr(dc, name, max(getattr(dc, name), 64))
+
+
+class TrainStep:
+    """``step(x, y, opt)`` -> the loss as a detached device tensor. Nothing in it reads a value back
+    to the host, so the host queues the next steps while the device works."""
+
+    def __init__(self, model, objective, precision: str, device: torch.device, compile: bool,
+                 scaler: torch.amp.GradScaler | None = None):
+        """`objective`: ``extra(model, x)`` (host-side draws) and ``forward_loss(model, x, y, extra)``,
+        e.g. ``ClassificationLoss`` or a run's objective (``c2f_search.objectives``)."""
+        self.model, self.scaler = model, scaler
+        fwd = _ForwardLoss(model, objective, precision, device)
+        self.graphs = compile and device.type == "cuda"
+        if compile:  # one static shape per phase: specialise, never trace dynamic shapes
+            _allow_recompiles()
+            fwd = torch.compile(fwd, dynamic=False, mode="reduce-overhead" if self.graphs else None)
+        self.fwd = fwd
+
+    def __call__(self, x, y, opt, extra=None) -> torch.Tensor:
+        # grads of the step before alias its graph's outputs: drop them before the next replay
+        opt.zero_grad(set_to_none=True)
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = self.fwd(x, y, extra)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)  # fused Adam skips an overflowing step on the device
+            self.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        # a CUDA graph's output is overwritten by its next replay: keep a copy
+        return loss.detach().clone() if self.graphs else loss.detach()
