@@ -60,8 +60,7 @@ def population(space, epochs: float) -> dict:
     """PBT's param_space: each member draws a method and the non-mutable searched values once (Ray runs
     no search algorithm with PBT), starts at the space's largest C and learns the rest."""
     from ray import tune
-    methods = space.methods
-    return {"method": tune.choice(methods),
-            "schedule": tune.sample_from(lambda spec: str(space.population_schedule(spec.config.method, epochs))),
+    # the schedule names its method, so one choice draws both
+    return {"schedule": tune.choice([str(space.population_schedule(m, epochs)) for m in space.methods]),
             "C": max(space.C_values),
             **{k: _tune_domain(v) for k, v in space.hparams.items()}}
