@@ -51,6 +51,7 @@ def save_checkpoint(state: dict, path) -> Path:
 def load_checkpoint(path) -> dict:
     """Read a checkpoint without executing code from it: anything but tensors and plain values is refused."""
     import pickle
+    import re
     import zipfile
 
     import torch
@@ -62,7 +63,9 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        what = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), "objects that are not tensors")
+        # name only the global: torch's own text suggests allow-listing it, which is the unsafe way out
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it calls {found.group(1)}" if found else "it holds objects that are not tensors"
         raise CheckpointError(f"{path}: refused to load it, since loading would run code from it ({what}); "
                               f"c2f-search and timm checkpoints hold only tensors and plain values") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:

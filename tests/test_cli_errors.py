@@ -74,7 +74,7 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (TRAIN + S + ["--init", "{t}/nope.pth"], "nope.pth: no such checkpoint file"),
     (TRAIN + S + ["--out", "{t}/a_file"], "--out {t}/a_file: is a file"),
     (TRAIN + S + ["--out", "/proc/c2f-x"], "--out /proc/c2f-x: cannot write there"),
-    (["train", "--data", "{t}/d/train.json", "--no-progress"] + S, "gone.wav: file not found"),
+    (["train", "--data", "{t}/d/train.json", "--no-progress"] + S, "gone.wav: file not found; fix the 'wav' path in the datafile (listed in {t}/d/train.json"),
     (["train", "--data", "{t}/missing.json"] + S, "datafile not found"),
     (["train", "--data", TINY_DATA], "--schedule is required"),
     (["train"] + S, "--data is required"),
@@ -122,6 +122,15 @@ def test_user_mistake_is_one_line(args, phrase, bad, capsys, monkeypatch):
     assert phrase.replace("{t}", str(bad)) in lines[0], lines
     assert not out.exists()
     assert _files(bad) == before  # nothing written anywhere for a run that never started
+
+
+def test_a_grid_mistake_is_caught_before_any_feature_is_extracted(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("C2F_CACHE", str(cache))
+    rc, lines = _cli(TRAIN + ["--schedule", "fshift:3x1,1x1", "--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and len(lines) == 1 and "C=3 does not divide" in lines[0], lines
+    assert not list(cache.rglob("fbank-*")) and not (tmp_path / "run").exists()  # no feature store
 
 
 def test_cache_env_pointing_at_a_file(bad, capsys, monkeypatch):
@@ -186,3 +195,11 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "front.parquet").exists()
+    # the same command again, without --resume: refused before any feature is extracted
+    cache = tmp_path / "fresh-cache"
+    cache.mkdir()
+    p = subprocess.run(cmd + ["--space", str(good)], capture_output=True, text=True, timeout=300,
+                       env={**env, "C2F_CACHE": str(cache)})
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "a search is already there" in lines[0], p.stderr[-2000:]
+    assert not list(cache.rglob("fbank-*"))

@@ -110,15 +110,20 @@ def test_truncated_feature_cache_is_moved_aside_and_rebuilt(tmp_path, capsys, mo
     assert a == b
 
 
-def test_a_crafted_checkpoint_cannot_run_code(tmp_path):
+def test_a_crafted_checkpoint_cannot_run_code(tmp_path, capsys):
     marker = tmp_path / "pwned"
 
     class Evil:
         def __reduce__(self):
             return (open, (str(marker), "w"))
     torch.save({"model": Evil(), "model_name": "ast-tiny"}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="refused to load it"):
+    with pytest.raises(CheckpointError, match="refused to load it") as e:
         load_checkpoint(tmp_path / "evil.pt")
+    assert "add_safe_globals" not in str(e.value)  # torch's hint to allow-list the call is the unsafe way out
+    for flag in ("--init", "--resume-from"):  # and through the command line
+        rc, err = _cli(BASE + ["--schedule", "none:1x1", flag, str(tmp_path / "evil.pt"),
+                               "--out", str(tmp_path / flag.strip("-"))], capsys)
+        assert rc == 2 and "refused to load it" in err and "Traceback" not in err, err
     assert not marker.exists()
 
 

@@ -182,13 +182,13 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
     space = load_space(settings.space)
     out = Path(settings.out).resolve()
     exp_dir = experiment_dir(settings)
-    data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
-    check_storage(out, settings.storage, storage_filesystem)
-    can_restore = tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem)
+    can_restore = tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem)  # reads only
     if resume and not can_restore:
         raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
     if not resume and can_restore:
         raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
+    data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
+    check_storage(out, settings.storage, storage_filesystem)
     settings.data.update(norm=[data.mean, data.std], target_length=data.fe.target_length,
                          num_mel_bins=data.fe.num_mel_bins)  # every trial reads the same
     settings.target_length_reason = settings.target_length_reason or data.target_reason
