@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from .errors import C2FError, NoResults
 from .io import atomic_write
-from .records import RECORD_FIELDS, ROW_FIELDS, row_table
+from .records import RECORD_FIELDS, ROW_FIELDS, ROW_SCHEMA, row_table
 from .results import write_table
 from .schedule import record_schedule
 
@@ -98,6 +98,8 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
                                "lr": r.get("lr"), "batch_size": r.get("batch_size"), "seed": r.get("seed"),
                                "config": json.dumps(r["config"], sort_keys=True) if "config" in r else None,
                                "model": r.get("model")})
+        if "progress.csv" in names:
+            trial_rows += _rows_only_in_csv(fs, t.path, trial_rows, names, t.base_name)
         done = any(x["schedule_done"] for x in trial_rows)
         for x in trial_rows:
             x["status"] = "finished" if done else (status or "pruned")
@@ -107,6 +109,45 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
         raise NoResults(f"{search_dir}: the {name} has no reported results yet")
     ordered = sorted(rows.values(), key=lambda x: (x["trial_id"], x["step"]))
     return row_table(ordered)
+
+
+def _rows_only_in_csv(fs, path: str, json_rows: list[dict], names, dir_name: str) -> list[dict]:
+    """Reports that progress.csv holds and result.json lost. When a PBT member restarts after an exploit,
+    Tune's JSON logger copies result.json back from storage and drops the reports not yet synced there;
+    its CSV logger keeps them. Their config is the trial's current one (params.json)."""
+    import csv
+    import io
+    seen = {(x["step"], bool(x["averaged"]), x["metric_name"]) for x in json_rows}
+    config = None
+    if "params.json" in names:
+        with fs.open_input_stream(f"{path}/params.json") as f:
+            config = json.dumps(json.loads(f.read().decode()), sort_keys=True)
+    with fs.open_input_stream(f"{path}/progress.csv") as f:
+        table = list(csv.DictReader(io.StringIO(f.read().decode())))
+    types = {fld.name: fld.type for fld in ROW_SCHEMA}
+    out = []
+    for r in table:
+        if not r.get("val_metric"):
+            continue
+        x = {k: _csv_value(r.get(k), types[k]) for k in (*RECORD_FIELDS, "lr", "batch_size", "seed", "model")}
+        if (x["step"], bool(x["averaged"]), x["metric_name"]) in seen:
+            continue
+        ck = r.get("checkpoint_dir_name")
+        out.append({**x, "trial_id": r.get("trial_id") or dir_name, "config": config,
+                    "checkpoint_path": f"{path}/{ck}" if ck and ck in names else None})
+    return out
+
+
+def _csv_value(v: str | None, typ):
+    if v is None or v == "":
+        return None
+    if pa.types.is_boolean(typ):
+        return v == "True"
+    if pa.types.is_integer(typ):
+        return int(float(v))
+    if pa.types.is_floating(typ):
+        return float(v)
+    return v
 
 
 def _finite(x) -> bool:

@@ -149,6 +149,13 @@ def _wait_for(path, proc, timeout=240):
     return False
 
 
+def _interruptible():
+    """SIGINT as a terminal gives it: a suite started in the background (`cmd &`, nohup) passes SIGINT
+    ignored to its children, and Python then installs no KeyboardInterrupt handler."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_train_with_130_and_a_resume_hint(tmp_path):
     import os
     import signal
@@ -157,7 +164,7 @@ def test_ctrl_c_ends_train_with_130_and_a_resume_hint(tmp_path):
     out = tmp_path / "r"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     p = subprocess.Popen([sys.executable, "-m", "c2f_search.cli", *TRAIN, "--schedule", "fshift:2x1,1x20",
-                          "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env)
+                          "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_interruptible)
     assert _wait_for(out / "checkpoints" / "phase1-C2.pt", p), p.communicate()[1][-2000:]
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=120)[1]
@@ -184,7 +191,8 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     good = tmp_path / "good.yaml"
     good.write_text("epochs: 4\nschedules: ['fshift:2x1,1x3', 'none:1x4']\nfixed: {batch_size: 8}\n")
     log = open(tmp_path / "log", "w")
-    p = subprocess.Popen(cmd + ["--space", str(good)], stdout=log, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(cmd + ["--space", str(good)], stdout=log, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=_interruptible)
     assert _wait_for(out / "search.json", p)
     import time
     time.sleep(8)  # let a trial start

@@ -94,3 +94,30 @@ def test_checkpoints_the_front_needs_are_marked():
          dict(phase=2, C=1, val_metric=0.4, phase_end=False), dict(phase=2, C=1, val_metric=0.6, phase_end=False),
          dict(phase=2, C=1, val_metric=0.6, phase_end=False), dict(phase=2, C=1, val_metric=0.65, phase_end=True)]
     assert [keep_checkpoint(h[:k + 1], 1) for k in range(len(h))] == [False, True, True, True, False, True]
+
+
+def test_reports_that_result_json_lost_are_read_from_progress_csv(tmp_path):
+    """A PBT member's restart can drop unsynced lines of Tune's result.json; progress.csv keeps them."""
+    import csv
+    import json
+
+    from c2f_search.pareto import load_rows
+    from c2f_search.records import RECORD_FIELDS
+    trial = tmp_path / "search" / "train_schedule_0"
+    trial.mkdir(parents=True)
+
+    def report(step, done):
+        return {**{k: None for k in RECORD_FIELDS}, "schedule": "fshift:2x1,1x1", "C": 1, "step": step,
+                "epoch": step / 5, "val_metric": 0.1 * step, "metric_name": "accuracy", "train_flops": 1e9 * step,
+                "phase_end": done, "schedule_done": done, "averaged": False, "trial_id": "t0", "lr": 1e-4}
+    reports = [report(s, s == 15) for s in (5, 10, 15)]
+    (trial / "result.json").write_text(json.dumps({**reports[0], "config": {"lr": 1e-4}}) + "\n")  # two lost
+    with open(trial / "progress.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(reports[0]))
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in reports)
+    (trial / "params.json").write_text(json.dumps({"lr": 1e-4, "schedule": "fshift:2x1,1x1"}))
+    rows = load_rows(tmp_path).to_pylist()
+    assert [r["step"] for r in rows] == [5, 10, 15] and rows[-1]["schedule_done"] is True
+    assert all(r["status"] == "finished" for r in rows) and rows[2]["val_metric"] == pytest.approx(1.5)
+    assert json.loads(rows[2]["config"])["schedule"] == "fshift:2x1,1x1" and rows[2]["C"] == 1
