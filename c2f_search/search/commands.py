@@ -102,7 +102,7 @@ def add_commands(sub) -> None:
                     f"chosen to learn within about 10 minutes on 2 CPU cores: depth {DEMO_DEPTH} (at the default "
                     f"depth of 12 an earlier demo stayed between 0.17 and 0.29 accuracy in its time budget), 64 mel bins x 256 frames (4 x 16 tokens, "
                     f"so C=2 and 4 divide the time axis), 1000 training clips and {DEMO_EPOCHS:g} epochs, with which "
-                    f"the baseline reaches about 0.75 accuracy on the 10 classes (chance: 0.1), and 300 validation "
+                    f"the baseline reaches about 0.7 accuracy on the 10 classes (chance: 0.1), and 300 validation "
                     f"clips, so one clip moves the accuracy by 0.0033. Writes the fronts, the Table 2/3 table, the "
                     f"plot, a summary and report.html to DIR.")
     d.add_argument("--out", default="runs/demo", metavar="DIR")
