@@ -118,16 +118,15 @@ def learned_at_budget(cfg_kw: dict, learned: str, rule: str, data, seed: int, bu
 
 
 def search_best(data_spec: str, space: str, epochs: float, cfg_kw: dict, out: Path, trials: int | None,
-                scheduler: str = "fifo", mel: int | None = None) -> tuple[list[dict], list[dict]]:
+                scheduler: str = "fifo", mel: int | None = None) -> list[dict]:
     """Run a search (real Ray), or reuse the one a previous run of this script finished in `out`;
-    returns (finished rows of its trials, all rows)."""
+    returns the rows of its trials."""
     import ray
 
     from c2f_search.pareto import load_rows
     from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
     if (out / "finished").exists():
-        rows = load_rows(out).to_pylist()
-        return rows, rows
+        return load_rows(out).to_pylist()
     st = SearchSettings(space=space, out=str(out), trials=trials, epochs=epochs, scheduler=scheduler,
                         data=resolve_data_args(data_spec, None, None, "auto", False, None, None, mel, None),
                         model_kwargs=cfg_kw["model_kwargs"], resources={"cpu": 1}, keep_checkpoints=1)
@@ -136,8 +135,7 @@ def search_best(data_spec: str, space: str, epochs: float, cfg_kw: dict, out: Pa
     finally:
         ray.shutdown()
     (out / "finished").write_text("")
-    rows = load_rows(out).to_pylist()
-    return rows, rows
+    return load_rows(out).to_pylist()
 
 
 def space_file(out: Path, body: str) -> str:
@@ -154,7 +152,6 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
     fixed = "{batch_size: 16, lr: 3.0e-4, warmup_steps: 5, eval_every: 0.5epoch}"
     data = Data.from_specs(data_spec, quantum=64) if data_spec.startswith("builtin:") else \
         Data.from_specs(data_spec, quantum=64, num_mel_bins=64)
-    spec = data_spec if data_spec.startswith("builtin:") else data_spec
     from c2f_search import Run, TrainConfig
     from c2f_search.compress import get_method
     from c2f_search.transfer import build_for_phase
@@ -173,7 +170,7 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
     refs = {s: max(recs, key=lambda r: (r["val_metric"], -r["step"])) for s, recs in base.items()}
     rows = {"baseline": {s: records_summary(base[s], refs[s], budget) for s in range(seeds)}}
     # the default space's best fixed schedule (one search, seed 0), re-run at every seed with the same budget
-    d_rows, _ = search_best(spec, space_file(work, f"epochs: {E}\nspace:\n  method: [fshift, avgpool, maxpool, "
+    d_rows = search_best(data_spec, space_file(work, f"epochs: {E}\nspace:\n  method: [fshift, avgpool, maxpool, "
                                                   f"patch-bl, patch-pi]\n  coarse_phases: {{low: 1, high: 2}}\n"
                                                   f"  C_values: [4, 2]\nfixed: {fixed}\n"),
                             E, cfg_kw, work / f"{name}-default", trials=8, mel=data.fe.num_mel_bins)
@@ -202,7 +199,7 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
                 f"  final_fraction: {{low: 0.5, high: 0.5}}\n  controller: {{plateau: {{patience: [2]}}}}\n"
                 f"  lr: {{low: 1.5e-4, high: 6.0e-4, log: true}}\npbt: {{interval: 0.5, quantile: 0.25, lower_C: 0.5}}\n"
                 f"fixed: {{batch_size: 16, warmup_steps: 5, eval_every: 0.5epoch, seed: {s}}}\n")
-        p_rows, _ = search_best(spec, space_file(work, body), E, cfg_kw, work / f"{name}-pbt{s}", trials=4,
+        p_rows = search_best(data_spec, space_file(work, body), E, cfg_kw, work / f"{name}-pbt{s}", trials=4,
                                 scheduler="pbt", mel=data.fe.num_mel_bins)
         trials = by_trial(p_rows)
         best = max(trials.values(), key=lambda t: max(r["val_metric"] for r in t if r["C"] == 1))

@@ -10,6 +10,12 @@ import torch.nn.functional as F
 from .precision import autocast
 
 
+def classification_loss(logits, y, multilabel: bool) -> torch.Tensor:
+    """BCE for multi-label targets, CE otherwise, in fp32."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, y) if multilabel else F.cross_entropy(logits, y)
+
+
 class ClassificationLoss:
     """The supervised loss on a model's logits: BCE for multi-label targets, CE otherwise (in fp32)."""
 
@@ -20,8 +26,7 @@ class ClassificationLoss:
         return None
 
     def forward_loss(self, model, x, y, extra=None):
-        logits = model(x).float()
-        return F.binary_cross_entropy_with_logits(logits, y) if self.multilabel else F.cross_entropy(logits, y)
+        return classification_loss(model(x), y, self.multilabel)
 
 
 def adam(params, lr, weight_decay, betas, device: torch.device) -> torch.optim.Adam:

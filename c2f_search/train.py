@@ -21,7 +21,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multilabel_average_precision
 
 from .averaging import WeightAverage
@@ -39,7 +38,7 @@ from .objectives import make_objective
 from .precision import autocast, device_name, grad_scaler, matmul_mode, mfu, peak_flops, resolve_precision
 from .rng import RunRNG
 from .schedule import parse_schedule
-from .step import TrainStep, adam
+from .step import TrainStep, adam, classification_loss
 from .transfer import build_for_phase, transfer_weights
 
 STATE_VERSION = 3
@@ -211,10 +210,8 @@ class Run:
         return add_noise(x, self.method.time_mask_scale(self.C)) if train and self.cfg.noise else x
 
     def _loss(self, logits, y):
-        logits = logits.float()
-        if self.cfg.loss == "bce" or (self.cfg.loss == "auto" and self.data.multilabel):
-            return F.binary_cross_entropy_with_logits(logits, y)
-        return F.cross_entropy(logits, y)
+        multilabel = self.cfg.loss == "bce" or (self.cfg.loss == "auto" and self.data.multilabel)
+        return classification_loss(logits, y, multilabel)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
