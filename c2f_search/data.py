@@ -184,7 +184,8 @@ def unlabelled_sets(train: str, val: str | None = None) -> tuple[ClipSet, ClipSe
         if len(tr) < 2:
             raise DataError(f"{train}: {len(tr)} audio file(s); pretraining needs at least 2 (one to validate)")
         va = tr[HOLD_OUT - 1::HOLD_OUT] or tr[-1:]
-        tr = [f for f in tr if f not in set(va)]
+        held = set(va)
+        tr = [f for f in tr if f not in held]
     if not tr or not va:
         raise DataError(f"{train if not tr else val}: no audio files ({', '.join(sorted(AUDIO_EXT))})")
     sets = [ClipSet(name, paths, torch.zeros(len(paths), 1), [UNLABELLED], False)

@@ -97,4 +97,6 @@ def add_noise(x: torch.Tensor, time_scale: int = 1) -> torch.Tensor:
     B = x.shape[0]
     x = x + torch.rand_like(x) * torch.rand(B, 1, 1, device=x.device) / 10
     shifts = torch.randint(-10, 10, (B,)).div(time_scale, rounding_mode="floor")
-    return torch.stack([torch.roll(x[b], int(shifts[b]), -1) for b in range(B)])
+    T = x.shape[-1]  # torch.roll of each clip by its own shift, as one gather
+    idx = (torch.arange(T, device=x.device) - shifts.to(x.device)[:, None]) % T
+    return x.gather(-1, idx[:, None].expand_as(x))

@@ -66,10 +66,9 @@ class ASTFamily(ModelFamily):
     def adapt_state_dict(self, sd, old, new, method):
         sd["vit.pos_embed"] = resample_grid_embed(sd["vit.pos_embed"], new.token_grid, old.token_grid,
                                                   old.vit.num_prefix_tokens)
-        key = "vit.patch_embed.proj.weight"
+        key = "vit.patch_embed.proj.weight"  # resized only where the kernel's shape changes
         size = new.vit.patch_embed.proj.weight.shape[-2:]
-        if sd[key].shape[-2:] != size:
-            sd[key] = resize_patch_kernel(sd[key], size, method.kernel_resize or "pi")
+        sd[key] = resize_patch_kernel(sd[key], size, method.kernel_resize or "pi")
         return sd
 
     def load_init(self, model: AST, path) -> None:
@@ -148,9 +147,8 @@ def _ast_grid(sd, path) -> tuple[int, int]:
 AST_FAMILY = ASTFamily()
 
 
-def make_builder(size: str, cls=None):
+def make_builder(size: str, cls=AST):
     """A builder of `cls` (AST or a subclass) at DeiT width `size`."""
-    cls = cls or AST
     dim, heads = WIDTHS[size]
 
     def fn(geometry: Geometry, num_classes: int, depth: int = 12, **kw):

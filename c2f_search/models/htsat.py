@@ -36,7 +36,7 @@ class HTSAT(nn.Module):
         if depth is not None:  # --depth: blocks in every stage (small models for tests and CPUs)
             depths = (depth,) * len(depths)
         shrink = PATCH * 2 ** (len(depths) - 1)  # image pixels per token of the last stage
-        if (F * R) % (shrink * R):
+        if F % shrink:
             raise ConfigError("num_mel_bins", f"{F} mel bins do not fold into whole tokens of the last stage; "
                                               f"use a multiple of {shrink} (HTS-AT uses 64)")
         self.bn0 = nn.BatchNorm1d(F)  # HTS-AT normalises each mel bin first
@@ -44,7 +44,7 @@ class HTSAT(nn.Module):
                                     num_classes=0, embed_dim=embed_dim, depths=tuple(depths),
                                     num_heads=tuple(num_heads), window_size=window_size,
                                     drop_path_rate=drop_path_rate)
-        rows = F * R // shrink // R  # last-stage frequency rows per chunk: the head's kernel height
+        rows = F // shrink  # last-stage frequency rows per chunk: the head's kernel height
         self.head = nn.Conv2d(self.swin.num_features, num_classes, kernel_size=(rows, 3), padding=(0, 1))
 
     @property
@@ -92,10 +92,9 @@ class HTSATFamily(ModelFamily):
                     sd[key] = resize_rel_pos_bias_table(
                         sd[key], new_window_size=win, old_window_size=before[name],
                         new_bias_shape=tuple(getattr(new.get_submodule(name), TABLE).shape))
-        key = "swin.patch_embed.proj.weight"
+        key = "swin.patch_embed.proj.weight"  # resized only where the kernel's shape changes
         size = new.swin.patch_embed.proj.weight.shape[-2:]
-        if sd[key].shape[-2:] != size:
-            sd[key] = resize_patch_kernel(sd[key], size, method.kernel_resize or "pi")
+        sd[key] = resize_patch_kernel(sd[key], size, method.kernel_resize or "pi")
         return sd
 
 
