@@ -2,7 +2,7 @@
 
 Contenders, each given the same budget B = the FLOPs of the baseline's E full-resolution epochs:
   * the best fixed schedule of a default-space search (Ray Tune + Optuna, one seed), re-run per seed;
-  * the paper grid's best schedule (its 16 schedules at E epochs, one seed), re-run per seed;
+  * the paper grid's best schedule (its 15 coarse-to-fine schedules at E epochs, one seed), re-run per seed;
   * the plateau controller and the probe controller on fshift:4xauto,2xauto,1xF; each run's trained schedule
     is then re-run with its final phase lengthened to the budget (less the probes' FLOPs, which are added);
   * PBT: a population of learned members (``search --scheduler pbt``); its best member is reported, and
@@ -147,6 +147,7 @@ def space_file(out: Path, body: str) -> str:
 def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
     from c2f_search.data import Data
     from c2f_search.pareto import by_trial
+    from c2f_search.spaces import load_space
     hp = {"lr": 3e-4, "batch_size": 16, "warmup_steps": 5}
     cfg_kw = {"model_kwargs": {"depth": 2}, **hp, "eval_every": "0.5epoch"}
     fixed = "{batch_size: 16, lr: 3.0e-4, warmup_steps: 5, eval_every: 0.5epoch}"
@@ -176,10 +177,7 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
                             E, cfg_kw, work / f"{name}-default", trials=8, mel=data.fe.num_mel_bins)
     best_default = max((t for t in by_trial(d_rows).values() if t[-1]["schedule_done"]),
                        key=lambda t: max(r["val_metric"] for r in t if r["C"] == 1))[-1]["schedule"]
-    grid = [f"none:1x{E:g}"] + [f"{m}:{C}x{E / 4:g},1x{3 * E / 4:g}" for m in ("fshift", "avgpool", "maxpool",
-                                                                              "patch-bl", "patch-pi") for C in (4, 2)]
-    grid += [f"{m}:4x{0.15 * E:g},2x{0.15 * E:g},1x{0.7 * E:g}" for m in ("fshift", "avgpool", "maxpool", "patch-bl",
-                                                                        "patch-pi")]
+    grid = load_space("paper").grid(E)  # the baseline first, then the paper's 15 schedules
     g = {s: run_core(cfg_kw, s, data, 0) for s in grid[1:]}
     best_grid = max(g, key=lambda s: max(r["val_metric"] for r in g[s] if r["C"] == 1))
     contenders = {"default-space best (fixed)": stretch(best_default, budget, epoch_flops),

@@ -7,7 +7,7 @@ import argparse
 import math
 import sys
 
-from .config import LOSSES, LR_SCHEDULES, TrainConfig, defaults
+from .config import FEATURE_MODES, LOSSES, LR_SCHEDULES, TrainConfig, defaults
 from .errors import ConfigError
 from .precision import PRECISIONS
 
@@ -54,7 +54,6 @@ def config_error_line(e: ConfigError) -> str:
 
 
 def add_data_args(p: argparse.ArgumentParser, required=True) -> None:
-    from .data import FEATURE_MODES
     g = p.add_argument_group("data")
     g.add_argument("--data", required=required, metavar="DATA",
                    help="builtin:events[?train=N&val=N&seed=N], an AST JSON datafile, or a folder DIR with "

@@ -40,17 +40,20 @@ class WeightAverage:
     def observe(self, record: dict, model) -> None:
         if record["C"] != self.final_C:
             return
+        if self.mode == "from" and record["epoch"] + 1e-9 < self.n:
+            return
+        metric = float(record["val_metric"])
+        if self.mode == "top" and len(self.best) >= self.n and metric <= self.best[-1]["metric"]:
+            return  # cannot enter the top n (a tie keeps the earlier one)
         weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if self.mode == "from":
-            if record["epoch"] + 1e-9 < self.n:
-                return
             if self.total is None:
                 self.total = weights
             else:  # float tensors are summed; counters (BatchNorm's batches seen) keep the latest
                 self.total = {k: self.total[k] + v if v.is_floating_point() else v for k, v in weights.items()}
             self.count += 1
         else:
-            self.best.append({"metric": float(record["val_metric"]), "step": int(record["step"]), "weights": weights})
+            self.best.append({"metric": metric, "step": int(record["step"]), "weights": weights})
             self.best.sort(key=lambda e: (-e["metric"], e["step"]))  # ties: the earlier one stays
             del self.best[self.n:]
 

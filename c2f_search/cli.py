@@ -252,20 +252,20 @@ def _train(a) -> int:
         save_checkpoint(state, ckdir / "last.pt")
         write_table(record_table(run.history), out / "metrics.parquet")
     bar.close()
-    save_checkpoint(run.state_dict(), ckdir / "final.pt")
+    state = run.state_dict()
+    save_checkpoint(state, ckdir / "final.pt")
     write_table(record_table(run.history), out / "metrics.parquet")
     last = run.history[-1]
     if last.get("averaged"):  # the weight-averaged model, loadable with --init like final.pt
-        avg = {**run.state_dict(), "model": run.averaged_model().state_dict()}
-        save_checkpoint(avg, ckdir / "averaged.pt")
+        save_checkpoint({**state, "model": run.averager.averaged()}, ckdir / "averaged.pt")
         print(f"weight averaging ({run.averager.members()}): {run.metric_name} {last['val_metric']:.4f} -> "
               f"{ckdir / 'averaged.pt'}")
         last = run.history[-2]
     msg = "reached --metric-target" if last["target_reached"] else "schedule finished"
     if schedule.is_adaptive:
         print(f"learned schedule: {last['trained']} (re-run it with --schedule)", file=sys.stderr)
-        for a, b in zip(run.phases, run.phases[1:]):
-            print(f"  C={a['C']} -> C={b['C']} after {a['steps']} steps: {b['reason']}", file=sys.stderr)
+        for prev, nxt in zip(run.phases, run.phases[1:]):
+            print(f"  C={prev['C']} -> C={nxt['C']} after {prev['steps']} steps: {nxt['reason']}", file=sys.stderr)
     print(f"{msg}: {run.metric_name} {last['val_metric']:.4f} at epoch {last['epoch']:.2f}, "
           f"{last['train_flops'] / 1e12:.2f} TFLOPs, {last['train_time_s']:.1f}s training, {last['wall_time_s']:.0f}s "
           f"in all -> {out}/metrics.parquet")

@@ -20,6 +20,7 @@ MODEL_KWARGS = {"depth": "transformer depth (Swin: blocks in every stage)", "dis
                 "stride": "patch stride (overlapping patches)", "drop_path_rate": "stochastic depth"}
 LR_SCHEDULES = ("step", "cosine")
 LOSSES = ("auto", "ce", "bce")
+FEATURE_MODES = ("fp32", "fp16", "stream")  # the feature store's dtype, or none (streaming)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What a ``Run`` minimises and reports (``TrainConfig.objective``).
 
-* ``supervised`` - CE or BCE on the labels; accuracy or mAP (``Run._loss``, ``Run.evaluate``).
+* ``supervised`` - CE or BCE on the labels; accuracy or mAP (``step.classification_loss``, ``Run.evaluate``).
 * ``masked-patch`` - SSAST's self-supervised pretraining: cluster masks over the token grid, the
   model's ``masked_patch_loss`` (InfoNCE + 10 MSE); labels are ignored. Its validation metric is the
   masked-patch accuracy (how often a masked patch's prediction picks its own patch among the clip's
@@ -17,6 +17,7 @@ import torch
 
 from .errors import ConfigError
 from .flops import masked_patch_flops, train_flops
+from .step import ClassificationLoss
 
 OBJECTIVES = ("supervised", "masked-patch")
 CLUSTER_SIZES = (3, 4, 5)  # SSAST masks square clusters of 3 to 5 patches a side
@@ -39,21 +40,16 @@ def cluster_masks(grid: tuple[int, int], n: int, batch: int, rng: np.random.Gene
     return torch.from_numpy(out)
 
 
-class Supervised:
+class Supervised(ClassificationLoss):
     supervised = True
 
     def __init__(self, run):
+        super().__init__(run.cfg.loss == "bce" or (run.cfg.loss == "auto" and run.data.multilabel))
         self.run = run
 
     @property
     def metric_name(self) -> str:
         return "mAP" if self.run.data.multilabel else "accuracy"
-
-    def extra(self, model, x):
-        return None
-
-    def forward_loss(self, model, x, y, extra=None):
-        return self.run._loss(model(x), y)
 
     def train_flops(self, model) -> int:
         return train_flops(model)

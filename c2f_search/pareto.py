@@ -85,21 +85,17 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
         with fs.open_input_stream(f"{t.path}/result.json") as f:
             lines = f.read().decode().splitlines()
         trial_rows = []
+        if "progress.csv" in names:  # first: where result.json has the same report, its row wins below
+            reports, config = _csv_reports(fs, t.path, names)
+            trial_rows += [_row(r, t.path, names, t.base_name, config) for r in reports]
         for line in lines:
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a crash
                 continue
-            if "val_metric" not in r:
-                continue
-            ck = r.get("checkpoint_dir_name")
-            trial_rows.append({**{k: r.get(k) for k in RECORD_FIELDS}, "trial_id": r.get("trial_id", t.base_name),
-                               "checkpoint_path": f"{t.path}/{ck}" if ck and ck in names else None,
-                               "lr": r.get("lr"), "batch_size": r.get("batch_size"), "seed": r.get("seed"),
-                               "config": json.dumps(r["config"], sort_keys=True) if "config" in r else None,
-                               "model": r.get("model")})
-        if "progress.csv" in names:
-            trial_rows += _rows_only_in_csv(fs, t.path, trial_rows, names, t.base_name)
+            if "val_metric" in r:
+                config = json.dumps(r["config"], sort_keys=True) if "config" in r else None
+                trial_rows.append(_row(r, t.path, names, t.base_name, config))
         done = any(x["schedule_done"] for x in trial_rows)
         for x in trial_rows:
             x["status"] = "finished" if done else (status or "pruned")
@@ -111,31 +107,31 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
     return row_table(ordered)
 
 
-def _rows_only_in_csv(fs, path: str, json_rows: list[dict], names, dir_name: str) -> list[dict]:
-    """Reports that progress.csv holds and result.json lost. When a PBT member restarts after an exploit,
-    Tune's JSON logger copies result.json back from storage and drops the reports not yet synced there;
-    its CSV logger keeps them. Their config is the trial's current one (params.json)."""
+def _row(r: dict, path: str, names, dir_name: str, config: str | None) -> dict:
+    """One row of `load_rows` from one Tune report."""
+    ck = r.get("checkpoint_dir_name")
+    return {**{k: r.get(k) for k in RECORD_FIELDS}, "trial_id": r.get("trial_id") or dir_name,
+            "checkpoint_path": f"{path}/{ck}" if ck and ck in names else None,
+            "lr": r.get("lr"), "batch_size": r.get("batch_size"), "seed": r.get("seed"), "config": config,
+            "model": r.get("model")}
+
+
+def _csv_reports(fs, path: str, names) -> tuple[list[dict], str | None]:
+    """The reports in progress.csv, typed, and the trial's current config (params.json). They cover those
+    result.json lost: when a PBT member restarts after an exploit, Tune's JSON logger copies result.json
+    back from storage and drops the reports not yet synced there; its CSV logger keeps them."""
     import csv
     import io
-    seen = {(x["step"], bool(x["averaged"]), x["metric_name"]) for x in json_rows}
     config = None
     if "params.json" in names:
         with fs.open_input_stream(f"{path}/params.json") as f:
             config = json.dumps(json.loads(f.read().decode()), sort_keys=True)
     with fs.open_input_stream(f"{path}/progress.csv") as f:
-        table = list(csv.DictReader(io.StringIO(f.read().decode())))
-    types = {fld.name: fld.type for fld in ROW_SCHEMA}
-    out = []
-    for r in table:
-        if not r.get("val_metric"):
-            continue
-        x = {k: _csv_value(r.get(k), types[k]) for k in (*RECORD_FIELDS, "lr", "batch_size", "seed", "model")}
-        if (x["step"], bool(x["averaged"]), x["metric_name"]) in seen:
-            continue
-        ck = r.get("checkpoint_dir_name")
-        out.append({**x, "trial_id": r.get("trial_id") or dir_name, "config": config,
-                    "checkpoint_path": f"{path}/{ck}" if ck and ck in names else None})
-    return out
+        table = csv.DictReader(io.StringIO(f.read().decode()))
+        types = {fld.name: fld.type for fld in ROW_SCHEMA}
+        reports = [{k: _csv_value(v, types[k]) if k in types else v for k, v in r.items()}
+                   for r in table if r.get("val_metric")]
+    return reports, config
 
 
 def _csv_value(v: str | None, typ):

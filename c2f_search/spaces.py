@@ -102,12 +102,6 @@ class Space:
         out = {(m, C) for m in self.methods for C in [*self.C_values, 1]} if self.coarse_phases[1] > 0 else set()
         return out | ({(baseline_method(), 1)} if self.coarse_phases[0] == 0 else set())
 
-    def methods_used(self) -> set[str]:
-        return {m for m, _ in self.phase_variants()}
-
-    def Cs_used(self) -> set[int]:
-        return {C for _, C in self.phase_variants()}
-
     def probe_config(self, model: str | None = None) -> TrainConfig:
         """A TrainConfig of a model of this space and its fixed settings (for checks before any trial)."""
         return TrainConfig(schedule="none:1x1", model=model or self.model, objective=self.objective, **self.fixed)

@@ -104,6 +104,7 @@ class Run:
         self.peak = peak_flops(self.device_name, self.precision)
         self.check_every = NONFINITE_CHECK_STEPS
         self._train_step: TrainStep | None = None
+        self._step_flops: dict[int, float] = {}
         self._beta = None
         self.step, self.done = 0, False
         self.phases = [{"C": self.controller.first_C(), "steps": 0, "planned": self.controller.planned_steps(0),
@@ -112,15 +113,21 @@ class Run:
                          "controller_flops": 0.0}
         self.history: list[dict] = []
         self.on_step = None  # optional callback after each optimizer step (progress bars)
+        # initialised on the CPU, so a seed gives the same weights on any device; a state brings its own
+        # weights and optimizer, so its placeholder model is shapes only
         with self.rng.active():
-            self.model = build_for_phase(cfg.model, self._model_kwargs(), self.method, self.C, self.full).to(self.device)
+            self.model = build_for_phase(cfg.model, self._model_kwargs(), self.method, self.C, self.full,
+                                         device="meta" if state is not None else None)
+        if state is None:
+            self.model = self.model.to(self.device)
         if cfg.init and state is None:
             get_family(cfg.model).load_init(self.model, cfg.init)
         self.objective = make_objective(self)
         self.averager = (WeightAverage(cfg.weight_averaging, self.controller.final_C())
                          if cfg.weight_averaging else None)
-        self._new_optimizer()
-        if state is not None:
+        if state is None:
+            self._new_optimizer()
+        else:
             self.load_state_dict(state, exploit=exploit)
 
     def _model_kwargs(self) -> dict:
@@ -209,10 +216,6 @@ class Run:
         x = normalize(x, self.data.mean, self.data.std)
         return add_noise(x, self.method.time_mask_scale(self.C)) if train and self.cfg.noise else x
 
-    def _loss(self, logits, y):
-        multilabel = self.cfg.loss == "bce" or (self.cfg.loss == "auto" and self.data.multilabel)
-        return classification_loss(logits, y, multilabel)
-
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -283,7 +286,7 @@ class Run:
         logits = torch.cat(outs).cpu()
         if split == "val":
             self.counters["eval_flops"] += eval_flops(self.model) * n
-        loss = float(self._loss(logits, y))
+        loss = float(classification_loss(logits, y, self.objective.multilabel))
         if self.data.multilabel:
             return float(multilabel_average_precision(torch.sigmoid(logits), y.int(), num_labels=y.shape[1],
                                                       average="macro")), loss
@@ -294,9 +297,11 @@ class Run:
         return self._evaluate(split)[0]
 
     def step_flops(self, C: int) -> float:
-        """Training FLOPs of one optimizer step at C (a full batch)."""
-        m = build_for_phase(self.cfg.model, self._model_kwargs(), self.method, C, self.full, device="meta")
-        return float(self.objective.train_flops(m) * self.cfg.batch_size)
+        """Training FLOPs of one optimizer step at C (a full batch); the model is built once per C."""
+        if C not in self._step_flops:
+            m = build_for_phase(self.cfg.model, self._model_kwargs(), self.method, C, self.full, device="meta")
+            self._step_flops[C] = float(self.objective.train_flops(m) * self.cfg.batch_size)
+        return self._step_flops[C]
 
     def trained_schedule(self) -> str:
         """The phases trained so far as a fixed schedule that re-runs them standalone."""

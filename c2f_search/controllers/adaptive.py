@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..schedule import Schedule
-from .base import Done, ScheduleController, Train, Transition, next_eval, parse_eval_every
+from .base import Done, ScheduleController, Train, Transition
 
 
 class AdaptiveSchedule(ScheduleController):
@@ -25,7 +25,6 @@ class AdaptiveSchedule(ScheduleController):
     def bind(self, steps_per_epoch):
         super().bind(steps_per_epoch)
         spe = steps_per_epoch
-        self.every = parse_eval_every(self.eval_every, spe) if self.eval_every else spe
         self.max_steps = max(1, round(self.max_epochs * spe))
         self.fixed_steps = [None if p.epochs is None else max(1, round(p.epochs * spe)) for p in self.schedule.phases]
 
@@ -68,7 +67,7 @@ class AdaptiveSchedule(ScheduleController):
             return Done(reason) if nxt is None else Transition(nxt, reason)
         start = run.step - steps
         cap = start + (fixed if fixed is not None else self.max_steps)
-        return Train(min(next_eval(run.step, self.steps_per_epoch, self.every), cap))
+        return Train(min(self._next_eval(run), cap))
 
     def accepts(self, phases, step, lr_needs_length):
         Cs = self.schedule.Cs

@@ -69,6 +69,7 @@ class PhaseController:
 class ScheduleController(PhaseController):
     """A controller driven by a schedule's C sequence (fixed or adaptive lengths)."""
     schedule: Schedule
+    eval_every = None  # --eval-every: steps or fractions of an epoch, besides every epoch
 
     def first_C(self):
         return self.schedule.phases[0].C
@@ -78,6 +79,13 @@ class ScheduleController(PhaseController):
 
     def candidate_Cs(self):
         return self.schedule.Cs
+
+    def bind(self, steps_per_epoch):
+        super().bind(steps_per_epoch)
+        self.every = parse_eval_every(self.eval_every, steps_per_epoch) if self.eval_every else steps_per_epoch
+
+    def _next_eval(self, run) -> int:
+        return next_eval(run.step, self.steps_per_epoch, self.every)
 
 
 def next_eval(step: int, steps_per_epoch: int, every: int) -> int:

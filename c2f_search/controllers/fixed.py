@@ -20,7 +20,7 @@ prefix itself, when:
 from __future__ import annotations
 
 from ..schedule import Schedule
-from .base import Done, ScheduleController, Train, Transition, next_eval, parse_eval_every
+from .base import Done, ScheduleController, Train, Transition
 
 
 class FixedSchedule(ScheduleController):
@@ -31,7 +31,6 @@ class FixedSchedule(ScheduleController):
 
     def bind(self, steps_per_epoch):
         super().bind(steps_per_epoch)
-        self.every = parse_eval_every(self.eval_every, steps_per_epoch) if self.eval_every else steps_per_epoch
         self.steps = self.schedule.phase_steps(steps_per_epoch)
         self.bounds = [0]
         for n in self.steps:
@@ -53,7 +52,7 @@ class FixedSchedule(ScheduleController):
                 return Done(f"schedule {self.schedule} finished")
             nxt = self.schedule.phases[i + 1].C
             return Transition(nxt, f"planned: phase {i + 1} ends after {self.steps[i]} steps")
-        return Train(min(next_eval(run.step, self.steps_per_epoch, self.every), self.bounds[i + 1]))
+        return Train(min(self._next_eval(run), self.bounds[i + 1]))
 
     def eval_points(self) -> set[int]:
         end = self.bounds[-1] + 1

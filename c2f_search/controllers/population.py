@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .adaptive import AdaptiveSchedule
-from .base import Done, Train, Transition, next_eval
+from .base import Done, Train, Transition
 
 
 class Population(AdaptiveSchedule):
@@ -39,5 +39,3 @@ class Population(AdaptiveSchedule):
             return Done(f"budget of {self.budget:g} full-resolution epochs spent")
         return Train(min(self._next_eval(run), run.step - steps + self.fixed_steps[final]))
 
-    def _next_eval(self, run):
-        return next_eval(run.step, self.steps_per_epoch, self.every)
