@@ -153,17 +153,15 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
     fixed = "{batch_size: 16, lr: 3.0e-4, warmup_steps: 5, eval_every: 0.5epoch}"
     data = Data.from_specs(data_spec, quantum=64) if data_spec.startswith("builtin:") else \
         Data.from_specs(data_spec, quantum=64, num_mel_bins=64)
-    from c2f_search import Run, TrainConfig
-    from c2f_search.compress import get_method
-    from c2f_search.transfer import build_for_phase
-    probe = Run(TrainConfig("none:1x1", **cfg_kw), data, "cpu")
-    spe = probe.steps_per_epoch
+    from c2f_search import TrainConfig
+    from c2f_search.ledger import FlopsLedger
 
     @functools.cache
     def epoch_flops(method: str, C: int) -> float:
-        """Training FLOPs of one epoch of `method` at C (the model built on the meta device)."""
-        m = build_for_phase(probe.cfg.model, probe._model_kwargs(), get_method(method), C, probe.full, device="meta")
-        return float(probe.objective.train_flops(m) * probe.cfg.batch_size * spe)
+        """Training FLOPs of one epoch of `method` at C, as a run's own ledger counts them."""
+        return FlopsLedger.for_config(TrainConfig(f"{method}:1x1", **cfg_kw), data).epoch_flops(C)
+
+    spe = FlopsLedger.for_config(TrainConfig("none:1x1", **cfg_kw), data).steps_per_epoch
 
     budget = E * epoch_flops("none", 1)
     res, t0 = {"data": name, "clips": [len(data.train), len(data.val)], "budget_epochs": E}, time.time()

@@ -20,7 +20,7 @@ from c2f_search.compress import compress
 from c2f_search.flops import masked_patch_flops, train_flops
 from c2f_search.frontend import normalize, spec_augment
 from c2f_search.geometry import Geometry
-from c2f_search.objectives import cluster_masks
+from c2f_search.objectives.masked_patch import cluster_masks
 from c2f_search.transfer import build_for_phase
 
 METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi"]

@@ -7,9 +7,8 @@ import argparse
 import math
 import sys
 
-from .config import FEATURE_MODES, LOSSES, LR_SCHEDULES, TrainConfig, defaults
+from .config import LOSSES, LR_SCHEDULES, PRECISIONS, TrainConfig, defaults
 from .errors import ConfigError
-from .precision import PRECISIONS
 
 EPILOG_SCHEDULE = ("Schedules are METHOD:CxEPOCHS,...,1xEPOCHS with METHOD in none, fshift, avgpool, maxpool, "
                    "patch-bl, patch-pi; e.g. fshift:4x5,1x15 or patch-pi:4x3,2x3,1x14 or none:1x20. "
@@ -73,6 +72,7 @@ def add_data_args(p: argparse.ArgumentParser, required=True) -> None:
                         "name (audioset, esc50, speechcommands, vggsound, voxceleb) or MEAN,STD")
     g.add_argument("--no-cache", action="store_true", default=None,
                    help="do not keep fbank features in the Arrow cache ($C2F_CACHE, default ~/.cache/c2f-search)")
+    from .data import FEATURE_MODES
     g.add_argument("--features", choices=FEATURE_MODES, default=None,
                    help="fp32: float32 fbank store (default); fp16: a store of half the size; stream: no store, "
                         "fbank computed per batch in worker processes (docs/benchmarks.md sizes each)")
@@ -89,11 +89,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recipe", choices=list_recipes(),
                    help="a published recipe (docs/recipes.md): epochs, front end, model, LR schedule, augmentation, "
                         "sampler, weight averaging; the flags given override it")
-    g.add_argument("--depth", type=positive_int,
-                   help="transformer depth (default: the model's, 12; Swin: blocks in every stage)")
-    g.add_argument("--dist-token", action=argparse.BooleanOptionalAction, default=None,
-                   help="add DeiT's distillation token (2 prefix tokens)")
-    g.add_argument("--stride", type=positive_int, help="patch stride for overlapping patches (AST used 10; default 16)")
+    add_model_setting_args(g)
     g.add_argument("--init", metavar="PATH",
                    help="local file to start from (never downloaded): a c2f-search checkpoint (final.pt, last.pt, "
                         "averaged.pt; e.g. an SSAST encoder from 'pretrain'), for AST models also a timm/DeiT state "
@@ -137,7 +133,26 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "CUDA, off for the CPU")
 
 
-MODEL_FLAGS = {"depth": "depth", "dist_token": "dist_token", "stride": "stride"}
+def add_model_setting_args(g) -> None:
+    """One flag per model setting, generated from the schemas the registered model families own."""
+    from .models import model_settings
+    for name, st in sorted(model_settings().items()):
+        if st.type is bool:
+            g.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=None, help=st.help)
+        elif st.type is int:
+            g.add_argument(flag(name), type=_typed(int, lambda v, lo=st.low: v >= lo, f"an integer >= {st.low:g}"),
+                           help=st.help)
+        else:
+            g.add_argument(flag(name), help=st.help, type=_typed(
+                float, lambda v, lo=st.low, hi=st.high: lo <= v < hi, f"a number in [{st.low:g}, {st.high:g})"))
+
+
+def given_model_settings(a) -> dict:
+    """The model settings given on the command line."""
+    from .models import model_settings
+    return {k: getattr(a, k) for k in model_settings() if getattr(a, k, None) is not None}
+
+
 TRAIN_FLAGS = ("model", "init", "lr", "batch_size", "weight_decay", "warmup_steps", "lr_schedule", "lr_milestones",
                "lr_gamma", "freqm", "timem", "mixup", "seed", "metric_target", "transition", "eval_every", "loss",
                "balanced_sampling", "noise", "weight_averaging", "mask_patches", "precision", "compile")
@@ -148,7 +163,7 @@ def given_config(a) -> dict:
     out = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k, None) is not None}
     if "lr_milestones" in out:
         out["lr_milestones"] = tuple(out["lr_milestones"])
-    kw = {k: getattr(a, f) for k, f in MODEL_FLAGS.items() if getattr(a, f, None) is not None}
+    kw = given_model_settings(a)
     if kw:
         out["model_kwargs"] = kw
     return out
@@ -162,7 +177,8 @@ def train_config(a, schedule: str, base: dict | None = None) -> TrainConfig:
         given["model_kwargs"] = {**d.get("model_kwargs", {}), **given["model_kwargs"]}
     d.update(given)
     d["schedule"] = schedule
-    return TrainConfig.from_dict(d)
+    from .validate import validate
+    return validate(TrainConfig.from_dict(d))
 
 
 def norm_arg(text):

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from ._args import (EPILOG_SCHEDULE, Parser, add_data_args, add_model_args, config_error_line, finite_float,
-                    given_config, norm_arg, positive_float, positive_int, train_config)
+from ._args import (EPILOG_SCHEDULE, Parser, add_data_args, add_model_args, add_model_setting_args, config_error_line,
+                    finite_float, given_config, norm_arg, positive_float, positive_int, train_config)
 from .config import EXECUTION
 from .errors import C2FError, CheckpointError, ConfigError
 
@@ -172,12 +172,10 @@ def cmd_train(a) -> int:
 
 
 def _train(a) -> int:
-    from tqdm import tqdm
-
-    from .io import atomic_write, save_checkpoint
+    from .callbacks import ProgressBar, RunFolder
+    from .compress import get_method
+    from .io import atomic_write
     from .models import get_family
-    from .records import record_table
-    from .results import write_table
     from .schedule import parse_schedule
     from .train import Run
 
@@ -199,12 +197,12 @@ def _train(a) -> int:
                        f"c2f-search {'pretrain' if not a.pretrain else 'train'}")
     schedule = parse_schedule(cfg.schedule)
     family = get_family(cfg.model)
-    family.check_method(cfg.model, schedule.method)
+    family.check_method(cfg.model, get_method(schedule.method))
     quantum = schedule.max_C * family.time_granularity
     data = load_data(data_args, quantum, progress=not a.no_progress, labelled=not a.pretrain)
     if a.resume and a.target_length is None and recorded.get("target_length_reason"):
         data.target_reason = recorded["target_length_reason"]
-    run = Run(cfg, data, a.device, state)
+    run = Run(cfg, data, a.device, state, callbacks=[ProgressBar(disable=a.no_progress), RunFolder(out)])
     _make_run_folder(out, a.overwrite)
     data_args["target_length"], data_args["num_mel_bins"] = data.fe.target_length, data.fe.num_mel_bins
     atomic_write(out / "config.json", json.dumps(
@@ -232,33 +230,10 @@ def _train(a) -> int:
     if a.resume:
         print(f"continuing from {source} at step {run.step} (epoch {run.step / run.steps_per_epoch:.2f})",
               file=sys.stderr)
-    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=a.no_progress, dynamic_ncols=True)
-    n_phases = len(schedule.phases)
-
-    def step():
-        bar.set_description(f"phase {run.phase + 1}/{n_phases} C={run.C}", refresh=False)
-        bar.update(1)
-
-    total = "auto" if schedule.is_adaptive else f"{schedule.total_epochs:g}"
-
-    def show(r, rec):
-        bar.set_postfix(epoch=f"{rec['epoch']:.2f}/{total}", loss=f"{rec['train_loss']:.3f}",
-                        **{r.metric_name: f"{rec['val_metric']:.3f}"})
-    run.on_step = step
-    for rec in run.records(progress=show):
-        state = run.state_dict()
-        if rec["phase_end"] and not rec["schedule_done"]:
-            save_checkpoint(state, ckdir / f"phase{rec['phase']}-C{rec['C']}.pt")
-        save_checkpoint(state, ckdir / "last.pt")
-        write_table(record_table(run.history), out / "metrics.parquet")
-    bar.close()
-    state = run.state_dict()
-    save_checkpoint(state, ckdir / "final.pt")
-    write_table(record_table(run.history), out / "metrics.parquet")
+    run.fit()
     last = run.history[-1]
-    if last.get("averaged"):  # the weight-averaged model, loadable with --init like final.pt
-        save_checkpoint({**state, "model": run.averager.averaged()}, ckdir / "averaged.pt")
-        print(f"weight averaging ({run.averager.members()}): {run.metric_name} {last['val_metric']:.4f} -> "
+    if last["averaged"]:  # the weight-averaged model, loadable with --init like final.pt
+        print(f"weight averaging ({run.averaging.members()}): {run.metric_name} {last['val_metric']:.4f} -> "
               f"{ckdir / 'averaged.pt'}")
         last = run.history[-2]
     msg = "reached --metric-target" if last["target_reached"] else "schedule finished"
@@ -285,22 +260,22 @@ def _bad_report(data, out: Path) -> None:
 
 # ---------------------------------------------------------------------------- flops
 def cmd_flops(a) -> int:
+    from ._args import given_model_settings
+    from .compress import get_method
     from .flops_table import flops_table, format_table
     from .models import get_family
     from .schedule import parse_schedule
 
     schedules = [parse_schedule(s) for s in (a.schedule or ["none:1x20"])]
     for s in schedules:
-        get_family(a.model).check_method(a.model, s.method)
+        get_family(a.model).check_method(a.model, get_method(s.method))
     if a.target_length:
         T = a.target_length
     else:  # AST pads e.g. 998 frames (10 s) to 1024: round up to a multiple of granularity x max C
         frames = 1 + int((a.seconds * 16000 - 400) // 160)
         q = get_family(a.model).time_granularity * max(s.max_C for s in schedules)
         T = math.ceil(frames / q) * q
-    kw = {k: v for k, v in (("depth", a.depth), ("dist_token", a.dist_token or None), ("stride", a.stride))
-          if v is not None}
-    rows = flops_table(schedules, a.model, a.num_mel_bins, T, a.num_classes, kw)
+    rows = flops_table(schedules, a.model, a.num_mel_bins, T, a.num_classes, given_model_settings(a))
     if a.json:
         print(json.dumps({"model": a.model, "num_mel_bins": a.num_mel_bins, "target_length": T, "schedules": rows},
                          indent=1))
@@ -353,9 +328,7 @@ def build_parser() -> Parser:
     f.add_argument("--target-length", type=positive_int, help="frames at full resolution (overrides --seconds)")
     f.add_argument("--num-mel-bins", type=positive_int, default=128)
     f.add_argument("--num-classes", type=positive_int, default=527)
-    f.add_argument("--depth", type=positive_int)
-    f.add_argument("--dist-token", action="store_true")
-    f.add_argument("--stride", type=positive_int)
+    add_model_setting_args(f)
     f.add_argument("--json", action="store_true", help="print JSON instead of a table")
     f.set_defaults(fn=cmd_flops)
 

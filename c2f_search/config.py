@@ -1,13 +1,14 @@
 """``TrainConfig``: every training setting and its default, in one place. The CLI, the space
-files and the Ray trainable all read their defaults from here, and every value is checked
-here, before any work starts."""
+files and the Ray trainable all read their defaults from here. It checks types and ranges only, and
+imports nothing of the core: the checks that need a registry (model, method, transition, objective,
+averaging, model settings) are ``validate.validate``'s."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import ConfigError
-from .precision import PRECISIONS
 
 # settings a search space may search or fix (`fixed:` and `space:` keys)
 SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma",
@@ -16,11 +17,9 @@ SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "time
 FIXED_ONLY = ("precision", "compile")
 # how a run executes, not what it computes: a resumed run may change it
 EXECUTION = ("compile",)
-MODEL_KWARGS = {"depth": "transformer depth (Swin: blocks in every stage)", "dist_token": "DeiT's distillation token",
-                "stride": "patch stride (overlapping patches)", "drop_path_rate": "stochastic depth"}
 LR_SCHEDULES = ("step", "cosine")
 LOSSES = ("auto", "ce", "bce")
-FEATURE_MODES = ("fp32", "fp16", "stream")  # the feature store's dtype, or none (streaming)
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 
 
 @dataclass
@@ -71,6 +70,10 @@ class TrainConfig:
             raise ConfigError(unknown[0], f"unknown setting; known: {', '.join(sorted(known))}")
         return cls(**d)
 
+    def build_kwargs(self, num_classes: int) -> dict:
+        """The model builder's keyword arguments for data with `num_classes` classes."""
+        return {"num_classes": num_classes, **self.model_kwargs}
+
     def training_identity(self) -> dict:
         """What determines the trajectory apart from the schedule: runs that agree on it can share a prefix."""
         d = self.to_dict()
@@ -93,10 +96,23 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def parse_eval_every(text, steps_per_epoch: int) -> int:
+    """``--eval-every``: ``N`` steps, ``Nstep(s)`` or ``Xepoch(s)`` (fractions of an epoch allowed)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(steps?|epochs?)?\s*", str(text))
+    if not m or (m.group(2) or "step").startswith("step") and "." in m.group(1):
+        raise ConfigError("eval_every", f"{text!r}: write N steps (e.g. 50) or a fraction of an epoch (e.g. 0.25epoch)")
+    n = float(m.group(1)) * (steps_per_epoch if (m.group(2) or "").startswith("epoch") else 1)
+    if round(n) < 1:
+        raise ConfigError("eval_every", f"{text!r} is less than one step ({steps_per_epoch} steps per epoch)")
+    return round(n)
+
+
 def _check(c: TrainConfig) -> None:
-    from .models import list_models
-    if c.model not in list_models():
-        raise ConfigError("model", f"unknown model {c.model!r}; choose one of {', '.join(list_models())}")
+    for name in ("schedule", "model", "objective"):
+        if not isinstance(getattr(c, name), str):
+            raise ConfigError(name, f"must be a name, got {getattr(c, name)!r}")
+    if not isinstance(c.model_kwargs, dict):
+        raise ConfigError("model_kwargs", f"must be a mapping of model settings, got {c.model_kwargs!r}")
     if not (_number(c.lr) and c.lr > 0):
         raise ConfigError("lr", f"must be a finite number > 0, got {c.lr!r} (AST uses 1e-4 to 1e-5)")
     for name in ("batch_size",):
@@ -121,24 +137,7 @@ def _check(c: TrainConfig) -> None:
         raise ConfigError("mixup", f"must be a fraction of the batch in [0, 1], got {c.mixup!r}")
     if c.metric_target is not None and not (_number(c.metric_target) and 0 <= c.metric_target <= 1):
         raise ConfigError("metric_target", f"accuracy and mAP lie in [0, 1], got {c.metric_target!r}")
-    from .models import get_family
-    takes = get_family(c.model).settings
-    for k, v in c.model_kwargs.items():
-        if k not in MODEL_KWARGS:
-            raise ConfigError(k, f"unknown model setting; known: {', '.join(MODEL_KWARGS)}")
-        if k not in takes:
-            raise ConfigError(k, f"{c.model} does not take this setting; it takes {', '.join(takes) or 'none'}")
-        if k in ("depth", "stride") and not (_int(v) and v >= 1):
-            raise ConfigError(k, f"must be an integer >= 1, got {v!r}")
-        if k == "drop_path_rate" and not (_number(v) and 0 <= v < 1):
-            raise ConfigError(k, f"must be in [0, 1), got {v!r}")
-        if k == "dist_token" and not isinstance(v, bool):
-            raise ConfigError(k, f"must be true or false, got {v!r}")
-    if c.transition is not None:
-        from .controllers import check_transition
-        check_transition(c.transition)
     if c.eval_every is not None:
-        from .controllers import parse_eval_every
         c.eval_every = str(c.eval_every)
         parse_eval_every(c.eval_every, 10 ** 6)
     if c.precision not in PRECISIONS:
@@ -152,13 +151,5 @@ def _check(c: TrainConfig) -> None:
     for name in ("balanced_sampling", "noise"):
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(name, f"must be true or false, got {getattr(c, name)!r}")
-    if c.weight_averaging is not None:
-        from .averaging import parse_averaging
-        parse_averaging(c.weight_averaging)
-    from .objectives import OBJECTIVES
-    if c.objective not in OBJECTIVES:
-        raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {c.objective!r}")
     if c.mask_patches is not None and not (_int(c.mask_patches) and c.mask_patches >= 1):
         raise ConfigError("mask_patches", f"must be an integer >= 1, got {c.mask_patches!r}")
-    if c.objective == "masked-patch" and c.mixup > 0:
-        raise ConfigError("mixup", "pretraining has no labels to mix; use 0")

@@ -18,13 +18,13 @@ import torch
 
 from . import builtin
 from .errors import AudioError, DataError
-from .config import FEATURE_MODES
-from .io import atomic_write
 from .frontend import FrontEnd, fbank, fit_length, load_audio
+from .io import atomic_write
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 STORE_VERSION = 1
 # fp32 / fp16: the Arrow feature store in that dtype; stream: fbank per batch in worker processes, no store
+FEATURE_MODES = ("fp32", "fp16", "stream")
 NORM_SAMPLE = 256  # clips a streamed data set estimates its normalization from
 
 

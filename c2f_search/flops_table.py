@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from .flops import train_flops
 from .geometry import Geometry
+from .models import get_family
 from .schedule import Schedule
-from .train import check_geometry
 from .transfer import build_for_phase
 
 
@@ -12,13 +12,13 @@ def flops_table(schedules: list[Schedule], model: str, num_mel_bins: int, target
                 num_classes: int, model_kwargs: dict | None = None) -> list[dict]:
     """One entry per schedule: per-phase tokens and GFLOPs, and total GFLOPs per training sample."""
     from .config import TrainConfig
-    from .frontend import FrontEnd
+    from .validate import validate
     kw = {"num_classes": num_classes, **(model_kwargs or {})}
     full = Geometry(num_mel_bins, target_length)
     rows = []
     for s in schedules:
-        check_geometry(TrainConfig(str(s), model=model, model_kwargs=model_kwargs or {}),
-                       FrontEnd(num_mel_bins=num_mel_bins, target_length=target_length), s.Cs)
+        validate(TrainConfig(str(s), model=model, model_kwargs=model_kwargs or {}))
+        get_family(model).check_geometry(model, full, s.Cs)
         phases = []
         for p in s.phases:
             m = build_for_phase(model, kw, s.method, p.C, full, device="meta")

@@ -1,7 +1,8 @@
-"""The input geometry of one phase: what a compression method asks of a model family."""
+"""The input geometry of one phase, and the capabilities a compression method asks of a model family."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 
 @dataclass(frozen=True)
@@ -21,3 +22,10 @@ class Geometry:
 
     def as_dict(self) -> dict:
         return {"num_mel_bins": self.num_mel_bins, "frames": self.frames, "time_stretch": self.time_stretch}
+
+
+class Capability(str, Enum):
+    """What a compression method needs from a model family, and what a family provides."""
+    SHORTER_INPUT = "a shorter time axis (a new token grid)"
+    STRETCHED_PATCH = "a patch kernel stretched along time"
+    TOKEN_DROP = "dropping tokens after the position embedding"

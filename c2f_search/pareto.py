@@ -434,7 +434,7 @@ def test_metrics(search_dir, res: dict, filesystem=None, device="cpu") -> dict:
     todo = [r for r in want if (r["trial_id"], r["step"]) not in known]
     if todo:
         from .data import Data
-        from .evaluate import evaluate_state, read_state
+        from .evaluator import evaluate_state, read_state
         data = Data.from_specs(**doc["data"], test=doc["test"])
         fs, _ = experiment_location(search_dir, filesystem)
         for r in todo:

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+from .config import PRECISIONS  # noqa: F401 - the choices, named where every setting is
+from .errors import ConfigError
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Dense peak TFLOP/s (fp32 on CUDA cores, tf32, bf16 = fp16 on tensor cores) from NVIDIA's datasheets,
@@ -27,6 +28,22 @@ PEAK_TFLOPS = [
     (r"L40S", 91.6, 183.0, 362.1),
     (r"L4\b", 30.3, 60.0, 121.0),
 ]
+
+
+def resolve_device(device="auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for, but no CUDA device is visible; use cpu or auto")
+    return torch.device(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): a clock read after it measures that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -17,7 +17,7 @@ def finetune(state: dict, spec: dict, device="cpu"):
     """Fine-tune the encoder of a pretraining run state with `spec`; returns the finished Run."""
     from .train import Run
     family = get_family(state["model_name"])
-    kwargs = {k: v for k, v in state["model_kwargs"].items() if k in family.settings}
+    kwargs = {k: v for k, v in state["model_kwargs"].items() if k in {s.name for s in family.settings}}
     cfg = TrainConfig(spec["schedule"], model=state["model_name"], model_kwargs=kwargs,
                       seed=state["config"]["seed"], **spec.get("fixed", {}))
     run = Run(cfg, Data.from_specs(**spec["data"]), device)

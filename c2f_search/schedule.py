@@ -168,3 +168,9 @@ def parse_schedule(text: str) -> Schedule:
                                 f"(e.g. {EXAMPLE}; fractions like 0.5 are fine, or '{AUTO}' for a controller)")
         phases.append(Phase(int(m.group(1)), float(m.group(2))))
     return Schedule(method, tuple(phases), coarse_only)
+
+
+def trained_schedule(method: str, phases: list[dict], steps_per_epoch: int) -> str:
+    """Phases as trained ({C, steps}) written as a fixed schedule that re-runs them standalone."""
+    done = [Phase(p["C"], p["steps"] / steps_per_epoch) for p in phases if p["steps"]]
+    return str(Schedule(method, tuple(done), coarse_only=done[-1].C != 1)) if done else ""

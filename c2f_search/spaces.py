@@ -17,9 +17,10 @@ from pathlib import Path
 import yaml
 
 from .compress import baseline_method, list_methods
-from .config import FIXED_ONLY, SEARCHABLE, TrainConfig
+from .config import FIXED_ONLY, SEARCHABLE, TrainConfig, defaults
 from .errors import ConfigError, ScheduleError, SpaceError
 from .schedule import Phase, Schedule, parse_schedule
+from .validate import validate
 
 TOP_KEYS = {"name", "description", "data", "model", "epochs", "metric_target", "resources", "space",
             "schedules", "fixed", "objective", "finetune", "pbt"}
@@ -101,6 +102,17 @@ class Space:
             return {(s.method, p.C) for s in self.schedules for p in s.phases}
         out = {(m, C) for m in self.methods for C in [*self.C_values, 1]} if self.coarse_phases[1] > 0 else set()
         return out | ({(baseline_method(), 1)} if self.coarse_phases[0] == 0 else set())
+
+    def values(self, name: str) -> list:
+        """Every value a trial may get for the setting `name` (searched, fixed, or the default)."""
+        spec = self.hparams.get(name)
+        if isinstance(spec, dict):
+            lo, hi = spec["low"], spec["high"]
+            return list(range(lo, hi + 1)) if spec.get("int") else [lo, hi]
+        if spec is not None:
+            return list(spec)
+        fixed = [f.get(name, self.fixed.get(name)) for f in self.grid_fixed or [self.fixed]]
+        return [defaults()[name] if v is None else v for v in fixed]
 
     def probe_config(self, model: str | None = None) -> TrainConfig:
         """A TrainConfig of a model of this space and its fixed settings (for checks before any trial)."""
@@ -205,7 +217,7 @@ def _check_values(path, section: str, model: str, fixed: dict, values: dict) -> 
     for name, vals in values.items():
         for v in vals:
             try:
-                TrainConfig(schedule="none:1x1", model=model, **{**fixed, name: v})
+                validate(TrainConfig(schedule="none:1x1", model=model, **{**fixed, name: v}))
             except ConfigError as e:
                 raise _err(path, f"{section}.{e.field}", e.problem) from None
             except TypeError:
@@ -285,8 +297,8 @@ def load_space(name_or_path: str) -> Space:
     model = models[0]
     from .objectives import OBJECTIVES
     objective = doc.get("objective", "supervised")
-    if objective not in OBJECTIVES:
-        raise _err(path, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise _err(path, "objective", f"must be one of {', '.join(OBJECTIVES.names())}, got {objective!r}")
     for m in models:
         _check_values(path, "fixed", m, {**fixed, "objective": objective}, {k: [v] for k, v in fixed.items()})
     mt = doc.get("metric_target")
@@ -378,12 +390,12 @@ def load_space(name_or_path: str) -> Space:
 def _controllers(path, spec, epochs: float) -> dict:
     """controller: {plateau: {patience: [1, 2], delta: {low: 0, high: 0.02}}, probe: {steps: [5, 10]}}."""
     from .controllers import CONTROLLERS, make_controller
-    if not isinstance(spec, dict) or not spec or set(spec) - set(CONTROLLERS):
-        raise _err(path, "space.controller", f"must map controllers ({', '.join(CONTROLLERS)}) to their settings")
+    if not isinstance(spec, dict) or not spec or set(spec) - set(CONTROLLERS.names()):
+        raise _err(path, "space.controller", f"must map controllers ({', '.join(CONTROLLERS.names())}) to their settings")
     out = {}
     for name, settings in spec.items():
         settings = settings or {}
-        allowed = set(CONTROLLERS[name][1]) - {"budget"}  # the budget is the space's epochs
+        allowed = set(CONTROLLERS.get(name).options) - {"budget"}  # the budget is the space's epochs
         if not isinstance(settings, dict) or set(settings) - allowed:
             raise _err(path, f"space.controller.{name}", f"settings are {', '.join(sorted(allowed))}")
         out[name] = {}

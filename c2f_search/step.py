@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import NonFiniteLoss
 from .precision import autocast
 
 
@@ -88,3 +89,15 @@ class TrainStep:
             opt.step()
         # a CUDA graph's output is overwritten by its next replay: keep a copy
         return loss.detach().clone() if self.graphs else loss.detach()
+
+
+def sum_finite(window: list, step: int, where: str, every: int) -> torch.Tensor:
+    """The losses of the steps before `step`, summed on the device; one host read says whether all are
+    finite, and if not, which step came first (the steps after it have run: say so)."""
+    losses = torch.stack(window)
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        k = int(bad.nonzero()[0])
+        raise NonFiniteLoss(f"loss is {losses[k].item()} at step {step - len(window) + k} ({where}; found at step "
+                            f"{step - 1} by the check that runs every {every} steps); lower --lr or check the data")
+    return losses.sum()

@@ -1,5 +1,7 @@
-"""The architecture's contracts: layers, one-way imports, a model family added from outside the
-package, forking from a shared prefix, and runs that own their RNG."""
+"""The architecture's contracts: layers, one-way imports and no import circle, a config that imports
+nothing of the core, nothing outside train.py reading Run's private parts, a method, a family, a
+controller, an objective and a callback each added from outside the package (tests/toys/), forking
+from a shared prefix, and runs that own their RNG."""
 import ast as pyast
 import json
 import subprocess
@@ -8,12 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
-from c2f_search import (FixedSchedule, Geometry, ModelFamily, Run, TrainConfig, fork_point, parse_schedule,
-                        register_model)
-from c2f_search.errors import CheckpointError, ScheduleError
-from c2f_search.models._layers import resample_grid_embed
+from c2f_search import FixedSchedule, Geometry, Run, TrainConfig, fork_point, parse_schedule
+from c2f_search.errors import CheckpointError, ConfigError, ScheduleError
+from c2f_search.validate import validate
 
 from .conftest import TINY_DATA
 
@@ -91,35 +91,57 @@ print("OK", len(names), rc)
     assert (tmp_path / "run" / "metrics.parquet").exists()
 
 
-# ------------------------------------------------------------------------------- a new family
-class _ToyNet(nn.Module):
-    """A tiny model with a learned per-time-token embedding, like a position embedding."""
-
-    def __init__(self, geometry: Geometry, num_classes: int, width: int = 8):
-        super().__init__()
-        self.conv = nn.Conv2d(1, width, kernel_size=(geometry.num_mel_bins, 8), stride=(1, 8))
-        self.time_embed = nn.Parameter(torch.randn(1, width, 1, geometry.frames // 8) * 0.1)
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        h = self.conv(x.unsqueeze(1)) + self.time_embed
-        return self.head(h.mean((2, 3)))
+# ----------------------------------------------------------------------------------- import graph
+def _graph() -> dict[str, set[str]]:
+    """Module -> the c2f_search modules it imports, at any depth (imports inside functions included)."""
+    mods = {_module_name(f): f for f in PKG.rglob("*.py")}
+    graph = {}
+    for mod, f in mods.items():
+        # `from . import name` names a submodule or an attribute of the package: keep the modules only
+        graph[mod] = {i for i in _imports(f) if i in mods and i != mod}
+    return graph
 
 
-class _ToyFamily(ModelFamily):
-    name, time_granularity, methods = "toy", 8, ("none", "avgpool", "maxpool", "fshift")
+def test_no_import_circle_inside_the_package():
+    graph, state, path = _graph(), {}, []
 
-    def adapt_state_dict(self, sd, old, new, method):
-        emb = sd["time_embed"]  # (1, W, 1, t): resample along time like a position embedding
-        sd["time_embed"] = resample_grid_embed(emb.flatten(2).transpose(1, 2), (1, new.time_embed.shape[-1]),
-                                               (1, emb.shape[-1]), 0).transpose(1, 2).reshape(new.time_embed.shape)
-        return sd
+    def visit(m):
+        state[m] = "open"
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        path.pop()
+        state[m] = "done"
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert len(graph) > 40  # the whole package was read
 
 
-register_model("toy-net", _ToyFamily())(lambda geometry, num_classes, **kw: _ToyNet(geometry, num_classes, **kw))
+def test_the_config_imports_nothing_of_the_core():
+    assert _graph()["c2f_search.config"] <= {"c2f_search.errors"}
 
 
+def test_no_module_reads_a_private_attribute_of_run():
+    tree = pyast.parse((PKG / "train.py").read_text())
+    run = next(n for n in tree.body if isinstance(n, pyast.ClassDef) and n.name == "Run")
+    private = {n.name for n in run.body if isinstance(n, pyast.FunctionDef) and n.name.startswith("_")
+               and not n.name.startswith("__")}
+    private |= {t.attr for n in pyast.walk(run) if isinstance(n, pyast.Assign) for t in n.targets
+                if isinstance(t, pyast.Attribute) and t.attr.startswith("_")}
+    assert {"_act", "_train_until"} <= private
+    files = [f for d in ("c2f_search", "trainables", "bench", "tests") for f in (ROOT / d).rglob("*.py")]
+    bad = [f"{f.relative_to(ROOT)}:{n.lineno} .{n.attr}" for f in files if f != PKG / "train.py"
+           for n in pyast.walk(pyast.parse(f.read_text())) if isinstance(n, pyast.Attribute) and n.attr in private]
+    assert not bad, f"modules read private attributes of Run: {bad}"
+
+
+# ------------------------------------------------------------------- pieces registered from outside
 def test_a_family_registered_from_outside_trains_coarse_to_fine(tiny_data):
+    from .toys import toy_family  # noqa: F401 - registers toy-net
     cfg = TrainConfig("maxpool:4x1,2x1,1x1", model="toy-net", batch_size=8, lr=1e-2, warmup_steps=0)
     run = Run(cfg, tiny_data, "cpu")
     recs = list(run.records())
@@ -127,10 +149,69 @@ def test_a_family_registered_from_outside_trains_coarse_to_fine(tiny_data):
     assert run.model.time_embed.shape[-1] == 256 // 8 and run.model.geometry == Geometry(64, 256)
     flops = [b["train_flops"] - a["train_flops"] for a, b in zip([{"train_flops": 0}] + recs, recs)]
     assert flops[0] < flops[1] < flops[2]  # counted per phase by the same FlopCounterMode path
-    with pytest.raises(ScheduleError, match="toy-net .*does not support .*patch-pi"):
-        Run(TrainConfig("patch-pi:2x1,1x1", model="toy-net"), tiny_data, "cpu")
     with pytest.raises(Exception, match="multiple of 8|divide"):
         Run(TrainConfig("maxpool:64x1,1x1", model="toy-net"), tiny_data, "cpu")
+
+
+def test_a_family_without_a_capability_is_refused_naming_both(tiny_data, tmp_path):
+    from c2f_search.cli import main
+    from .toys import toy_family  # noqa: F401
+    with pytest.raises(ScheduleError, match="toy-net .*does not support the compression method 'patch-pi': it needs "
+                                            "a patch kernel stretched along time, which toy does not provide"):
+        Run(TrainConfig("patch-pi:2x1,1x1", model="toy-net"), tiny_data, "cpu")
+    p = subprocess.run([sys.executable, "-m", "c2f_search.cli", "train", "--data", TINY_DATA, "--model", "cnn14-tiny",
+                        "--schedule", "patch-bl:2x1,1x1", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "cnn14-tiny" in p.stderr and "'patch-bl'" in p.stderr and not (tmp_path / "r").exists()
+
+
+def _tiny(schedule, **kw):
+    return TrainConfig(schedule, **{"model_kwargs": {"depth": 1}, "batch_size": 8, "lr": 3e-4, "warmup_steps": 2, **kw})
+
+
+def test_a_method_registered_from_outside_trains_coarse_to_fine(tiny_data):
+    from .toys import toy_method  # noqa: F401 - registers toy-decimate
+    run = Run(_tiny("toy-decimate:4x1,2x1,1x1", timem=32), tiny_data, "cpu")
+    recs = run.fit()
+    assert [r["C"] for r in recs] == [4, 2, 1] and [r["method"] for r in recs] == ["toy-decimate"] * 3
+    assert run.model.token_grid == (4, 16)
+    with pytest.raises(ScheduleError, match="unknown method 'toy-decimat'"):
+        Run(_tiny("toy-decimat:2x1,1x1"), tiny_data, "cpu")
+
+
+def test_a_controller_registered_from_outside_trains_coarse_to_fine(tiny_data):
+    from .toys import toy_controller  # noqa: F401 - registers toy-count
+    run = Run(_tiny("avgpool:4xauto,2xauto,1x1", transition="toy-count:steps=3"), tiny_data, "cpu")
+    run.fit()
+    assert [(p["C"], p["steps"]) for p in run.phases] == [(4, 3), (2, 3), (1, 5)]
+    assert run.phases[1]["reason"] == "counted 3 steps" and run.history[-1]["controller"] == "toy-count"
+    with pytest.raises(ConfigError, match="'count=3' is not one of steps="):
+        Run(_tiny("avgpool:4xauto,1x1", transition="toy-count:count=3"), tiny_data, "cpu")
+
+
+def test_an_objective_registered_from_outside_trains_coarse_to_fine(tiny_data):
+    from .toys import toy_objective  # noqa: F401 - registers toy-brier
+    run = Run(_tiny("fshift:2x1,1x1", objective="toy-brier", lr=1e-3), tiny_data, "cpu")
+    recs = run.fit()
+    assert [r["C"] for r in recs] == [2, 1] and all(0 <= r["val_loss"] <= 2 for r in recs)
+    assert recs[0]["train_loss"] != recs[1]["train_loss"] and 0 <= recs[-1]["val_metric"] <= 1
+    with pytest.raises(ConfigError, match="objective: must be one of masked-patch, supervised, toy-brier"):
+        validate(_tiny("none:1x1", objective="toy-brie"))
+
+
+def test_a_callback_from_outside_sees_every_step_and_keeps_its_state(tiny_data):
+    from .toys.toy_callback import StepsPerC
+    cb = StepsPerC()
+    run = Run(_tiny("avgpool:2x1,1x1"), tiny_data, "cpu", callbacks=[cb])
+    it = run.records()
+    next(it)  # the end of phase 1
+    state = run.state_dict()
+    assert cb.steps == {"2": 5} and cb.phase_ends == [2] and state["callbacks"]["toy_steps_per_C"] == {"steps": {"2": 5}}
+    again = StepsPerC()
+    resumed = Run(_tiny("avgpool:2x1,1x1"), tiny_data, "cpu", state=state, callbacks=[again])
+    assert again.steps == {"2": 5}
+    resumed.fit()
+    assert again.steps == {"2": 5, "1": 5}
 
 
 # --------------------------------------------------------------------------------------- forking

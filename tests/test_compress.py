@@ -54,5 +54,7 @@ def test_method_contract_per_method():
     assert (fs.frame_shift(10.0, 4), fs.feature_length(1024, 4), fs.time_mask_scale(4)) == (40.0, 256, 4)
     assert (ap.frame_shift(10.0, 4), ap.feature_length(1024, 4), ap.time_mask_scale(4)) == (10.0, 1024, 4)
     assert (pb.frame_shift(10.0, 4), pb.feature_length(1024, 4), pb.time_mask_scale(4)) == (10.0, 1024, 1)
-    assert pb.kernel_resize == "pi" and get_method("patch-bl").kernel_resize == "bilinear"
+    from c2f_search.geometry import Capability
+    assert pb.needs == {Capability.STRETCHED_PATCH} and fs.needs == ap.needs == {Capability.SHORTER_INPUT}
+    assert get_method("none").needs == frozenset()
     assert not get_method("none").compresses and fs.compresses

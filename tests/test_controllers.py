@@ -17,12 +17,12 @@ def _cfg(schedule, **kw):
 
 def _force_metrics(run, metrics):
     """Inject a validation-metric sequence: the evaluation still runs and costs, its metric is replaced."""
-    it, real = iter(metrics), run._evaluate
+    it, real = iter(metrics), run.evaluator.evaluate
 
-    def forced():
-        _, loss = real()
+    def forced(model, split, C):
+        _, loss = real(model, split, C)
         return next(it), loss
-    run._evaluate = forced
+    run.evaluator.evaluate = forced
 
 
 def test_plateau_ends_a_phase_after_patience_flat_evaluations(tiny_data):
@@ -47,7 +47,7 @@ def test_max_length_and_budget_cap_an_auto_phase(tiny_data):
     # a budget of 2 full-resolution epochs: the final 1-epoch phase keeps its share, the coarse ones get the rest
     run = Run(_cfg("avgpool:4xauto,1x1", transition="plateau:patience=99,max=10,budget=2"), tiny_data, "cpu")
     list(run.records())
-    total, coarse, full = 2 * 5 * run.step_flops(1), run.step_flops(4), run.step_flops(1)
+    total, coarse, full = 2 * 5 * run.ledger.step_flops(1), run.ledger.step_flops(4), run.ledger.step_flops(1)
     n = run.phases[0]["steps"]
     assert run.phases[1]["C"] == 1 and run.phases[1]["steps"] == 5 and run.phases[1]["reason"].startswith("budget")
     assert n * coarse + 5 * full <= total < (n + 5) * coarse + 5 * full  # it stopped at the last interval that fits
@@ -133,8 +133,9 @@ def test_population_member_copies_a_donor_lowers_C_and_keeps_its_own_lr(tiny_dat
     it = donor.records()
     next(it)
     state = donor.state_dict()
-    member = Run(_cfg(str(sched), lr=2e-4, seed=7), tiny_data, "cpu", state=state, exploit=True,
-                 controller=Population(sched, spec, C=2, budget=3))
+    from trainables.c2f import copy_member
+    member = copy_member(Run(_cfg(str(sched), lr=2e-4, seed=7), tiny_data, "cpu",
+                             controller=Population(sched, spec, C=2, budget=3)), state)
     assert member.C == 4 and member.step == donor.step
     assert member.opt.param_groups[0]["initial_lr"] == 2e-4
     with pytest.raises(Exception, match="lr"):  # without exploit, another lr is another run
@@ -144,7 +145,7 @@ def test_population_member_copies_a_donor_lowers_C_and_keeps_its_own_lr(tiny_dat
     assert member.phases[1]["reason"].startswith("population: copied a better member, C lowered to 2")
     assert member.phases[2]["reason"].startswith("budget") and recs[-1]["schedule_done"]
     assert member.model.geometry.frames == 256 and member.phases[-1]["steps"] == 5
-    assert member.counters["train_flops"] <= 3 * 5 * member.step_flops(1) + 1
+    assert member.counters["train_flops"] <= 3 * 5 * member.ledger.step_flops(1) + 1
 
 
 @pytest.mark.slow

@@ -70,14 +70,15 @@ def test_fp16_grad_scaler_state_survives_a_resume(tiny_data, tmp_path):
 
 
 def test_delayed_nonfinite_check_names_the_step_and_phase(tiny_data):
-    run = Run(_cfg("fshift:2x1,1x1", mixup=0.0), tiny_data, "cpu")  # 5 steps per epoch: phase 2 is steps 5-9
-    run.check_every = 3
+    from c2f_search.callbacks import Callback
 
-    def poison():  # after step 5: the loss of step 6 is NaN; phase 2's check covers steps 5, 6, 7
-        if run.step == 6:
-            with torch.no_grad():
-                run.model.head[1].weight.fill_(float("nan"))
-    run.on_step = poison
+    class Poison(Callback):  # after step 5: the loss of step 6 is NaN; phase 2's check covers steps 5, 6, 7
+        def on_step_end(self, run):
+            if run.step == 6:
+                with torch.no_grad():
+                    run.model.head[1].weight.fill_(float("nan"))
+    run = Run(_cfg("fshift:2x1,1x1", mixup=0.0), tiny_data, "cpu", callbacks=[Poison()])  # 5 steps per epoch
+    run.check_every = 3
     with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 6 \(phase 2, C=1; found at step 7 by the check "
                                             r"that runs every 3 steps\); lower --lr"):
         list(run.records())
@@ -165,7 +166,7 @@ def test_compiled_step_matches_eager_and_compiles_once_per_phase(tiny_data):
     for rec in run.records():
         compiled.append(rec)
         graphs.append(du.counters["stats"]["unique_graphs"])
-    assert isinstance(run._train_step.fwd, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(run.train_step.fwd, torch._dynamo.eval_frame.OptimizedModule)
     assert graphs[0] == graphs[1] < graphs[2]  # the second epoch of phase 1 reused its graph; phase 2 compiled
     got = _metrics(compiled)
     assert [g[:2] for g in got] == [e[:2] for e in eager]

@@ -53,7 +53,7 @@ def _round(v):
 def run_case(name: str, data) -> dict:
     from c2f_search import Run, TrainConfig
     from c2f_search.controllers import Population
-    from c2f_search.evaluate import evaluate_state
+    from c2f_search.evaluator import evaluate_state
     from c2f_search.schedule import parse_schedule
     kw, ctrl = CASES[name]
     cfg = TrainConfig(**{**KW, **kw})

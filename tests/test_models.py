@@ -6,11 +6,11 @@ import torch.nn.functional as F
 
 from c2f_search import Geometry, Run, TrainConfig, eval_flops, train_flops, transfer_weights
 from c2f_search.compress import get_method
+from c2f_search.validate import validate
 from c2f_search.errors import ConfigError, ScheduleError
 from c2f_search.flops import masked_patch_flops
 from c2f_search.models import get_family
-from c2f_search.models._layers import resize_patch_kernel
-from c2f_search.objectives import cluster_masks
+from c2f_search.objectives.masked_patch import cluster_masks
 from c2f_search.transfer import build_for_phase
 
 FULL = Geometry(64, 256)
@@ -57,7 +57,7 @@ def test_htsat_transition_keeps_every_parameter(method, C):
             assert torch.allclose(new_sd[k], want) and torch.isfinite(new_sd[k]).all()
             moved += 1
         elif k == "swin.patch_embed.proj.weight" and C > 1 and method.startswith("patch"):
-            assert torch.allclose(new_sd[k], resize_patch_kernel(v, (4, 4), get_method(method).kernel_resize))
+            assert torch.allclose(new_sd[k], get_method(method).resize_kernel(v, (4, 4)))
         else:
             assert torch.equal(v, new_sd[k]), k
     assert moved > 0  # the coarse phase clipped windows to its narrower grid: their tables were resampled
@@ -118,7 +118,7 @@ def test_cnn14_refuses_the_patch_methods(tiny_data):
         with pytest.raises(ScheduleError, match=f"cnn14-tiny .*does not support .*{method}.*avgpool"):
             Run(TrainConfig(f"{method}:2x1,1x1", model="cnn14-tiny"), tiny_data, "cpu")
     with pytest.raises(ConfigError, match="depth: cnn14-tiny does not take this setting"):
-        TrainConfig("none:1x1", model="cnn14-tiny", model_kwargs={"depth": 2})
+        validate(TrainConfig("none:1x1", model="cnn14-tiny", model_kwargs={"depth": 2}))
 
 
 # -------------------------------------------------------------------------------- every family
@@ -174,18 +174,14 @@ def test_mask_count_scales_with_the_tokens_where_ssast_could_never_finish():
     """128 mel x 1024 frames: 512 patches, SSAST masks 400. At C=2 there are 256: SSAST's loop would
     draw for ever; here the count scales to 200, and an impossible count is an error, not a hang."""
     import numpy as np
-    from c2f_search.objectives import MaskedPatch
+    from c2f_search.objectives.masked_patch import MaskedPatch
     full = Geometry(128, 1024)
     half = build_for_phase("ssast-base", {"num_classes": 1}, "fshift", 2, full, device="meta")
     assert half.token_grid == (8, 32)
 
-    class _Run:  # what MaskedPatch reads of a run
-        cfg = TrainConfig("fshift:2x1,1x1", model="ssast-base", objective="masked-patch")
-        model, full = half, Geometry(128, 1024)
-
-        def _model_kwargs(self):
-            return {"num_classes": 1}
-    ob = MaskedPatch(_Run())
+    class _Data:  # what an objective reads of the data
+        num_classes, multilabel = 1, False
+    ob = MaskedPatch(TrainConfig("fshift:2x1,1x1", model="ssast-base", objective="masked-patch"), _Data(), full)
     assert ob.full_masked == 400 and ob.masked(half) == 200
     masks = cluster_masks(half.token_grid, 200, 4, np.random.default_rng(0))
     assert masks.shape == (4, 200) and all(len(set(r.tolist())) == 200 for r in masks) and masks.max() < 256

@@ -8,6 +8,7 @@ import torch
 
 from c2f_search import Run, TrainConfig
 from c2f_search.averaging import WeightAverage
+from c2f_search.validate import validate
 from c2f_search.cli import main
 from c2f_search.data import balanced_weights
 from c2f_search.errors import ConfigError
@@ -96,7 +97,7 @@ def test_balanced_weights_are_asts():
 def test_balanced_order_is_a_function_of_seed_and_epoch(tiny_data):
     def order(**kw):
         run = Run(TrainConfig("none:1x1", model_kwargs={"depth": 1}, batch_size=8, **kw), tiny_data, "cpu")
-        return [run._batch_indices(s).tolist() for s in range(2 * run.steps_per_epoch)]
+        return [run.pipeline.batch_indices(s, run.steps_per_epoch).tolist() for s in range(2 * run.steps_per_epoch)]
     a, b = order(balanced_sampling=True), order(balanced_sampling=True)
     assert a == b and a != order(balanced_sampling=False)
     first_epoch = sum(a[:5], [])
@@ -123,7 +124,7 @@ def test_weight_average_from_and_top():
     assert torch.allclose(wa_top.averaged()["weight"], torch.full((2,), (2 + 3) / 2))  # metrics 0.5 and 0.3
     assert int(wa_top.averaged()["num_batches_tracked"]) == 3  # a counter keeps the latest, not a mean
     with pytest.raises(ConfigError, match="weight_averaging"):
-        TrainConfig("none:1x1", weight_averaging="best:3")
+        validate(TrainConfig("none:1x1", weight_averaging="best:3"))
 
 
 def test_averaged_record_comes_last_and_resumes_exactly(tiny_data):
@@ -138,7 +139,7 @@ def test_averaged_record_comes_last_and_resumes_exactly(tiny_data):
             before_avg = run.state_dict()
     assert [(r["C"], r["epoch"], r["averaged"]) for r in recs] == [(2, 1, False), (1, 2, False), (1, 3, False),
                                                                    (1, 3, True)]
-    avg = run.averaged_model().state_dict()
+    avg = run.averaging.averaged()
     k = "vit.blocks.0.mlp.fc1.weight"
     assert torch.allclose(avg[k], (weights[1][k] + weights[2][k]) / 2)
     resumed = Run(cfg, tiny_data, "cpu", state=before_avg)

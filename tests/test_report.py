@@ -86,7 +86,7 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     assert front and all(x["test_metric"] is not None and x["val_metric"] is not None for x in front)
     # the test metric is the checkpoint's metric on the test split, computed by the core alone
     from c2f_search import Data
-    from c2f_search.evaluate import evaluate_state
+    from c2f_search.evaluator import evaluate_state
     from c2f_search.io import load_checkpoint
     settings = json.loads((out / "search.json").read_text())
     data = Data.from_specs(**settings["data"], test=settings["test"])

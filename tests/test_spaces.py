@@ -88,7 +88,7 @@ def test_a_space_searches_the_model_and_checks_each(tmp_path):
     f.write_text("epochs: 4\nmodel: [ast-tiny, cnn14]\nspace: {method: [patch-pi]}\nfixed: {lr: 1.0e-4}\n")
     from c2f_search.search.runner import prepare_data
     from c2f_search.search.settings import SearchSettings
-    with pytest.raises(SpaceError, match="cnn14 does not support 'patch-pi'"):
+    with pytest.raises(SpaceError, match="cnn14 \(cnn14\) does not support the compression method 'patch-pi'"):
         prepare_data(SearchSettings(space=str(f), out=str(tmp_path), data={"train": "x"}), load_space(str(f)))
 
 

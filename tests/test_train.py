@@ -52,12 +52,20 @@ def test_budget_mode_stops_at_first_final_phase_epoch_reaching_target(tiny_data)
 
 
 def test_phase_transition_resets_optimizer_state(tiny_data):
-    run = Run(_cfg("fshift:2x1,1x1"), tiny_data, "cpu")
-    it = run.records()
-    rec = next(it)
-    assert rec["phase_end"] and len(run.opt.state) > 0
-    run._act()
-    assert run.C == 1 and len(run.opt.state) == 0 and run.lr_sched.last_epoch == 0
+    from c2f_search.callbacks import Callback
+
+    class Steps(Callback):  # Adam's step count and the LR schedule's position after every step
+        seen = []
+
+        def on_step_end(self, run):
+            p = next(run.model.parameters())
+            self.seen.append((run.C, int(run.opt.state[p]["step"]), run.lr_sched.last_epoch, id(run.opt)))
+    run = Run(_cfg("fshift:2x1,1x1"), tiny_data, "cpu", callbacks=[Steps()])
+    run.fit()
+    first, second = [s for s in Steps.seen if s[0] == 2], [s for s in Steps.seen if s[0] == 1]
+    assert [s[1:3] for s in first] == [(k, k) for k in range(1, 6)]
+    assert [s[1:3] for s in second] == [(k, k) for k in range(1, 6)]  # both start again at step 1
+    assert first[-1][3] != second[0][3]  # a new optimizer
 
 
 def test_nan_loss_is_a_clear_error(tiny_data):

@@ -6,7 +6,6 @@ from c2f_search import Geometry, transfer_weights
 from c2f_search.compress import get_method
 from c2f_search.errors import C2FError
 from c2f_search.models import get_family
-from c2f_search.models._layers import resize_patch_kernel
 from c2f_search.transfer import build_for_phase
 
 KW = {"num_classes": 5, "depth": 2}
@@ -52,7 +51,7 @@ def test_patch_methods_move_the_kernel_their_own_way():
     assert w.shape[-2:] == (16, 32)
     pi = _carry(m, "patch-pi", 1).vit.patch_embed.proj.weight
     bl = _carry(m, "patch-bl", 1).vit.patch_embed.proj.weight
-    assert torch.allclose(pi, resize_patch_kernel(w, (16, 16), "pi"))
+    assert torch.allclose(pi, get_method("patch-pi").resize_kernel(w, (16, 16)))
     assert torch.allclose(bl, F.interpolate(w, size=(16, 16), mode="bilinear", align_corners=False))
     assert not torch.allclose(pi, bl)
 
@@ -61,13 +60,13 @@ def test_pi_resize_preserves_tokens_of_an_upsampled_patch():
     torch.manual_seed(0)
     w = torch.randn(192, 1, 16, 16)
     patch = torch.randn(3, 1, 16, 16)
-    big_w = resize_patch_kernel(w, (16, 32), "pi")
+    big_w = get_method("patch-pi").resize_kernel(w, (16, 32))
     big_patch = F.interpolate(patch, size=(16, 32), mode="bilinear", align_corners=False)
     tok = torch.einsum("dchw,bchw->bd", w, patch)
     tok_big = torch.einsum("dchw,bchw->bd", big_w, big_patch)
     assert torch.allclose(tok, tok_big, rtol=1e-3, atol=1e-3)
     # a plain bilinear kernel resize does not: tokens scale by about C
-    bl = torch.einsum("dchw,bchw->bd", resize_patch_kernel(w, (16, 32), "bilinear"), big_patch)
+    bl = torch.einsum("dchw,bchw->bd", get_method("patch-bl").resize_kernel(w, (16, 32)), big_patch)
     assert not torch.allclose(tok, bl, rtol=1e-2, atol=1e-2)
 
 
@@ -94,8 +93,8 @@ def test_init_from_a_c2f_checkpoint_of_another_geometry(tmp_path):
     head_before = m.head[1].weight.clone()
     get_family(m).load_init(m, tmp_path / "final.pt")
     assert torch.equal(m.vit.blocks[1].attn.qkv.weight, src.vit.blocks[1].attn.qkv.weight)
-    assert torch.allclose(m.vit.patch_embed.proj.weight, resize_patch_kernel(src.vit.patch_embed.proj.weight,
-                                                                            (16, 16), "pi"))
+    assert torch.allclose(m.vit.patch_embed.proj.weight, get_method("patch-pi").resize_kernel(
+        src.vit.patch_embed.proj.weight, (16, 16)))
     ref = F.interpolate(src.vit.pos_embed[:, 1:].reshape(1, 4, 4, 192).permute(0, 3, 1, 2), size=(4, 16),
                         mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(1, 64, 192)
     assert torch.allclose(m.vit.pos_embed[:, 1:], ref, atol=1e-6)

@@ -1,7 +1,8 @@
 """Function trainable: one trial = one schedule plus its hyperparameters.
 
 It adds nothing to the training logic: it builds ``c2f_search.train.Run``, restores it from
-Tune's checkpoint when there is one, and reports every record (each epoch and each phase end,
+Tune's checkpoint when there is one (or, for a PBT member, from the better member it copies), and
+its ``TuneReporter`` callback reports every record (each epoch and each phase end,
 ``c2f_search.records``) with a checkpoint holding the full training state.
 """
 from __future__ import annotations
@@ -17,13 +18,16 @@ import ray
 import torch
 from ray import tune
 
+from c2f_search.callbacks import Callback
 from c2f_search.config import SEARCHABLE, TrainConfig
+from c2f_search.controllers import Population
 from c2f_search.data import Data
 from c2f_search.errors import DataError
 from c2f_search.io import atomic_write, load_checkpoint, save_checkpoint
+from c2f_search.optim import apply_hyperparameters
 from c2f_search.pretrain import finetune_record
 from c2f_search.records import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
-from c2f_search.controllers import Population
+from c2f_search.run_state import exploit
 from c2f_search.schedule import parse_schedule
 from c2f_search.train import Run
 
@@ -55,6 +59,14 @@ def trial_config(config: dict, setup: dict) -> TrainConfig:
                        objective=setup.get("objective", "supervised"), **hp)
 
 
+def copy_member(run: Run, donor_state: dict) -> Run:
+    """PBT's exploit: `run` continues from a better member's state (its weights, optimizer state and
+    history) under its own hyperparameters, its LR from here on."""
+    run.load_state_dict(exploit(donor_state, run.identity()))
+    apply_hyperparameters(run.cfg, run.opt, run.lr_sched)
+    return run
+
+
 def _ledger() -> Path:
     """What this population member has spent, kept in its trial folder across PBT's restarts."""
     return Path(tune.get_context().get_trial_dir()) / "member.json"
@@ -64,9 +76,28 @@ def _count_thrown_away(run) -> None:
     """A member that copies a better one throws its own training away: that work stays in its cost
     (train_flops, and controller_flops for the controller's own spending), never hidden."""
     f = _ledger()
-    spent = json.loads(f.read_text())["train_flops"] if f.is_file() else 0.0
-    run.counters["train_flops"] += spent
-    run.counters["controller_flops"] += spent
+    run.ledger.add_controller(train_flops=json.loads(f.read_text())["train_flops"] if f.is_file() else 0.0)
+
+
+class TuneReporter(Callback):
+    """Reports every record to Tune with a checkpoint of the full training state."""
+
+    def __init__(self, attempt: dict, me: str, finetune: bool, member: bool):
+        self.attempt, self.me, self.finetune, self.member = attempt, me, finetune, member
+
+    def on_eval_end(self, run, rec):
+        if self.finetune and rec["schedule_done"]:  # the trial ends with its fine-tune's record
+            rec = {**rec, "schedule_done": False}
+        # the driver's runner.KeepCheckpoints never deletes a checkpoint the front may need
+        metrics = {k: rec.get(k) for k in RECORD_FIELDS} | self.attempt | {
+            "checkpoint_needed": keep_checkpoint(run.history, run.controller.final_C())}
+        if self.member:
+            atomic_write(_ledger(), json.dumps({"train_flops": run.counters["train_flops"]}))
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(run.state_dict(), Path(d) / CHECKPOINT_FILE)
+            (Path(d) / OWNER_FILE).write_text(self.me)
+            _maybe_inject_fault(rec)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def train_schedule(config: dict, setup: dict) -> None:
@@ -91,31 +122,20 @@ def train_schedule(config: dict, setup: dict) -> None:
     if "C" in config:  # a population member: PBT sets its C (and lowers it when it copies a better member)
         controller = Population(parse_schedule(cfg.schedule), "population", C=config["C"], budget=setup["budget"],
                                 eval_every=cfg.eval_every)
-    run = Run(cfg, data, _device(), state, controller=controller, exploit=donor is not None)
-    if donor is not None:
+    # where this attempt runs and resumed from: node-loss recovery is measured from these
+    attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
+               "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size,
+               "seed": cfg.seed, "model": cfg.model, "exploited_from": donor}
+    reporter = TuneReporter(attempt, me, bool(setup.get("finetune")), controller is not None)
+    if donor is None:
+        run = Run(cfg, data, _device(), state, controller=controller, callbacks=[reporter])
+    else:
+        run = copy_member(Run(cfg, data, _device(), controller=controller, callbacks=[reporter]), state)
         _count_thrown_away(run)
     if os.environ.get("C2F_INJECT_NAN") == cfg.schedule:  # fault injection for tests: a diverging trial
         with torch.no_grad():
             next(run.model.parameters()).fill_(float("nan"))
-    # where this attempt runs and resumed from: node-loss recovery is measured from these
-    attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
-               "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size,
-               "seed": cfg.seed, "model": cfg.model}
-    attempt["exploited_from"] = donor
-    final_C = run.controller.final_C()
-    for rec in run.records():
-        if setup.get("finetune") and rec["schedule_done"]:  # the trial ends with its fine-tune's record
-            rec = {**rec, "schedule_done": False}
-        # the driver's runner.KeepCheckpoints never deletes a checkpoint the front may need
-        metrics = {k: rec.get(k) for k in RECORD_FIELDS} | attempt | {
-            "checkpoint_needed": keep_checkpoint(run.history, final_C)}
-        if controller is not None:
-            atomic_write(_ledger(), json.dumps({"train_flops": run.counters["train_flops"]}))
-        with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(run.state_dict(), Path(d) / CHECKPOINT_FILE)
-            (Path(d) / OWNER_FILE).write_text(me)
-            _maybe_inject_fault(rec)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    run.fit()
     if setup.get("finetune"):  # a pretraining search: its objective is the downstream metric
         rec = finetune_record(run, setup["finetune"], _device())
         tune.report({k: rec.get(k) for k in RECORD_FIELDS} | attempt)

@@ -2,33 +2,38 @@
 registered by name (Composer-style: a pure function at each method's core).
 
 A method says, for a compression factor C:
+  * ``needs``            - the capabilities it needs from a model family (``Capability``);
   * ``frame_shift``      - the fbank frame shift its features are read at;
   * ``feature_length``   - how many frames those features are cut or padded to;
   * ``transform``        - what it does to a batch of those features (on the device);
   * ``time_mask_scale``  - how much shorter the time axis is, so SpecAugment's time mask shrinks alike;
-  * ``geometry``         - the model input it asks a model family for.
-A new method is one file in this package defining a ``Method`` subclass with ``@register_method``;
-nothing else tests a method's name.
+  * ``geometry``         - the model input it asks a model family for;
+  * ``resize_kernel``    - how a patch kernel moves to another shape between phases.
+A new method is one file in this package (or anywhere) defining a ``Method`` subclass with
+``@register_method``; nothing else tests a method's name.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from ..errors import ScheduleError
-from ..geometry import Geometry
+from ..geometry import Capability, Geometry
+from ..registry import Registry
+from ._patch import pi_resize
 
-__all__ = ["Method", "register_method", "get_method", "list_methods", "baseline_method", "compress"]
+__all__ = ["Method", "register_method", "get_method", "list_methods", "baseline_method", "compress", "Capability",
+           "pi_resize"]
 
-_METHODS: dict[str, "Method"] = {}
+METHODS: Registry["Method"] = Registry("method", __name__, lambda name, names: ScheduleError(
+    f"unknown method {name!r}; choose one of {', '.join(names)} (e.g. fshift:4x5,1x15)"))
 
 
-class Method:
-    """The contract. The defaults are those of the baseline (no compression)."""
+class Method(ABC):
+    """The contract. Every default is the baseline's (no compression)."""
     name: ClassVar[str]
     compresses: ClassVar[bool] = True  # False only for the baseline, which trains at C = 1 only
-    kernel_resize: ClassVar[str | None] = None  # how a stretched patch kernel moves between phases
+    needs: ClassVar[frozenset[Capability]] = frozenset()
     summary: ClassVar[str] = ""
 
     def frame_shift(self, base_shift_ms: float, C: int) -> float:
@@ -44,48 +49,34 @@ class Method:
     def time_mask_scale(self, C: int) -> int:
         return 1
 
+    @abstractmethod
     def geometry(self, C: int, full: Geometry) -> Geometry:
-        return full
+        """The model input this method trains at C, for full-resolution input `full`."""
+
+    def resize_kernel(self, w, size):
+        """A (D, C_in, p, q) patch kernel moved to `size`; PI-resize keeps the tokens it produces."""
+        return pi_resize(w, size)
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    _METHODS[cls.name] = cls()
+    METHODS.register(cls.name, cls())  # instantiating enforces the abstract contract here
     return cls
 
 
-_discovered = False
-
-
-def _discover() -> None:
-    """Import every module of the package once, so each registers itself (a new one is one file)."""
-    global _discovered
-    if not _discovered:
-        _discovered = True
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-
-
 def list_methods(compressing_only: bool = False) -> list[str]:
-    _discover()
-    return [n for n, m in sorted(_METHODS.items()) if m.compresses or not compressing_only]
+    return [n for n, m in METHODS.items() if m.compresses or not compressing_only]
 
 
 def baseline_method() -> str:
     """The name of the method that does not compress: the baseline's."""
-    _discover()
-    return next(n for n, m in _METHODS.items() if not m.compresses)
+    return next(n for n, m in METHODS.items() if not m.compresses)
 
 
 def get_method(name: str) -> Method:
-    _discover()
-    if name not in _METHODS:
-        raise ScheduleError(f"unknown method {name!r}; choose one of {', '.join(list_methods())} "
-                            f"(e.g. fshift:4x5,1x15)")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def compress(method: str, C: int, x, n_frames):

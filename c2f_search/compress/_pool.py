@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Method
+from . import Capability, Method
 from ..geometry import Geometry
 
 
@@ -34,6 +34,7 @@ def pool_time(x: torch.Tensor, n_frames: torch.Tensor, C: int, mode: str) -> tor
 class PoolMethod(Method):
     """Features at the base frame shift, pooled on the device; the model sees T / C frames."""
     mode: str
+    needs = frozenset({Capability.SHORTER_INPUT})
 
     def transform(self, x, n_frames, C):
         return x if C == 1 else pool_time(x, n_frames, C, self.mode)

@@ -1,6 +1,6 @@
 """Fshift: the fbank frame shift times C. Only the shift is scaled, the 25 ms window stays, and the
 target length and SpecAugment's time mask are divided by C (the paper's authors' code)."""
-from . import Method, register_method
+from . import Capability, Method, register_method
 from ..geometry import Geometry
 
 
@@ -10,7 +10,7 @@ def frame_shift(base_shift_ms: float, C: int) -> float:
 
 @register_method
 class FrameShift(Method):
-    name = "fshift"
+    name, needs = "fshift", frozenset({Capability.SHORTER_INPUT})
     summary = "fbank frame shift x C (25 ms window kept); target length and time mask / C"
 
     def frame_shift(self, base_shift_ms, C):

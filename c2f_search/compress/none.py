@@ -6,3 +6,6 @@ from . import Method, register_method
 class NoCompression(Method):
     name, compresses = "none", False
     summary = "baseline, one phase none:1xE"
+
+    def geometry(self, C, full):
+        return full

@@ -1,9 +1,15 @@
 """Patch BL: the kernel moves between phases by a plain bilinear resize (the paper's 'Patch BL')."""
-from . import register_method
-from ._patch import PatchMethod
+from . import Capability, Method, register_method
+from ._patch import bilinear_resize, stretched
 
 
 @register_method
-class PatchBilinear(PatchMethod):
-    name, kernel_resize = "patch-bl", "bilinear"
+class PatchBilinear(Method):
+    name, needs = "patch-bl", frozenset({Capability.STRETCHED_PATCH})
     summary = "p x Cp patches; the kernel moves between phases by bilinear resize"
+
+    def geometry(self, C, full):
+        return stretched(C, full)
+
+    def resize_kernel(self, w, size):
+        return bilinear_resize(w, size)

@@ -1,9 +1,12 @@
 """Patch PI: the kernel moves between phases by FlexiViT's PI-resize (timm's resample_patch_embed)."""
-from . import register_method
-from ._patch import PatchMethod
+from . import Capability, Method, register_method
+from ._patch import stretched
 
 
 @register_method
-class PatchPI(PatchMethod):
-    name, kernel_resize = "patch-pi", "pi"
+class PatchPI(Method):
+    name, needs = "patch-pi", frozenset({Capability.STRETCHED_PATCH})
     summary = "p x Cp patches; the kernel moves between phases by PI-resize"
+
+    def geometry(self, C, full):
+        return stretched(C, full)

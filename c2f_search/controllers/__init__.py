@@ -6,28 +6,24 @@
 * ``Probe`` (``probe.py``)       - short forked probes at each decision point pick the C to go on with;
 * ``Population`` (``population.py``) - the C comes from outside (a Ray PBT member's config).
 
-``make_controller(schedule, transition, eval_every)`` builds the one a run's settings ask for. A new
-controller subclasses ``PhaseController`` (``base.py``) and registers its name in ``CONTROLLERS``.
+``make_controller(schedule, transition, eval_every)`` builds the one a run's settings ask for. A
+controller that ``--transition`` can name subclasses ``PhaseController`` (``base.py``), declares its
+``options`` and registers itself with ``@register_controller("name")``, in this package or anywhere.
 """
 from __future__ import annotations
 
 from ..errors import ConfigError
 from ..schedule import Schedule
 from .adaptive import AdaptiveSchedule
-from .base import Done, PhaseController, Train, Transition, parse_eval_every, parse_spec
+from .base import CONTROLLERS, Adopt, Done, PhaseController, Train, Transition, parse_spec, register_controller
 from .fixed import FixedSchedule, fork_point
 from .plateau import Plateau
 from .population import Population
 from .probe import Probe, ProbeArm
 
-_COMMON = {"max": float, "budget": float}
-CONTROLLERS = {
-    "plateau": (Plateau, {"patience": int, "delta": float, **_COMMON}),
-    "probe": (Probe, {"steps": int, "score": str, **_COMMON}),
-}
-
 __all__ = ["PhaseController", "FixedSchedule", "AdaptiveSchedule", "Plateau", "Probe", "ProbeArm", "Population", "Train",
-           "Transition", "Done", "parse_eval_every", "parse_spec", "fork_point", "make_controller", "check_transition", "CONTROLLERS"]
+           "Transition", "Adopt", "Done", "parse_spec", "fork_point", "make_controller", "check_transition",
+           "register_controller", "CONTROLLERS"]
 
 
 def make_controller(schedule: Schedule, transition: str | None = None, eval_every=None) -> PhaseController:
@@ -40,14 +36,11 @@ def make_controller(schedule: Schedule, transition: str | None = None, eval_ever
     if not schedule.is_adaptive:
         raise ConfigError("transition", f"{transition!r} decides phase lengths, but {schedule} fixes all of them; "
                                         f"write the coarse phases as CxAUTO, e.g. fshift:4xauto,2xauto,1x12")
-    cls, _ = CONTROLLERS[name]
-    kw["max_epochs"] = kw.pop("max", None)
-    return cls(schedule, transition, eval_every=eval_every, **kw)
+    if "max" in kw:
+        kw["max_epochs"] = kw.pop("max")
+    return CONTROLLERS.get(name)(schedule, transition, eval_every=eval_every, **kw)
 
 
 def check_transition(transition: str) -> tuple[str, dict]:
     name = str(transition).partition(":")[0].strip()
-    if name not in CONTROLLERS:
-        raise ConfigError("transition", f"{transition!r}: choose {' or '.join(CONTROLLERS)}, e.g. "
-                                        f"plateau:patience=2,delta=0.002 or probe:steps=10")
-    return parse_spec(transition, CONTROLLERS[name][1])
+    return parse_spec(transition, CONTROLLERS.get(name).options)

@@ -11,6 +11,8 @@ from .base import Done, ScheduleController, Train, Transition
 
 
 class AdaptiveSchedule(ScheduleController):
+    options = {"max": float, "budget": float}
+
     def __init__(self, schedule: Schedule, spec: str, max_epochs: float | None = None, budget: float | None = None,
                  eval_every=None):
         if max_epochs is not None and not max_epochs > 0:
@@ -40,34 +42,36 @@ class AdaptiveSchedule(ScheduleController):
     def _next_C(self, i: int) -> int | None:
         return self.schedule.Cs[i + 1] if i + 1 < len(self.schedule.Cs) else None
 
-    def _budget_left(self, run, i: int) -> bool:
+    def _budget_left(self, progress, i: int) -> bool:
         """Whether one more evaluation interval at this C still leaves the fixed phases after it their share."""
         if self.budget is None:
             return True
-        total = self.budget * self.steps_per_epoch * run.step_flops(1)
-        after = sum(self.fixed_steps[j] * run.step_flops(C) for j, C in enumerate(self.schedule.Cs) if j > i
+        flops = progress.step_flops
+        total = self.budget * self.steps_per_epoch * flops(1)
+        after = sum(self.fixed_steps[j] * flops(C) for j, C in enumerate(self.schedule.Cs) if j > i
                     and self.fixed_steps[j] is not None)
-        return run.counters["train_flops"] + self.every * run.step_flops(run.C) + after <= total
+        return progress.counters["train_flops"] + self.every * flops(progress.C) + after <= total
 
-    def end_reason(self, run) -> str | None:
+    def end_reason(self, progress) -> str | None:
         """Why the current auto phase ends now (None: it goes on)."""
-        i, steps = self._plan_index(run.C), run.phases[-1]["steps"]
+        i, steps = self._plan_index(progress.C), progress.phases[-1]["steps"]
         if steps >= self.max_steps:
             return f"max phase length ({self.max_steps} steps)"
-        if not self._budget_left(run, i):
+        if not self._budget_left(progress, i):
             return f"budget: the remaining phases need the rest of {self.budget:g} full-resolution epochs"
         return None
 
-    def next_action(self, run):
-        i, steps = self._plan_index(run.C), run.phases[-1]["steps"]
+    def next_action(self, progress):
+        i, steps = self._plan_index(progress.C), progress.phases[-1]["steps"]
         fixed = self.fixed_steps[i]
-        reason = (f"planned: {fixed} steps" if steps >= fixed else None) if fixed is not None else self.end_reason(run)
+        reason = ((f"planned: {fixed} steps" if steps >= fixed else None) if fixed is not None
+                  else self.end_reason(progress))
         if reason is not None:
             nxt = self._next_C(i)
             return Done(reason) if nxt is None else Transition(nxt, reason)
-        start = run.step - steps
+        start = progress.step - steps
         cap = start + (fixed if fixed is not None else self.max_steps)
-        return Train(min(self._next_eval(run), cap))
+        return Train(min(self._next_eval(progress), cap))
 
     def accepts(self, phases, step, lr_needs_length):
         Cs = self.schedule.Cs

@@ -1,13 +1,33 @@
 """Phase controllers: they decide when the next phase starts and at which C. ``Run`` trains; a
-controller only looks at what has been trained (``run.phases``: C, steps, planned length, why) and
-answers ``next_action``: train on to a step, move to another C, or stop.
+controller sees a read-only view of the run's progress (``train.Progress``: ``step``, ``C``,
+``phases`` (C, steps, planned length, why), ``history``, ``counters``, ``step_flops(C)``) and answers
+``next_action`` with an action: train on to a step, move to another C, continue from a fork of the
+run, or stop. It never drives the run itself (Ray Tune's schedulers decide the same way). To look
+ahead it may train a fork of the current state with ``progress.fork(controller)``: the fork is a run
+of its own, and only an ``Adopt`` action makes its steps the run's.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from ..config import parse_eval_every
 from ..errors import ConfigError
+from ..registry import Registry
 from ..schedule import Schedule
+
+CONTROLLERS: Registry[type["PhaseController"]] = Registry(
+    "controller", __package__, lambda name, names: ConfigError(
+        "transition", f"{name!r}: choose {' or '.join(names)}, e.g. plateau:patience=2,delta=0.002 or probe:steps=10"))
+
+
+def register_controller(name: str):
+    """Make a controller class selectable as ``--transition NAME:key=value,...``."""
+    def deco(cls: type["PhaseController"]) -> type["PhaseController"]:
+        cls.name = name
+        return CONTROLLERS.register(name, cls)
+    return deco
 
 
 @dataclass(frozen=True)
@@ -22,32 +42,59 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class Adopt:
+    """Continue from a fork (``progress.fork``): its steps become the run's own; the FLOPs of work thrown
+    away (e.g. losing probes) are added to the run's cost, and the fork's new phases take `reason`."""
+    fork: Any
+    extra_train_flops: float = 0.0
+    extra_eval_flops: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Done:
     reason: str
 
 
-class PhaseController:
-    """The contract; see the module docstring."""
-    name = "controller"
+class PhaseController(ABC):
+    """The contract; see the module docstring. ``options`` are the ``--transition NAME:key=value``
+    settings a registered controller takes, each with its type."""
+    name: ClassVar[str] = "controller"
+    options: ClassVar[dict[str, type]] = {}
 
     def bind(self, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
 
+    @abstractmethod
     def first_C(self) -> int: ...
+
+    @abstractmethod
     def final_C(self) -> int: ...
-    def candidate_Cs(self) -> list[int]: ...  # every C the run may train at (features are prepared up front)
-    def describe(self) -> str: ...  # the schedule text written in records
-    def next_action(self, run) -> Train | Transition | Done: ...
+
+    @abstractmethod
+    def candidate_Cs(self) -> list[int]:
+        """Every C the run may train at (features are prepared up front)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The schedule text written in records."""
+
+    @abstractmethod
+    def next_action(self, progress) -> Train | Transition | Adopt | Done: ...
 
     def planned_steps(self, phase_index: int) -> int | None:
         """The phase's length if known when it starts (a cosine LR needs it); None if decided on the way."""
         return None
 
-    def observe(self, run, record: dict) -> None:
+    def observe(self, progress, record: dict) -> None:
         """Called after each evaluation, before ``next_action``."""
 
     def accepts(self, phases: list[dict], step: int, lr_needs_length: bool) -> str | None:
         """None if a trained history can continue under this controller, else why not."""
+        return None
+
+    def labels(self, record: dict) -> dict | None:
+        """How this controller labels a record of a history it continues (a fork's); None keeps them."""
         return None
 
     def total_steps(self) -> int | None:
@@ -62,8 +109,6 @@ class PhaseController:
 
     def load_state_dict(self, s: dict) -> None:
         pass
-
-
 
 
 class ScheduleController(PhaseController):
@@ -84,25 +129,13 @@ class ScheduleController(PhaseController):
         super().bind(steps_per_epoch)
         self.every = parse_eval_every(self.eval_every, steps_per_epoch) if self.eval_every else steps_per_epoch
 
-    def _next_eval(self, run) -> int:
-        return next_eval(run.step, self.steps_per_epoch, self.every)
+    def _next_eval(self, progress) -> int:
+        return next_eval(progress.step, self.steps_per_epoch, self.every)
 
 
 def next_eval(step: int, steps_per_epoch: int, every: int) -> int:
     """The next evaluation after `step`: an epoch boundary or a multiple of --eval-every, whichever comes first."""
     return min((step // steps_per_epoch + 1) * steps_per_epoch, (step // every + 1) * every)
-
-
-def parse_eval_every(text, steps_per_epoch: int) -> int:
-    """``--eval-every``: ``N`` steps, ``Nstep(s)`` or ``Xepoch(s)`` (fractions of an epoch allowed)."""
-    import re
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(steps?|epochs?)?\s*", str(text))
-    if not m or (m.group(2) or "step").startswith("step") and "." in m.group(1):
-        raise ConfigError("eval_every", f"{text!r}: write N steps (e.g. 50) or a fraction of an epoch (e.g. 0.25epoch)")
-    n = float(m.group(1)) * (steps_per_epoch if (m.group(2) or "").startswith("epoch") else 1)
-    if round(n) < 1:
-        raise ConfigError("eval_every", f"{text!r} is less than one step ({steps_per_epoch} steps per epoch)")
-    return round(n)
 
 
 def parse_spec(text: str, allowed: dict) -> tuple[str, dict]:

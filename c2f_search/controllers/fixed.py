@@ -45,14 +45,14 @@ class FixedSchedule(ScheduleController):
     def planned_steps(self, phase_index):
         return self.steps[phase_index]
 
-    def next_action(self, run):
-        i, done = len(run.phases) - 1, run.phases[-1]["steps"]
+    def next_action(self, progress):
+        i, done = len(progress.phases) - 1, progress.phases[-1]["steps"]
         if done >= self.steps[i]:
             if i + 1 == len(self.steps):
                 return Done(f"schedule {self.schedule} finished")
             nxt = self.schedule.phases[i + 1].C
             return Transition(nxt, f"planned: phase {i + 1} ends after {self.steps[i]} steps")
-        return Train(min(self._next_eval(run), self.bounds[i + 1]))
+        return Train(min(self._next_eval(progress), self.bounds[i + 1]))
 
     def eval_points(self) -> set[int]:
         end = self.bounds[-1] + 1

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .adaptive import AdaptiveSchedule
+from .base import register_controller
 
 
+@register_controller("plateau")
 class Plateau(AdaptiveSchedule):
-    name = "plateau"
+    options = {"patience": int, "delta": float, **AdaptiveSchedule.options}
 
     def __init__(self, schedule, spec, patience: int = 2, delta: float = 0.0, **kw):
         super().__init__(schedule, spec, **kw)
@@ -16,21 +18,21 @@ class Plateau(AdaptiveSchedule):
         self.patience, self.delta = patience, delta
         self.state = {"C": None, "best": None, "since": 0}
 
-    def observe(self, run, record):
+    def observe(self, progress, record):
         s = self.state
-        if s["C"] != run.C:  # a new phase starts its own plateau watch
-            s.update(C=run.C, best=None, since=0)
+        if s["C"] != progress.C:  # a new phase starts its own plateau watch
+            s.update(C=progress.C, best=None, since=0)
         if s["best"] is None or record["val_metric"] > s["best"] + self.delta:
             s.update(best=record["val_metric"], since=0)
         else:
             s["since"] += 1
 
-    def end_reason(self, run):
+    def end_reason(self, progress):
         s = self.state
-        if s["C"] == run.C and s["since"] >= self.patience:
+        if s["C"] == progress.C and s["since"] >= self.patience:
             return (f"plateau: {self.patience} evaluations without an improvement over {s['best']:.4f} "
                     f"by more than {self.delta:g}")
-        return super().end_reason(run)
+        return super().end_reason(progress)
 
     def state_dict(self):
         return dict(self.state)

@@ -24,18 +24,18 @@ class Population(AdaptiveSchedule):
     def accepts(self, phases, step, lr_needs_length):
         return "lr_schedule cosine needs each phase's length up front" if lr_needs_length else None
 
-    def next_action(self, run):
-        i = self._plan_index(run.C)
+    def next_action(self, progress):
+        i = self._plan_index(progress.C)
         final = len(self.schedule.Cs) - 1
         if i < final:
-            if self.C < run.C:  # PBT lowered this member's C: move the weights to the finer grid
+            if self.C < progress.C:  # PBT lowered this member's C: move the weights to the finer grid
                 return Transition(self.C, f"population: copied a better member, C lowered to {self.C}")
-            if not self._budget_left(run, i):
+            if not self._budget_left(progress, i):
                 return Transition(self.schedule.Cs[-1], f"budget: the final phase needs the rest of "
                                                         f"{self.budget:g} full-resolution epochs")
-            return Train(self._next_eval(run))
-        steps = run.phases[-1]["steps"]
+            return Train(self._next_eval(progress))
+        steps = progress.phases[-1]["steps"]
         if steps >= self.fixed_steps[final]:
             return Done(f"budget of {self.budget:g} full-resolution epochs spent")
-        return Train(min(self._next_eval(run), run.step - steps + self.fixed_steps[final]))
+        return Train(min(self._next_eval(progress), progress.step - steps + self.fixed_steps[final]))
 

@@ -4,13 +4,13 @@ for ``steps`` steps, and continue from the probe whose validation loss fell most
 second, ``score=time``). The winner's steps are the run's own; the losers' FLOPs are added to the
 run's ``train_flops`` and ``controller_flops``, never hidden.
 
-A probe is a ``Run`` forked from the current state (``Run.spawn``), so it is exactly the run that
-would have happened had the controller chosen its C."""
+A probe is a fork of the current state (``progress.fork``), so it is exactly the run that would have
+happened had the controller chosen its C; the controller then answers ``Adopt(winner)``."""
 from __future__ import annotations
 
 from ..errors import ConfigError
 from .adaptive import AdaptiveSchedule
-from .base import Done, PhaseController, Train, Transition
+from .base import Adopt, Done, PhaseController, Train, Transition, register_controller
 
 
 class ProbeArm(PhaseController):
@@ -32,16 +32,17 @@ class ProbeArm(PhaseController):
     def describe(self):
         return f"probe C={self.C}"
 
-    def next_action(self, run):
-        if run.C != self.C:
+    def next_action(self, progress):
+        if progress.C != self.C:
             return Transition(self.C, f"probe: {self.steps} steps at C={self.C} scored best")
-        if run.step >= self.start + self.steps:
+        if progress.step >= self.start + self.steps:
             return Done("probe done")
         return Train(self.start + self.steps)
 
 
+@register_controller("probe")
 class Probe(AdaptiveSchedule):
-    name = "probe"
+    options = {"steps": int, "score": str, **AdaptiveSchedule.options}
 
     def __init__(self, schedule, spec, steps: int = 10, score: str = "flops", **kw):
         super().__init__(schedule, spec, **kw)
@@ -54,29 +55,30 @@ class Probe(AdaptiveSchedule):
         """The C to continue at; a subclass may decide otherwise (tests force a winner)."""
         return max(scores, key=lambda C: (scores[C], C))  # ties keep the coarser (cheaper) C
 
-    def next_action(self, run):
-        act = super().next_action(run)
-        i = self._plan_index(run.C)
-        decide = (isinstance(act, Train) and self.fixed_steps[i] is None and run.history
-                  and run.history[-1]["step"] == run.step and self.state["decided_at"] != run.step)
+    def next_action(self, progress):
+        act = super().next_action(progress)
+        i = self._plan_index(progress.C)
+        history, counters = progress.history, progress.counters
+        decide = (isinstance(act, Train) and self.fixed_steps[i] is None and history
+                  and history[-1]["step"] == progress.step and self.state["decided_at"] != progress.step)
         if not decide:
             return act
-        finer = [C for C in self.schedule.Cs[i + 1:]]
-        base_loss, base_flops = run.history[-1]["val_loss"], run.counters["train_flops"]
-        arms, scores = {}, {}
-        for C in [run.C, *finer]:
-            arm = run.spawn(ProbeArm(C, run.step, self.probe_steps, self.final_C()))
-            rec = list(arm.records())[-1]
-            cost = rec["train_flops"] - base_flops if self.score == "flops" else rec["train_time_s"] - run.counters["train_time_s"]
-            arms[C], scores[C] = arm, (base_loss - rec["val_loss"]) / max(cost, 1e-12)
+        base_loss, base_flops = history[-1]["val_loss"], counters["train_flops"]
+        forks, scores = {}, {}
+        for C in [progress.C, *self.schedule.Cs[i + 1:]]:
+            fork = progress.fork(ProbeArm(C, progress.step, self.probe_steps, self.final_C()))
+            rec = fork.history[-1]
+            cost = (rec["train_flops"] - base_flops if self.score == "flops"
+                    else rec["train_time_s"] - counters["train_time_s"])
+            forks[C], scores[C] = fork, (base_loss - rec["val_loss"]) / max(cost, 1e-12)
         win = self.choose(scores)
-        losers = sum(a.counters["train_flops"] - base_flops for C, a in arms.items() if C != win)
-        losers_eval = sum(a.counters["eval_flops"] - run.counters["eval_flops"] for C, a in arms.items() if C != win)
-        self.state["decided_at"] = arms[win].step
-        self.state["decisions"].append({"step": run.step, "scores": {str(k): v for k, v in scores.items()}, "C": win})
-        run.adopt(arms[win], extra_flops=losers, extra_eval_flops=losers_eval,
-                  reason=f"probe: C={win} cut the validation loss most per {'FLOP' if self.score == 'flops' else 'second'}")
-        return self.next_action(run)
+        lost = [f.counters for C, f in forks.items() if C != win]
+        self.state["decided_at"] = forks[win].step
+        self.state["decisions"].append({"step": progress.step, "scores": {str(k): v for k, v in scores.items()},
+                                        "C": win})
+        return Adopt(forks[win], sum(c["train_flops"] - base_flops for c in lost),
+                     sum(c["eval_flops"] - counters["eval_flops"] for c in lost),
+                     f"probe: C={win} cut the validation loss most per {'FLOP' if self.score == 'flops' else 'second'}")
 
     def state_dict(self):
         return {"decided_at": self.state["decided_at"], "decisions": list(self.state["decisions"])}

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..compress import pi_resize
 from ..errors import C2FError
-from ..geometry import Geometry
-from ._layers import resample_grid_embed, resize_patch_kernel
-from ._registry import ModelFamily, is_run_state, load_matching, register_model
+from ..geometry import Capability, Geometry
+from ._layers import resample_grid_embed
+from ._registry import DEPTH, DIST_TOKEN, DROP_PATH, STRIDE, ModelFamily, is_run_state, load_matching, register_model
 
 PATCH = 16
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
@@ -61,14 +62,15 @@ class AST(nn.Module):
 
 class ASTFamily(ModelFamily):
     name, time_granularity, min_mel_bins = "ast", PATCH, PATCH
-    settings = ("depth", "dist_token", "stride", "drop_path_rate")
+    provides = frozenset({Capability.SHORTER_INPUT, Capability.STRETCHED_PATCH})
+    settings = (DEPTH, DIST_TOKEN, STRIDE, DROP_PATH)
 
     def adapt_state_dict(self, sd, old, new, method):
         sd["vit.pos_embed"] = resample_grid_embed(sd["vit.pos_embed"], new.token_grid, old.token_grid,
                                                   old.vit.num_prefix_tokens)
         key = "vit.patch_embed.proj.weight"  # resized only where the kernel's shape changes
         size = new.vit.patch_embed.proj.weight.shape[-2:]
-        sd[key] = resize_patch_kernel(sd[key], size, method.kernel_resize or "pi")
+        sd[key] = method.resize_kernel(sd[key], size)
         return sd
 
     def load_init(self, model: AST, path) -> None:
@@ -112,7 +114,7 @@ class ASTFamily(ModelFamily):
             raise C2FError(f"--init {path}: no patch embedding weights")
         if w.shape[1] != 1:  # RGB kernel of an ImageNet model
             w = w.sum(1, keepdim=True)
-        sd["vit.patch_embed.proj.weight"] = resize_patch_kernel(w, vit.patch_embed.proj.weight.shape[-2:], "pi")
+        sd["vit.patch_embed.proj.weight"] = pi_resize(w, vit.patch_embed.proj.weight.shape[-2:])
         if "vit.pos_embed" in sd:
             pe = sd["vit.pos_embed"]
             npt_src = 2 if "vit.dist_token" in sd else 1

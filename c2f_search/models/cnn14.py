@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..geometry import Geometry
+from ..geometry import Capability, Geometry
 from ._registry import ModelFamily, register_model
 
 WIDTHS = {"cnn14": (64, 128, 256, 512, 1024, 2048), "cnn14-tiny": (8, 16, 32, 64, 128, 256)}
@@ -61,7 +61,7 @@ class CNN14(nn.Module):
 class CNN14Family(ModelFamily):
     # a CNN has no tokens: the granularity is the frames behind one step of the last block's map
     name, time_granularity, min_mel_bins = "cnn14", 2 ** POOLS, 2 ** POOLS
-    methods = ("none", "fshift", "avgpool", "maxpool")  # no patches to stretch
+    provides = frozenset({Capability.SHORTER_INPUT})  # no patches to stretch, no tokens to drop
 
 
 CNN14_FAMILY = CNN14Family()

@@ -19,9 +19,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..geometry import Geometry
-from ._layers import resize_patch_kernel
-from ._registry import ModelFamily, register_model
+from ..geometry import Capability, Geometry
+from ._registry import DEPTH, DROP_PATH, ModelFamily, register_model
 
 PATCH, FREQ_RATIO = 4, 4
 TABLE = "relative_position_bias_table"
@@ -72,7 +71,8 @@ def _windows(model: HTSAT) -> dict[str, tuple[int, int]]:
 
 class HTSATFamily(ModelFamily):
     name = "htsat"
-    settings = ("depth", "drop_path_rate")
+    provides = frozenset({Capability.SHORTER_INPUT, Capability.STRETCHED_PATCH})
+    settings = (DEPTH, DROP_PATH)
 
     def __init__(self, stages: int):
         # frames per time token of the last stage, at C = 1: R chunks x patch x the stages' halvings
@@ -94,7 +94,7 @@ class HTSATFamily(ModelFamily):
                         new_bias_shape=tuple(getattr(new.get_submodule(name), TABLE).shape))
         key = "swin.patch_embed.proj.weight"  # resized only where the kernel's shape changes
         size = new.swin.patch_embed.proj.weight.shape[-2:]
-        sd[key] = resize_patch_kernel(sd[key], size, method.kernel_resize or "pi")
+        sd[key] = method.resize_kernel(sd[key], size)
         return sd
 
 

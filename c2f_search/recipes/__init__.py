@@ -68,5 +68,6 @@ def load_recipe(name: str) -> Recipe:
         raise _bad(name, f"train key {sorted(set(train) - known)[0]!r} is not a TrainConfig setting")
     recipe = Recipe(doc.get("name", name), doc.get("description", ""), float(doc["epochs"]), data,
                     model.pop("name"), model, train)
-    TrainConfig(recipe.schedule, **recipe.config())  # every value passes the usual checks
+    from ..validate import validate
+    validate(TrainConfig(recipe.schedule, **recipe.config()))  # every value passes the usual checks
     return recipe

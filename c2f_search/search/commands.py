@@ -5,7 +5,8 @@ import os
 import sys
 from pathlib import Path
 
-from .._args import (add_data_args, finite_float, nonneg_int, norm_arg, positive_float, positive_int)
+from .._args import (add_data_args, add_model_setting_args, finite_float, given_model_settings, nonneg_int, norm_arg,
+                      positive_float, positive_int)
 from ..errors import C2FError, SpaceError
 
 DEMO_DATA = "builtin:events?train=1000&val=300"
@@ -45,7 +46,7 @@ def add_search_args(s) -> None:
                    help="held-out test split (same forms as --data; a built-in spec gives its val clips, e.g. "
                         "'builtin:events?train=10&val=400&seed=1'): no search decision sees it; after the search "
                         "every final-front point and the baseline reference are evaluated on it")
-    s.add_argument("--depth", type=positive_int, help="transformer depth (default: the model's, 12)")
+    add_model_setting_args(s.add_argument_group("model settings (every trial)"))
 
 
 def add_commands(sub) -> None:
@@ -135,7 +136,7 @@ def _settings_from_args(a):
         trials=a.trials, sampler=a.sampler, scheduler=a.scheduler, epochs=a.epochs, seed=a.seed,
         max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints or None,
         resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, metric_target=a.metric_target,
-        storage=a.storage, model_kwargs={"depth": a.depth} if a.depth is not None else {},
+        storage=a.storage, model_kwargs=given_model_settings(a),
         test=resolve_test_arg(a.test))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 from ray.tune import Callback
 
+from ..config import TrainConfig
 from ..errors import C2FError, SpaceError
 from ..spaces import Space, load_space
 from .schedulers import make_scheduler, population
@@ -56,35 +57,34 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
     """Check the data and every reachable schedule against its token grid, and extract every
     (frame shift, length) a trial may read, once, in the driver."""
     from ..data import Data
-    from ..frontend import FrontEnd
-    from ..models import get_family
-    from ..train import check_geometry
-    from ..config import TrainConfig
+    from ..compress import get_method
     from ..errors import ConfigError
+    from ..geometry import Geometry
+    from ..models import get_family
+    from ..validate import validate
     models = sorted({m for m, _, _ in space.variants()})
     for model in models:  # e.g. --depth for a model without depth: refused here, not in every trial
         try:
-            TrainConfig("none:1x1", model=model, model_kwargs=settings.model_kwargs)
+            validate(TrainConfig("none:1x1", model=model, model_kwargs=settings.model_kwargs))
         except ConfigError as e:
             raise SpaceError(f"--{e.field.replace('_', '-')}: {e.problem}") from None
     for model, method, _ in sorted(space.variants()):
-        family = get_family(model)
-        if not family.supports(method):
-            raise SpaceError(f"{space.path}: key '{'schedules' if space.is_grid else 'space.method'}': model "
-                             f"{model} does not support {method!r}; choose from {', '.join(family.methods)}")
+        try:
+            get_family(model).check_method(model, get_method(method))
+        except C2FError as e:
+            raise SpaceError(f"{space.path}: key '{'schedules' if space.is_grid else 'space.method'}': {e}") from None
     quantum = max(space.max_C() * get_family(m).time_granularity for m in models)
     data = Data.from_specs(**settings.data, quantum=quantum, progress=progress,
                            test=settings.test)  # a bad --test split fails here too, before any trial
     fe = data.fe
     for model in models:
         try:
-            check_geometry(space.probe_config(model), FrontEnd(**fe.key()),
-                           sorted({C for m, _, C in space.variants() if m == model}))
+            get_family(model).check_geometry(model, Geometry(fe.num_mel_bins, fe.target_length),
+                                             sorted({C for m, _, C in space.variants() if m == model}))
         except C2FError as e:
             key = "schedules" if space.is_grid else "space.C_values"
             raise SpaceError(f"{space.path}: key '{key}' ({model}): {e}") from None
     for method, C in sorted(space.phase_variants()):
-        from ..compress import get_method
         m = get_method(method)
         for split in ("train", "val"):
             data.features(split, m.frame_shift(fe.frame_shift_ms, C), m.feature_length(fe.target_length, C))
@@ -201,7 +201,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=storage_filesystem)
     else:
-        sched = make_scheduler(settings.scheduler, _max_flops(data, space, epochs, settings.model_kwargs), space,
+        sched = make_scheduler(settings.scheduler, max_flops(data, space, epochs, settings.model_kwargs), space,
                                epochs, settings.seed)
         if settings.scheduler == "pbt":  # Ray runs no search algorithm with PBT: members draw their values once
             from ray.tune.search import BasicVariantGenerator
@@ -275,17 +275,16 @@ class KeepCheckpoints(Callback):
             old.filesystem.delete_dir(old.path)
 
 
-def _max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
-    """FLOPs of the costliest model's full-resolution baseline over the epoch budget: ASHA's max_t."""
-    from ..flops import train_flops
-    from ..geometry import Geometry
-    from ..models import create_model
-    fe = data.fe
-    flops = max(train_flops(create_model(m, geometry=Geometry(fe.num_mel_bins, fe.target_length), device="meta",
-                                         num_classes=data.num_classes, **model_kwargs))
-                for m in {m for m, _, _ in space.variants()})
-    n = len(data.features("train", fe.frame_shift_ms, fe.target_length).kept)
-    return float(flops * n * epochs)
+def max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
+    """ASHA's max_t: the training FLOPs of the costliest full-resolution baseline a trial of this space
+    may run over the epoch budget, as the run's own ledger counts them (its objective; full batches only)."""
+    from ..compress import baseline_method
+    from ..ledger import FlopsLedger
+    return max(FlopsLedger.for_config(TrainConfig(f"{baseline_method()}:1x1", model=m, model_kwargs=model_kwargs,
+                                                  objective=space.objective, batch_size=b, **mask), data)
+               .epoch_flops(1) * epochs
+               for m in {m for m, _, _ in space.variants()} for b in space.values("batch_size")
+               for mask in [{"mask_patches": v} if v is not None else {} for v in space.values("mask_patches")])
 
 
 def _close_stale_trials(db: Path) -> None:

@@ -1,10 +1,7 @@
-"""What a ``Run`` minimises and reports (``TrainConfig.objective``).
-
-* ``supervised`` - CE or BCE on the labels; accuracy or mAP (``step.classification_loss``, ``Run.evaluate``).
-* ``masked-patch`` - SSAST's self-supervised pretraining: cluster masks over the token grid, the
-  model's ``masked_patch_loss`` (InfoNCE + 10 MSE); labels are ignored. Its validation metric is the
-  masked-patch accuracy (how often a masked patch's prediction picks its own patch among the clip's
-  masked patches): a proxy for downstream quality, higher is better.
+"""Masked patch: SSAST's self-supervised pretraining. Cluster masks over the token grid, the model's
+``masked_patch_loss`` (InfoNCE + 10 MSE); labels are ignored. The metric is the masked-patch accuracy
+(how often a masked patch's prediction picks its own patch among the clip's masked patches): a proxy
+for downstream quality, higher is better.
 
 The number of masked patches is given at full resolution (``mask_patches``, default SSAST's 400 of
 512 = 78%) and scaled to each phase's token count: at C = 2 half the tokens, half the masks. SSAST's
@@ -15,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .flops import masked_patch_flops, train_flops
-from .step import ClassificationLoss
+from ..errors import ConfigError
+from ..flops import masked_patch_flops
+from ..models import create_model
+from . import Objective, Scorer, register_objective
 
-OBJECTIVES = ("supervised", "masked-patch")
 CLUSTER_SIZES = (3, 4, 5)  # SSAST masks square clusters of 3 to 5 patches a side
 
 
@@ -40,33 +37,42 @@ def cluster_masks(grid: tuple[int, int], n: int, batch: int, rng: np.random.Gene
     return torch.from_numpy(out)
 
 
-class Supervised(ClassificationLoss):
-    supervised = True
+class _MaskedPatchScores(Scorer):
+    """The same masks at every evaluation of a phase; sums stay on the device until ``result``."""
 
-    def __init__(self, run):
-        super().__init__(run.cfg.loss == "bce" or (run.cfg.loss == "auto" and run.data.multilabel))
-        self.run = run
+    def __init__(self, objective: "MaskedPatch", model, C: int):
+        self.model, self.k = model, objective.masked(model)
+        self.rng = np.random.default_rng([objective.cfg.seed, C])
+        self.n, self.hits, self.loss = 0, 0.0, 0.0
 
-    @property
-    def metric_name(self) -> str:
-        return "mAP" if self.run.data.multilabel else "accuracy"
+    def add(self, x, y):
+        masks = cluster_masks(self.model.token_grid, self.k, x.shape[0], self.rng).to(x.device)
+        loss, acc = self.model.masked_patch_loss(x, masks)[:2]
+        self.hits = self.hits + acc.double() * x.shape[0]
+        self.loss = self.loss + loss.double() * x.shape[0]
+        self.n += x.shape[0]
 
-    def train_flops(self, model) -> int:
-        return train_flops(model)
+    def result(self):
+        return float(self.hits) / self.n, float(self.loss) / self.n
 
 
-class MaskedPatch:
-    supervised, metric_name = False, "masked_patch_accuracy"
+@register_objective
+class MaskedPatch(Objective):
+    name, supervised, metric_name = "masked-patch", False, "masked_patch_accuracy"
 
-    def __init__(self, run):
-        from .models.ssast import MASK_FRACTION
-        from .transfer import build_for_phase
-        self.run = run
-        cfg = run.cfg
-        if not hasattr(run.model, "masked_patch_loss"):
+    @classmethod
+    def check(cls, cfg):
+        if cfg.mixup > 0:
+            raise ConfigError("mixup", "pretraining has no labels to mix; use 0")
+
+    def __init__(self, cfg, data, full):
+        from ..models.ssast import MASK_FRACTION
+        super().__init__(cfg, data, full)
+        model = create_model(cfg.model, geometry=full, device="meta", **cfg.build_kwargs(data.num_classes))
+        if not hasattr(model, "masked_patch_loss"):
             raise ConfigError("model", f"{cfg.model} cannot be pretrained by masked patch modeling; use ssast-tiny "
                                        f"or ssast-base")
-        f, t = build_for_phase(cfg.model, run._model_kwargs(), "none", 1, run.full, device="meta").token_grid
+        f, t = model.token_grid
         self.full_tokens = f * t
         self.full_masked = cfg.mask_patches or max(1, round(MASK_FRACTION * self.full_tokens))
         if self.full_masked > self.full_tokens:
@@ -91,24 +97,8 @@ class MaskedPatch:
     def train_flops(self, model) -> int:
         return masked_patch_flops(model, self.masked(model), backward=True)
 
-    @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """(masked-patch accuracy, loss) on the validation clips, with the same masks at every evaluation of a phase."""
-        from .train import EVAL_BATCH
-        run, model = self.run, self.run.model
-        model.eval()
-        feats = run._features("val", run.C)
-        n, k = len(feats.kept), self.masked(model)
-        rng = np.random.default_rng([run.cfg.seed, run.C])
-        hits = loss = 0.0
-        for s in range(0, n, EVAL_BATCH):
-            idx = np.arange(s, min(n, s + EVAL_BATCH))
-            masks = cluster_masks(model.token_grid, k, len(idx), rng).to(run.device)
-            batch_loss, batch_acc = model.masked_patch_loss(run._inputs(feats, idx, False), masks)[:2]
-            hits, loss = hits + float(batch_acc) * len(idx), loss + float(batch_loss) * len(idx)
-        run.counters["eval_flops"] += masked_patch_flops(model, k, backward=False) * n
-        return hits / n, loss / n
+    def eval_flops(self, model) -> int:
+        return masked_patch_flops(model, self.masked(model), backward=False)
 
-
-def make_objective(run):
-    return (MaskedPatch if run.cfg.objective == "masked-patch" else Supervised)(run)
+    def scorer(self, model, C):
+        return _MaskedPatchScores(self, model, C)

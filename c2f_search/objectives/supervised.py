@@ -1,0 +1,49 @@
+"""Supervised: CE or BCE on the labels (``step.classification_loss``); accuracy, or mAP for multi-label data."""
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multilabel_average_precision
+
+from ..flops import eval_flops, train_flops
+from ..step import ClassificationLoss, classification_loss
+from . import Objective, Scorer, register_objective
+
+
+class _Logits(Scorer):
+    def __init__(self, model, multilabel_loss: bool, multilabel_metric: bool):
+        self.model, self.loss_bce, self.map = model, multilabel_loss, multilabel_metric
+        self.logits, self.targets = [], []
+
+    def add(self, x, y):
+        self.logits.append(self.model(x).float())
+        self.targets.append(y)
+
+    def result(self):
+        logits, y = torch.cat(self.logits).cpu(), torch.cat(self.targets).cpu()
+        loss = float(classification_loss(logits, y, self.loss_bce))
+        if self.map:
+            return float(multilabel_average_precision(torch.sigmoid(logits), y.int(), num_labels=y.shape[1],
+                                                      average="macro")), loss
+        return float(multiclass_accuracy(logits, y.argmax(1), num_classes=y.shape[1], average="micro")), loss
+
+
+@register_objective
+class Supervised(ClassificationLoss, Objective):
+    name = "supervised"
+
+    def __init__(self, cfg, data, full):
+        Objective.__init__(self, cfg, data, full)
+        ClassificationLoss.__init__(self, cfg.loss == "bce" or (cfg.loss == "auto" and data.multilabel))
+
+    @property
+    def metric_name(self) -> str:
+        return "mAP" if self.data.multilabel else "accuracy"
+
+    def train_flops(self, model) -> int:
+        return train_flops(model)
+
+    def eval_flops(self, model) -> int:
+        return eval_flops(model)
+
+    def scorer(self, model, C):
+        return _Logits(model, self.multilabel, self.data.multilabel)
