@@ -243,3 +243,15 @@ def test_a_pretraining_search_is_scored_by_its_fine_tune(tmp_path, fresh_ray):
     assert rows[2]["train_flops"] == rows[1]["train_flops"]  # the pretraining's FLOPs
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{tmp_path / 's' / 'optuna.db'}")
     assert [t.values for t in study.trials] == [[rows[2]["val_metric"], rows[2]["train_flops"]]]
+
+
+def test_ray_optuna_search_still_keeps_its_trials_and_study_where_we_read_them():
+    """The one read of Ray's private OptunaSearch state (searcher.optuna_state): fails if Ray moves it."""
+    from c2f_search.search.searcher import make_searcher, optuna_state
+    from c2f_search.spaces import load_space
+    searcher = make_searcher(load_space("default"), "random", 0, 4, None)
+    config = searcher.suggest("trial-a")
+    trials, study = optuna_state(searcher)
+    assert isinstance(config, dict) and "schedule" in config
+    assert isinstance(study, optuna.Study) and list(trials) == ["trial-a"]
+    assert trials["trial-a"].number == study.trials[0].number

@@ -19,6 +19,13 @@ METRICS, MODES = ["val_metric", "train_flops"], ["max", "min"]
 MAX_REPEATS = 200
 
 
+def optuna_state(search: OptunaSearch) -> tuple[dict, optuna.Study]:
+    """(Tune trial id -> Optuna trial, the study) of a Ray ``OptunaSearch``. Ray keeps both private and
+    has no public accessor; this is the one place that reads them, and
+    ``test_ray_optuna_search_still_keeps_its_trials_and_study_where_we_read_them`` fails if Ray moves them."""
+    return search._ot_trials, search._ot_study
+
+
 def config_key(config: dict) -> str:
     """What a trial trains: its model, schedule and the hyperparameters it sets (not the sampler's raw
     parameters, several of which can give the same schedule)."""
@@ -55,8 +62,9 @@ class C2FOptunaSearch(OptunaSearch):
             if first == trial_id:
                 self._key[trial_id] = key
                 return config
-            ot = self._ot_trials.pop(trial_id)  # the next ask() gives this Tune trial a new Optuna trial
-            ot.set_user_attr("repeat_of", self._ot_trials[first].number)
+            trials, _ = optuna_state(self)
+            ot = trials.pop(trial_id)  # the next ask() gives this Tune trial a new Optuna trial
+            ot.set_user_attr("repeat_of", trials[first].number)
             self.repeats += 1
             if first in self._outcome:
                 self._tell(ot.number, *self._outcome[first])
@@ -85,7 +93,7 @@ class C2FOptunaSearch(OptunaSearch):
         self._waiting = {}
 
     def _tell(self, number: int, values, state) -> None:
-        self._ot_study.tell(number, values, state=state)
+        optuna_state(self)[1].tell(number, values, state=state)
 
 
 def make_sampler(name: str, space: Space, seed: int, epochs):
