@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from c2f_search.compress import get_method
-from c2f_search.data import Features, _read_store, _write_store
+from c2f_search.data import STORE_CHUNK_BYTES, _read_store, _write_store
 from c2f_search.flops import train_flops
 from c2f_search.frontend import normalize, spec_augment
 from c2f_search.geometry import Geometry
@@ -67,7 +67,8 @@ def loader_rate(F, T, B, device, dtype, clips=512):
     x = np.random.default_rng(0).standard_normal((clips, F, T)).astype(dtype)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "store.arrow"
-        _write_store(path, Features(x, np.full(clips, T, np.int32), np.arange(clips), []))
+        chunks = np.array_split(np.arange(clips), max(1, x.nbytes // STORE_CHUNK_BYTES))  # as extraction writes
+        _write_store(path, ((x[rows], np.full(len(rows), T, np.int32), rows) for rows in chunks), [])
         del x
         feats = _read_store(path, F, T)
         order = [np.random.default_rng(k).permutation(clips)[:B] for k in range(clips // B)]

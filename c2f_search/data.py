@@ -200,17 +200,43 @@ def default_frontend(spec: str, **over) -> FrontEnd:
 
 
 # --------------------------------------------------------------------------- feature store
+STORE_CHUNK_BYTES = 32 << 20  # a store is written in record batches of about this size: extraction holds one
+
+
+class ChunkedRows:
+    """An (N, F, T) array held as consecutive chunks (a store's memory-mapped record batches, never
+    copied into one): ``rows[idx]`` gathers 1-D row indices like one array would."""
+
+    def __init__(self, chunks: list[np.ndarray]):
+        self.chunks = [c for c in chunks if len(c)]
+        self.starts = np.cumsum([0] + [len(c) for c in self.chunks])
+        self.shape = (int(self.starts[-1]),) + self.chunks[0].shape[1:]
+        self.dtype = self.chunks[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.asarray(idx)
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        return np.stack([self.chunks[c][i - self.starts[c]] for i, c in zip(idx, which)])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The whole array, copied into memory (for small data and tests)."""
+        return np.concatenate(self.chunks).astype(dtype or self.dtype, copy=False)
+
+
 @dataclass
 class Features:
     """Raw log-mel fbank (N, F, T) cut/zero-padded to T frames, plus the real frame counts."""
-    x: np.ndarray
+    x: ChunkedRows
     n_frames: np.ndarray
     kept: np.ndarray  # indices into the ClipSet
     bad: list[tuple[str, str]]
 
     def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, n_frames) for these rows; x in the store's dtype (the device casts fp16 to fp32)."""
-        return torch.from_numpy(np.ascontiguousarray(self.x[idx])), torch.from_numpy(self.n_frames[idx].astype(np.int64))
+        return torch.from_numpy(self.x[idx]), torch.from_numpy(self.n_frames[idx].astype(np.int64))
 
     def batches(self, index_batches):
         return (self.batch(idx) for idx in index_batches)
@@ -257,53 +283,83 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
                 os.replace(path, aside)
                 print(f"warning: feature cache {path} cannot be read ({str(e).splitlines()[0][:120]}); "
                       f"moved it to {aside.name} and extracting again", file=sys.stderr)
-    xs, ns, kept, bad = [], [], [], []
+    bad: list[tuple[str, str]] = []
+    chunks = _fbank_chunks(clips, fe, shift_ms, target, skip_bad, progress, dtype, bad)
+    if path is None:
+        x, n, kept = zip(*chunks)
+        return Features(ChunkedRows(list(x)), np.concatenate(n), np.concatenate(kept), bad)
+    _write_store(path, chunks, bad)
+    return _read_store(path, fe.num_mel_bins, target)
+
+
+def _fbank_chunks(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad: bool, progress: bool,
+                  dtype: str, bad: list):
+    """(x (R, F, T), n_frames, kept) for the usable clips in order, R clips (STORE_CHUNK_BYTES) at a time;
+    a bad clip raises, or with `skip_bad` is appended to `bad`."""
+    rows = max(1, STORE_CHUNK_BYTES // (fe.num_mel_bins * target * np.dtype(dtype).itemsize))
     it = range(len(clips))
     if progress:
         from tqdm import tqdm
         it = tqdm(it, desc=f"fbank {Path(clips.name).name} @{shift_ms:g}ms", unit="clip", leave=False)
-    for i in it:
-        try:
-            fb, n = clip_fbank(clips.paths[i], fe, shift_ms, target)
-        except AudioError as e:
-            if not skip_bad:
-                raise _named(e, clips) from None
-            bad.append((e.path, e.problem))
-            continue
-        xs.append(fb.astype(dtype, copy=False))
-        ns.append(n)
-        kept.append(i)
-    if not xs:
+    it, used = iter(it), 0
+    while block := list(itertools.islice(it, rows)):
+        x = np.empty((len(block), fe.num_mel_bins, target), dtype)
+        n, kept = np.empty(len(block), np.int32), np.empty(len(block), np.int64)
+        k = 0
+        for i in block:
+            try:
+                x[k], n[k] = clip_fbank(clips.paths[i], fe, shift_ms, target)
+            except AudioError as e:
+                if not skip_bad:
+                    raise _named(e, clips) from None
+                bad.append((e.path, e.problem))
+                continue
+            kept[k] = i
+            k += 1
+        used += k
+        if k:
+            yield x[:k], n[:k], kept[:k]
+    if not used:
         raise DataError(f"{clips.name}: no usable clips ({len(bad)} bad); the data set is empty")
-    feats = Features(np.stack(xs), np.array(ns, np.int32), np.array(kept, np.int64), bad)
-    if path is not None:
-        _write_store(path, feats)
-    return feats
 
 
 def _named(e: AudioError, clips: ClipSet) -> DataError:
     return DataError(f"{e} (listed in {clips.name}; pass --skip-bad to skip such clips and list them at the end)")
 
 
-def _write_store(path: Path, f: Features) -> None:
-    N = f.x.shape[0]
-    col = pa.FixedSizeListArray.from_arrays(pa.array(f.x.reshape(-1)), f.x[0].size)
-    table = pa.table({"fbank": col, "n_frames": f.n_frames, "index": f.kept})
-    meta = {"bad": json.dumps(f.bad), "shape": json.dumps(list(f.x.shape[1:])), "n": str(N)}
-    table = table.replace_schema_metadata(meta)
-
+def _write_store(path: Path, chunks, bad: list[tuple[str, str]]) -> None:
+    """Write (x (R, F, T), n_frames, kept) chunks as one record batch each, so memory holds one chunk; then an
+    empty batch whose metadata holds what is known only at the end: the clips skipped (`bad`, read once
+    `chunks` is spent) and the count. Atomic: readers never see a partial store, and an error mid-write
+    (a bad clip, Ctrl-C) removes the temporary file."""
     def write(tmp):
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
+        with pa.OSFile(str(tmp), "wb") as sink:
+            writer, n = None, 0
+            for x, frames, kept in chunks:
+                fb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x[0].size)
+                batch = pa.record_batch({"fbank": fb, "n_frames": frames, "index": kept})
+                if writer is None:
+                    schema = batch.schema.with_metadata({"shape": json.dumps(list(x.shape[1:]))})
+                    writer = pa.ipc.new_file(sink, schema)
+                writer.write_batch(batch)
+                n += len(batch)
+            writer.write_batch(batch.slice(0, 0), custom_metadata={"bad": json.dumps(bad), "n": str(n)})
+            writer.close()
     atomic_write(path, write)  # readers never see a partial store
 
 
 def _read_store(path: Path, F: int, T: int) -> Features:
-    t = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    meta = t.schema.metadata
-    fb = t.column("fbank").combine_chunks()
-    x = fb.values.to_numpy(zero_copy_only=True).reshape(len(t), F, T)
-    return Features(x, t.column("n_frames").to_numpy(), t.column("index").to_numpy(),
+    """A store, memory-mapped (nothing is read until used). A store written before stores were chunked is
+    one record batch with the metadata in its schema."""
+    r = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+    meta = r.schema.metadata or {}
+    if b"bad" not in meta:
+        meta = r.get_batch_with_custom_metadata(r.num_record_batches - 1)[1]
+    t = r.read_all()
+    if len(t) != int(meta[b"n"]):
+        raise ValueError(f"{len(t)} clips, its metadata says {int(meta[b'n'])}")
+    x = [c.values.to_numpy(zero_copy_only=True).reshape(len(c), F, T) for c in t.column("fbank").chunks]
+    return Features(ChunkedRows(x), t.column("n_frames").to_numpy(), t.column("index").to_numpy(),
                     [tuple(b) for b in json.loads(meta[b"bad"])])
 
 
@@ -390,11 +446,20 @@ class StreamFeatures:
 
 
 def norm_stats(f: Features) -> tuple[float, float]:
-    """Mean and std of the real (unpadded) frames of a training set."""
-    T = f.x.shape[-1]
-    mask = np.arange(T)[None, :] < f.n_frames[:, None]
-    vals = f.x.transpose(0, 2, 1)[mask].astype(np.float32, copy=False)  # fp16 stores: sum in fp32
-    return float(vals.mean()), float(vals.std())
+    """Mean and std of the real (unpadded) frames of a training set, one chunk at a time, so a store is never
+    read whole: float32 moments per chunk (fp16 stores too), merged in float64 (Chan et al.). A store of one
+    chunk (every store written before chunking) gives the values it always gave, which runs resume on."""
+    moments = []
+    for start, x in zip(f.x.starts, f.x.chunks):
+        real = np.arange(x.shape[-1])[None, :] < f.n_frames[start:start + len(x), None]
+        vals = x.transpose(0, 2, 1)[real].astype(np.float32, copy=False)
+        moments.append((vals.size, vals.mean(), vals.var()))
+    count, mean, var = moments[0]
+    for c, m, v in moments[1:]:
+        d, total = float(m) - float(mean), count + c
+        var = (float(var) * count + float(v) * c + d * d * count * c / total) / total
+        mean, count = float(mean) + d * c / total, total
+    return float(mean), float(np.sqrt(var))
 
 
 def balanced_weights(targets: torch.Tensor) -> torch.Tensor:
@@ -473,7 +538,7 @@ class Data:
             if self.mode == "stream":
                 rows = np.unique(np.linspace(0, len(f.kept) - 1, min(NORM_SAMPLE, len(f.kept))).astype(np.int64))
                 x, n = zip(*f.batches(np.array_split(rows, max(1, len(rows) // 16))))
-                f = Features(torch.cat(x).numpy(), torch.cat(n).numpy(), f.kept[rows], [])
+                f = Features(ChunkedRows([b.numpy() for b in x]), torch.cat(n).numpy(), f.kept[rows], [])
             self._norm = norm_stats(f)
         return self._norm
 

@@ -1,10 +1,12 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from c2f_search.data import Data, DataError, extract, load_datafile, load_folder, resolve
+from c2f_search import data
+from c2f_search.data import Data, DataError, clip_fbank, extract, load_datafile, load_folder, norm_stats, resolve
 from c2f_search.frontend import FrontEnd
 
 FE = FrontEnd(num_mel_bins=32, target_length=64)
@@ -101,6 +103,77 @@ def test_feature_cache_round_trips(tmp_path):
     assert len(files) == 1
     b = extract(cs, FE, 10.0, 64, cache_dir=tmp_path / "cache")  # memory-mapped read
     assert np.array_equal(a.x, b.x) and a.n_frames.tolist() == b.n_frames.tolist()
+
+
+def _clips(tmp_path, n=7, bad_at=3):
+    """n clips of different content and length (some shorter than 64 frames), a NaN clip at `bad_at`."""
+    entries = []
+    for i in range(n + 1):
+        y = np.random.default_rng(i).standard_normal(2000 + 1200 * i).astype("float32") * 0.1
+        if i == bad_at:
+            y[:] = np.nan
+        entries.append({"wav": _wav(tmp_path / f"c{i}.wav", value=y), "labels": "/m/a"})
+    f, csv = _datafile(tmp_path, entries)
+    cs = load_datafile(f, csv)
+    return cs, [i for i in range(n + 1) if i != bad_at]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_chunked_store_holds_each_clips_fbank(tmp_path, monkeypatch, dtype):
+    monkeypatch.setattr(data, "STORE_CHUNK_BYTES", 2 * 32 * 64 * 4)  # 2 clips per chunk at fp32, 4 at fp16
+    cs, good = _clips(tmp_path)
+    cache = tmp_path / "cache"
+    feats = extract(cs, FE, 10.0, 64, skip_bad=True, cache_dir=cache, dtype=dtype)
+    expected = [clip_fbank(cs.paths[i], FE, 10.0, 64) for i in good]
+    x = np.stack([fb.astype(dtype) for fb, _ in expected])
+    n = [frames for _, frames in expected]
+    (store,) = cache.glob("fbank-*.arrow")
+    assert pa.ipc.open_file(str(store)).num_record_batches > 2  # several chunks, then the closing batch
+    assert len(feats.x.chunks) > 1 and feats.x.dtype == dtype and len(set(n)) > 2
+    for f in (feats, extract(cs, FE, 10.0, 64, skip_bad=True, cache_dir=cache, dtype=dtype),  # read back
+              extract(cs, FE, 10.0, 64, skip_bad=True, dtype=dtype)):  # no cache: chunks in memory
+        assert f.kept.tolist() == good and f.n_frames.tolist() == n
+        assert len(f.bad) == 1 and f.bad[0][0] == cs.paths[3] and "NaN" in f.bad[0][1]
+        assert np.array_equal(np.asarray(f.x), x)
+        rows = np.array([5, 0, 3, 6, 1])  # a batch across chunks, out of order
+        assert np.array_equal(f.batch(rows)[0].numpy(), x[rows]) and f.batch(rows)[1].tolist() == [n[r] for r in rows]
+    real = np.concatenate([fb.astype(dtype)[:, :k].astype(np.float64).ravel() for fb, k in expected])
+    assert np.allclose(norm_stats(feats), (real.mean(), real.std()), rtol=1e-6, atol=0)
+
+
+def test_a_crash_mid_write_leaves_no_store_and_a_rerun_builds_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "STORE_CHUNK_BYTES", 2 * 32 * 64 * 4)
+    cs, good = _clips(tmp_path, bad_at=-1)
+    cache, seen = tmp_path / "cache", []
+
+    def crash_at_fifth_clip(*args):  # fault injection: the process dies after 2 chunks were written
+        seen.append([(f.name, f.stat().st_size) for f in cache.iterdir()])
+        if len(seen) == 5:
+            raise RuntimeError("injected crash")
+        return clip_fbank(*args)
+    monkeypatch.setattr(data, "clip_fbank", crash_at_fifth_clip)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        extract(cs, FE, 10.0, 64, cache_dir=cache)
+    (tmp, size), = seen[-1]
+    assert tmp.startswith(".tmp-fbank-") and size >= 4 * 32 * 64 * 4  # chunks went to a temporary file
+    assert list(cache.iterdir()) == []  # neither a store nor the temporary file is left
+    monkeypatch.setattr(data, "clip_fbank", clip_fbank)
+    feats = extract(cs, FE, 10.0, 64, cache_dir=cache)
+    assert [f.name.startswith("fbank-") for f in cache.iterdir()] == [True]
+    assert np.array_equal(np.asarray(feats.x), np.stack([clip_fbank(p, FE, 10.0, 64)[0] for p in cs.paths]))
+
+
+def test_a_store_written_before_chunking_is_read(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 32, 64)).astype("float32")
+    table = pa.table({"fbank": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32 * 64),
+                      "n_frames": np.array([64, 10, 3], np.int32), "index": np.array([0, 2, 3])})
+    table = table.replace_schema_metadata({"bad": '[["b.wav", "NaN"]]', "shape": "[32, 64]", "n": "3"})
+    with pa.OSFile(str(tmp_path / "old.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)  # the layout of stores before issue 19: one batch, metadata in the schema
+    f = data._read_store(tmp_path / "old.arrow", 32, 64)
+    assert np.array_equal(np.asarray(f.x), x) and f.kept.tolist() == [0, 2, 3] and f.bad == [("b.wav", "NaN")]
+    real = x.transpose(0, 2, 1)[np.arange(64)[None, :] < np.array([64, 10, 3])[:, None]]
+    assert norm_stats(f) == (float(real.mean()), float(real.std()))  # as before: its runs still resume
 
 
 def test_builtin_events_is_deterministic_and_balanced(tiny_data):
