@@ -96,6 +96,25 @@ def test_a_trial_uses_the_gpu_ray_granted():
     assert trial_device(["0"], "0", False) == "cpu"  # a GPU resource torch cannot see (a fake one)
 
 
+def test_each_trial_starts_a_clean_compiler_bounded_by_its_cpus(monkeypatch):
+    import torch._inductor.config as ic
+    from torch._dynamo.utils import counters
+
+    from trainables.c2f import _fresh_compiler
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
+    monkeypatch.setattr(ic, "compile_threads", 32)
+    g = torch.compile(lambda x: x + 1, backend="eager")
+    g(torch.ones(3))
+    compiled = counters["stats"]["unique_graphs"]
+    g(torch.ones(3))
+    assert counters["stats"]["unique_graphs"] == compiled  # the entry is kept ...
+    _fresh_compiler(2.0)
+    g(torch.ones(3))
+    assert counters["stats"]["unique_graphs"] == compiled + 1  # ... until the next trial starts
+    assert ic.compile_threads == 2 and ic.fx_graph_cache
+    assert float(os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) > 2
+
+
 def test_prefetcher_side_stream_path_with_cpu_streams(tiny_data, monkeypatch):
     """The CUDA path's order of work, with torch.cpu's no-op streams and events: every batch is copied under
     the side stream, its event recorded there, and waited on by the consumer's stream before it is handed

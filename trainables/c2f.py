@@ -46,23 +46,23 @@ def trial_device(gpu_ids: list, visible: str | None, cuda: bool) -> str:
 
 
 def _device() -> str:
-    return trial_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.is_available())
-
-
-INDUCTOR_CACHE = Path(tempfile.gettempdir()) / "c2f-search-inductor"  # one per node, shared by its trials
+    device = trial_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.is_available())
+    if device != "cpu":  # the current device too: what torch does on "the" GPU (CUDA graphs, bf16 check) is on it
+        torch.cuda.set_device(device)
+    return device
 
 
 def _fresh_compiler(cpus: float) -> None:
     """Before the trial compiles anything: Inductor's compile workers bounded by the trial's CPUs (it starts up
-    to 32 per process otherwise), its FX graph and autograd caches in one folder per node (a trial compiling a
-    shape another trial on the node compiled before loads it), and Dynamo's in-memory state cleared, so that
-    a process Tune reuses (``reuse_actors``) starts each trial as a fresh one would: no compiled entry, CUDA
-    graph or recompile count is carried from the trial before."""
+    to 32 per process otherwise), its FX graph and autograd caches on (they live in torch's one folder per node
+    and user, $TMPDIR/torchinductor_$USER or TORCHINDUCTOR_CACHE_DIR, so a trial compiling a shape that another
+    trial on the node compiled loads it), and Dynamo's in-memory state cleared, so that a process Tune reuses
+    (``reuse_actors``) starts each trial as a fresh one would: no compiled entry, CUDA graph or recompile count
+    is carried from the trial before."""
     import torch._dynamo
     import torch._functorch.config as fc
     import torch._inductor.config as ic
     ic.compile_threads = max(1, int(cpus))
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE))
     ic.fx_graph_cache = fc.enable_autograd_cache = True
     torch._dynamo.reset()
     # a reused process waits this long for the trial before to unwind (Tune's default, 2 s, fails the trial)
