@@ -28,7 +28,7 @@ from c2f_search.geometry import Geometry
 from c2f_search.io import atomic_write
 from c2f_search.loader import Prefetcher, host_batches
 from c2f_search.precision import device_name, grad_scaler, matmul_mode, peak_flops
-from c2f_search.step import ClassificationLoss, TrainStep, adam
+from c2f_search.step import ClassificationLoss, TrainStep, adam, allow_recompiles
 from c2f_search.transfer import build_for_phase
 
 METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi"]
@@ -105,6 +105,8 @@ def main():
         return 0
     device = torch.device(a.device)
     dev = device_name(device)
+    # every setup timed below is one entry of the one compiled step function, all in this process
+    allow_recompiles(len(a.models) * len(a.precisions) * (1 + 2 * len(a.methods)))
     full, kw = Geometry(a.mel, a.frames), ({"depth": a.depth} if a.depth else {})
     rows = []
     for name in a.models:

@@ -96,7 +96,8 @@ def add_noise(x: torch.Tensor, time_scale: int = 1) -> torch.Tensor:
     and a random roll in time of -10..9 frames at full resolution (divided by the phase's time scale)."""
     B = x.shape[0]
     x = x + torch.rand_like(x) * torch.rand(B, 1, 1, device=x.device) / 10
-    shifts = torch.randint(-10, 10, (B,)).div(time_scale, rounding_mode="floor")
+    # drawn on the device: a host draw would be copied from pageable memory, blocking the host every step
+    shifts = torch.randint(-10, 10, (B,), device=x.device).div(time_scale, rounding_mode="floor")
     T = x.shape[-1]  # torch.roll of each clip by its own shift, as one gather
-    idx = (torch.arange(T, device=x.device) - shifts.to(x.device)[:, None]) % T
+    idx = (torch.arange(T, device=x.device) - shifts[:, None]) % T
     return x.gather(-1, idx[:, None].expand_as(x))

@@ -29,10 +29,14 @@ class Prefetcher:
     A failure in the thread is raised here, at the batch it hit; ``close()`` (or leaving the
     ``with`` block) stops the thread early."""
 
-    def __init__(self, batches: Iterable[tuple], device: torch.device, depth: int = 4):
+    def __init__(self, batches: Iterable[tuple], device: torch.device, depth: int = 4, side_stream: bool | None = None):
+        """`side_stream` (default: on CUDA) copies on a side stream and hands each batch over behind an
+        event; on the CPU it runs the same steps with torch.cpu's no-op streams and events (tests)."""
         self.device = device
         self.cuda = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.streams = torch.cuda if self.cuda else torch.cpu
+        side_stream = self.cuda if side_stream is None else side_stream
+        self.stream = (torch.cuda.Stream(device) if self.cuda else torch.cpu.Stream()) if side_stream else None
         self.q: queue.Queue = queue.Queue(depth)
         self.stop = threading.Event()
         self.done = False
@@ -52,10 +56,10 @@ class Prefetcher:
         try:
             for b in batches:
                 event = None
-                if self.cuda:
-                    with torch.cuda.stream(self.stream):
-                        b = tuple(t.pin_memory().to(self.device, non_blocking=True) for t in b)
-                        event = torch.cuda.Event()
+                if self.stream is not None:
+                    with self.streams.stream(self.stream):
+                        b = tuple((t.pin_memory() if self.cuda else t).to(self.device, non_blocking=True) for t in b)
+                        event = self.streams.Event()
                         event.record(self.stream)
                 if not self._put((b, event)):
                     return
@@ -80,10 +84,11 @@ class Prefetcher:
             raise item
         b, event = item
         if event is not None:  # the step's stream waits for the copy, and owns the memory from now on
-            cur = torch.cuda.current_stream(self.device)
+            cur = self.streams.current_stream(self.device)
             cur.wait_event(event)
             for t in b:
-                t.record_stream(cur)
+                if self.cuda:  # CPU tensors have no stream to record
+                    t.record_stream(cur)
         return b
 
     def close(self) -> None:

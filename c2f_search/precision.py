@@ -6,7 +6,7 @@ older one, fp32 on the CPU. TF32 is a CUDA matmul mode; on the CPU it is plain f
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -60,19 +60,29 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
+# The TF32 switches of CUDA matmuls and cuDNN convolutions (and RNNs), in torch's fp32_precision API: once
+# anything sets that API, reading the legacy ``allow_tf32`` flags raises, so nothing here reads them.
+TF32_SWITCHES = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+
+
 @contextmanager
-def matmul_mode(precision: str, device: torch.device):
-    """TF32 matmuls and convolutions only where asked, restored afterwards: the flags are process-wide,
-    and cuDNN's default (TF32 on) would make fp32 runs TF32 behind the user's back."""
-    if device.type != "cuda":
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+def tf32_mode(on: bool):
+    """Allow TF32 (``tf32``) or forbid it (``ieee``) for CUDA matmuls and cuDNN, restored afterwards: the
+    settings are process-wide. Needs no GPU, so the CPU tests reach it."""
+    old = tuple(s.fp32_precision for s in TF32_SWITCHES)
+    for s in TF32_SWITCHES:
+        s.fp32_precision = "tf32" if on else "ieee"
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        for s, value in zip(TF32_SWITCHES, old):
+            s.fp32_precision = value
+
+
+def matmul_mode(precision: str, device: torch.device):
+    """TF32 matmuls and convolutions only where asked (on CUDA): cuDNN's default (TF32 on) would make fp32
+    runs TF32 behind the user's back."""
+    return tf32_mode(precision == "tf32") if device.type == "cuda" else nullcontext()
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:

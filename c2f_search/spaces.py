@@ -45,7 +45,7 @@ class Space:
     finetune: dict | None = None  # pretraining search: {data, schedule, fixed}; None = the proxy metric
     data: str | None = None
     metric_target: float | None = None
-    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": "auto"})  # auto: search.runner.trial_resources
     fixed: dict = field(default_factory=dict)
     hparams: dict = field(default_factory=dict)  # name -> list (categorical) or {low, high, log, int}
     schedules: list[Schedule] | None = None  # grid mode
@@ -275,10 +275,11 @@ def load_space(name_or_path: str) -> Space:
     epochs = doc.get("epochs")
     if not isinstance(epochs, (int, float)) or epochs <= 0:
         raise _err(path, "epochs", f"the epoch budget per trial must be a number > 0, got {epochs!r}")
-    res = doc.get("resources", {"cpu": 1, "gpu": 0})
+    res = doc.get("resources", {})
     if not isinstance(res, dict) or set(res) - RESOURCE_KEYS or any(
-            not isinstance(v, (int, float)) or v < 0 for v in res.values()):
-        raise _err(path, "resources", "must be {cpu: N, gpu: N} with numbers >= 0 (gpu may be fractional, e.g. 0.5)")
+            not (isinstance(v, (int, float)) and v >= 0 or (k, v) == ("gpu", "auto")) for k, v in res.items()):
+        raise _err(path, "resources", "must be {cpu: N, gpu: N} with numbers >= 0 (gpu may be fractional, e.g. 0.5, "
+                                      "or auto: one GPU per trial where the cluster has GPUs)")
     fixed = doc.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise _err(path, "fixed", "must be a mapping of hyperparameter: value")
@@ -305,7 +306,7 @@ def load_space(name_or_path: str) -> Space:
     if mt is not None and not (isinstance(mt, (int, float)) and 0 <= mt <= 1):
         raise _err(path, "metric_target", f"accuracy and mAP lie in [0, 1], got {mt!r}")
     sp = Space(str(path), doc.get("name", path.stem), float(epochs), model=model, models=models,
-               data=doc.get("data"), metric_target=doc.get("metric_target"), resources={"cpu": 1, "gpu": 0, **res},
+               data=doc.get("data"), metric_target=doc.get("metric_target"), resources={"cpu": 1, "gpu": "auto", **res},
                fixed=fixed, objective=objective, finetune=_finetune(path, doc, objective, models))
     if "schedules" in doc:
         items = doc["schedules"]

@@ -3,6 +3,9 @@ run's autocast, compiled once per phase (CUDA graphs on CUDA), a GradScaler for 
 and the loss handed back as a device tensor. ``Run`` trains with it and ``bench/gpu_step.py`` times it."""
 from __future__ import annotations
 
+import logging
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -50,12 +53,36 @@ class _ForwardLoss(nn.Module):
             return self.objective.forward_loss(self.model, x, y, extra).float()
 
 
-def _allow_recompiles() -> None:
-    """Every phase shape (and batch size, precision) is one compiled entry, and a search worker trains
-    many; torch's default of 8 would fall back to eager without a word."""
+def allow_recompiles(entries: int = 64) -> None:
+    """Every phase shape (and batch size, precision) is one entry of the one compiled ``_ForwardLoss``, and a
+    process may train many: torch's limits (8 entries per function) are raised to `entries`. Past them
+    Dynamo runs the new shapes eagerly; ``_EagerFallbackLine`` says so in one line."""
     import torch._dynamo.config as dc
-    name = "recompile_limit" if hasattr(dc, "recompile_limit") else "cache_size_limit"
-    setattr(dc, name, max(getattr(dc, name), 64))
+    dc.recompile_limit = max(dc.recompile_limit, entries)
+    dc.accumulated_recompile_limit = max(dc.accumulated_recompile_limit, entries)
+    log = logging.getLogger("torch._dynamo.convert_frame")
+    if not any(isinstance(f, _EagerFallbackLine) for f in log.filters):
+        log.addFilter(_EagerFallbackLine())
+
+
+class _EagerFallbackLine(logging.Filter):
+    """Replaces Dynamo's several-line "hit config.recompile_limit" log record (easy to miss, and lost in a
+    Ray worker's log) by one line on stderr, once per compiled function."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record) -> bool:
+        if not str(record.msg).startswith("torch._dynamo hit config."):
+            return True
+        limit_type, limit, function, reason = record.args[:4]
+        if function not in self.seen:
+            self.seen.add(function)
+            print(f"c2f-search: torch.compile reached {limit_type}={limit} for {function}: its new shapes run "
+                  f"eagerly (slower, same results); last recompile reason: {str(reason).splitlines()[0]}",
+                  file=sys.stderr, flush=True)
+        return False
 
 
 class TrainStep:
@@ -70,7 +97,7 @@ class TrainStep:
         fwd = _ForwardLoss(model, objective, precision, device)
         self.graphs = compile and device.type == "cuda"
         if compile:  # one static shape per phase: specialise, never trace dynamic shapes
-            _allow_recompiles()
+            allow_recompiles()
             fwd = torch.compile(fwd, dynamic=False, mode="reduce-overhead" if self.graphs else None)
         self.fwd = fwd
 

@@ -40,6 +40,8 @@ def test_paper_grid_has_the_16_schedules_and_rescales():
     ("epochs: 0\nspace: {}\n", "epochs"),
     ("epochs: 4\nschedules: [fshift:2x1,4x1]\n", "schedules"),
     ("epochs: 4\nspace: {}\nresources: {gpus: 1}\n", "resources"),
+    ("epochs: 4\nspace: {}\nresources: {gpu: all}\n", "resources"),
+    ("epochs: 4\nspace: {}\nresources: {cpu: auto}\n", "resources"),
     ("epochs: 4\nmodle: ast-tiny\nspace: {}\n", "modle"),
 ])
 def test_bad_space_file_names_the_key(tmp_path, text, key):

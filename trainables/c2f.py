@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,9 +35,42 @@ from c2f_search.train import Run
 OWNER_FILE = "trial_id"  # which trial wrote a checkpoint: PBT hands a member a better member's
 
 
+def trial_device(gpu_ids: list, visible: str | None, cuda: bool) -> str:
+    """The device of a trial Ray granted `gpu_ids` (physical ids, ``ray.get_gpu_ids()``): its first GPU's
+    index among the devices this process sees (`visible`: CUDA_VISIBLE_DEVICES; Ray sets it to the granted
+    ids unless RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, and unset means every GPU, by physical id)."""
+    if not gpu_ids:
+        return "cpu"
+    if not cuda:  # granted a GPU (a resource label) that torch cannot use: say so, train on the CPU
+        print(f"trial granted GPU {gpu_ids[0]} but torch sees no CUDA device: training on the CPU", file=sys.stderr)
+        return "cpu"
+    first = str(gpu_ids[0])
+    order = [d.strip() for d in visible.split(",")] if visible else None
+    return f"cuda:{order.index(first) if order else int(first)}"
+
+
 def _device() -> str:
-    # Ray hides GPUs it has not granted, so any visible CUDA device is this trial's
-    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    device = trial_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.is_available())
+    if device != "cpu":  # the current device too: what torch does on "the" GPU (CUDA graphs, bf16 check) is on it
+        torch.cuda.set_device(device)
+    return device
+
+
+def _fresh_compiler(cpus: float) -> None:
+    """Before the trial compiles anything: Inductor's compile workers bounded by the trial's CPUs (it starts up
+    to 32 per process otherwise), its FX graph and autograd caches on (they live in torch's one folder per node
+    and user, $TMPDIR/torchinductor_$USER or TORCHINDUCTOR_CACHE_DIR, so a trial compiling a shape that another
+    trial on the node compiled loads it), and Dynamo's in-memory state cleared, so that a process Tune reuses
+    (``reuse_actors``) starts each trial as a fresh one would: no compiled entry, CUDA graph or recompile count
+    is carried from the trial before."""
+    import torch._dynamo
+    import torch._functorch.config as fc
+    import torch._inductor.config as ic
+    ic.compile_threads = max(1, int(cpus))
+    ic.fx_graph_cache = fc.enable_autograd_cache = True
+    torch._dynamo.reset()
+    # a reused process waits this long for the trial before to unwind (Tune's default, 2 s, fails the trial)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
 
 
 def _maybe_inject_fault(rec: dict) -> None:
@@ -104,6 +138,7 @@ def train_schedule(config: dict, setup: dict) -> None:
     """Run one trial. `config` holds the schedule and searched hyperparameters; `setup`
     the fixed parts (data, model, fixed hyperparameters, metric target)."""
     cfg = trial_config(config, setup)
+    _fresh_compiler(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     try:
         data = Data.from_specs(**setup["data"])
     except (DataError, OSError) as e:
@@ -122,20 +157,22 @@ def train_schedule(config: dict, setup: dict) -> None:
     if "C" in config:  # a population member: PBT sets its C (and lowers it when it copies a better member)
         controller = Population(parse_schedule(cfg.schedule), "population", C=config["C"], budget=setup["budget"],
                                 eval_every=cfg.eval_every)
+    device = _device()
     # where this attempt runs and resumed from: node-loss recovery is measured from these
     attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
                "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size,
-               "seed": cfg.seed, "model": cfg.model, "exploited_from": donor}
+               "seed": cfg.seed, "model": cfg.model, "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+               "exploited_from": donor}
     reporter = TuneReporter(attempt, me, bool(setup.get("finetune")), controller is not None)
     if donor is None:
-        run = Run(cfg, data, _device(), state, controller=controller, callbacks=[reporter])
+        run = Run(cfg, data, device, state, controller=controller, callbacks=[reporter])
     else:
-        run = copy_member(Run(cfg, data, _device(), controller=controller, callbacks=[reporter]), state)
+        run = copy_member(Run(cfg, data, device, controller=controller, callbacks=[reporter]), state)
         _count_thrown_away(run)
     if os.environ.get("C2F_INJECT_NAN") == cfg.schedule:  # fault injection for tests: a diverging trial
         with torch.no_grad():
             next(run.model.parameters()).fill_(float("nan"))
     run.fit()
     if setup.get("finetune"):  # a pretraining search: its objective is the downstream metric
-        rec = finetune_record(run, setup["finetune"], _device())
+        rec = finetune_record(run, setup["finetune"], device)
         tune.report({k: rec.get(k) for k in RECORD_FIELDS} | attempt)

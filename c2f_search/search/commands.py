@@ -1,12 +1,13 @@
 """``search``, ``pareto`` and ``demo`` commands. Ray and Optuna are imported only when they run."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
-from .._args import (add_data_args, add_model_setting_args, finite_float, given_model_settings, nonneg_int, norm_arg,
-                      positive_float, positive_int)
+from .._args import (add_data_args, add_model_setting_args, finite_float, given_model_settings, nonneg_float,
+                      nonneg_int, norm_arg, positive_float, positive_int)
 from ..errors import C2FError, SpaceError
 
 DEMO_DATA = "builtin:events?train=1000&val=300"
@@ -32,8 +33,13 @@ def add_search_args(s) -> None:
     s.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
     s.add_argument("--storage", help="Tune storage path or URI (s3://..., gs://..., shared folder); default DIR")
     s.add_argument("--cpus-per-trial", type=positive_float, help="overrides the space's resources.cpu")
-    s.add_argument("--gpus-per-trial", type=positive_float,
-                   help="overrides the space's resources.gpu (fractional allowed)")
+    s.add_argument("--gpus-per-trial", type=nonneg_float,
+                   help="overrides the space's resources.gpu (fractional allowed; 0: train on CPUs); by default "
+                        "(auto) one GPU per trial where the cluster has GPUs, none where it has none")
+    s.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the next trial in a finished trial's worker process (default on: no process start, "
+                        "imports or compile-worker start per trial; each trial still starts from a clean "
+                        "compiler state)")
     s.add_argument("--max-failures", type=nonneg_int, default=1, help="retries of a crashed trial from its last checkpoint")
     s.add_argument("--keep-checkpoints", type=nonneg_int, default=2,
                    help="checkpoints kept per trial (0 = all) besides those the front may need, which are "
@@ -135,8 +141,8 @@ def _settings_from_args(a):
         space=str(Path(space.path).resolve()), out=str(Path(a.out).resolve()), data=data_args, finetune=finetune,
         trials=a.trials, sampler=a.sampler, scheduler=a.scheduler, epochs=a.epochs, seed=a.seed,
         max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints or None,
-        resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, metric_target=a.metric_target,
-        storage=a.storage, model_kwargs=given_model_settings(a),
+        resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, reuse_actors=a.reuse_actors,
+        metric_target=a.metric_target, storage=a.storage, model_kwargs=given_model_settings(a),
         test=resolve_test_arg(a.test))
 
 

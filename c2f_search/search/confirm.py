@@ -13,7 +13,7 @@ from ..results import write_table
 from ..schedule import record_schedule as parse_schedule
 from ..seeds import analyse_seeds, plot_seeds, summary_text
 from ..spaces import load_space
-from .runner import connect_ray, make_trainable
+from .runner import connect_ray, make_trainable, trial_resources
 from .settings import SearchSettings
 
 EXPERIMENT = "confirm"
@@ -61,9 +61,11 @@ def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None
     if not ray.is_initialized():
         connect_ray(address)
     tuner = tune.Tuner(  # every run trains to its end: both modes are read from the full history
-        make_trainable(settings, space, metric_target=None),
+        make_trainable(settings, space, trial_resources(settings, space, joined=address is not None),
+                       metric_target=None),
         param_space=dict.fromkeys({k for r in runs for k in r}),  # each run's values come from points_to_evaluate
-        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=runs), num_samples=len(runs)),
+        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=runs), num_samples=len(runs),
+                                    reuse_actors=settings.reuse_actors),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(exp.parent), verbose=0,
                                   callbacks=[TrialLines(progress_stream)],
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),

@@ -193,9 +193,9 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                          num_mel_bins=data.fe.num_mel_bins)  # every trial reads the same
     settings.target_length_reason = settings.target_length_reason or data.target_reason
     epochs = settings.epochs or space.epochs
-    trainable = make_trainable(settings, space)
     if not ray.is_initialized():
         connect_ray(address)
+    trainable = make_trainable(settings, space, trial_resources(settings, space, joined=address is not None))
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
@@ -215,7 +215,8 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
             param_space, search_alg = None, searcher
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=sched, num_samples=n),
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=sched, num_samples=n,
+                                        reuse_actors=settings.reuse_actors),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=settings.storage or str(out), storage_filesystem=storage_filesystem,
                 # PBT clones a donor's checkpoint of its own choosing, maybe an older one: keep them all
@@ -239,8 +240,9 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
     return results
 
 
-def make_trainable(settings: SearchSettings, space: Space, metric_target="space"):
-    """The trial function with the search's fixed parts (data, model, fixed settings) and resources."""
+def make_trainable(settings: SearchSettings, space: Space, resources: dict, metric_target="space"):
+    """The trial function with the search's fixed parts (data, model, fixed settings) and `resources`
+    (``trial_resources``)."""
     from ray import tune
 
     from trainables import train_schedule
@@ -248,9 +250,41 @@ def make_trainable(settings: SearchSettings, space: Space, metric_target="space"
     setup = {"data": settings.data, "model": space.model, "fixed": space.fixed,
              "model_kwargs": settings.model_kwargs, "metric_target": target, "objective": space.objective,
              "finetune": settings.finetune, "budget": settings.epochs or space.epochs}
+    return tune.with_resources(tune.with_parameters(train_schedule, setup=setup), resources)
+
+
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")  # where `ray up` leaves the autoscaler's config, on the head
+
+
+def trial_resources(settings: SearchSettings, space: Space, joined: bool, autoscaler_config=AUTOSCALER_CONFIG) -> dict:
+    """One trial's {cpu, gpu}, once Ray runs: --cpus/--gpus-per-trial, else the space's ``resources``. A gpu of
+    ``auto`` is one GPU where the cluster has GPUs (on its nodes now or, for a cluster that was `joined`, in
+    a node type its autoscaler may start) and none where it has none. Prints the choice in one line."""
+    import ray
     res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
-    return tune.with_resources(tune.with_parameters(train_schedule, setup=setup),
-                               {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)})
+    if settings.resources.get("gpu") is not None:
+        why = "--gpus-per-trial"
+    elif res["gpu"] != "auto":
+        why = f"resources.gpu in {space.path}"
+    else:
+        now = ray.cluster_resources().get("GPU", 0)
+        later = _autoscaler_gpus(Path(autoscaler_config).expanduser()) if joined and not now else 0
+        res["gpu"] = 1 if now or later else 0
+        why = ("resources.gpu auto: " + (f"the cluster has {now:g} GPUs" if now else
+                                         f"node types in {autoscaler_config} have GPUs" if later else "the cluster has no GPU"))
+    print(f"trials get {res['gpu']:g} GPU and {res['cpu']:g} CPU each ({why}; change it with --gpus-per-trial N)",
+          flush=True)
+    return res
+
+
+def _autoscaler_gpus(config: Path) -> float:
+    """The most GPUs of a node type the cluster launcher's autoscaler may start (0 without its config)."""
+    import yaml
+    if not config.is_file():
+        return 0
+    types = (yaml.safe_load(config.read_text()) or {}).get("available_node_types") or {}
+    return max((float((t.get("resources") or {}).get("GPU", 0)) for t in types.values()
+                if t.get("max_workers", 1) > 0), default=0)
 
 
 class KeepCheckpoints(Callback):

@@ -29,6 +29,7 @@ class SearchSettings:
     test: str | None = None  # held-out split (absolute): only the front's report reads it, no search decision
     target_length_reason: str = ""
     finetune: dict | None = None  # a pretraining search's fine-tune: {data (resolved), schedule, fixed}
+    reuse_actors: bool = True  # Tune runs the next trial in a finished trial's process (trainables/c2f.py)
 
     def save(self) -> None:
         atomic_write(Path(self.out) / "search.json", json.dumps(asdict(self), indent=1))

@@ -1,0 +1,262 @@
+"""GPU-only paths checked on a machine without a GPU (issue 18): no host traffic in the step's input
+pipeline (on the meta device, standing in for a GPU), the TF32 settings (reachable without CUDA), the device
+a Ray trial picks, the prefetcher's stream path (torch.cpu's no-op streams), fused Adam under a GradScaler,
+the recompile-limit warning, and a search's default GPUs on a Ray cluster with a fake GPU."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from c2f_search.compress import get_method, list_methods
+from c2f_search.frontend import add_noise, normalize, spec_augment
+from c2f_search.loader import Prefetcher, host_batches
+from c2f_search.precision import TF32_SWITCHES, matmul_mode
+from c2f_search.step import ClassificationLoss, TrainStep, adam, allow_recompiles
+
+from .host_traffic import HostTraffic
+
+DEVICE = torch.device("meta")  # not the CPU: a tensor made on, or copied from, the host shows up
+
+
+def _old_add_noise(x, time_scale=1):
+    """add_noise as it was before issue 18: shifts drawn on the host and copied to the device."""
+    B = x.shape[0]
+    x = x + torch.rand_like(x) * torch.rand(B, 1, 1, device=x.device) / 10
+    shifts = torch.randint(-10, 10, (B,)).div(time_scale, rounding_mode="floor")
+    T = x.shape[-1]
+    idx = (torch.arange(T, device=x.device) - shifts.to(x.device)[:, None]) % T
+    return x.gather(-1, idx[:, None].expand_as(x))
+
+
+def test_the_checker_catches_the_old_add_noise():
+    with HostTraffic() as h:
+        _old_add_noise(torch.empty(4, 64, 256, device=DEVICE), 2)
+    assert any("randint" in e for e in h.events) and any("_to_copy" in e for e in h.events)
+    with HostTraffic() as h, pytest.raises(RuntimeError):
+        torch.ones(2, device=DEVICE).sum().item()  # and a read-back, whatever the device
+    assert h.events == ["aten._local_scalar_dense.default: reads a device value back to the host"]
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_the_steps_input_pipeline_with_noise_makes_no_host_traffic(method):
+    """What Run does to every training batch on the device: the method's transform, SpecAugment,
+    normalization and AST's noise (the speechcommands recipe)."""
+    x = torch.empty(8, 64, 256, device=DEVICE)
+    n = torch.full((8,), 256, dtype=torch.int32, device=DEVICE)
+    m = get_method(method)
+    for C in (1, 2, 4):
+        with HostTraffic() as h:
+            y = m.transform(x, n, C)
+            y = add_noise(normalize(spec_augment(y, 24, 48 // m.time_mask_scale(C)), -4.0, 4.5), m.time_mask_scale(C))
+        assert h.events == [], (method, C)
+        assert y.device == DEVICE
+
+
+def test_add_noise_draws_on_the_cpu_what_it_drew_before():
+    x = torch.randn(6, 16, 40)
+    for scale in (1, 2, 4):
+        torch.manual_seed(scale)
+        old = _old_add_noise(x, scale)
+        torch.manual_seed(scale)
+        assert torch.equal(add_noise(x, scale), old)
+
+
+@pytest.fixture
+def tf32_restored():
+    before = tuple(s.fp32_precision for s in TF32_SWITCHES)
+    yield before
+    for s, v in zip(TF32_SWITCHES, before):
+        s.fp32_precision = v
+
+
+def test_tf32_settings_use_the_new_api_and_are_restored(tf32_restored):
+    cuda = torch.device("cuda")  # matmul_mode sets process-wide switches: no GPU needed to reach its CUDA branch
+    # another library has set the new API: from here on torch refuses reads of the legacy flag
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    with pytest.raises(RuntimeError, match="legacy and new APIs"):
+        torch.backends.cuda.matmul.allow_tf32
+    before = tuple(s.fp32_precision for s in TF32_SWITCHES)
+    for precision, want in (("fp32", "ieee"), ("tf32", "tf32"), ("bf16", "ieee")):
+        with matmul_mode(precision, cuda):
+            assert tuple(s.fp32_precision for s in TF32_SWITCHES) == (want,) * 3, precision
+        assert tuple(s.fp32_precision for s in TF32_SWITCHES) == before
+    with matmul_mode("fp32", torch.device("cpu")):  # the CPU: untouched
+        assert tuple(s.fp32_precision for s in TF32_SWITCHES) == before
+
+
+def test_a_trial_uses_the_gpu_ray_granted():
+    from trainables.c2f import trial_device
+    assert trial_device([], None, True) == "cpu"
+    assert trial_device(["3"], "3", True) == "cuda:0"  # Ray set CUDA_VISIBLE_DEVICES to the granted GPU
+    assert trial_device([2], None, True) == "cuda:2"  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, all visible
+    assert trial_device(["5"], "4,5,6", True) == "cuda:1"  # ... with the node's own CUDA_VISIBLE_DEVICES
+    assert trial_device(["GPU-b2"], "GPU-a1,GPU-b2", True) == "cuda:1"  # UUIDs
+    assert trial_device(["0"], "0", False) == "cpu"  # a GPU resource torch cannot see (a fake one)
+
+
+def test_each_trial_starts_a_clean_compiler_bounded_by_its_cpus(monkeypatch):
+    import torch._inductor.config as ic
+    from torch._dynamo.utils import counters
+
+    from trainables.c2f import _fresh_compiler
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
+    monkeypatch.setattr(ic, "compile_threads", 32)
+    g = torch.compile(lambda x: x + 1, backend="eager")
+    g(torch.ones(3))
+    compiled = counters["stats"]["unique_graphs"]
+    g(torch.ones(3))
+    assert counters["stats"]["unique_graphs"] == compiled  # the entry is kept ...
+    _fresh_compiler(2.0)
+    g(torch.ones(3))
+    assert counters["stats"]["unique_graphs"] == compiled + 1  # ... until the next trial starts
+    assert ic.compile_threads == 2 and ic.fx_graph_cache
+    assert float(os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) > 2
+
+
+def test_prefetcher_side_stream_path_with_cpu_streams(tiny_data, monkeypatch):
+    """The CUDA path's order of work, with torch.cpu's no-op streams and events: every batch is copied under
+    the side stream, its event recorded there, and waited on by the consumer's stream before it is handed
+    over. (Pinning and record_stream need CUDA: the GPU benchmark runs them.)"""
+    log = []
+    record, wait = torch.cpu.Event.record, torch.cpu.Stream.wait_event
+    monkeypatch.setattr(torch.cpu.Event, "record", lambda e, stream=None: log.append(("record", e, stream)) or record(e, stream))
+    monkeypatch.setattr(torch.cpu.Stream, "wait_event", lambda s, e: log.append(("wait", e, s)) or wait(s, e))
+    feats = tiny_data.features("train", 20.0, 128)
+    targets = tiny_data.targets("train", feats)
+    order = list(np.array_split(np.arange(len(feats.kept)), 5))
+    plain = list(host_batches(feats, targets, order))
+    got = []
+    with Prefetcher(host_batches(feats, targets, order), torch.device("cpu"), side_stream=True) as p:
+        for b in p:
+            got.append(b)
+            waits = [e for kind, e, _ in log if kind == "wait"]
+            assert len(waits) == len(got)  # this batch's event was waited on before it came out
+    records = [(e, s) for kind, e, s in log if kind == "record"]
+    assert [e for e, _ in records] == [e for kind, e, _ in log if kind == "wait"]
+    assert {s for _, s in records} == {p.stream} and p.stream is not torch.cpu.current_stream()
+    assert all(torch.equal(u, v) for a, b in zip(plain, got) for u, v in zip(a, b)) and len(got) == 5
+
+
+def test_fused_adam_under_a_grad_scaler_skips_an_overflowing_step():
+    """fp16 with a GradScaler and fused Adam: an inf gradient leaves every weight as it was and halves the
+    scale, on the device (no host check); the next finite step trains."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    cpu = torch.device("cpu")
+    opt = adam(model.parameters(), 1e-2, 0.0, (0.9, 0.999), cpu)
+    assert opt.defaults["fused"]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    step = TrainStep(model, ClassificationLoss(False), "fp16", cpu, False, scaler)
+    x, y = torch.randn(4, 8, 8), torch.tensor([0, 1, 2, 3])
+    before = [p.detach().clone() for p in model.parameters()]
+    bad = x.clone()
+    bad[0, 0, 0] = float("inf")
+    step(bad, y, opt)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert scaler.get_scale() == 2.0 ** 9
+    loss = step(x, y, opt)
+    assert torch.isfinite(loss) and not torch.equal(before[1], model[1].weight)
+    assert scaler.get_scale() == 2.0 ** 9  # growth waits 2000 good steps
+
+
+def test_falling_back_to_eager_is_said_in_one_line(capfd):
+    allow_recompiles()
+    g = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for n in range(2, 7):
+            assert torch.equal(g(torch.ones(n)), torch.full((n,), 3.0))
+    err = [line for line in capfd.readouterr().err.splitlines() if "recompile" in line]
+    assert len(err) == 1 and err[0].startswith("c2f-search: torch.compile reached recompile_limit=2 for '<lambda>'")
+    assert "its new shapes run eagerly" in err[0]
+
+
+def test_allow_recompiles_only_raises_the_limits():
+    import torch._dynamo.config as dc
+    with dc.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        allow_recompiles(300)
+        assert (dc.recompile_limit, dc.accumulated_recompile_limit) == (300, 300)
+        allow_recompiles(64)
+        assert dc.recompile_limit == 300
+
+
+# --------------------------------------------------------------------------- Ray: resources and reused actors
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fresh_ray():
+    import ray
+    ray.shutdown()
+    yield ray
+    ray.shutdown()
+
+
+def _settings(tmp_path, schedules, **kw):
+    from c2f_search.search.runner import resolve_data_args
+    from c2f_search.search.settings import SearchSettings
+
+    from .conftest import TINY_DATA
+    space = tmp_path / "space.yaml"
+    space.write_text("epochs: 2\nschedules: [" + ", ".join(f'"{s}"' for s in schedules) + "]\n"
+                     "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n")
+    return SearchSettings(space=str(space), out=str(tmp_path / "s"), keep_checkpoints=None, model_kwargs={"depth": 1},
+                          data=resolve_data_args(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "c"),
+                                                 None, None), **kw)
+
+
+@pytest.mark.slow
+def test_gpus_per_trial_follow_the_cluster(tmp_path, fresh_ray, capsys):
+    from c2f_search.search.runner import trial_resources
+    from c2f_search.spaces import load_space
+    st = _settings(tmp_path, ["none:1x1"])
+    space = load_space(st.space)
+    assert space.resources == {"cpu": 1, "gpu": "auto"}
+    fresh_ray.init(num_cpus=1, num_gpus=2, include_dashboard=False)  # a fake GPU: a resource label, no card
+    assert trial_resources(st, space, joined=False) == {"cpu": 1, "gpu": 1}
+    assert "trials get 1 GPU and 1 CPU each (resources.gpu auto: the cluster has 2 GPUs; change it with " \
+           "--gpus-per-trial N)" in capsys.readouterr().out
+    st.resources = {"cpu": None, "gpu": 0.0}  # --gpus-per-trial 0: CPUs only, on a GPU cluster
+    assert trial_resources(st, space, joined=False) == {"cpu": 1, "gpu": 0}
+    assert "(--gpus-per-trial;" in capsys.readouterr().out
+    fresh_ray.shutdown()
+    fresh_ray.init(num_cpus=1, include_dashboard=False)
+    st.resources = {}
+    assert trial_resources(st, space, joined=False)["gpu"] == 0
+    assert "the cluster has no GPU" in capsys.readouterr().out
+    # a cluster launched from cluster.yaml: no GPU node up yet, but the autoscaler can start one
+    boot = tmp_path / "ray_bootstrap_config.yaml"
+    boot.write_text((ROOT / "cluster.yaml").read_text())
+    assert trial_resources(st, space, joined=True, autoscaler_config=boot)["gpu"] == 1
+    assert trial_resources(st, space, joined=False, autoscaler_config=boot)["gpu"] == 0  # a local instance
+    space.resources["gpu"] = 0.5  # a space file's own value wins over auto
+    assert trial_resources(st, space, joined=True, autoscaler_config=boot)["gpu"] == 0.5
+
+
+@pytest.mark.slow
+def test_on_a_gpu_cluster_trials_get_a_gpu_and_a_reused_process_carries_nothing(tmp_path, fresh_ray):
+    """Two trials, one at a time, on a cluster with a fake GPU: each is granted it by default, the second runs
+    in the first one's process (reuse_actors), and both train exactly as the bare core does alone."""
+    import json
+
+    from c2f_search import Data, Run, TrainConfig
+    from c2f_search.search.runner import run_search
+    scheds = ["fshift:2x1,1x1", "avgpool:2x1,1x1"]
+    st = _settings(tmp_path, scheds)
+    fresh_ray.init(num_cpus=1, num_gpus=1, include_dashboard=False)
+    results = run_search(st, progress_stream=open(os.devnull, "w"))
+    assert not results.errors
+    rows = {}
+    for d in (tmp_path / "s" / "search").iterdir():
+        if (d / "result.json").is_file():
+            rs = [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
+            rows[rs[0]["schedule"]] = rs
+    assert sorted(rows) == sorted(scheds)
+    assert all(r["gpu_ids"] == ["0"] and r["device"] == "cpu" for rs in rows.values() for r in rs)
+    assert len({r["pid"] for rs in rows.values() for r in rs}) == 1  # one process for both trials
+    data = Data.from_specs(**st.data)
+    for sched, rs in rows.items():
+        ref = Run(TrainConfig(sched, model_kwargs={"depth": 1}, lr=3e-4, batch_size=8, warmup_steps=2), data, "cpu")
+        assert [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in rs] == \
+               [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in ref.records()]
