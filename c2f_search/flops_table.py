@@ -4,7 +4,7 @@ from __future__ import annotations
 from .flops import train_flops
 from .geometry import Geometry
 from .schedule import Schedule
-from .train import check_geometry
+from .checks import check_geometry
 from .transfer import build_for_phase
 
 

@@ -59,19 +59,9 @@ class MaskedPatch:
     supervised, metric_name = False, "masked_patch_accuracy"
 
     def __init__(self, run):
-        from .models.ssast import MASK_FRACTION
-        from .transfer import build_for_phase
+        from .checks import masked_patches
         self.run = run
-        cfg = run.cfg
-        if not hasattr(run.model, "masked_patch_loss"):
-            raise ConfigError("model", f"{cfg.model} cannot be pretrained by masked patch modeling; use ssast-tiny "
-                                       f"or ssast-base")
-        f, t = build_for_phase(cfg.model, run._model_kwargs(), "none", 1, run.full, device="meta").token_grid
-        self.full_tokens = f * t
-        self.full_masked = cfg.mask_patches or max(1, round(MASK_FRACTION * self.full_tokens))
-        if self.full_masked > self.full_tokens:
-            raise ConfigError("mask_patches", f"{self.full_masked} is more than the {self.full_tokens} patches of "
-                                              f"the full-resolution input ({f}x{t}); use at most {self.full_tokens}")
+        self.full_tokens, self.full_masked = masked_patches(run.cfg, run._model_kwargs(), run.full)
 
     def masked(self, model) -> int:
         """Masks for this phase's token grid: the full-resolution count scaled by the token ratio."""

@@ -24,11 +24,12 @@ import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multilabel_average_precision
 
 from .averaging import WeightAverage
+from .checks import check_batch_size, check_geometry
 from .compress import get_method
 from .config import TrainConfig
 from .controllers import Done, PhaseController, Train, Transition, make_controller
 from .data import Data, balanced_weights
-from .errors import CheckpointError, ConfigError, NonFiniteLoss, ScheduleError
+from .errors import CheckpointError, ConfigError, NonFiniteLoss
 from .flops import eval_flops
 from .frontend import add_noise, normalize, spec_augment
 from .geometry import Geometry
@@ -54,25 +55,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def check_geometry(cfg: TrainConfig, fe, Cs) -> None:
-    """The full-resolution input fits the model family and every C divides its time tokens."""
-    family = get_family(cfg.model)
-    g = family.time_granularity
-    if fe.num_mel_bins < family.min_mel_bins:
-        raise ConfigError("num_mel_bins", f"{fe.num_mel_bins} is fewer than the {family.min_mel_bins} that "
-                                          f"{cfg.model} needs (its patch height); use at least {family.min_mel_bins}")
-    if fe.target_length % g:
-        raise ConfigError("target_length", f"{fe.target_length} frames is not a multiple of {g}, the time "
-                                           f"granularity of {cfg.model}; use e.g. {math.ceil(fe.target_length / g) * g}")
-    tokens = family.time_tokens(Geometry(fe.num_mel_bins, fe.target_length))
-    for C in Cs:
-        if tokens % C:
-            ok = [c for c in (8, 4, 2) if tokens % c == 0]
-            raise ScheduleError(f"C={C} does not divide the {tokens} time tokens of the full-resolution input "
-                                f"({fe.target_length} frames / {g}); use C in {ok or [1]} or a --target-length "
-                                f"that is a multiple of {g * C}")
-
-
 class Run:
     def __init__(self, cfg: TrainConfig, data: Data, device="auto", state: dict | None = None,
                  controller: PhaseController | None = None, exploit: bool = False):
@@ -86,9 +68,7 @@ class Run:
         self.full = Geometry(fe.num_mel_bins, fe.target_length)
         check_geometry(cfg, fe, self.controller.candidate_Cs())
         self.n_train = len(data.features("train", fe.frame_shift_ms, fe.target_length).kept)
-        if self.n_train < cfg.batch_size:
-            raise ConfigError("batch_size", f"{cfg.batch_size} is more than the {self.n_train} training clips; every "
-                                            f"step trains a full batch, use at most {self.n_train}")
+        check_batch_size(cfg.batch_size, self.n_train)
         self.steps_per_epoch = self.n_train // cfg.batch_size  # the last partial batch is dropped: static shapes
         self.controller.bind(self.steps_per_epoch)
         for C in self.controller.candidate_Cs():  # every phase's features up front (progress bars here)

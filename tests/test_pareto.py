@@ -53,7 +53,7 @@ def test_baseline_reference_is_the_best_epoch_of_the_best_baseline():
     b = res["baseline"]
     assert (b["trial_id"], b["epoch"], b["val_metric"], b["train_flops"]) == ("base", 2.0, 0.62, 20e9)
     assert {r["trial_id"] for r in res["final"]} == {"base", "base2", "a", "b"}
-    assert res["counts"] == {"finished": 4, "pruned": 1, "error": 0}
+    assert res["counts"] == {"finished": 4, "pruned": 1, "running": 0, "error": 0}
 
 
 def test_budget_saving_counts_only_the_final_phase():

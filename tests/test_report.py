@@ -140,3 +140,39 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     finally:
         dash.terminate()
         dash.wait()
+
+
+HOSTILE_ID = '<img src=x onerror="window.__c2f_xss=1">'
+HOSTILE_METRIC = "<script>window.__c2f_xss=2</script>"
+
+
+def _hostile_search(root):
+    """A search folder as a stranger could share it: Tune's trial folders whose result.json carries HTML in
+    the trial id and the metric name (a baseline and a coarse-to-fine trial, both finished)."""
+    from c2f_search.records import RECORD_FIELDS
+    for k, (tid, schedule, Cs) in enumerate([(HOSTILE_ID, "none:1x2", (1, 1)),
+                                             ("t<b>2</b>", "fshift:2x1,1x1", (2, 1))]):
+        trial = root / "search" / f"train_schedule_{k}"
+        trial.mkdir(parents=True)
+        lines = [{**dict.fromkeys(RECORD_FIELDS), "schedule": schedule, "method": schedule.split(":")[0],
+                  "phase": step if Cs[0] > 1 else 1, "C": C, "epoch": float(step), "step": 10 * step,
+                  "val_metric": 0.3 * step, "metric_name": HOSTILE_METRIC, "train_flops": 1e9 * step * (3 - C),
+                  "train_time_s": float(step), "phase_end": step == 2 or Cs[0] > 1, "schedule_done": step == 2,
+                  "averaged": False, "trial_id": tid} for step, C in ((1, Cs[0]), (2, Cs[1]))]
+        (trial / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_report_shows_hostile_text_literally_and_runs_no_script(tmp_path):
+    from c2f_search.report import write_report
+    _hostile_search(tmp_path)
+    write_report(tmp_path)
+    driver = _browser(tmp_path)
+    try:
+        errors, images = _load(driver, tmp_path / "report.html")
+        ran = driver.execute_script("return window.__c2f_xss === undefined ? null : window.__c2f_xss")
+        text = driver.execute_script("return document.body.innerText")
+    finally:
+        driver.quit()
+    assert ran is None and not errors, (ran, errors)  # no script ran, no injected image was requested
+    assert all(ok and w > 400 for ok, w in images) and len(images) == 2  # only the plots: front and curves
+    assert f"trial {HOSTILE_ID}" in text and f"end {HOSTILE_METRIC}" in text and "t<b>2</b>" in text

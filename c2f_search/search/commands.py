@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .._args import (add_data_args, finite_float, nonneg_int, norm_arg, positive_float, positive_int)
-from ..errors import C2FError, SpaceError
+from ..errors import C2FError, NoResults, SpaceError
 
 DEMO_DATA = "builtin:events?train=1000&val=300"
 DEMO_TEST = "builtin:events?train=10&val=400&seed=1"  # other clips than the data's (another seed)
@@ -152,7 +152,11 @@ def cmd_search(a) -> int:
         run_search(settings, resume=a.resume, address=a.address)
         if settings.target_length_reason:
             print(f"target length {settings.data['target_length']} frames: {settings.target_length_reason}")
-        return _export(settings.out)
+        try:
+            return _export(settings.out)
+        except NoResults as e:  # the folder holds the failed search: say how to go on from it
+            raise NoResults(f"{e}; fix the cause, then --resume runs the failed trials again (or choose a new "
+                            f"--out)") from None
     finally:
         import ray
         ray.shutdown()  # stop a local instance now, not at interpreter exit

@@ -49,18 +49,27 @@ class TrialLines(Callback):
         self._p(f"{trial.trial_id:<14} {'finished' if r.get('schedule_done') else 'stopped early (pruned)'}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._p(f"{trial.trial_id:<14} FAILED: {trial.error_file or 'see its error.txt'}")
+        import pyarrow.fs as pafs
+
+        from ..pareto import trial_error
+        try:
+            why = trial_error(pafs.LocalFileSystem(), os.path.dirname(trial.error_file))
+        except (OSError, TypeError):  # no error file (yet)
+            why = "see its error.txt"
+        self._p(f"{trial.trial_id:<14} FAILED: {why} ({trial.error_file})")
 
 
 def prepare_data(settings: SearchSettings, space: Space, progress=True):
-    """Check the data and every reachable schedule against its token grid, and extract every
-    (frame shift, length) a trial may read, once, in the driver."""
+    """Check the data, every reachable schedule against its token grid and every setting a trial may get
+    against the data (``checks.check_against_data``, as ``Run`` does), and extract every (frame shift,
+    length) a trial may read, once, in the driver."""
     from ..data import Data
     from ..frontend import FrontEnd
     from ..models import get_family
-    from ..train import check_geometry
+    from ..checks import check_against_data, check_geometry
     from ..config import TrainConfig
-    from ..errors import ConfigError
+    from ..errors import ConfigError, ScheduleError
+    from ..schedule import parse_schedule
     models = sorted({m for m, _, _ in space.variants()})
     for model in models:  # e.g. --depth for a model without depth: refused here, not in every trial
         try:
@@ -88,8 +97,25 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
         m = get_method(method)
         for split in ("train", "val"):
             data.features(split, m.frame_shift(fe.frame_shift_ms, C), m.feature_length(fe.target_length, C))
+    for keys, cfg in space.trial_configs(settings.model_kwargs):  # what fails in every trial fails here, once
+        try:
+            check_against_data(cfg, data)
+        except ConfigError as e:
+            raise SpaceError(f"{space.path}: key '{keys.get(e.field, f'fixed.{e.field}')}' ({cfg.model}): "
+                             f"{e.problem}") from None
     if settings.finetune:  # the fixed fine-tune of a pretraining search reads its own data
         ft = Data.from_specs(**settings.finetune["data"], progress=progress)
+        for model in models:
+            family = get_family(model)
+            try:
+                cfg = TrainConfig(settings.finetune["schedule"], model=model, **settings.finetune["fixed"],
+                                  model_kwargs={k: v for k, v in settings.model_kwargs.items() if k in family.settings})
+                check_geometry(cfg, ft.fe, [p.C for p in parse_schedule(cfg.schedule).phases])
+                check_against_data(cfg, ft)
+            except ConfigError as e:
+                raise SpaceError(f"{space.path}: key 'finetune.fixed.{e.field}' ({model}): {e.problem}") from None
+            except ScheduleError as e:
+                raise SpaceError(f"{space.path}: key 'finetune.schedule' ({model}): {e}") from None
         settings.finetune["data"].update(norm=[ft.mean, ft.std], target_length=ft.fe.target_length,
                                          num_mel_bins=ft.fe.num_mel_bins)
     return data
