@@ -53,6 +53,18 @@ def atomic_write(path, content: bytes | str | Callable[[Path], object]) -> Path:
     return path
 
 
+def check_writable(path, fix: str = "choose a writable folder") -> None:
+    """A ``WriteError`` unless a file can be made where `path` goes (probed in its nearest existing folder
+    with a temporary file that does not stay)."""
+    path = Path(path)
+    folder = next((p for p in path.parents if p.exists()), Path("/"))
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write it ({e.strerror or e}); {fix}") from None
+
+
 def write_problem(e: Exception, path: Path) -> tuple[str, str] | None:
     """(what a failed write ran into, the fix), in words, or None when it was not the file system."""
     folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path("/"))

@@ -7,6 +7,7 @@ so a search that fails before its first trial leaves ``DIR`` reusable.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -18,7 +19,7 @@ from ray.tune import Callback
 from ..errors import C2FError, SpaceError
 from ..spaces import Space, load_space
 from .schedulers import make_scheduler, population
-from .searcher import METRICS, STUDY, make_searcher
+from .searcher import METRICS, load_study, make_searcher
 from .settings import SearchSettings
 
 # Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
@@ -213,6 +214,8 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
     if not resume and can_restore:
         raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
+    if resume and settings.scheduler != "pbt":  # the sampler's study must be there to go on
+        load_study(out / "optuna.db")
     data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
     check_storage(out, settings.storage, storage_filesystem)
     settings.data.update(norm=[data.mean, data.std], target_length=data.fe.target_length,
@@ -224,8 +227,13 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         connect_ray(address)
     out.mkdir(parents=True, exist_ok=True)
     if resume:
-        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=storage_filesystem)
+        try:
+            tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=storage_filesystem)
+        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as e:
+            raise SpaceError(f"{exp_dir}/tuner.pkl: Tune's state of the search cannot be read ({e}), so the search "
+                             f"cannot be resumed; 'c2f-search pareto {out}' still reads its results, or start a new "
+                             f"search in another --out") from None
     else:
         sched = make_scheduler(settings.scheduler, _max_flops(data, space, epochs, settings.model_kwargs), space,
                                epochs, settings.seed)
@@ -320,7 +328,7 @@ def _close_stale_trials(db: Path) -> None:
     named, so optuna-dashboard shows val_metric and train_flops."""
     if not db.exists():
         return
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    study = load_study(db)
     with warnings.catch_warnings():  # experimental in Optuna, and only a label
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(METRICS)
