@@ -1,13 +1,14 @@
 """Every user mistake through the command line: exit code 2, one line on stderr naming the flag,
 file or key, no traceback, and nothing written for a run that never started."""
 import json
+import re
 
 import pytest
 import torch
 
 from c2f_search.cli import main
 
-from .conftest import TINY_DATA
+from .conftest import TINY_DATA, craft_search
 
 TRAIN = ["train", "--data", TINY_DATA, "--depth", "1", "--batch-size", "8", "--no-progress"]
 S = ["--schedule", "fshift:2x1,1x1"]
@@ -19,7 +20,8 @@ def _cli(args, capsys):
     except SystemExit as e:  # argparse's usage errors
         rc = e.code
     err = capsys.readouterr().err
-    return rc, [line for line in err.splitlines() if line.strip()]
+    progress = re.compile(r"^fbank .*\| *\d+/\d+ \[")  # a search's feature extraction shows tqdm bars
+    return rc, [line for line in err.splitlines() if line.strip() and not progress.match(line)]
 
 
 def _files(path):
@@ -42,6 +44,28 @@ def bad(tmp_path):
     missing_wav.parent.mkdir()
     (tmp_path / "d" / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/a,a\n")
     missing_wav.write_text(json.dumps({"data": [{"wav": str(tmp_path / "gone.wav"), "labels": "/m/a"}]}))
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    for name, labels, datafile in [  # labels CSVs and datafiles that cannot be read as they are
+            ("dupmid", b"0,/m/a,a\n1,/m/b,b\n2,/m/a,c\n", None), ("nonint", b"0,/m/a,a\none,/m/b,b\n", None),
+            ("latin", "0,/m/a,caf\u00e9\n".encode("latin-1"), None),
+            ("latinjson", b"0,/m/a,a\n", b'{"data": [\n{"wav": "caf\xe9.wav", "labels": "/m/a"}]}')]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "class_labels_indices.csv").write_bytes(b"index,mid,display_name\n" + labels)
+        (tmp_path / name / "train.json").write_bytes(datafile or b'{"data": [{"wav": "a.wav", "labels": "/m/a"}]}')
+    run = tmp_path / "trainrun"  # a train folder whose config.json is not an object
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"step": torch.zeros(1)}, run / "checkpoints" / "last.pt")
+    (run / "config.json").write_text("[]")
+    (tmp_path / "nulljson").mkdir()
+    (tmp_path / "nulljson" / "search.json").write_text("null")
+    craft_search(tmp_path / "crafted")
+    (craft_search(tmp_path / "badconfirm") / "confirm.parquet").write_bytes(b"")
+    (craft_search(tmp_path / "baddb") / "optuna.db").write_bytes(b"SQLite format 3\x00" + bytes(4000))
+    lost = tmp_path / "nostudy"  # a search whose Optuna study was deleted
+    (lost / "search").mkdir(parents=True)
+    (lost / "search" / "tuner.pkl").write_bytes(b"x")
+    (lost / "search.json").write_text(json.dumps({"space": "default", "out": str(lost), "data": {"train": "x"}}))
     return tmp_path
 
 
@@ -104,6 +128,47 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
      "key 'fixed.precision': must be one of auto, fp32, tf32, bf16, fp16"),
     (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{C_values: [3], coarse_phases: {{low: 0, high: 1}}}}\n"], "key 'space.C_values'"),
     (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nmetric_target: 1.5\nspace: {{}}\n"], "metric_target"),
+    # settings that would fail inside every trial: refused against the data, before Ray starts
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{}}\nfixed: {{batch_size: 128}}\n"],
+     "key 'fixed.batch_size' (ast-tiny): 128 is more than the 40 training clips"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{batch_size: {{low: 8, high: 64, int: true}}}}\n"],
+     "key 'space.batch_size' (ast-tiny): 64 is more than the 40 training clips"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nschedules: [{{schedule: 'none:1x1', fixed: {{batch_size: "
+      "50}}}}]\n"], "key 'schedules.fixed.batch_size' (ast-tiny): 50 is more than the 40 training clips"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nobjective: masked-patch\nmodel: ssast-tiny\n"
+      "schedules: ['none:1x1']\nfixed: {{batch_size: 8, mask_patches: 65}}\n"],
+     "key 'fixed.mask_patches' (ssast-tiny): 65 is more than the 64 patches"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nobjective: masked-patch\nmodel: [ssast-tiny, ast-tiny]\n"
+      "schedules: ['none:1x1']\nfixed: {{batch_size: 8}}\n"], "key 'model' (ast-tiny): ast-tiny cannot be pretrained"),
+    (TRAIN + S + ["--seed", "99999999999999999999999"], "--seed: '99999999999999999999999' is not an integer in"),
+    (["search", "--data", TINY_DATA, "--seed", "99999999999999999999999"], "--seed"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{}}\nfixed: {{seed: 4294967296}}\n"],
+     "key 'fixed.seed': must be at most 4294967295"),
+    # files that cannot be read or written
+    (["search", "--data", TINY_DATA, "--space", "{t}/binary.yaml"], "binary.yaml: line 2: byte 0x80 is not UTF-8"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace:\n  lr: [0.001]\n  lr: [5.0]\n"],
+     "line 4: key 'lr' is given twice in one mapping (first on line 3)"),
+    (["train", "--data", "{t}/dupmid/train.json", "--no-progress"] + S,
+     "class_labels_indices.csv: line 4: mid '/m/a' is already the class on line 2"),
+    (["train", "--data", "{t}/nonint/train.json", "--no-progress"] + S, "line 3: index 'one' is not an integer"),
+    (["train", "--data", "{t}/latin/train.json", "--no-progress"] + S,
+     "class_labels_indices.csv: line 2: byte 0xe9 is not UTF-8"),
+    (["train", "--data", "{t}/latinjson/train.json", "--no-progress"] + S, "train.json: line 2: byte 0xe9 is not UTF-8"),
+    (["train", "--out", "{t}/trainrun", "--resume"], "trainrun/config.json: must be a JSON object, not []"),
+    (["pareto", "{t}/nulljson"], "search.json: must be a JSON object, not null"),
+    (["search", "--out", "{t}/nulljson", "--resume"], "search.json: must be a JSON object, not null"),
+    (["search", "--out", "{t}/nostudy", "--resume"], "nostudy/optuna.db: not found"),
+    (["pareto", "{t}/baddb"], "baddb/optuna.db: cannot be read as the search's Optuna study"),
+    (["report", "{t}/badconfirm"], "badconfirm/confirm.parquet: cannot be read"),
+    (["report", "{t}/crafted", "--out", "/proc/c2f-report.html"], "/proc/c2f-report.html: cannot write it"),
+    (["pareto", "{t}/crafted", "--out", "/proc/c2f-front.parquet"], "/proc/c2f-front.parquet: cannot write it"),
+    (["confirm", "{t}/trainrun"], "is not the folder of a search (it holds a 'c2f-search train' run)"),
+    (["flops", "--seconds", "1e9"], "--seconds 1e+09: 100000000000 frames is more than 8640000"),
+    (["pareto", "{t}", "--ref", "0,inf"], "--ref '0,inf': METRIC must be in [0, 1] and GFLOPS a finite number"),
+    (TRAIN + S + ["--out", ""], "argument --out: an empty name"),
+    (["search", "--data", TINY_DATA, "--out", ""], "argument --out: an empty name"),
+    (TRAIN + S + ["--out", "{t}/dangling"], "dangling is a symbolic link to {t}/nowhere, which does not exist"),
+    (["search", "--data", TINY_DATA, "--out", "{t}/dangling"], "which does not exist"),
 ]
 
 

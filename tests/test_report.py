@@ -13,7 +13,7 @@ import pytest
 
 from c2f_search.pareto import load_rows
 
-from .conftest import TINY_DATA
+from .conftest import TINY_DATA, craft_search
 from .test_search import _run_cli, _space
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -146,25 +146,9 @@ HOSTILE_ID = '<img src=x onerror="window.__c2f_xss=1">'
 HOSTILE_METRIC = "<script>window.__c2f_xss=2</script>"
 
 
-def _hostile_search(root):
-    """A search folder as a stranger could share it: Tune's trial folders whose result.json carries HTML in
-    the trial id and the metric name (a baseline and a coarse-to-fine trial, both finished)."""
-    from c2f_search.records import RECORD_FIELDS
-    for k, (tid, schedule, Cs) in enumerate([(HOSTILE_ID, "none:1x2", (1, 1)),
-                                             ("t<b>2</b>", "fshift:2x1,1x1", (2, 1))]):
-        trial = root / "search" / f"train_schedule_{k}"
-        trial.mkdir(parents=True)
-        lines = [{**dict.fromkeys(RECORD_FIELDS), "schedule": schedule, "method": schedule.split(":")[0],
-                  "phase": step if Cs[0] > 1 else 1, "C": C, "epoch": float(step), "step": 10 * step,
-                  "val_metric": 0.3 * step, "metric_name": HOSTILE_METRIC, "train_flops": 1e9 * step * (3 - C),
-                  "train_time_s": float(step), "phase_end": step == 2 or Cs[0] > 1, "schedule_done": step == 2,
-                  "averaged": False, "trial_id": tid} for step, C in ((1, Cs[0]), (2, Cs[1]))]
-        (trial / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
-
-
 def test_report_shows_hostile_text_literally_and_runs_no_script(tmp_path):
     from c2f_search.report import write_report
-    _hostile_search(tmp_path)
+    craft_search(tmp_path, (HOSTILE_ID, "t<b>2</b>"), HOSTILE_METRIC)  # as a stranger could share one
     write_report(tmp_path)
     driver = _browser(tmp_path)
     try:
