@@ -1,6 +1,8 @@
 """Every user mistake through the command line: exit code 2, one line on stderr naming the flag,
 file or key, no traceback, and nothing written for a run that never started."""
+import contextlib
 import json
+import os
 import re
 
 import pytest
@@ -276,3 +278,135 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "a search is already there" in lines[0], p.stderr[-2000:]
     assert not list(cache.rglob("fbank-*"))
+
+
+def test_every_error_pickles_to_an_equal_one():
+    """Ray carries a trial's error to the driver by pickling it: every C2FError must come back whole."""
+    import inspect
+    import pickle
+
+    from c2f_search import errors
+
+    def subclasses(cls):
+        return [cls] + [s for c in cls.__subclasses__() for s in subclasses(c)]
+    classes = subclasses(errors.C2FError)
+    assert {errors.ConfigError, errors.AudioError, errors.WriteError} <= set(classes)
+    for cls in classes:
+        try:
+            n = len([p for p in inspect.signature(cls).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD])
+        except ValueError:  # Exception's own __init__: one message
+            n = 1
+        e = cls(*[f"arg{k}: with spaces" for k in range(max(n, 1))])
+        back = pickle.loads(pickle.dumps(e))
+        assert (type(back), back.args, str(back), vars(back)) == (type(e), e.args, str(e), vars(e)), cls
+
+
+@contextlib.contextmanager
+def _read_only(path):
+    """`path` read-only for this process: chmod for a user, a read-only bind mount for root (whom modes
+    do not stop); skipped where neither works."""
+    import subprocess
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(path, 0o755)
+        return
+    for cmd in (["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]):
+        if subprocess.run(cmd, capture_output=True).returncode:
+            subprocess.run(["umount", str(path)], capture_output=True)
+            pytest.skip(f"cannot make {path} read-only here (no mount)")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_read_only_cache_points_at_a_writable_one_or_no_cache(tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("C2F_CACHE", str(empty))
+    with _read_only(empty):  # built-in data are generated into the cache: it must be writable
+        rc, lines = _cli(TRAIN + S + ["--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and len(lines) == 1 and f"C2F_CACHE={empty}: cannot write there" in lines[0], lines
+    assert "point $C2F_CACHE at a writable folder" in lines[0]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("C2F_CACHE", str(cache))
+    from c2f_search.builtin import materialize
+    materialize(TINY_DATA)  # the clips are there, a feature store is not
+    with _read_only(cache):
+        rc, lines = _cli(TRAIN + ["--schedule", "none:1x1", "--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and len(lines) == 1 and "cannot write it" in lines[0] and "or pass --no-cache" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_pareto_and_report_in_a_read_only_search_folder(tmp_path, capsys):
+    d = craft_search(tmp_path / "s")
+    before = _files(d)
+    with _read_only(d):
+        rc, lines = _cli(["pareto", str(d)], capsys)
+        assert rc == 2 and len(lines) == 1 and "copy the search folder to a writable place" in lines[0], lines
+        rc, lines = _cli(["report", str(d)], capsys)
+        assert rc == 2 and len(lines) == 1 and f"{d}/report.html: cannot write it" in lines[0], lines
+    assert _files(d) == before
+    assert _cli(["report", str(d), "--out", str(tmp_path / "r.html")], capsys)[0] == 0  # elsewhere it writes
+
+
+def test_a_full_disk_is_named(tmp_path, capsys):
+    """A real full disk: a 1 MiB tmpfs, which a run's first checkpoint does not fit (torch's zip writer
+    reports it as 'enforce fail at inline_container.cc')."""
+    import subprocess
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here; test_a_full_disk_reported_at_fsync_is_named injects it instead")
+    try:
+        rc, lines = _cli(TRAIN + S + ["--out", str(small / "run")], capsys)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert rc == 2 and not any("Traceback" in line for line in lines), lines  # the run's header lines, then
+    assert "cannot write it (not enough disk space on the file system of" in lines[-1], lines
+    assert "free some space or write to another disk" in lines[-1] and "checkpoints/" in lines[-1]
+
+
+def test_a_full_disk_reported_at_fsync_is_named(tmp_path, capsys, monkeypatch):
+    """Where no tmpfs can be mounted: the file system says ENOSPC at fsync (as delayed allocation does)."""
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    rc, lines = _cli(TRAIN + S + ["--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and len(lines) == 1 and "cannot write it (not enough disk space on the file system" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_all_fail_ends_with_the_first_error(tmp_path):
+    """Every trial diverges (fault injection): the search ends with that error in one line, not with
+    Ray's unpickling tracebacks or 'no results'; report says the same; a damaged tuner.pkl is one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "s"
+    space = _space(tmp_path, "epochs: 1\nschedules: ['fshift:2x0.5,1x0.5']\nfixed: {batch_size: 8}\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "C2F_INJECT_NAN": "fshift:2x0.5,1x0.5"}
+    cli = [sys.executable, "-m", "c2f_search.cli"]
+    with open(tmp_path / "log", "w") as log:  # Ray's daemons inherit pipes and can hold them open
+        rc = subprocess.run(cli + ["search", "--space", space, "--data", TINY_DATA, "--depth", "1", "--out", str(out),
+                                   "--max-failures", "0"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            timeout=600).returncode
+    text = Path(tmp_path / "log").read_text()
+    last = text.strip().splitlines()[-1]
+    assert rc == 2 and "every trial of the search failed before its first report, the first with: loss is nan" \
+        in last and "--resume runs the failed trials again" in last, text[-3000:]
+    assert "TypeError" not in text and "FAILED: loss is nan" in text
+    p = subprocess.run(cli + ["report", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "the first with: loss is nan" in p.stderr and len(p.stderr.splitlines()) == 1
+    (out / "search" / "tuner.pkl").write_bytes((out / "search" / "tuner.pkl").read_bytes()[:100])
+    with open(tmp_path / "log2", "w") as log:
+        rc = subprocess.run(cli + ["search", "--out", str(out), "--resume"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, timeout=600).returncode
+    last = Path(tmp_path / "log2").read_text().strip().splitlines()[-1]
+    assert rc == 2 and "tuner.pkl: Tune's state of the search cannot be read" in last, last
