@@ -20,8 +20,8 @@ MODEL_KWARGS = {"depth": "transformer depth (Swin: blocks in every stage)", "dis
                 "stride": "patch stride (overlapping patches)", "drop_path_rate": "stochastic depth"}
 LR_SCHEDULES = ("step", "cosine")
 LOSSES = ("auto", "ce", "bce")
-FEATURE_MODES = ("fp32", "fp16", "stream")
-MAX_SEED = 2 ** 32 - 1  # numpy's legacy seeding and Optuna's samplers take 32 bits  # the feature store's dtype, or none (streaming)
+FEATURE_MODES = ("fp32", "fp16", "stream")  # the feature store's dtype, or none (streaming)
+MAX_SEED = 2 ** 32 - 1  # numpy's legacy seeding and Optuna's samplers take 32 bits
 
 
 @dataclass

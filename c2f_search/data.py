@@ -291,7 +291,7 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
         try:
             _write_store(path, feats)
         except WriteError as e:
-            raise DataError(f"{e} (the feature cache, $C2F_CACHE=%s), or pass --no-cache" % cache_dir.parent) from None
+            raise DataError(f"{e} (the feature cache, $C2F_CACHE={cache_dir.parent}), or pass --no-cache") from None
     return feats
 
 

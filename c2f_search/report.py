@@ -124,7 +124,7 @@ def write_report(search_dir, path=None) -> Path:
                          f'{base64.b64encode((d / "confirm.png").read_bytes()).decode()}">')
     settings = search_json(d)
     if settings:
-        parts += ["<h2>Search settings</h2>", f"<pre>{html.escape(json.dumps(settings, indent=1))}</pre>"]
+        parts += ["<h2>Search settings</h2>", f"<pre>{html.escape(json.dumps(settings, indent=1), quote=False)}</pre>"]
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>c2f-search report</title><style>"
             "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}img{max-width:100%}"
             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"

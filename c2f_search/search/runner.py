@@ -54,10 +54,10 @@ class TrialLines(Callback):
 
         from ..pareto import trial_error
         try:
-            why = trial_error(pafs.LocalFileSystem(), os.path.dirname(trial.error_file))
+            why = f"{trial_error(pafs.LocalFileSystem(), os.path.dirname(trial.error_file))} ({trial.error_file})"
         except (OSError, TypeError):  # no error file (yet)
             why = "see its error.txt"
-        self._p(f"{trial.trial_id:<14} FAILED: {why} ({trial.error_file})")
+        self._p(f"{trial.trial_id:<14} FAILED: {why}")
 
 
 def prepare_data(settings: SearchSettings, space: Space, progress=True):
