@@ -7,7 +7,7 @@ import argparse
 import math
 import sys
 
-from .config import LOSSES, LR_SCHEDULES, PRECISIONS, TrainConfig, defaults
+from .config import LOSSES, LR_SCHEDULES, MAX_SEED, PRECISIONS, TrainConfig, defaults
 from .errors import ConfigError
 
 EPILOG_SCHEDULE = ("Schedules are METHOD:CxEPOCHS,...,1xEPOCHS with METHOD in none, fshift, avgpool, maxpool, "
@@ -42,6 +42,19 @@ positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite n
 nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 fraction = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 finite_float = _typed(float, math.isfinite, "a finite number")
+seed_int = _typed(int, lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
+
+
+def out_path(text: str) -> str:
+    """An --out folder or file: not empty (that would be the current folder), not a link to nothing."""
+    import os
+    from pathlib import Path
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name; give a folder, e.g. runs/x")
+    if Path(text).is_symlink() and not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text} is a symbolic link to {os.readlink(text)}, which does not exist; "
+                                         f"create that or choose another --out")
+    return text
 
 
 def flag(field: str) -> str:
@@ -117,7 +130,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-averaging", metavar="SPEC",
                    help="average final-phase checkpoints and report the averaged model as its own row: from:E "
                         "(every evaluation from epoch E on, AST) or top:K (the K best, HTS-AT: top:15)")
-    g.add_argument("--seed", type=nonneg_int, help=f"default {d['seed']}")
+    g.add_argument("--seed", type=seed_int, help=f"default {d['seed']}")
     g.add_argument("--transition", metavar="RULE",
                    help="how the auto phases of an adaptive schedule (fshift:4xauto,2xauto,1x12) end: "
                         "plateau:patience=2,delta=0.002[,max=EPOCHS,budget=EPOCHS] or "

@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from .errors import DataError
+from .io import write_problem
 
 SR = 16000
 VERSION = 5
@@ -116,14 +117,8 @@ def cache_root() -> Path:
     return root
 
 
-def materialize(spec: str = "builtin:events") -> Path:
-    """Generate the data set once into the cache (atomically) and return its folder."""
-    o = parse_spec(spec)
-    root = cache_root() / "builtin" / f"events-v{VERSION}-s{o['seed']}-tr{o['train']}-va{o['val']}"
-    if (root / "class_labels_indices.csv").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-"))
+def _generate(tmp: Path, root: Path, o: dict) -> None:
+    """Write the data set into the new folder `tmp`; its datafiles name the clips at `root`."""
     with open(tmp / "class_labels_indices.csv", "w") as f:
         f.write("index,mid,display_name\n")
         for i, c in enumerate(CLASSES):
@@ -138,6 +133,27 @@ def materialize(spec: str = "builtin:events") -> Path:
             sf.write(str(wav), make_clip(k, rng), SR, subtype="PCM_16")
             entries.append({"wav": str(root / split / wav.name), "labels": f"/builtin/{CLASSES[k]}"})
         (tmp / f"{split}.json").write_text(json.dumps({"data": entries}))
+
+
+def materialize(spec: str = "builtin:events") -> Path:
+    """Generate the data set once into the cache (atomically) and return its folder."""
+    o = parse_spec(spec)
+    root = cache_root() / "builtin" / f"events-v{VERSION}-s{o['seed']}-tr{o['train']}-va{o['val']}"
+    if (root / "class_labels_indices.csv").exists():
+        return root
+    tmp = None
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-"))
+        _generate(tmp, root, o)
+    except Exception as e:  # noqa: BLE001 - soundfile's errors are not OSErrors
+        problem = write_problem(e, root)  # before the partial folder goes: it holds the space
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if problem is None:
+            raise
+        raise DataError(f"C2F_CACHE={cache_root()}: cannot write there ({problem[0]}); builtin:events generates "
+                        f"its clips in the cache: point $C2F_CACHE at a writable folder with free space") from None
     try:
         os.replace(tmp, root)
     except OSError:  # another process won the race; its copy is identical

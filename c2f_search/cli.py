@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ._args import (EPILOG_SCHEDULE, Parser, add_data_args, add_model_args, add_model_setting_args, config_error_line,
-                    finite_float, given_config, norm_arg, positive_float, positive_int, train_config)
+                    finite_float, given_config, norm_arg, out_path, positive_float, positive_int, train_config)
 from .config import EXECUTION
 from .errors import C2FError, CheckpointError, ConfigError
 
@@ -17,6 +17,13 @@ RUN_FILES = ("config.json", "metrics.parquet", "skipped_clips.txt")
 DATA_FLAGS = ("data", "val", "labels", "task", "skip_bad", "norm", "no_cache", "num_mel_bins", "target_length",
               "features", "stream_workers")
 DATA_DEFAULTS = {"task": "auto", "skip_bad": False, "norm": None, "no_cache": False, "features": "fp32"}
+MAX_FRAMES = 8_640_000  # flops: a day of audio at a 10 ms frame shift
+# what a resume reads from DIR/config.json, and its types
+RECORDED = {"recipe": str | None, "target_length_reason": str | None, "overrides": dict,
+            "data": {"data": str | None, "val": str | None, "labels": str | None, "task": str | None,
+                     "skip_bad": bool | None, "norm": str | list | None, "no_cache": bool | None,
+                     "num_mel_bins": int | None, "target_length": int | None, "features": str | None,
+                     "stream_workers": int | None}}
 # data flags a resumed run may change: where features come from, not what they are (Run checks their dtype)
 DATA_EXECUTION = ("no_cache", "features", "stream_workers")
 
@@ -76,11 +83,9 @@ def _newest_intact(ckdir: Path, exclude: Path) -> Path | None:
 
 
 def _recorded(run_dir: Path) -> dict:
+    from .io import read_json
     f = run_dir / "config.json"
-    try:
-        return json.loads(f.read_text()) if f.is_file() else {}
-    except json.JSONDecodeError:
-        raise C2FError(f"{f}: not valid JSON; restore it or start again with --overwrite") from None
+    return read_json(f, RECORDED) if f.is_file() else {}
 
 
 def _recipe_base(a, recipe) -> dict:
@@ -275,6 +280,10 @@ def cmd_flops(a) -> int:
         frames = 1 + int((a.seconds * 16000 - 400) // 160)
         q = get_family(a.model).time_granularity * max(s.max_C for s in schedules)
         T = math.ceil(frames / q) * q
+    if T > MAX_FRAMES:  # past this FlopCounterMode's tensor sizes overflow
+        given = f"--target-length {a.target_length}" if a.target_length else f"--seconds {a.seconds:g}"
+        raise C2FError(f"{given}: {T} frames is more than {MAX_FRAMES}, a day of "
+                       f"audio at 10 ms; count a shorter clip")
     rows = flops_table(schedules, a.model, a.num_mel_bins, T, a.num_classes, given_model_settings(a))
     if a.json:
         print(json.dumps({"model": a.model, "num_mel_bins": a.num_mel_bins, "target_length": T, "schedules": rows},
@@ -338,7 +347,7 @@ def build_parser() -> Parser:
 
 def _add_run_args(t, out: str) -> None:
     t.add_argument("--schedule", help="e.g. fshift:2x2,1x4 (required, except with --resume or --recipe)")
-    t.add_argument("--out", default=out, metavar="DIR", help=f"output folder (default {out})")
+    t.add_argument("--out", default=out, metavar="DIR", type=out_path, help=f"output folder (default {out})")
     t.add_argument("--metric-target", type=finite_float,
                    help="budget mode: stop at the first final-phase evaluation whose validation metric reaches this")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

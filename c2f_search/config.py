@@ -20,6 +20,7 @@ EXECUTION = ("compile",)
 LR_SCHEDULES = ("step", "cosine")
 LOSSES = ("auto", "ce", "bce")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+MAX_SEED = 2 ** 32 - 1  # numpy's legacy seeding and Optuna's samplers take 32 bits
 
 
 @dataclass
@@ -123,6 +124,8 @@ def _check(c: TrainConfig) -> None:
         v = getattr(c, name)
         if not (_int(v) and v >= 0):
             raise ConfigError(name, f"must be an integer >= 0, got {v!r}")
+    if c.seed > MAX_SEED:
+        raise ConfigError("seed", f"must be at most {MAX_SEED} (numpy's and Optuna's seeds are 32-bit), got {c.seed}")
     if not (_number(c.weight_decay) and c.weight_decay >= 0):
         raise ConfigError("weight_decay", f"must be a finite number >= 0, got {c.weight_decay!r}")
     if len(c.betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in c.betas):

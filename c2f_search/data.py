@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -17,9 +18,9 @@ import pyarrow as pa
 import torch
 
 from . import builtin
-from .errors import AudioError, DataError
+from .errors import AudioError, DataError, WriteError
 from .frontend import FrontEnd, fbank, fit_length, load_audio
-from .io import atomic_write
+from .io import atomic_write, read_text
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 STORE_VERSION = 1
@@ -45,12 +46,22 @@ def read_labels_csv(path) -> tuple[list[str], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: class labels file not found; pass --labels class_labels_indices.csv")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
+    reader = csv.DictReader(io.StringIO(read_text(path, DataError), newline=""))
+    rows = [(reader.line_num, r) for r in reader]
+    if not rows or not {"index", "mid", "display_name"} <= set(rows[0][1]):
         raise DataError(f"{path}: needs the header 'index,mid,display_name' and one row per class")
-    rows.sort(key=lambda r: int(r["index"]))
-    if [int(r["index"]) for r in rows] != list(range(len(rows))):
+    first: dict[str, int] = {}
+    for line, r in rows:
+        try:
+            r["index"] = int(r["index"])
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: line {line}: index {r['index']!r} is not an integer") from None
+        if r["mid"] in first:
+            raise DataError(f"{path}: line {line}: mid {r['mid']!r} is already the class on line {first[r['mid']]}; "
+                            f"each class needs its own mid") from None
+        first[r["mid"]] = line
+    rows = sorted((r for _, r in rows), key=lambda r: r["index"])
+    if [r["index"] for r in rows] != list(range(len(rows))):
         raise DataError(f"{path}: the index column must run 0..{len(rows) - 1} without gaps")
     return [r["mid"] for r in rows], [r["display_name"] for r in rows]
 
@@ -68,7 +79,7 @@ def load_datafile(path, labels_csv, task: str = "auto", skip_bad: bool = False) 
     mids, names = read_labels_csv(labels_csv)
     index = {m: i for i, m in enumerate(mids)}
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_text(path, DataError))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -167,7 +178,7 @@ def _unlabelled_paths(spec: str) -> tuple[list[str], list[str] | None]:
     if not p.is_file():
         raise DataError(f"{spec}: no such data; give builtin:events, a JSON datafile or a folder of audio files")
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(read_text(p, DataError))
         entries = [e["wav"] for e in doc["data"]]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f'{p}: expected {{"data": [{{"wav": ...}}, ...]}} ({e})') from None
@@ -288,7 +299,10 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
     if path is None:
         x, n, kept = zip(*chunks)
         return Features(ChunkedRows(list(x)), np.concatenate(n), np.concatenate(kept), bad)
-    _write_store(path, chunks, bad)
+    try:
+        _write_store(path, chunks, bad)
+    except WriteError as e:
+        raise DataError(f"{e} (the feature cache, $C2F_CACHE={cache_dir.parent}), or pass --no-cache") from None
     return _read_store(path, fe.num_mel_bins, target)
 
 

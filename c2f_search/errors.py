@@ -1,7 +1,8 @@
 """One error base class: every mistake a user can fix is a ``C2FError``.
 
 The CLI prints a ``C2FError`` as one line on stderr and exits with code 2; a library
-caller catches ``C2FError`` (or the ``ValueError`` most of them also are).
+caller catches ``C2FError`` (or the ``ValueError`` most of them also are). Every error keeps all
+its constructor's arguments in ``args``, so it pickles: Ray carries a trial's error to the driver.
 """
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ class ConfigError(C2FError, ValueError):
     each front door can name it its own way (``--lr`` on the command line, ``fixed.lr`` in a space)."""
 
     def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
+        super().__init__(field, problem)  # every argument in args: Ray and copy rebuild it from them
         self.field, self.problem = field, problem
+
+    def __str__(self):
+        return f"{self.field}: {self.problem}"
 
 
 class ScheduleError(C2FError, ValueError):
@@ -31,8 +35,11 @@ class AudioError(DataError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
     def __init__(self, path, problem: str):
-        super().__init__(f"{path}: {problem}")
+        super().__init__(str(path), problem)
         self.path, self.problem = str(path), problem
+
+    def __str__(self):
+        return f"{self.path}: {self.problem}"
 
 
 class SpaceError(C2FError, ValueError):
@@ -45,6 +52,10 @@ class NoResults(C2FError, FileNotFoundError):
 
 class CheckpointError(C2FError):
     """A checkpoint that cannot be read or does not fit; names the file and what to do instead."""
+
+
+class WriteError(C2FError, OSError):
+    """A file that cannot be written (a read-only folder, a full disk); names the file and the cause."""
 
 
 class NonFiniteLoss(C2FError, RuntimeError):

@@ -2,26 +2,36 @@
 checkpoint files that load without running code (``torch.load(weights_only=True)``)."""
 from __future__ import annotations
 
+import errno
+import json
 import os
+import shutil
 import tempfile
+import types
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
-from .errors import CheckpointError
+from .errors import C2FError, CheckpointError, WriteError
+
+JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a JSON object",
+              list: "a list", type(None): "null"}
+FULL_BELOW = 1 << 20  # a write that fails with less than this free on its file system failed for lack of space
 
 
 def atomic_write(path, content: bytes | str | Callable[[Path], object]) -> Path:
     """Write `path` so that a crash leaves the old file or the new one, never half of one.
 
     `content` is bytes, text, or a function that writes a given temporary path (for
-    libraries that want a path: Parquet, matplotlib, Arrow IPC, torch.save).
+    libraries that want a path: Parquet, matplotlib, Arrow IPC, torch.save). A write that fails for
+    lack of disk space, or in a folder that cannot be written, is a ``WriteError`` naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-", suffix=path.suffix)
+        os.close(fd)
+        tmp = Path(tmp)
         if callable(content):
             content(tmp)
         else:
@@ -30,9 +40,93 @@ def atomic_write(path, content: bytes | str | Callable[[Path], object]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open would
         os.replace(tmp, path)
+    except C2FError:
+        raise
+    except Exception as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        problem = write_problem(e, path)  # before the partial file goes: it holds the space
+        if problem is None:
+            raise
+        raise WriteError(f"{path}: cannot write it ({problem[0]}); {problem[1]}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def check_writable(path, fix: str = "choose a writable folder") -> None:
+    """A ``WriteError`` unless a file can be made where `path` goes (probed in its nearest existing folder
+    with a temporary file that does not stay)."""
+    path = Path(path)
+    folder = next((p for p in path.parents if p.exists()), Path("/"))
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write it ({e.strerror or e}); {fix}") from None
+
+
+def write_problem(e: Exception, path: Path) -> tuple[str, str] | None:
+    """(what a failed write ran into, the fix), in words, or None when it was not the file system."""
+    folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path("/"))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    code = getattr(e, "errno", None)  # None: a library's own error (torch's zip writer), so ask the disk
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and free is not None and free < FULL_BELOW):
+        return (f"not enough disk space on the file system of {folder}, {(free or 0) / 2 ** 20:.1f} MiB free",
+                "free some space or write to another disk")
+    if isinstance(e, OSError):
+        return str(e.strerror or e), "choose a writable folder"
+    return None
+
+
+def read_text(path, error: type[C2FError] = C2FError) -> str:
+    """A text file as UTF-8 (a byte-order mark is dropped); a file in another encoding, or a binary one,
+    is `error` naming the line of the first byte that is not UTF-8."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise error(f"{path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8 "
+                    f"text") from None
+
+
+def read_json(path, fields: dict | None = None, error: type[C2FError] = C2FError) -> dict:
+    """A JSON object from `path`. `fields` maps a key to its type (``str | None``, ``dict``; a float
+    takes an int too) or to a nested `fields` mapping; a key present with another type is `error`
+    naming the file and the key."""
+    try:
+        doc = json.loads(read_text(path, error))
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e}); restore it or start again") from None
+    _check_fields(path, doc, fields or {}, "", error)
+    return doc
+
+
+def _check_fields(path, doc, fields: dict, where: str, error) -> None:
+    if not isinstance(doc, dict):
+        raise error(f"{path}: {f'key {where!r} ' if where else ''}must be a JSON object, not "
+                    f"{json.dumps(doc)[:40]}; restore the file or start again")
+    for key, typ in fields.items():
+        if key not in doc:
+            continue
+        name = f"{where}.{key}" if where else key
+        if isinstance(typ, dict):
+            _check_fields(path, doc[key], typ, name, error)
+            continue
+        allowed = tuple(get_args(typ)) if isinstance(typ, types.UnionType) else (typ,)
+        allowed = tuple(type(None) if t is None else t for t in allowed)
+        v = doc[key]
+        ok = isinstance(v, allowed) and not (isinstance(v, bool) and bool not in allowed)
+        if not ok and float in allowed and isinstance(v, int) and not isinstance(v, bool):
+            ok = True
+        if not ok:
+            want = " or ".join(JSON_NAMES.get(t, t.__name__) for t in allowed)
+            raise error(f"{path}: key {name!r} must be {want}, got {json.dumps(v)[:40]}; restore the file or "
+                        f"start again")
 
 
 def _umask() -> int:
@@ -74,3 +168,27 @@ def load_checkpoint(path) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a checkpoint (a {type(state).__name__}, expected a dict)")
     return state
+
+
+def read_yaml(path, error: type[C2FError] = C2FError):
+    """A YAML file, safe types only. A key given twice in one mapping is `error` naming the line and the
+    key: plain YAML keeps the last one silently."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges keys on purpose
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise error(f"{path}: line {line}: key {key!r} is given twice in one mapping (first on line "
+                                f"{seen[key]}); keep one")
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    try:
+        return yaml.load(read_text(path, error), Loader=UniqueKeys)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({e})") from None

@@ -8,17 +8,21 @@ Tables (docs/results.md documents the columns):
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
 
 from .errors import C2FError, NoResults
-from .io import atomic_write
+from .io import atomic_write, read_json
 from .records import RECORD_FIELDS, ROW_FIELDS, ROW_SCHEMA, row_table
 from .results import write_table
 from .schedule import record_schedule
 
 ROW_COLUMNS = list(ROW_FIELDS)
+# Tune's status of a trial that has not ended: it runs, or waits (an interrupted search: --resume continues it)
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
+STATUSES = ("finished", "pruned", "running", "error")
 
 
 def pareto_front(points) -> list[int]:
@@ -49,6 +53,12 @@ def hypervolume_2d(points, ref) -> float:
     return area
 
 
+def search_json(search_dir) -> dict:
+    """DIR/search.json, checked for the keys read here ({} without one; ``SearchSettings.load`` checks all)."""
+    p = Path(search_dir) / "search.json"
+    return read_json(p, {"storage": str | None, "test": str | None, "data": dict}) if p.is_file() else {}
+
+
 def experiment_location(search_dir, filesystem=None, name="search"):
     """(pyarrow filesystem, path) of a Tune experiment (``search`` or ``confirm``) of a search folder.
 
@@ -58,8 +68,7 @@ def experiment_location(search_dir, filesystem=None, name="search"):
     import pyarrow.fs as pafs
     if filesystem is not None:
         return filesystem, f"{str(search_dir).rstrip('/')}/{name}"
-    settings = Path(search_dir) / "search.json"
-    storage = json.loads(settings.read_text()).get("storage") if settings.is_file() else None
+    storage = search_json(search_dir).get("storage")
     if storage:
         fs, root = pafs.FileSystem.from_uri(storage)
         return fs, f"{root.rstrip('/')}/{name}"
@@ -74,11 +83,13 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory:
         raise NoResults(f"{search_dir}: no {name} results (expected {root}); run 'c2f-search {name}' first")
-    rows = {}
+    rows, failed, states = {}, [], _tune_states(fs, root)
     for t in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path):
         if t.type != pafs.FileType.Directory:
             continue
         names = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(t.path))}
+        if "error.txt" in names:
+            failed.append((names["error.txt"].mtime, t.path))
         if "result.json" not in names:
             continue
         status = "error" if ("error.txt" in names or "error.pkl" in names) else None
@@ -98,13 +109,48 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
                 trial_rows.append(_row(r, t.path, names, t.base_name, config))
         done = any(x["schedule_done"] for x in trial_rows)
         for x in trial_rows:
-            x["status"] = "finished" if done else (status or "pruned")
+            unfinished = states.get(x["trial_id"]) in UNFINISHED
+            x["status"] = "finished" if done else (status or ("running" if unfinished else "pruned"))
             # the averaged model and a pretraining trial's fine-tune share the last step: rows of their own
             rows[(x["trial_id"], x["step"], bool(x["averaged"]), x["metric_name"])] = x
+    if not rows and failed:
+        path = min(failed)[1]
+        raise NoResults(f"{search_dir}: every trial of the {name} failed before its first report, the first with: "
+                        f"{trial_error(fs, path)} (traceback: {path}/error.txt)")
     if not rows:
         raise NoResults(f"{search_dir}: the {name} has no reported results yet")
-    ordered = sorted(rows.values(), key=lambda x: (x["trial_id"], x["step"]))
-    return row_table(ordered)
+    ordered = sorted(rows.values(), key=lambda x: (str(x["trial_id"]), x["step"] or 0))
+    try:
+        return row_table(ordered)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise NoResults(f"{root}: a trial's results are not c2f-search reports ({str(e).splitlines()[0]})") from None
+
+
+def _tune_states(fs, root: str) -> dict[str, str]:
+    """{trial id: Tune's status} from the newest experiment state Tune saved ({} when there is none)."""
+    import pyarrow.fs as pafs
+    saved = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root))
+                   if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
+    if not saved:
+        return {}
+    try:
+        with fs.open_input_stream(saved[-1]) as f:
+            trials = [json.loads(t[0]) if isinstance(t[0], str) else t[0] for t in json.loads(f.read())["trial_data"]]
+        return {t["trial_id"]: t["status"] for t in trials}
+    except (ValueError, KeyError, TypeError, IndexError, OSError):  # Tune's own file: without it, no status
+        return {}
+
+
+def trial_error(fs, path: str) -> str:
+    """A failed trial's error in one line, from Tune's error.txt in its folder: the last line of the
+    traceback, without the type for an error of c2f-search's own (its message says it all)."""
+    with fs.open_input_stream(f"{path}/error.txt") as f:
+        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    last = lines[-1] if lines else "no error text"
+    kind, sep, message = last.partition(": ")
+    if sep and re.fullmatch(r"[\w.]+", kind):
+        return message if kind.startswith("c2f_search.") else f"{kind.rsplit('.', 1)[-1]}: {message}"
+    return last
 
 
 def _row(r: dict, path: str, names, dir_name: str, config: str | None) -> dict:
@@ -237,7 +283,7 @@ def analyse(rows: pa.Table, ref=None) -> dict:
             # hypervolume in metric x GFLOPs so the numbers read at a glance
             "hypervolume_final": hypervolume_2d(pts(final), ref) / 1e9,
             "hypervolume_anytime": hypervolume_2d(pts(R), ref) / 1e9,
-            "counts": {s: len({r["trial_id"] for r in every if r["status"] == s}) for s in ("finished", "pruned", "error")}}
+            "counts": {s: len({r["trial_id"] for r in every if r["status"] == s}) for s in STATUSES}}
 
 
 def is_learned(r: dict) -> bool:
@@ -298,9 +344,16 @@ def front_sentence(res: dict) -> str:
             f"that also chose it, with one seed.")
 
 
+def counts_line(res: dict) -> str:
+    c = res["counts"]
+    return (f"trials: {c['finished']} finished, {c['pruned']} pruned/stopped, "
+            + (f"{c['running']} running or interrupted (--resume continues them), " if c["running"] else "")
+            + f"{c['error']} failed")
+
+
 def summary_text(res: dict) -> str:
-    c, b = res["counts"], res["baseline"]
-    lines = [f"trials: {c['finished']} finished, {c['pruned']} pruned/stopped, {c['error']} failed",
+    b = res["baseline"]
+    lines = [counts_line(res),
              f"reference point: metric {res['reference_point']['val_metric']:g}, "
              f"{res['reference_point']['train_flops'] / 1e9:.4g} GFLOPs",
              f"hypervolume (metric x GFLOPs): final {res['hypervolume_final']:.6g}, anytime {res['hypervolume_anytime']:.6g}"]
@@ -423,8 +476,7 @@ def test_metrics(search_dir, res: dict, filesystem=None, device="cpu") -> dict:
     from their checkpoints on the search's --test split (none: {}). Kept in DIR/test_metrics.parquet so
     a second export evaluates nothing again."""
     import pyarrow.parquet as pq
-    settings = Path(search_dir) / "search.json"
-    doc = json.loads(settings.read_text()) if settings.is_file() else {}
+    doc = search_json(search_dir)
     if not doc.get("test"):
         return {}
     cache = Path(search_dir) / "test_metrics.parquet"

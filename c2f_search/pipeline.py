@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .data import balanced_weights
-from .errors import ConfigError
+from .checks import check_batch_size
 from .frontend import add_noise, normalize, spec_augment
 from .loader import Prefetcher, host_batches
 
@@ -21,9 +21,7 @@ def steps_per_epoch(cfg, data) -> int:
     so each phase has one static shape)."""
     fe = data.fe
     n = len(data.features("train", fe.frame_shift_ms, fe.target_length).kept)
-    if n < cfg.batch_size:
-        raise ConfigError("batch_size", f"{cfg.batch_size} is more than the {n} training clips; every "
-                                        f"step trains a full batch, use at most {n}")
+    check_batch_size(cfg.batch_size, n)
     return n // cfg.batch_size
 
 

@@ -10,7 +10,6 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from .config import PRECISIONS  # noqa: F401 - the choices, named where every setting is
 from .errors import ConfigError
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

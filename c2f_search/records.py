@@ -37,7 +37,7 @@ RECORD_FIELDS = tuple(RECORD_SCHEMA.names)
 
 # a search's rows: one record of one trial, plus where it stands and what it searched
 ROW_SCHEMA = pa.schema([("trial_id", pa.string()), *RECORD_SCHEMA,
-                        ("status", pa.string()),           # finished, pruned or error
+                        ("status", pa.string()),           # finished, pruned, running or error
                         ("checkpoint_path", pa.string()),  # this row's checkpoint, if kept
                         ("lr", pa.float64()), ("batch_size", pa.int64()),
                         ("seed", pa.int64()),              # the trial's training seed

@@ -36,6 +36,10 @@ class Registry(Generic[T]):
             return obj
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a plugin that is unloaded; tests that register toys)."""
+        self._entries.pop(name, None)
+
     def _discover(self) -> None:
         if not self._discovered:
             self._discovered = True

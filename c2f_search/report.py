@@ -8,10 +8,13 @@ import io
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import C2FError
 from .io import atomic_write
-from .pareto import analyse, by_trial, front_sentence, load_rows, plot, save_figure, test_metrics
+from .pareto import (analyse, by_trial, counts_line, front_sentence, load_rows, plot, save_figure, search_json,
+                     test_metrics)
 
 
 def _png(draw) -> str:
@@ -57,9 +60,9 @@ def _table(records: list[dict], columns: list[tuple[str, str, str]]) -> str:
     def cell(v, f):
         if v is None or v != v:
             return ""
-        if f == "pct":
-            return f"{100 * v:+.1f}%"
-        return html.escape(str(v)) if not f else format(v, f)
+        if not f or not isinstance(v, int | float):  # text, or what a damaged file holds instead of a number
+            return html.escape(str(v))
+        return f"{100 * v:+.1f}%" if f == "pct" else format(v, f)
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(k), f)}</td>" for k, _, f in columns) + "</tr>" for r in records)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -80,10 +83,13 @@ def write_report(search_dir, path=None) -> Path:
         q["gflops"], q["budget_gflops"] = q["total_flops"] / 1e9, q["budget_flops"] and q["budget_flops"] / 1e9
     for r in res["final_front"]:
         r["gflops"] = r["train_flops"] / 1e9
-    parts = [f"<h1>c2f-search: {html.escape(str(d.resolve()))}</h1>", f"<p>{html.escape(front_sentence(res))}</p>"]
+    esc = html.escape  # every text from a file: trial folders may come from anyone who shares the search
+    parts = [f"<h1>c2f-search: {esc(str(d.resolve()))}</h1>", f"<p>{esc(counts_line(res))}</p>",
+             f"<p>{esc(front_sentence(res))}</p>"]
     if b:
-        parts.append(f"<p>Baseline reference (its best epoch): {html.escape(b['schedule'])}, trial {b['trial_id']}, "
-                     f"{name} {b['val_metric']:.4f} at epoch {b['epoch']:.2f}, {b['train_flops'] / 1e9:.4g} GFLOPs.</p>")
+        parts.append(f"<p>Baseline reference (its best epoch): {esc(b['schedule'])}, trial {esc(b['trial_id'])}, "
+                     f"{esc(name)} {b['val_metric']:.4f} at epoch {b['epoch']:.2f}, {b['train_flops'] / 1e9:.4g} "
+                     f"GFLOPs.</p>")
     parts += ["<h2>Pareto front</h2>", _png(lambda f: plot(rows, res, f))]
     if tests:
         parts.append(_png(lambda f: plot(rows, res, f, metric="test")))
@@ -104,17 +110,21 @@ def write_report(search_dir, path=None) -> Path:
                      [("schedule", "schedule", ""), ("trial_id", "trial", ""), ("val_metric", f"val {name}", ".4f"),
                       ("test_metric", f"test {name}", ".4f"), ("gflops", "GFLOPs", ".4g")])]
     if (d / "confirm.parquet").is_file():
-        parts += ["<h2>Seeds (confirm)</h2>", _table(pq.read_table(d / "confirm.parquet").to_pylist(), [
+        try:
+            seeds = pq.read_table(d / "confirm.parquet").to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise C2FError(f"{d / 'confirm.parquet'}: cannot be read ({str(e).splitlines()[0]}); run 'c2f-search "
+                           f"confirm {d} --overwrite' again, or remove the file") from None
+        parts += ["<h2>Seeds (confirm)</h2>", _table(seeds, [
             ("schedule", "schedule", ""), ("seeds", "seeds", "d"), ("best_final_metric_mean", f"best final {name}", ".4f"),
             ("best_final_metric_sd", "sd", ".4f"), ("reached", "reached", "d"), ("flops_saving_mean", "FLOPs saved", "pct"),
             ("flops_saving_sd", "sd", "pct"), ("holds_every_seed", "holds at every seed", "")])]
         if (d / "confirm.png").is_file():
             parts.append(f'<img alt="confirm" src="data:image/png;base64,'
                          f'{base64.b64encode((d / "confirm.png").read_bytes()).decode()}">')
-    settings = d / "search.json"
-    if settings.is_file():
-        parts += ["<h2>Search settings</h2>",
-                  f"<pre>{html.escape(json.dumps(json.loads(settings.read_text()), indent=1), quote=False)}</pre>"]
+    settings = search_json(d)
+    if settings:
+        parts += ["<h2>Search settings</h2>", f"<pre>{html.escape(json.dumps(settings, indent=1), quote=False)}</pre>"]
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>c2f-search report</title><style>"
             "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}img{max-width:100%}"
             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"

@@ -14,11 +14,11 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from .compress import baseline_method, list_methods
-from .config import FIXED_ONLY, SEARCHABLE, TrainConfig, defaults
+from .config import FIXED_ONLY, SEARCHABLE, TrainConfig
 from .errors import ConfigError, ScheduleError, SpaceError
+from .io import read_yaml
 from .schedule import Phase, Schedule, parse_schedule
 from .validate import validate
 
@@ -103,20 +103,33 @@ class Space:
         out = {(m, C) for m in self.methods for C in [*self.C_values, 1]} if self.coarse_phases[1] > 0 else set()
         return out | ({(baseline_method(), 1)} if self.coarse_phases[0] == 0 else set())
 
-    def values(self, name: str) -> list:
-        """Every value a trial may get for the setting `name` (searched, fixed, or the default)."""
-        spec = self.hparams.get(name)
-        if isinstance(spec, dict):
-            lo, hi = spec["low"], spec["high"]
-            return list(range(lo, hi + 1)) if spec.get("int") else [lo, hi]
-        if spec is not None:
-            return list(spec)
-        fixed = [f.get(name, self.fixed.get(name)) for f in self.grid_fixed or [self.fixed]]
-        return [defaults()[name] if v is None else v for v in fixed]
-
     def probe_config(self, model: str | None = None) -> TrainConfig:
         """A TrainConfig of a model of this space and its fixed settings (for checks before any trial)."""
         return TrainConfig(schedule="none:1x1", model=model or self.model, objective=self.objective, **self.fixed)
+
+    def trial_configs(self, model_kwargs: dict | None = None) -> list[tuple[dict, TrainConfig]]:
+        """For every model (and grid entry) a trial may train, its TrainConfig with the fixed settings, then
+        with each value a trial may get of each searched setting (a range's ends), one at a time; each with
+        {setting: the space key that sets it}, so that a check against the data names the key."""
+        n = len(self.schedules or [])
+        if self.is_grid:
+            entries = [(m, fx) for gm, fx in zip(self.grid_models or [None] * n, self.grid_fixed or [{}] * n)
+                       for m in ([gm] if gm else self.models)]
+        else:
+            entries = [(m, {}) for m in self.models]
+        out, seen = [], set()
+        for model, own in entries:
+            keys = {"model": "model", **{k: f"fixed.{k}" for k in self.fixed},
+                    **{k: f"schedules.fixed.{k}" for k in own}}
+            for values in [{}] + [{k: v} for k, spec in self.hparams.items() for v in _extremes(spec)]:
+                settings = {**self.fixed, **own, **values}
+                key = repr((model, sorted(settings.items())))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(({**keys, **{k: f"space.{k}" for k in values}},
+                                TrainConfig("none:1x1", model=model, model_kwargs=model_kwargs or {},
+                                            objective=self.objective, **settings)))
+        return out
 
     def define_by_run(self, epochs: float | None = None) -> "DefineByRun":
         """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
@@ -261,10 +274,7 @@ def find_space(name_or_path: str) -> Path:
 
 def load_space(name_or_path: str) -> Space:
     path = find_space(name_or_path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{path}: not valid YAML ({e})") from None
+    doc = read_yaml(path, SpaceError)
     if not isinstance(doc, dict):
         raise SpaceError(f"{path}: must be a YAML mapping with 'epochs' and 'space' or 'schedules'")
     unknown = set(doc) - TOP_KEYS

@@ -140,8 +140,30 @@ def test_no_module_reads_a_private_attribute_of_run():
 
 
 # ------------------------------------------------------------------- pieces registered from outside
-def test_a_family_registered_from_outside_trains_coarse_to_fine(tiny_data):
-    from .toys import toy_family  # noqa: F401 - registers toy-net
+@pytest.fixture
+def toy():
+    """Import a toy module from tests/toys (again, so it registers itself); its registrations are undone
+    after the test, so other tests see only the built-ins."""
+    import importlib
+
+    from c2f_search.compress import METHODS
+    from c2f_search.controllers import CONTROLLERS
+    from c2f_search.models import MODELS
+    from c2f_search.objectives import OBJECTIVES
+    registries = (METHODS, MODELS, CONTROLLERS, OBJECTIVES)
+    before = {id(r): set(r.names()) for r in registries}
+
+    def load(name):
+        mod = importlib.import_module(f"tests.toys.{name}")
+        return importlib.reload(mod)
+    yield load
+    for r in registries:
+        for name in set(r.names()) - before[id(r)]:
+            r.unregister(name)
+
+
+def test_a_family_registered_from_outside_trains_coarse_to_fine(tiny_data, toy):
+    toy("toy_family")  # registers toy-net
     cfg = TrainConfig("maxpool:4x1,2x1,1x1", model="toy-net", batch_size=8, lr=1e-2, warmup_steps=0)
     run = Run(cfg, tiny_data, "cpu")
     recs = list(run.records())
@@ -153,9 +175,13 @@ def test_a_family_registered_from_outside_trains_coarse_to_fine(tiny_data):
         Run(TrainConfig("maxpool:64x1,1x1", model="toy-net"), tiny_data, "cpu")
 
 
-def test_a_family_without_a_capability_is_refused_naming_both(tiny_data, tmp_path):
-    from c2f_search.cli import main
-    from .toys import toy_family  # noqa: F401
+def test_a_toy_is_gone_after_its_test():
+    from c2f_search.models import list_models
+    assert "toy-net" not in list_models()
+
+
+def test_a_family_without_a_capability_is_refused_naming_both(tiny_data, tmp_path, toy):
+    toy("toy_family")
     with pytest.raises(ScheduleError, match="toy-net .*does not support the compression method 'patch-pi': it needs "
                                             "a patch kernel stretched along time, which toy does not provide"):
         Run(TrainConfig("patch-pi:2x1,1x1", model="toy-net"), tiny_data, "cpu")
@@ -169,8 +195,8 @@ def _tiny(schedule, **kw):
     return TrainConfig(schedule, **{"model_kwargs": {"depth": 1}, "batch_size": 8, "lr": 3e-4, "warmup_steps": 2, **kw})
 
 
-def test_a_method_registered_from_outside_trains_coarse_to_fine(tiny_data):
-    from .toys import toy_method  # noqa: F401 - registers toy-decimate
+def test_a_method_registered_from_outside_trains_coarse_to_fine(tiny_data, toy):
+    toy("toy_method")  # registers toy-decimate
     run = Run(_tiny("toy-decimate:4x1,2x1,1x1", timem=32), tiny_data, "cpu")
     recs = run.fit()
     assert [r["C"] for r in recs] == [4, 2, 1] and [r["method"] for r in recs] == ["toy-decimate"] * 3
@@ -179,8 +205,8 @@ def test_a_method_registered_from_outside_trains_coarse_to_fine(tiny_data):
         Run(_tiny("toy-decimat:2x1,1x1"), tiny_data, "cpu")
 
 
-def test_a_controller_registered_from_outside_trains_coarse_to_fine(tiny_data):
-    from .toys import toy_controller  # noqa: F401 - registers toy-count
+def test_a_controller_registered_from_outside_trains_coarse_to_fine(tiny_data, toy):
+    toy("toy_controller")  # registers toy-count
     run = Run(_tiny("avgpool:4xauto,2xauto,1x1", transition="toy-count:steps=3"), tiny_data, "cpu")
     run.fit()
     assert [(p["C"], p["steps"]) for p in run.phases] == [(4, 3), (2, 3), (1, 5)]
@@ -189,8 +215,8 @@ def test_a_controller_registered_from_outside_trains_coarse_to_fine(tiny_data):
         Run(_tiny("avgpool:4xauto,1x1", transition="toy-count:count=3"), tiny_data, "cpu")
 
 
-def test_an_objective_registered_from_outside_trains_coarse_to_fine(tiny_data):
-    from .toys import toy_objective  # noqa: F401 - registers toy-brier
+def test_an_objective_registered_from_outside_trains_coarse_to_fine(tiny_data, toy):
+    toy("toy_objective")  # registers toy-brier
     run = Run(_tiny("fshift:2x1,1x1", objective="toy-brier", lr=1e-3), tiny_data, "cpu")
     recs = run.fit()
     assert [r["C"] for r in recs] == [2, 1] and all(0 <= r["val_loss"] <= 2 for r in recs)

@@ -1,13 +1,16 @@
 """Every user mistake through the command line: exit code 2, one line on stderr naming the flag,
 file or key, no traceback, and nothing written for a run that never started."""
+import contextlib
 import json
+import os
+import re
 
 import pytest
 import torch
 
 from c2f_search.cli import main
 
-from .conftest import TINY_DATA
+from .conftest import TINY_DATA, craft_search
 
 TRAIN = ["train", "--data", TINY_DATA, "--depth", "1", "--batch-size", "8", "--no-progress"]
 S = ["--schedule", "fshift:2x1,1x1"]
@@ -19,7 +22,8 @@ def _cli(args, capsys):
     except SystemExit as e:  # argparse's usage errors
         rc = e.code
     err = capsys.readouterr().err
-    return rc, [line for line in err.splitlines() if line.strip()]
+    progress = re.compile(r"^fbank .*\| *\d+/\d+ \[")  # a search's feature extraction shows tqdm bars
+    return rc, [line for line in err.splitlines() if line.strip() and not progress.match(line)]
 
 
 def _files(path):
@@ -42,6 +46,28 @@ def bad(tmp_path):
     missing_wav.parent.mkdir()
     (tmp_path / "d" / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/a,a\n")
     missing_wav.write_text(json.dumps({"data": [{"wav": str(tmp_path / "gone.wav"), "labels": "/m/a"}]}))
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    for name, labels, datafile in [  # labels CSVs and datafiles that cannot be read as they are
+            ("dupmid", b"0,/m/a,a\n1,/m/b,b\n2,/m/a,c\n", None), ("nonint", b"0,/m/a,a\none,/m/b,b\n", None),
+            ("latin", "0,/m/a,caf\u00e9\n".encode("latin-1"), None),
+            ("latinjson", b"0,/m/a,a\n", b'{"data": [\n{"wav": "caf\xe9.wav", "labels": "/m/a"}]}')]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "class_labels_indices.csv").write_bytes(b"index,mid,display_name\n" + labels)
+        (tmp_path / name / "train.json").write_bytes(datafile or b'{"data": [{"wav": "a.wav", "labels": "/m/a"}]}')
+    run = tmp_path / "trainrun"  # a train folder whose config.json is not an object
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"step": torch.zeros(1)}, run / "checkpoints" / "last.pt")
+    (run / "config.json").write_text("[]")
+    (tmp_path / "nulljson").mkdir()
+    (tmp_path / "nulljson" / "search.json").write_text("null")
+    craft_search(tmp_path / "crafted")
+    (craft_search(tmp_path / "badconfirm") / "confirm.parquet").write_bytes(b"")
+    (craft_search(tmp_path / "baddb") / "optuna.db").write_bytes(b"SQLite format 3\x00" + bytes(4000))
+    lost = tmp_path / "nostudy"  # a search whose Optuna study was deleted
+    (lost / "search").mkdir(parents=True)
+    (lost / "search" / "tuner.pkl").write_bytes(b"x")
+    (lost / "search.json").write_text(json.dumps({"space": "default", "out": str(lost), "data": {"train": "x"}}))
     return tmp_path
 
 
@@ -107,6 +133,47 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
      "key 'fixed.precision': must be one of auto, fp32, tf32, bf16, fp16"),
     (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{C_values: [3], coarse_phases: {{low: 0, high: 1}}}}\n"], "key 'space.C_values'"),
     (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nmetric_target: 1.5\nspace: {{}}\n"], "metric_target"),
+    # settings that would fail inside every trial: refused against the data, before Ray starts
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{}}\nfixed: {{batch_size: 128}}\n"],
+     "key 'fixed.batch_size' (ast-tiny): 128 is more than the 40 training clips"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{batch_size: {{low: 8, high: 64, int: true}}}}\n"],
+     "key 'space.batch_size' (ast-tiny): 64 is more than the 40 training clips"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nschedules: [{{schedule: 'none:1x1', fixed: {{batch_size: "
+      "50}}}}]\n"], "key 'schedules.fixed.batch_size' (ast-tiny): 50 is more than the 40 training clips"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nobjective: masked-patch\nmodel: ssast-tiny\n"
+      "schedules: ['none:1x1']\nfixed: {{batch_size: 8, mask_patches: 65}}\n"],
+     "key 'fixed.mask_patches' (ssast-tiny): 65 is more than the 64 patches"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nobjective: masked-patch\nmodel: [ssast-tiny, ast-tiny]\n"
+      "schedules: ['none:1x1']\nfixed: {{batch_size: 8}}\n"], "key 'model' (ast-tiny): ast-tiny cannot be pretrained"),
+    (TRAIN + S + ["--seed", "99999999999999999999999"], "--seed: '99999999999999999999999' is not an integer in"),
+    (["search", "--data", TINY_DATA, "--seed", "99999999999999999999999"], "--seed"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{}}\nfixed: {{seed: 4294967296}}\n"],
+     "key 'fixed.seed': must be at most 4294967295"),
+    # files that cannot be read or written
+    (["search", "--data", TINY_DATA, "--space", "{t}/binary.yaml"], "binary.yaml: line 2: byte 0x80 is not UTF-8"),
+    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace:\n  lr: [0.001]\n  lr: [5.0]\n"],
+     "line 4: key 'lr' is given twice in one mapping (first on line 3)"),
+    (["train", "--data", "{t}/dupmid/train.json", "--no-progress"] + S,
+     "class_labels_indices.csv: line 4: mid '/m/a' is already the class on line 2"),
+    (["train", "--data", "{t}/nonint/train.json", "--no-progress"] + S, "line 3: index 'one' is not an integer"),
+    (["train", "--data", "{t}/latin/train.json", "--no-progress"] + S,
+     "class_labels_indices.csv: line 2: byte 0xe9 is not UTF-8"),
+    (["train", "--data", "{t}/latinjson/train.json", "--no-progress"] + S, "train.json: line 2: byte 0xe9 is not UTF-8"),
+    (["train", "--out", "{t}/trainrun", "--resume"], "trainrun/config.json: must be a JSON object, not []"),
+    (["pareto", "{t}/nulljson"], "search.json: must be a JSON object, not null"),
+    (["search", "--out", "{t}/nulljson", "--resume"], "search.json: must be a JSON object, not null"),
+    (["search", "--out", "{t}/nostudy", "--resume"], "nostudy/optuna.db: not found"),
+    (["pareto", "{t}/baddb"], "baddb/optuna.db: cannot be read as the search's Optuna study"),
+    (["report", "{t}/badconfirm"], "badconfirm/confirm.parquet: cannot be read"),
+    (["report", "{t}/crafted", "--out", "/proc/c2f-report.html"], "/proc/c2f-report.html: cannot write it"),
+    (["pareto", "{t}/crafted", "--out", "/proc/c2f-front.parquet"], "/proc/c2f-front.parquet: cannot write it"),
+    (["confirm", "{t}/trainrun"], "is not the folder of a search (it holds a 'c2f-search train' run)"),
+    (["flops", "--seconds", "1e9"], "--seconds 1e+09: 100000000000 frames is more than 8640000"),
+    (["pareto", "{t}", "--ref", "0,inf"], "--ref '0,inf': METRIC must be in [0, 1] and GFLOPS a finite number"),
+    (TRAIN + S + ["--out", ""], "argument --out: an empty name"),
+    (["search", "--data", TINY_DATA, "--out", ""], "argument --out: an empty name"),
+    (TRAIN + S + ["--out", "{t}/dangling"], "dangling is a symbolic link to {t}/nowhere, which does not exist"),
+    (["search", "--data", TINY_DATA, "--out", "{t}/dangling"], "which does not exist"),
 ]
 
 
@@ -203,6 +270,11 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     err = p.communicate(timeout=300)[1]
     assert p.returncode == 130, err[-3000:]
     assert f"interrupted; continue with: c2f-search search --out {out} --resume" in err.strip().splitlines()[-1]
+    import pyarrow.fs as pafs
+
+    from c2f_search.pareto import UNFINISHED, _tune_states
+    states = _tune_states(pafs.LocalFileSystem(), str(out / "search"))  # Tune's own file, as Tune wrote it
+    assert set(states.values()) & set(UNFINISHED), states  # what pareto calls running, not pruned
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "front.parquet").exists()
@@ -214,3 +286,135 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "a search is already there" in lines[0], p.stderr[-2000:]
     assert not list(cache.rglob("fbank-*"))
+
+
+def test_every_error_pickles_to_an_equal_one():
+    """Ray carries a trial's error to the driver by pickling it: every C2FError must come back whole."""
+    import inspect
+    import pickle
+
+    from c2f_search import errors
+
+    def subclasses(cls):
+        return [cls] + [s for c in cls.__subclasses__() for s in subclasses(c)]
+    classes = subclasses(errors.C2FError)
+    assert {errors.ConfigError, errors.AudioError, errors.WriteError} <= set(classes)
+    for cls in classes:
+        try:
+            n = len([p for p in inspect.signature(cls).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD])
+        except ValueError:  # Exception's own __init__: one message
+            n = 1
+        e = cls(*[f"arg{k}: with spaces" for k in range(max(n, 1))])
+        back = pickle.loads(pickle.dumps(e))
+        assert (type(back), back.args, str(back), vars(back)) == (type(e), e.args, str(e), vars(e)), cls
+
+
+@contextlib.contextmanager
+def _read_only(path):
+    """`path` read-only for this process: chmod for a user, a read-only bind mount for root (whom modes
+    do not stop); skipped where neither works."""
+    import subprocess
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(path, 0o755)
+        return
+    for cmd in (["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]):
+        if subprocess.run(cmd, capture_output=True).returncode:
+            subprocess.run(["umount", str(path)], capture_output=True)
+            pytest.skip(f"cannot make {path} read-only here (no mount)")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_read_only_cache_points_at_a_writable_one_or_no_cache(tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("C2F_CACHE", str(empty))
+    with _read_only(empty):  # built-in data are generated into the cache: it must be writable
+        rc, lines = _cli(TRAIN + S + ["--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and len(lines) == 1 and f"C2F_CACHE={empty}: cannot write there" in lines[0], lines
+    assert "point $C2F_CACHE at a writable folder" in lines[0]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("C2F_CACHE", str(cache))
+    from c2f_search.builtin import materialize
+    materialize(TINY_DATA)  # the clips are there, a feature store is not
+    with _read_only(cache):
+        rc, lines = _cli(TRAIN + ["--schedule", "none:1x1", "--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and len(lines) == 1 and "cannot write it" in lines[0] and "or pass --no-cache" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_pareto_and_report_in_a_read_only_search_folder(tmp_path, capsys):
+    d = craft_search(tmp_path / "s")
+    before = _files(d)
+    with _read_only(d):
+        rc, lines = _cli(["pareto", str(d)], capsys)
+        assert rc == 2 and len(lines) == 1 and "copy the search folder to a writable place" in lines[0], lines
+        rc, lines = _cli(["report", str(d)], capsys)
+        assert rc == 2 and len(lines) == 1 and f"{d}/report.html: cannot write it" in lines[0], lines
+    assert _files(d) == before
+    assert _cli(["report", str(d), "--out", str(tmp_path / "r.html")], capsys)[0] == 0  # elsewhere it writes
+
+
+def test_a_full_disk_is_named(tmp_path, capsys):
+    """A real full disk: a 1 MiB tmpfs, which a run's first checkpoint does not fit (torch's zip writer
+    reports it as 'enforce fail at inline_container.cc')."""
+    import subprocess
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here; test_a_full_disk_reported_at_fsync_is_named injects it instead")
+    try:
+        rc, lines = _cli(TRAIN + S + ["--out", str(small / "run")], capsys)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert rc == 2 and not any("Traceback" in line for line in lines), lines  # the run's header lines, then
+    assert "cannot write it (not enough disk space on the file system of" in lines[-1], lines
+    assert "free some space or write to another disk" in lines[-1] and "checkpoints/" in lines[-1]
+
+
+def test_a_full_disk_reported_at_fsync_is_named(tmp_path, capsys, monkeypatch):
+    """Where no tmpfs can be mounted: the file system says ENOSPC at fsync (as delayed allocation does)."""
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    rc, lines = _cli(TRAIN + S + ["--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and len(lines) == 1 and "cannot write it (not enough disk space on the file system" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_all_fail_ends_with_the_first_error(tmp_path):
+    """Every trial diverges (fault injection): the search ends with that error in one line, not with
+    Ray's unpickling tracebacks or 'no results'; report says the same; a damaged tuner.pkl is one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "s"
+    space = _space(tmp_path, "epochs: 1\nschedules: ['fshift:2x0.5,1x0.5']\nfixed: {batch_size: 8}\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "C2F_INJECT_NAN": "fshift:2x0.5,1x0.5"}
+    cli = [sys.executable, "-m", "c2f_search.cli"]
+    with open(tmp_path / "log", "w") as log:  # Ray's daemons inherit pipes and can hold them open
+        rc = subprocess.run(cli + ["search", "--space", space, "--data", TINY_DATA, "--depth", "1", "--out", str(out),
+                                   "--max-failures", "0"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            timeout=600).returncode
+    text = Path(tmp_path / "log").read_text()
+    last = text.strip().splitlines()[-1]
+    assert rc == 2 and "every trial of the search failed before its first report, the first with: loss is nan" \
+        in last and "--resume runs the failed trials again" in last, text[-3000:]
+    assert "TypeError" not in text and "FAILED: loss is nan" in text
+    p = subprocess.run(cli + ["report", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "the first with: loss is nan" in p.stderr and len(p.stderr.splitlines()) == 1
+    (out / "search" / "tuner.pkl").write_bytes((out / "search" / "tuner.pkl").read_bytes()[:100])
+    with open(tmp_path / "log2", "w") as log:
+        rc = subprocess.run(cli + ["search", "--out", str(out), "--resume"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, timeout=600).returncode
+    last = Path(tmp_path / "log2").read_text().strip().splitlines()[-1]
+    assert rc == 2 and "tuner.pkl: Tune's state of the search cannot be read" in last, last

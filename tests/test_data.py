@@ -53,6 +53,34 @@ def test_empty_dataset_and_bad_json(tmp_path):
         load_datafile(f, csv)
 
 
+def test_labels_csv_with_a_byte_order_mark_loads(tmp_path):
+    """Excel saves UTF-8 CSVs with a byte-order mark; it is not part of the header."""
+    f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/b"}])
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
+    cs = load_datafile(f, csv)
+    assert cs.classes == ["a", "b"] and cs.targets.tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("rows, encoding, problem", [
+    # a mid twice would make a class no clip is ever labelled with
+    ("0,/m/a,a\n1,/m/b,b\n2,/m/a,c\n", "utf-8", r"line 4: mid '/m/a' is already the class on line 2"),
+    ("0,/m/a,a\none,/m/b,b\n", "utf-8", r"line 3: index 'one' is not an integer"),
+    ("0,/m/a,caf\u00e9\n", "latin-1", r"line 2: byte 0xe9 is not UTF-8; save the file as UTF-8 text"),
+])
+def test_bad_labels_csv_names_the_file_the_line_and_the_key(tmp_path, rows, encoding, problem):
+    f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/a"}])
+    csv.write_bytes(("index,mid,display_name\n" + rows).encode(encoding))
+    with pytest.raises(DataError, match="class_labels_indices.csv: " + problem):
+        load_datafile(f, csv)
+
+
+def test_datafile_in_latin1_names_the_line(tmp_path):
+    f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/a"}])
+    f.write_bytes(b'{"data": [\n{"wav": "caf\xe9.wav", "labels": "/m/a"}]}')
+    with pytest.raises(DataError, match=r"train.json: line 2: byte 0xe9 is not UTF-8"):
+        load_datafile(f, csv)
+
+
 @pytest.mark.parametrize("make, problem", [
     (lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage"), "cannot decode"),
     (lambda p: _wav(p, n=0, value=np.zeros(0, "float32")), "zero-length"),

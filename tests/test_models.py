@@ -219,3 +219,23 @@ def test_an_ssast_encoder_starts_an_ast_and_an_ssast_model(tmp_path):
     cnn = build_for_phase("cnn14-tiny", {"num_classes": 7}, "none", 1, FULL)
     with pytest.raises(Exception, match="cannot start from"):
         get_family(cnn).init_from_run(cnn, state, "final.pt")
+
+
+def test_the_distillation_token_moves_between_ssast_and_ast_at_init():
+    """SSAST has DeiT's distillation token, a plain AST has not: --init drops it (and its position
+    embedding) one way and starts it as the class token the other way, as from a DeiT file."""
+    src = build_for_phase("ssast-tiny", {"num_classes": 1, "depth": 1}, "none", 1, FULL)
+    state = {"model": src.state_dict(), "model_name": "ssast-tiny", "model_kwargs": src.model_kwargs,
+             "geometry": src.geometry.as_dict()}
+    ast = build_for_phase("ast-tiny", {"num_classes": 7, "depth": 1}, "none", 1, FULL)
+    get_family(ast).init_from_run(ast, state, "final.pt")
+    assert not hasattr(ast.vit, "dist_token") and ast.vit.pos_embed.shape == (1, 1 + 64, 192)
+    assert torch.equal(ast.vit.pos_embed[:, 0], src.vit.pos_embed[:, 0])  # the class token's
+    assert torch.equal(ast.vit.pos_embed[:, 1:], src.vit.pos_embed[:, 2:])  # the patches' (same grid)
+    assert torch.equal(ast.vit.cls_token, src.vit.cls_token)
+    back = {"model": ast.state_dict(), "model_name": "ast-tiny", "model_kwargs": ast.model_kwargs,
+            "geometry": ast.geometry.as_dict()}
+    deit = build_for_phase("ast-tiny", {"num_classes": 7, "depth": 1, "dist_token": True}, "none", 1, FULL)
+    get_family(deit).init_from_run(deit, back, "final.pt")
+    assert torch.equal(deit.vit.dist_token, ast.vit.cls_token)
+    assert torch.equal(deit.vit.pos_embed[:, 1], ast.vit.pos_embed[:, 0])

@@ -53,7 +53,7 @@ def test_baseline_reference_is_the_best_epoch_of_the_best_baseline():
     b = res["baseline"]
     assert (b["trial_id"], b["epoch"], b["val_metric"], b["train_flops"]) == ("base", 2.0, 0.62, 20e9)
     assert {r["trial_id"] for r in res["final"]} == {"base", "base2", "a", "b"}
-    assert res["counts"] == {"finished": 4, "pruned": 1, "error": 0}
+    assert res["counts"] == {"finished": 4, "pruned": 1, "running": 0, "error": 0}
 
 
 def test_budget_saving_counts_only_the_final_phase():
@@ -121,3 +121,32 @@ def test_reports_that_result_json_lost_are_read_from_progress_csv(tmp_path):
     assert [r["step"] for r in rows] == [5, 10, 15] and rows[-1]["schedule_done"] is True
     assert all(r["status"] == "finished" for r in rows) and rows[2]["val_metric"] == pytest.approx(1.5)
     assert json.loads(rows[2]["config"])["schedule"] == "fshift:2x1,1x1" and rows[2]["C"] == 1
+
+
+def test_a_running_trial_is_not_called_pruned(tmp_path):
+    """Tune's experiment state says which unfinished trials run (or were interrupted) and which a scheduler
+    stopped; only the latter are pruned."""
+    import json
+
+    from c2f_search.pareto import load_rows
+    from c2f_search.records import RECORD_FIELDS
+
+    from .conftest import craft_search
+    craft_search(tmp_path)
+    for tid in ("run1", "stop1"):
+        trial = tmp_path / "search" / f"train_schedule_{tid}"
+        trial.mkdir()
+        rec = {**dict.fromkeys(RECORD_FIELDS), "schedule": "fshift:2x1,1x1", "method": "fshift", "phase": 1, "C": 2,
+               "epoch": 1.0, "step": 10, "val_metric": 0.2, "metric_name": "accuracy", "train_flops": 1e9,
+               "train_time_s": 1.0, "phase_end": True, "schedule_done": False, "averaged": False, "trial_id": tid}
+        (trial / "result.json").write_text(json.dumps(rec) + "\n")
+    # Tune's layout: trial_data holds [trial state as JSON text, runtime metadata] per trial
+    state = {"trial_data": [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in
+                            (("base", "TERMINATED"), ("c2f", "TERMINATED"), ("run1", "RUNNING"),
+                             ("stop1", "TERMINATED"))]}
+    (tmp_path / "search" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    status = {r["trial_id"]: r["status"] for r in load_rows(tmp_path).to_pylist()}
+    assert status == {"base": "finished", "c2f": "finished", "run1": "running", "stop1": "pruned"}
+    res = analyse(load_rows(tmp_path))
+    assert summary_text(res).splitlines()[0] == ("trials: 2 finished, 1 pruned/stopped, 1 running or interrupted "
+                                                 "(--resume continues them), 0 failed")

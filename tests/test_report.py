@@ -13,7 +13,7 @@ import pytest
 
 from c2f_search.pareto import load_rows
 
-from .conftest import TINY_DATA
+from .conftest import TINY_DATA, craft_search
 from .test_search import _run_cli, _space
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -140,3 +140,23 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     finally:
         dash.terminate()
         dash.wait()
+
+
+HOSTILE_ID = '<img src=x onerror="window.__c2f_xss=1">'
+HOSTILE_METRIC = "<script>window.__c2f_xss=2</script>"
+
+
+def test_report_shows_hostile_text_literally_and_runs_no_script(tmp_path):
+    from c2f_search.report import write_report
+    craft_search(tmp_path, (HOSTILE_ID, "t<b>2</b>"), HOSTILE_METRIC)  # as a stranger could share one
+    write_report(tmp_path)
+    driver = _browser(tmp_path)
+    try:
+        errors, images = _load(driver, tmp_path / "report.html")
+        ran = driver.execute_script("return window.__c2f_xss === undefined ? null : window.__c2f_xss")
+        text = driver.execute_script("return document.body.innerText")
+    finally:
+        driver.quit()
+    assert ran is None and not errors, (ran, errors)  # no script ran, no injected image was requested
+    assert all(ok and w > 400 for ok, w in images) and len(images) == 2  # only the plots: front and curves
+    assert f"trial {HOSTILE_ID}" in text and f"end {HOSTILE_METRIC}" in text and "t<b>2</b>" in text

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def resample_grid_embed(pos: torch.Tensor, new_grid, old_grid, num_prefix_tokens: int) -> torch.Tensor:

@@ -66,8 +66,16 @@ class ASTFamily(ModelFamily):
     settings = (DEPTH, DIST_TOKEN, STRIDE, DROP_PATH)
 
     def adapt_state_dict(self, sd, old, new, method):
-        sd["vit.pos_embed"] = resample_grid_embed(sd["vit.pos_embed"], new.token_grid, old.token_grid,
-                                                  old.vit.num_prefix_tokens)
+        """Position embeddings resampled to the new token grid, the patch kernel resized; between a model with
+        DeiT's distillation token and one without (SSAST -> AST at --init), the token moves as ``--init``
+        of a DeiT file moves it (``_fit_prefix``)."""
+        n_old, n_new = old.vit.num_prefix_tokens, new.vit.num_prefix_tokens
+        pe = resample_grid_embed(sd["vit.pos_embed"], new.token_grid, old.token_grid, n_old)
+        sd["vit.pos_embed"] = torch.cat([_fit_prefix(pe[:, :n_old], n_new), pe[:, n_old:]], 1)
+        if hasattr(new.vit, "dist_token") and "vit.dist_token" not in sd:  # starts as the class token
+            sd["vit.dist_token"] = sd["vit.cls_token"].clone()
+        if not hasattr(new.vit, "dist_token"):
+            sd.pop("vit.dist_token", None)
         key = "vit.patch_embed.proj.weight"  # resized only where the kernel's shape changes
         size = new.vit.patch_embed.proj.weight.shape[-2:]
         sd[key] = method.resize_kernel(sd[key], size)
@@ -123,14 +131,19 @@ class ASTFamily(ModelFamily):
                 side = int(round(n ** 0.5))
                 grid = (side, n // side)
             body = resample_grid_embed(pe[:, npt_src:], model.token_grid, grid, 0)
-            prefix, npt = pe[:, :npt_src], vit.num_prefix_tokens
-            if prefix.shape[1] < npt:
-                prefix = torch.cat([prefix, prefix[:, :1].expand(-1, npt - prefix.shape[1], -1)], 1)
-            sd["vit.pos_embed"] = torch.cat([prefix[:, :npt], body], 1)
+            sd["vit.pos_embed"] = torch.cat([_fit_prefix(pe[:, :npt_src], vit.num_prefix_tokens), body], 1)
         if "vit.dist_token" in sd and not hasattr(vit, "dist_token"):
             sd.pop("vit.dist_token")
         # an ImageNet or AST encoder has no SSAST pretraining heads: those start fresh
         load_matching(model, sd, path, self.head, may_miss=("vit.dist_token", *self.pretraining_keys))
+
+
+def _fit_prefix(prefix: torch.Tensor, n: int) -> torch.Tensor:
+    """The position embeddings of `n` prefix tokens from another count: the distillation token's is dropped,
+    or a missing one starts as the class token's."""
+    if prefix.shape[1] < n:
+        prefix = torch.cat([prefix, prefix[:, :1].expand(-1, n - prefix.shape[1], -1)], 1)
+    return prefix[:, :n]
 
 
 def _ast_grid(sd, path) -> tuple[int, int]:

@@ -14,7 +14,6 @@ import torch
 
 from ..errors import ConfigError
 from ..flops import masked_patch_flops
-from ..models import create_model
 from . import Objective, Scorer, register_objective
 
 CLUSTER_SIZES = (3, 4, 5)  # SSAST masks square clusters of 3 to 5 patches a side
@@ -66,18 +65,9 @@ class MaskedPatch(Objective):
             raise ConfigError("mixup", "pretraining has no labels to mix; use 0")
 
     def __init__(self, cfg, data, full):
-        from ..models.ssast import MASK_FRACTION
+        from ..checks import masked_patches
         super().__init__(cfg, data, full)
-        model = create_model(cfg.model, geometry=full, device="meta", **cfg.build_kwargs(data.num_classes))
-        if not hasattr(model, "masked_patch_loss"):
-            raise ConfigError("model", f"{cfg.model} cannot be pretrained by masked patch modeling; use ssast-tiny "
-                                       f"or ssast-base")
-        f, t = model.token_grid
-        self.full_tokens = f * t
-        self.full_masked = cfg.mask_patches or max(1, round(MASK_FRACTION * self.full_tokens))
-        if self.full_masked > self.full_tokens:
-            raise ConfigError("mask_patches", f"{self.full_masked} is more than the {self.full_tokens} patches of "
-                                              f"the full-resolution input ({f}x{t}); use at most {self.full_tokens}")
+        self.full_tokens, self.full_masked = masked_patches(cfg, cfg.build_kwargs(data.num_classes), full)
 
     def masked(self, model) -> int:
         """Masks for this phase's token grid: the full-resolution count scaled by the token ratio."""

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from .._args import (add_data_args, add_model_setting_args, finite_float, given_model_settings, nonneg_float,
-                      nonneg_int, norm_arg, positive_float, positive_int)
-from ..errors import C2FError, SpaceError
+                      nonneg_int, norm_arg, out_path, positive_float, positive_int, seed_int)
+from ..errors import C2FError, NoResults, SpaceError
 
 DEMO_DATA = "builtin:events?train=1000&val=300"
 DEMO_TEST = "builtin:events?train=10&val=400&seed=1"  # other clips than the data's (another seed)
@@ -20,7 +21,7 @@ def add_search_args(s) -> None:
     s.add_argument("--space", default="default",
                    help="search-space YAML: a path, or a shipped one: default, paper, table1, pretrain")
     s.add_argument("--trials", type=positive_int, help="number of trials (default 12; grid mode: the whole grid)")
-    s.add_argument("--out", default="runs/search", metavar="DIR")
+    s.add_argument("--out", default="runs/search", metavar="DIR", type=out_path)
     s.add_argument("--sampler", default="auto", choices=SAMPLERS,
                    help="Optuna sampler; auto = grid for a 'schedules' space, TPE otherwise")
     s.add_argument("--scheduler", default="fifo", choices=("fifo", "asha", "pbt"),
@@ -46,7 +47,7 @@ def add_search_args(s) -> None:
                         "never deleted: phase ends and final-phase evaluations that beat every earlier one "
                         "(the paper's selected epochs are among them); each holds weights and optimizer state")
     s.add_argument("--metric-target", type=finite_float, help="budget mode for every trial")
-    s.add_argument("--seed", type=nonneg_int, default=0, help="sampler seed")
+    s.add_argument("--seed", type=seed_int, default=0, help="sampler seed")
     add_data_args(s, required=False)
     s.add_argument("--test", metavar="DATA",
                    help="held-out test split (same forms as --data; a built-in spec gives its val clips, e.g. "
@@ -70,8 +71,8 @@ def add_commands(sub) -> None:
                                    "metric (up) against training FLOPs (down). All trial-evaluation rows go to "
                                    "DIR/trials.parquet.")
     p.add_argument("dir", metavar="DIR", help="the --out folder of a search")
-    p.add_argument("--out", default=None, help="front table: .parquet, .csv or .json (default DIR/front.parquet)")
-    p.add_argument("--plot", default=None, help="plot file, .png or .pdf (default DIR/front.png)")
+    p.add_argument("--out", default=None, type=out_path, help="front table: .parquet, .csv or .json (default DIR/front.parquet)")
+    p.add_argument("--plot", default=None, type=out_path, help="plot file, .png or .pdf (default DIR/front.png)")
     p.add_argument("--ref", default=None, metavar="METRIC,GFLOPS",
                    help="hypervolume reference point (default: metric 0 and 1.1x the largest FLOPs)")
     p.add_argument("--metric", choices=("val", "test"), default="val",
@@ -98,7 +99,7 @@ def add_commands(sub) -> None:
                                    "table when there is one, and the search settings. It opens from disk in any "
                                    "browser, with no server.")
     r.add_argument("dir", metavar="DIR", help="the --out folder of a search")
-    r.add_argument("--out", default=None, help="HTML file (default DIR/report.html)")
+    r.add_argument("--out", default=None, type=out_path, help="HTML file (default DIR/report.html)")
     r.set_defaults(fn=cmd_report)
 
     d = sub.add_parser(
@@ -112,7 +113,7 @@ def add_commands(sub) -> None:
                     f"the baseline reaches about 0.7 accuracy on the 10 classes (chance: 0.1), and 300 validation "
                     f"clips, so one clip moves the accuracy by 0.0033. Writes the fronts, the Table 2/3 table, the "
                     f"plot, a summary and report.html to DIR.")
-    d.add_argument("--out", default="runs/demo", metavar="DIR")
+    d.add_argument("--out", default="runs/demo", metavar="DIR", type=out_path)
     d.add_argument("--trials", type=positive_int, default=12)
     d.add_argument("--epochs", type=positive_float, default=DEMO_EPOCHS)
     d.add_argument("--resume", action="store_true")
@@ -159,41 +160,49 @@ def cmd_search(a) -> int:
         run_search(settings, resume=a.resume, address=a.address)
         if settings.target_length_reason:
             print(f"target length {settings.data['target_length']} frames: {settings.target_length_reason}")
-        return _export(settings.out)
+        try:
+            return _export(settings.out)
+        except NoResults as e:  # the folder holds the failed search: say how to go on from it
+            raise NoResults(f"{e}; fix the cause, then --resume runs the failed trials again (or choose a new "
+                            f"--out)") from None
     finally:
         import ray
         ray.shutdown()  # stop a local instance now, not at interpreter exit
 
 
 def _export(out, front=None, plot_path=None, ref=None, metric="val") -> int:
-    from ..io import atomic_write
+    from ..io import atomic_write, check_writable
     from ..pareto import export, summary_text
     out = Path(out)
+    front, plot_path = front or out / "front.parquet", plot_path or out / "front.png"
     for path, kinds in ((front, (".parquet", ".csv", ".json")), (plot_path, (".png", ".pdf", ".svg"))):
-        if path is not None and Path(path).suffix not in kinds:
+        if Path(path).suffix not in kinds:
             raise C2FError(f"{path}: use a file name ending in {', '.join(kinds)}")
-    res = export(out, front or out / "front.parquet", plot_path or out / "front.png", ref, metric=metric)
-    text = summary_text(res)
+    # read everything and check every destination first: a refusal leaves no output half-renewed
     repeats = _repeats(out)
+    check_writable(out / "summary.txt", f"pareto writes trials.parquet, table.parquet and summary.txt into {out}: "
+                                        f"copy the search folder to a writable place")
+    for path in (front, plot_path):
+        check_writable(path)
+    res = export(out, front, plot_path, ref, metric=metric)
+    text = summary_text(res)
     if repeats:
         text += (f"\n{repeats} sampled configurations repeated one already trained and were not trained again "
                  f"(Optuna holds them with the first one's result, user attribute repeat_of)")
     atomic_write(out / "summary.txt", text + "\n")
     print(text)
-    print(f"wrote {front or out / 'front.parquet'}, {plot_path or out / 'front.png'}, {out / 'trials.parquet'}, "
+    print(f"wrote {front}, {plot_path}, {out / 'trials.parquet'}, "
           f"{out / 'table.parquet'}, {out / 'summary.txt'}")
     return 0
 
 
 def _repeats(out: Path) -> int:
     """Optuna trials that repeated a configuration already trained (searcher.C2FOptunaSearch)."""
-    import optuna
-
-    from .searcher import STUDY
+    from .searcher import load_study
     db = out / "optuna.db"
     if not db.is_file():
         return 0
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    study = load_study(db)
     return sum("repeat_of" in t.user_attrs for t in study.get_trials(deepcopy=False))
 
 
@@ -204,8 +213,8 @@ def cmd_pareto(a) -> int:
             m, g = (float(v) for v in a.ref.split(","))
         except ValueError:
             raise C2FError(f"--ref {a.ref!r}: write METRIC,GFLOPS, e.g. 0.0,5000") from None
-        if not (0 <= m <= 1) or not g > 0:
-            raise C2FError(f"--ref {a.ref!r}: METRIC must be in [0, 1] and GFLOPS > 0")
+        if not (0 <= m <= 1) or not (g > 0 and math.isfinite(g)):
+            raise C2FError(f"--ref {a.ref!r}: METRIC must be in [0, 1] and GFLOPS a finite number > 0")
         ref = (m, g * 1e9)
     return _export(a.dir, a.out, a.plot, ref, a.metric)
 

@@ -7,9 +7,11 @@ so a search that fails before its first trial leaves ``DIR`` reusable.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -19,7 +21,7 @@ from ..config import TrainConfig
 from ..errors import C2FError, SpaceError
 from ..spaces import Space, load_space
 from .schedulers import make_scheduler, population
-from .searcher import METRICS, STUDY, make_searcher
+from .searcher import METRICS, load_study, make_searcher
 from .settings import SearchSettings
 
 # Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
@@ -50,17 +52,27 @@ class TrialLines(Callback):
         self._p(f"{trial.trial_id:<14} {'finished' if r.get('schedule_done') else 'stopped early (pruned)'}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._p(f"{trial.trial_id:<14} FAILED: {trial.error_file or 'see its error.txt'}")
+        import pyarrow.fs as pafs
+
+        from ..pareto import trial_error
+        try:
+            why = f"{trial_error(pafs.LocalFileSystem(), os.path.dirname(trial.error_file))} ({trial.error_file})"
+        except (OSError, TypeError):  # no error file (yet)
+            why = "see its error.txt"
+        self._p(f"{trial.trial_id:<14} FAILED: {why}")
 
 
 def prepare_data(settings: SearchSettings, space: Space, progress=True):
-    """Check the data and every reachable schedule against its token grid, and extract every
-    (frame shift, length) a trial may read, once, in the driver."""
+    """Check the data, every reachable schedule against its token grid and every setting a trial may get
+    against the data (``checks.check_against_data``, as ``Run`` does), and extract every (frame shift,
+    length) a trial may read, once, in the driver."""
     from ..data import Data
+    from ..checks import check_against_data
     from ..compress import get_method
-    from ..errors import ConfigError
+    from ..errors import ConfigError, ScheduleError
     from ..geometry import Geometry
     from ..models import get_family
+    from ..schedule import parse_schedule
     from ..validate import validate
     models = sorted({m for m, _, _ in space.variants()})
     for model in models:  # e.g. --depth for a model without depth: refused here, not in every trial
@@ -88,8 +100,27 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
         m = get_method(method)
         for split in ("train", "val"):
             data.features(split, m.frame_shift(fe.frame_shift_ms, C), m.feature_length(fe.target_length, C))
+    for keys, cfg in space.trial_configs(settings.model_kwargs):  # what fails in every trial fails here, once
+        try:
+            check_against_data(cfg, data)
+        except ConfigError as e:
+            raise SpaceError(f"{space.path}: key '{keys.get(e.field, f'fixed.{e.field}')}' ({cfg.model}): "
+                             f"{e.problem}") from None
     if settings.finetune:  # the fixed fine-tune of a pretraining search reads its own data
         ft = Data.from_specs(**settings.finetune["data"], progress=progress)
+        for model in models:
+            family = get_family(model)
+            try:
+                cfg = TrainConfig(settings.finetune["schedule"], model=model, **settings.finetune["fixed"],
+                                  model_kwargs={k: v for k, v in settings.model_kwargs.items()
+                                                if k in {st.name for st in family.settings}})
+                family.check_geometry(model, Geometry(ft.fe.num_mel_bins, ft.fe.target_length),
+                                      parse_schedule(cfg.schedule).Cs)
+                check_against_data(cfg, ft)
+            except ConfigError as e:
+                raise SpaceError(f"{space.path}: key 'finetune.fixed.{e.field}' ({model}): {e.problem}") from None
+            except ScheduleError as e:
+                raise SpaceError(f"{space.path}: key 'finetune.schedule' ({model}): {e}") from None
         settings.finetune["data"].update(norm=[ft.mean, ft.std], target_length=ft.fe.target_length,
                                          num_mel_bins=ft.fe.num_mel_bins)
     return data
@@ -187,6 +218,8 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
     if not resume and can_restore:
         raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
+    if resume and settings.scheduler != "pbt":  # the sampler's study must be there to go on
+        load_study(out / "optuna.db")
     data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
     check_storage(out, settings.storage, storage_filesystem)
     settings.data.update(norm=[data.mean, data.std], target_length=data.fe.target_length,
@@ -198,8 +231,13 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
     trainable = make_trainable(settings, space, trial_resources(settings, space, joined=address is not None))
     out.mkdir(parents=True, exist_ok=True)
     if resume:
-        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=storage_filesystem)
+        try:
+            tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=storage_filesystem)
+        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as e:
+            raise SpaceError(f"{exp_dir}/tuner.pkl: Tune's state of the search cannot be read ({e}), so the search "
+                             f"cannot be resumed; 'c2f-search pareto {out}' still reads its results, or start a new "
+                             f"search in another --out") from None
     else:
         sched = make_scheduler(settings.scheduler, max_flops(data, space, epochs, settings.model_kwargs), space,
                                epochs, settings.seed)
@@ -311,14 +349,12 @@ class KeepCheckpoints(Callback):
 
 def max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
     """ASHA's max_t: the training FLOPs of the costliest full-resolution baseline a trial of this space
-    may run over the epoch budget, as the run's own ledger counts them (its objective; full batches only)."""
+    may run over the epoch budget (each model, each end of a searched range), as the run's own ledger
+    counts them: its objective, full batches only."""
     from ..compress import baseline_method
     from ..ledger import FlopsLedger
-    return max(FlopsLedger.for_config(TrainConfig(f"{baseline_method()}:1x1", model=m, model_kwargs=model_kwargs,
-                                                  objective=space.objective, batch_size=b, **mask), data)
-               .epoch_flops(1) * epochs
-               for m in {m for m, _, _ in space.variants()} for b in space.values("batch_size")
-               for mask in [{"mask_patches": v} if v is not None else {} for v in space.values("mask_patches")])
+    return max(FlopsLedger.for_config(replace(cfg, schedule=f"{baseline_method()}:1x1"), data).epoch_flops(1) * epochs
+               for _, cfg in space.trial_configs(model_kwargs))
 
 
 def _close_stale_trials(db: Path) -> None:
@@ -327,7 +363,7 @@ def _close_stale_trials(db: Path) -> None:
     named, so optuna-dashboard shows val_metric and train_flops."""
     if not db.exists():
         return
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    study = load_study(db)
     with warnings.catch_warnings():  # experimental in Optuna, and only a label
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(METRICS)

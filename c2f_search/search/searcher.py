@@ -15,6 +15,20 @@ STUDY = "c2f-search"
 METRICS, MODES = ["val_metric", "train_flops"], ["max", "min"]
 
 
+def load_study(db) -> optuna.Study:
+    """The search's Optuna study in DIR/optuna.db; a missing or damaged file is one error naming it."""
+    import sqlalchemy.exc
+    if not db.is_file():  # SQLite would create an empty one
+        raise SpaceError(f"{db}: not found, and the search's Optuna study lives there; restore the file, or start "
+                         f"a new search in another --out ('c2f-search pareto' still reads the results so far)")
+    try:
+        return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    except (KeyError, RuntimeError, sqlalchemy.exc.SQLAlchemyError) as e:
+        why = str(e).splitlines()[0][:200] if not isinstance(e, KeyError) else f"it holds no study {STUDY!r}"
+        raise SpaceError(f"{db}: cannot be read as the search's Optuna study ({why}); restore the file, or start "
+                         f"a new search in another --out") from None
+
+
 # consecutive samples that all repeat a configuration already run: the space is used up
 MAX_REPEATS = 200
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import get_type_hints
 
 from ..errors import SpaceError
-from ..io import atomic_write
+from ..io import atomic_write, read_json
+
+# the data arguments (Data.from_specs) a search records, and their types
+DATA_FIELDS = {"train": str, "val": str | None, "labels": str | None, "task": str, "skip_bad": bool,
+               "norm": list | None, "cache_dir": str | None, "num_mel_bins": int | None, "target_length": int | None,
+               "target_reason": str | None, "features": str, "workers": int | None, "labelled": bool}
 
 
 @dataclass
@@ -38,10 +44,15 @@ class SearchSettings:
     def load(cls, out) -> "SearchSettings":
         p = Path(out) / "search.json"
         if not p.is_file():
-            raise SpaceError(f"{p}: not found; --resume needs the DIR of an earlier search")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise SpaceError(f"{p}: not valid JSON ({e}); restore it or start a new search in another --out") from None
+            what = " (it holds a 'c2f-search train' run)" if (Path(out) / "config.json").is_file() else ""
+            raise SpaceError(f"{p}: not found, so {out} is not the folder of a search{what}; give the --out DIR "
+                             f"of a 'c2f-search search'")
+        hints = get_type_hints(cls)
+        d = read_json(p, {**{f.name: hints[f.name] for f in fields(cls)}, "data": DATA_FIELDS}, SpaceError)
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                   and f.name not in d]
+        if missing:
+            raise SpaceError(f"{p}: key {missing[0]!r} is missing; restore the file or start a new search in another "
+                             f"--out")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,6 +1,5 @@
 """An objective defined outside the package: squared error between the softmax and the one-hot label
 (Brier score), scored by accuracy."""
-import torch
 import torch.nn.functional as F
 
 from c2f_search.flops import eval_flops, train_flops
