@@ -37,7 +37,7 @@ def supervised_step(model, x, y, opt):
 
 def pretrain_step(n_masked):
     def loss(model, x, y, opt):
-        masks = cluster_masks(model.token_grid, n_masked, x.shape[0], np.random.default_rng(0))
+        masks = cluster_masks(model.token_grid, n_masked, x.shape[0], x.device, torch.Generator().manual_seed(0))
         return model.masked_patch_loss(x, masks)[0]
     return loss
 

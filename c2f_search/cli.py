@@ -134,7 +134,7 @@ def _settings(a, state: dict | None, recorded: dict):
         return train_config(a, schedule, _recipe_base(a, recipe)), data_args, recipe
     base = dict(state["config"])
     for k, v in given_config(a).items():
-        rec = base.get(k) if k != "precision" or v == "auto" else state.get("precision", base.get(k))  # as resolved
+        rec = base.get(k)
         if k == "model_kwargs":
             bad = {f: x for f, x in v.items() if rec.get(f) != x}
             if bad:
@@ -224,6 +224,9 @@ def _train(a) -> int:
           f"{f' ({run.device_name})' if run.device.type == 'cuda' else ''}, {run.precision}"
           f"{', compiled' if run.compiled else ''} | {run.steps_per_epoch} steps of {cfg.batch_size} per epoch "
           f"(the last partial batch is dropped)", file=sys.stderr)
+    if run.compiled:
+        print("compiled once per phase: the compiling and warm-up steps are timed apart (compile_time_s), outside "
+              "train_time_s and every time saving", file=sys.stderr)
     print(f"target length {data.fe.target_length} frames at {data.fe.frame_shift_ms:g} ms: {data.target_reason}",
           file=sys.stderr)
     if recipe is not None:
@@ -235,6 +238,10 @@ def _train(a) -> int:
     if a.resume:
         print(f"continuing from {source} at step {run.step} (epoch {run.step / run.steps_per_epoch:.2f})",
               file=sys.stderr)
+        if state.get("precision", run.precision) != run.precision:
+            why = f"--precision {cfg.precision}" if cfg.precision != "auto" else f"auto on {run.device_name}"
+            print(f"the checkpoint trained in {state['precision']}; it continues in {run.precision} ({why})",
+                  file=sys.stderr)
     run.fit()
     last = run.history[-1]
     if last["averaged"]:  # the weight-averaged model, loadable with --init like final.pt
@@ -246,9 +253,10 @@ def _train(a) -> int:
         print(f"learned schedule: {last['trained']} (re-run it with --schedule)", file=sys.stderr)
         for prev, nxt in zip(run.phases, run.phases[1:]):
             print(f"  C={prev['C']} -> C={nxt['C']} after {prev['steps']} steps: {nxt['reason']}", file=sys.stderr)
+    compiling = f" (+{last['compile_time_s']:.1f}s compiling)" if last["compile_time_s"] else ""
     print(f"{msg}: {run.metric_name} {last['val_metric']:.4f} at epoch {last['epoch']:.2f}, "
-          f"{last['train_flops'] / 1e12:.2f} TFLOPs, {last['train_time_s']:.1f}s training, {last['wall_time_s']:.0f}s "
-          f"in all -> {out}/metrics.parquet")
+          f"{last['train_flops'] / 1e12:.2f} TFLOPs, {last['train_time_s']:.1f}s training{compiling}, "
+          f"{last['wall_time_s']:.0f}s in all -> {out}/metrics.parquet")
     _bad_report(data, out)
     return 0
 

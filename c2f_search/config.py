@@ -15,8 +15,9 @@ SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "time
               "lr_schedule", "seed", "mask_patches", "transition", "eval_every")
 # settings a space may fix but not search: they change speed and numerics, not FLOPs
 FIXED_ONLY = ("precision", "compile")
-# how a run executes, not what it computes: a resumed run may change it
-EXECUTION = ("compile",)
+# how a run executes rather than what it trains: a resumed run may change it (precision changes the
+# numerics, but a checkpoint moved from a CPU to a GPU should train at the GPU's)
+EXECUTION = ("compile", "precision")
 LR_SCHEDULES = ("step", "cosine")
 LOSSES = ("auto", "ce", "bce")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")

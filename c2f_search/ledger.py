@@ -8,7 +8,7 @@ from types import MappingProxyType
 from .geometry import Geometry
 from .transfer import build_for_phase
 
-COUNTERS = ("train_flops", "eval_flops", "train_time_s", "wall_time_s", "controller_flops")
+COUNTERS = ("train_flops", "eval_flops", "train_time_s", "wall_time_s", "controller_flops", "compile_time_s")
 
 
 class FlopsLedger:
@@ -58,9 +58,11 @@ class FlopsLedger:
         self._counters["eval_flops"] += eval_flops
         self._counters["controller_flops"] += train_flops + eval_flops
 
-    def add_time(self, train: float = 0.0, wall: float = 0.0) -> None:
+    def add_time(self, train: float = 0.0, wall: float = 0.0, compile: float = 0.0) -> None:
+        """`compile`: compilation and warm-up of a compiled step, kept out of `train` (and of every saving)."""
         self._counters["train_time_s"] += train
         self._counters["wall_time_s"] += wall
+        self._counters["compile_time_s"] += compile
 
     def state_dict(self) -> dict:
         return dict(self._counters)

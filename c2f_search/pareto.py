@@ -236,6 +236,7 @@ def trial_quantities(rows: list[dict], ref: dict | None) -> dict:
     q = {"trial_id": last["trial_id"], "schedule": last["schedule"], "method": last["method"],
          "status": last["status"], "metric_name": last["metric_name"], "seed": last.get("seed"),
          "final_metric": last["val_metric"], "total_flops": last["train_flops"], "total_time_s": last["train_time_s"],
+         "compile_time_s": last.get("compile_time_s") or 0.0,
          "best_final_metric": best["val_metric"] if best else None, "best_final_epoch": best["epoch"] if best else None,
          "convergence_delta": None, "budget_reached": None, "budget_epoch": None, "budget_metric": None,
          "budget_flops": None, "flops_saving": None, "time_saving": None}
@@ -323,6 +324,10 @@ def table_text(res: dict) -> str:
         delta = f"{q['convergence_delta']:>+11.4f}" if q["convergence_delta"] is not None else f"{'':>11}"
         lines.append(f"  {q['schedule']:<36} {q['trial_id']:<14} {q['final_metric']:>12.4f} "
                      f"{q['total_flops'] / 1e9:>9.4g} | {budget} | {best} {delta}")
+    compiled = sum(q["compile_time_s"] for q in res["table"])
+    if compiled:
+        lines.append(f"  time saved compares training time alone; compiling and warm-up took {compiled:.1f} s more "
+                     f"in all (compile_time_s), once per phase of each trial")
     return "\n".join(lines)
 
 

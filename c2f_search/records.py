@@ -20,7 +20,9 @@ RECORD_SCHEMA = pa.schema([
     ("train_flops", pa.float64()),    # cumulative, forward + backward
     ("eval_flops", pa.float64()),     # cumulative
     ("controller_flops", pa.float64()),  # cumulative FLOPs a controller spent on itself (losing probes), in train_flops too
-    ("train_time_s", pa.float64()),   # cumulative, device-synchronised: training steps and their input waits
+    ("train_time_s", pa.float64()),   # cumulative, device-synchronised: training steps and their input waits,
+                                      # compilation and warm-up excluded
+    ("compile_time_s", pa.float64()),  # cumulative: the compiling and warm-up steps of each compiled phase
     ("wall_time_s", pa.float64()),    # cumulative, evaluation and transitions included
     ("phase_train_time_s", pa.float64()),  # train_time_s of this record's phase so far
     ("samples_per_s", pa.float64()),  # training samples per second since the previous record

@@ -9,9 +9,9 @@ from .schedule import parse_schedule
 STATE_VERSION = 4  # 4: callbacks' state under "callbacks" (3 kept weight averaging's under "averaging")
 
 
-def identity(cfg, data, precision: str, steps_per_epoch: int) -> dict:
+def identity(cfg, data, steps_per_epoch: int) -> dict:
     """What a saved state must agree on to continue a run (beyond the schedule)."""
-    return {"config": {**cfg.training_identity(), "precision": precision},
+    return {"config": cfg.training_identity(),
             "frontend": data.fe.key(), "features": data.feature_dtype,
             "norm": [float(v) for v in (data.mean, data.std)], "num_classes": data.num_classes,
             "steps_per_epoch": steps_per_epoch}

@@ -93,15 +93,19 @@ class TrainStep:
                  scaler: torch.amp.GradScaler | None = None):
         """`objective`: ``extra(model, x)`` (host-side draws) and ``forward_loss(model, x, y, extra)``,
         e.g. ``ClassificationLoss`` or a run's objective (``c2f_search.objectives``)."""
-        self.model, self.scaler = model, scaler
+        self.model, self.scaler, self.calls = model, scaler, 0
         fwd = _ForwardLoss(model, objective, precision, device)
         self.graphs = compile and device.type == "cuda"
+        # calls that compile or warm up rather than train at speed: Inductor compiles at the first; CUDA
+        # graph trees warm up at the first, record at the second and replay from the third
+        self.warmup_calls = (3 if self.graphs else 1) if compile else 0
         if compile:  # one static shape per phase: specialise, never trace dynamic shapes
             allow_recompiles()
             fwd = torch.compile(fwd, dynamic=False, mode="reduce-overhead" if self.graphs else None)
         self.fwd = fwd
 
     def __call__(self, x, y, opt, extra=None) -> torch.Tensor:
+        self.calls += 1
         # grads of the step before alias its graph's outputs: drop them before the next replay
         opt.zero_grad(set_to_none=True)
         if self.graphs:

@@ -98,9 +98,7 @@ class Run:
             for split in ("train", "val"):
                 self.pipeline.features(split, C)
         self.rng = RunRNG(cfg.seed, self.device)
-        # auto adopts the precision of the state it continues, so a resume never changes numerics
-        asked = state.get("precision", "auto") if state is not None and cfg.precision == "auto" else cfg.precision
-        self.precision = resolve_precision(asked, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)  # a resumed state's own may differ
         self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         self.scaler = grad_scaler(self.precision, self.device)
         self.device_name = device_name(self.device)
@@ -167,17 +165,25 @@ class Run:
         self.load_state_dict(state)
         self.ledger.add_controller(act.extra_train_flops, act.extra_eval_flops)
 
-    def _train_until(self, stop: int) -> float:
-        """Train to step `stop`; the mean training loss of the interval."""
+    def _train_until(self, stop: int) -> tuple[float, float, int]:
+        """Train to step `stop`: (the mean training loss, the seconds and the steps of the interval that
+        compiled or warmed up the step rather than trained at speed)."""
         self.model.train()
         if self.train_step is None or self.train_step.model is not self.model:  # compiled once per phase
             self.train_step = TrainStep(self.model, self.objective, self.precision, self.device, self.compiled,
                                         self.scaler)
-        window, total, start = [], torch.zeros((), device=self.device), self.step
+        window, total, start, warm_s, warm_n = [], torch.zeros((), device=self.device), self.step, 0.0, 0
         order = [self.pipeline.batch_indices(s, self.steps_per_epoch) for s in range(self.step, stop)]
         with matmul_mode(self.precision, self.device), self.pipeline.train_batches(self.C, order) as batches:
             for x, y in batches:
-                window.append(self.train_step(x, y, self.opt, self.objective.extra(self.model, x)))
+                step, warm = self.train_step, self.train_step.calls < self.train_step.warmup_calls
+                if warm:  # timed on its own: a compile is not training time
+                    synchronize(self.device)
+                    t = time.perf_counter()
+                window.append(step(x, y, self.opt, self.objective.extra(self.model, x)))
+                if warm:
+                    synchronize(self.device)
+                    warm_s, warm_n = warm_s + time.perf_counter() - t, warm_n + 1
                 self.lr_sched.step()
                 self.step += 1
                 self.phases[-1]["steps"] += 1
@@ -187,7 +193,7 @@ class Run:
                     window = []
                 for cb in self.callbacks:
                     cb.on_step_end(self)
-        return float(total) / (stop - start) if stop > start else float("nan")
+        return (float(total) / (stop - start) if stop > start else float("nan")), warm_s, warm_n
 
     def evaluate(self, split: str = "val") -> float:
         """The metric on `split` at the current C."""
@@ -216,13 +222,14 @@ class Run:
             if isinstance(act, Done):  # e.g. a state saved at the very end
                 self.done = True
                 break
+            self.ledger.step_flops(self.C)  # counted once per C, before the clock starts
             synchronize(self.device)  # the clock measures this interval's steps and nothing queued before them
             t1, steps, flops = time.perf_counter(), self.step, self.ledger.counters["train_flops"]
             with self.rng.active():
-                loss = self._train_until(act.stop)
+                loss, warm_s, warm_n = self._train_until(act.stop)
             synchronize(self.device)
-            dt = time.perf_counter() - t1
-            self.ledger.add_time(train=dt)
+            dt = time.perf_counter() - t1 - warm_s
+            self.ledger.add_time(train=dt, compile=warm_s)
             phase = self.phases[-1]
             phase["train_time_s"] = phase.get("train_time_s", 0.0) + dt
             metric, val_loss = self.evaluator.evaluate(self.model, "val", self.C)
@@ -232,8 +239,9 @@ class Run:
                    "epoch": self.step / self.steps_per_epoch, "step": self.step, "train_loss": loss,
                    "val_loss": val_loss, "val_metric": metric, "metric_name": self.metric_name, **self.ledger.counters,
                    "averaged": False, "phase_train_time_s": phase["train_time_s"], "precision": self.precision,
-                   "device": self.device_name, "samples_per_s": (self.step - steps) * self.cfg.batch_size / dt,
-                   "mfu": mfu(self.ledger.counters["train_flops"] - flops, dt, self.peak)}
+                   "device": self.device_name, "samples_per_s": (self.step - steps - warm_n) * self.cfg.batch_size / dt,
+                   "mfu": mfu(self.ledger.counters["train_flops"] - flops - warm_n * self.ledger.step_flops(self.C),
+                              dt, self.peak)}
             self.controller.observe(self.progress, rec)
             nxt = self.controller.next_action(self.progress)
             reached = self._reached(metric, self.C)
@@ -258,7 +266,7 @@ class Run:
 
     # ------------------------------------------------------------------ state
     def identity(self) -> dict:
-        return run_state.identity(self.cfg, self.data, self.precision, self.steps_per_epoch)
+        return run_state.identity(self.cfg, self.data, self.steps_per_epoch)
 
     def state_dict(self) -> dict:
         c = self.controller

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -53,10 +54,26 @@ def test_bf16_autocast_on_cpu_trains_and_resumes_exactly(tiny_data, tmp_path):
     assert [m[2] for m in _metrics(full)] != [m[2] for m in fp32]  # autocast really ran in bf16
     both, state, _ = _interrupted(cfg, tiny_data, tmp_path)
     assert _metrics(both) == _metrics(full) and state["precision"] == "bf16"
-    # auto adopts the checkpoint's precision; asking for another one is refused, naming it
-    assert Run(_cfg(sched), tiny_data, "cpu", state=state).precision == "bf16"
-    with pytest.raises(CheckpointError, match="precision = 'bf16' in the checkpoint, 'fp32' now"):
-        Run(_cfg(sched, precision="fp32"), tiny_data, "cpu", state=state)
+    # the precision asked for (or auto's on this device) wins over the checkpoint's: here the CPU's fp32
+    assert Run(_cfg(sched), tiny_data, "cpu", state=state).precision == "fp32"
+    assert Run(_cfg(sched, precision="fp32"), tiny_data, "cpu", state=state).precision == "fp32"
+
+
+def test_a_fp32_checkpoint_continues_in_the_precision_asked_for_and_says_so(tmp_path):
+    """A checkpoint made on a CPU (fp32) resumed where bf16 is asked for (on a GPU: auto) trains on in bf16."""
+    from c2f_search.cli import main
+    out = tmp_path / "r"
+    common = ["--out", str(out), "--no-progress"]
+    assert main(["train", "--data", TINY_DATA, "--schedule", "fshift:2x1,1x1", "--depth", "1", "--batch-size", "8",
+                 "--precision", "fp32", *common]) == 0
+    import shutil
+    shutil.copy(out / "checkpoints" / "phase1-C2.pt", out / "checkpoints" / "last.pt")
+    p = subprocess.run([sys.executable, "-m", "c2f_search.cli", "train", "--resume", "--precision", "bf16", *common],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "the checkpoint trained in fp32; it continues in bf16 (--precision bf16)" in p.stderr
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    assert [(r["C"], r["precision"]) for r in rows] == [(2, "fp32"), (1, "bf16")]
 
 
 def test_fp16_grad_scaler_state_survives_a_resume(tiny_data, tmp_path):
@@ -219,3 +236,25 @@ def test_streaming_names_a_clip_that_fails_at_decode_time_and_scans_headers_up_f
     assert next(feats.batches([np.arange(3)]))[0].shape == (3, 32, 64)
     with pytest.raises(DataError, match="nan.wav: contains NaN .*streaming decodes clips only when"):
         list(feats.batches([np.arange(2), np.arange(4)]))
+
+
+def test_compile_time_is_kept_out_of_training_time(tiny_data, monkeypatch):
+    """A compile that takes 3 s (injected: the compiled step's first call waits) is compile_time_s, once
+    per phase, and neither train_time_s nor the interval's samples_per_s contains it."""
+    import time
+
+    def slow_compile(fn, **kw):
+        calls = []
+
+        def compiled(*args):
+            if not calls:
+                time.sleep(3.0)
+            calls.append(1)
+            return fn(*args)
+        return compiled
+    monkeypatch.setattr(torch, "compile", slow_compile)
+    recs = list(Run(_cfg("avgpool:2x1,1x1", compile=True), tiny_data, "cpu").records())
+    first, both = recs[0]["compile_time_s"], recs[1]["compile_time_s"]
+    assert 3 <= first < 5 and 6 <= both < first + 5  # one compile per phase
+    assert both - recs[-1]["train_time_s"] > 3  # 8 eager steps of a depth-1 model: far less than the waits
+    assert all(r["samples_per_s"] > 5 * 8 / 3 for r in recs)  # with a wait inside, at most 5 x 8 in 3 s

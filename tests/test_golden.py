@@ -1,6 +1,10 @@
 """Golden runs: a fixed-seed run of every model family and every phase controller gives the records
 that the code before the phase-loop refactor gave (``golden.json``, committed with this test).
 
+Changes since, each intended: ``ssast-pretrain``'s losses and metric were regenerated when SSAST's masks
+moved to the device (drawn by torch ops from the run's stream instead of numpy; the same distribution,
+other draws); its steps, phases and FLOPs are unchanged.
+
 Regenerate only for an intended change of behaviour, and say which in the commit:
     python -m tests.test_golden --write
 """

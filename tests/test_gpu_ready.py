@@ -260,3 +260,30 @@ def test_on_a_gpu_cluster_trials_get_a_gpu_and_a_reused_process_carries_nothing(
         ref = Run(TrainConfig(sched, model_kwargs={"depth": 1}, lr=3e-4, batch_size=8, warmup_steps=2), data, "cpu")
         assert [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in rs] == \
                [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in ref.records()]
+
+
+def test_ssast_masks_are_drawn_on_the_device_without_host_traffic():
+    """SSAST pretraining's per-step masks (MaskedPatch.extra): clusters drawn with torch ops on the device."""
+    from c2f_search.objectives.masked_patch import cluster_masks
+    with HostTraffic() as h:
+        m = cluster_masks((8, 32), 200, 16, DEVICE)
+    assert h.events == [] and m.shape == (16, 200) and m.device == DEVICE
+
+
+def test_ssast_masks_come_in_clusters_and_take_exactly_n_distinct_patches():
+    from c2f_search.objectives.masked_patch import cluster_masks
+    g = torch.Generator().manual_seed(0)
+    f, t, n = 12, 101, 300
+    masks = cluster_masks((f, t), n, 8, "cpu", g)
+    assert all(len(set(r.tolist())) == n and r.tolist() == sorted(r.tolist()) for r in masks)
+
+    def neighbours(rows):  # masked 4-neighbours per masked patch: ~0.8 at random, ~3 in 3x3 to 5x5 clusters
+        out = []
+        for r in rows:
+            s = set(r.tolist())
+            out.append(sum((i // t + a) * t + i % t + b in s for i in s for a, b in ((0, 1), (1, 0), (0, -1), (-1, 0))
+                           if 0 <= i // t + a < f and 0 <= i % t + b < t) / len(s))
+        return sum(out) / len(out)
+    random = torch.stack([torch.randperm(f * t, generator=g)[:n] for _ in range(8)])
+    assert neighbours(masks) > 2.5 > 1.2 > neighbours(random)
+    assert cluster_masks((4, 4), 16, 2, "cpu", g).tolist() == [list(range(16))] * 2  # every patch
