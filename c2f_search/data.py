@@ -228,9 +228,16 @@ class ChunkedRows:
         return self.shape[0]
 
     def __getitem__(self, idx) -> np.ndarray:
+        return self.take(idx)
+
+    def take(self, idx, out: np.ndarray | None = None) -> np.ndarray:
+        """The rows `idx`, gathered into `out` (e.g. a reused pinned buffer) or a new array."""
         idx = np.asarray(idx)
         which = np.searchsorted(self.starts, idx, side="right") - 1
-        return np.stack([self.chunks[c][i - self.starts[c]] for i, c in zip(idx, which)])
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype) if out is None else out
+        for k, (i, c) in enumerate(zip(idx, which)):
+            out[k] = self.chunks[c][i - self.starts[c]]
+        return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """The whole array, copied into memory (for small data and tests)."""
@@ -245,12 +252,15 @@ class Features:
     kept: np.ndarray  # indices into the ClipSet
     bad: list[tuple[str, str]]
 
-    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, n_frames) for these rows; x in the store's dtype (the device casts fp16 to fp32)."""
-        return torch.from_numpy(self.x[idx]), torch.from_numpy(self.n_frames[idx].astype(np.int64))
+    def batch(self, idx, out=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, n_frames) for these rows; x in the store's dtype (the device casts fp16 to fp32), gathered
+        straight into the array `out(shape, dtype)` gives, where given (a pinned buffer: one copy, not two)."""
+        rows = (len(idx), *self.x.shape[1:])
+        x = self.x.take(idx, out(rows, self.x.dtype) if out else None)
+        return torch.from_numpy(x), torch.from_numpy(self.n_frames[idx].astype(np.int64))
 
-    def batches(self, index_batches):
-        return (self.batch(idx) for idx in index_batches)
+    def batches(self, index_batches, out=None):
+        return (self.batch(idx, out) for idx in index_batches)
 
 
 def clip_fbank(path, fe: FrontEnd, shift_ms: float, target: int) -> tuple[np.ndarray, int]:
@@ -436,8 +446,9 @@ class StreamFeatures:
         paths = [self.clips.paths[k] for k in self.kept[np.asarray(idx)]]
         return self._pool().submit(_batch_job, paths, self.fe.key(), self.shift_ms, self.target)
 
-    def batches(self, index_batches):
-        """2 batches per worker in flight, so every worker is busy while the consumer takes one."""
+    def batches(self, index_batches, out=None):
+        """2 batches per worker in flight, so every worker is busy while the consumer takes one; each copied
+        into the array `out(shape, dtype)` gives, where given."""
         it = iter(index_batches)
         pending = deque(self._submit(idx) for idx in itertools.islice(it, 2 * self.workers))
         try:
@@ -450,6 +461,10 @@ class StreamFeatures:
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(self._submit(nxt))
+                if out:
+                    buf = out(x.shape, x.dtype)
+                    np.copyto(buf, x)
+                    x = buf
                 yield torch.from_numpy(x), torch.from_numpy(n)
         finally:
             for f in pending:

@@ -1,8 +1,9 @@
 """Batches from a feature source to the device, in the order asked for.
 
 ``host_batches`` is the plain path: (features, frame counts, targets) per list of indices, on the
-CPU. ``Prefetcher`` runs that path in a background thread, a few batches ahead: on CUDA it pins
-each batch and copies it on a side stream, so the copy overlaps the step before it. Everything
+CPU. ``Prefetcher`` runs that path in a background thread, a few batches ahead: on CUDA the store's
+rows are gathered straight into reused pinned buffers (``PinnedRing``: one host copy, not a gather and
+then a pin) and copied on a side stream, so the copy overlaps the step before it. Everything
 random (SpecAugment, mixup) happens later on the device, in the run's own RNG stream, so the
 thread changes nothing but when the batches arrive.
 """
@@ -12,16 +13,53 @@ import queue
 import threading
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 _END = object()
 
 
-def host_batches(feats, targets: torch.Tensor, index_batches: Iterable) -> Iterator[tuple]:
-    """(x, n_frames, y) CPU tensors per index batch, in order; x in the store's dtype."""
+def host_batches(feats, targets: torch.Tensor, index_batches: Iterable, out=None) -> Iterator[tuple]:
+    """(x, n_frames, y) CPU tensors per index batch, in order; x in the store's dtype, gathered into
+    the arrays `out(shape, dtype)` gives (a ``PinnedRing``) where given."""
     index_batches = list(index_batches)
-    for idx, (x, n) in zip(index_batches, feats.batches(index_batches)):
+    gathered = feats.batches(index_batches, out) if out else feats.batches(index_batches)
+    for idx, (x, n) in zip(index_batches, gathered):
         yield x, n, targets[torch.as_tensor(idx, dtype=torch.long)]
+
+
+class PinnedRing:
+    """`size` host buffers per shape, handed out in turn to gather batches into. A buffer is handed out
+    again only once the copy that read it has finished (``release`` gives that copy's event), so the
+    loader writes over nothing still on its way to the device. Pinned on CUDA (plain memory elsewhere,
+    for tests)."""
+
+    def __init__(self, size: int, pin: bool):
+        self.size, self.pin = size, pin
+        self.buffers: dict[tuple, list] = {}  # (shape, dtype) -> [[array, event or None], ...]
+        self.turn: dict[tuple, int] = {}
+        self.last = None
+        self.allocated = 0
+
+    def __call__(self, shape, dtype):
+        key = (tuple(shape), str(dtype))
+        ring = self.buffers.setdefault(key, [])
+        k = self.turn.get(key, 0)
+        self.turn[key] = (k + 1) % self.size
+        if k == len(ring):  # the first turns fill the ring
+            t = torch.from_numpy(np.empty(shape, dtype))
+            ring.append([(t.pin_memory() if self.pin else t).numpy(), None])
+            self.allocated += 1
+        entry = ring[k]
+        if entry[1] is not None:
+            entry[1].synchronize()  # the copy of this buffer's last batch has finished
+        self.last = entry
+        return entry[0]
+
+    def release(self, event) -> None:
+        """The copy of the buffer handed out last is queued; `event` marks its end."""
+        if self.last is not None:
+            self.last[1], self.last = event, None
 
 
 class Prefetcher:
@@ -29,9 +67,12 @@ class Prefetcher:
     A failure in the thread is raised here, at the batch it hit; ``close()`` (or leaving the
     ``with`` block) stops the thread early."""
 
-    def __init__(self, batches: Iterable[tuple], device: torch.device, depth: int = 4, side_stream: bool | None = None):
+    def __init__(self, batches: Iterable[tuple], device: torch.device, depth: int = 4, side_stream: bool | None = None,
+                 ring: PinnedRing | None = None):
         """`side_stream` (default: on CUDA) copies on a side stream and hands each batch over behind an
-        event; on the CPU it runs the same steps with torch.cpu's no-op streams and events (tests)."""
+        event; on the CPU it runs the same steps with torch.cpu's no-op streams and events (tests).
+        `ring`: the buffers `batches` gathers into; each copy's event is handed back to it."""
+        self.ring = ring
         self.device = device
         self.cuda = device.type == "cuda"
         self.streams = torch.cuda if self.cuda else torch.cpu
@@ -58,9 +99,12 @@ class Prefetcher:
                 event = None
                 if self.stream is not None:
                     with self.streams.stream(self.stream):
-                        b = tuple((t.pin_memory() if self.cuda else t).to(self.device, non_blocking=True) for t in b)
+                        b = tuple((t.pin_memory() if self.cuda and not t.is_pinned() else t)
+                                  .to(self.device, non_blocking=True) for t in b)
                         event = self.streams.Event()
                         event.record(self.stream)
+                    if self.ring is not None:
+                        self.ring.release(event)
                 if not self._put((b, event)):
                     return
             self._put(_END)

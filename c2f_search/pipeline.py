@@ -14,7 +14,9 @@ import torch
 from .data import balanced_weights
 from .checks import check_batch_size
 from .frontend import add_noise, normalize, spec_augment
-from .loader import Prefetcher, host_batches
+from .loader import PinnedRing, Prefetcher, host_batches
+
+PREFETCH = 4  # batches the loader gathers ahead
 
 def steps_per_epoch(cfg, data) -> int:
     """Optimizer steps per epoch: every step trains a full batch (the last partial one is dropped,
@@ -71,7 +73,7 @@ class InputPipeline:
     def train_batches(self, C: int, order: list):
         """Prepared training batches (x, y) of the index batches `order`, on the device."""
         feats = self.features("train", C)
-        with Prefetcher(host_batches(feats, self.data.targets("train", feats), order), self.device) as batches:
+        with self._prefetch(feats, self.data.targets("train", feats), order) as batches:
             yield (self._mixup(self.prepare(x, n, C, True), y) for x, n, y in batches)
 
     @contextmanager
@@ -80,8 +82,14 @@ class InputPipeline:
         feats = self.features(split, C)
         n = len(feats.kept)
         order = [np.arange(s, min(n, s + batch)) for s in range(0, n, batch)]
-        with Prefetcher(host_batches(feats, self.data.targets(split, feats), order), self.device) as batches:
+        with self._prefetch(feats, self.data.targets(split, feats), order) as batches:
             yield ((self.prepare(x, nf, C, False), y) for x, nf, y in batches)
+
+    def _prefetch(self, feats, targets, order) -> Prefetcher:
+        """On CUDA, rows are gathered into reused pinned buffers: those queued, one being gathered and one
+        being copied are never the same."""
+        ring = PinnedRing(PREFETCH + 3, pin=True) if self.device.type == "cuda" else None
+        return Prefetcher(host_batches(feats, targets, order, ring), self.device, PREFETCH, ring=ring)
 
     def prepare(self, x, n, C: int, train: bool) -> torch.Tensor:
         """On the device: a fp16 store's batch to fp32, the method's transform, SpecAugment, normalization, noise."""

@@ -5,6 +5,8 @@ the recompile-limit warning, and a search's default GPUs on a Ray cluster with a
 import os
 from pathlib import Path
 
+import unittest.mock as unittest_mock
+
 import numpy as np
 import pytest
 import torch
@@ -137,6 +139,26 @@ def test_prefetcher_side_stream_path_with_cpu_streams(tiny_data, monkeypatch):
     assert [e for e, _ in records] == [e for kind, e, _ in log if kind == "wait"]
     assert {s for _, s in records} == {p.stream} and p.stream is not torch.cpu.current_stream()
     assert all(torch.equal(u, v) for a, b in zip(plain, got) for u, v in zip(a, b)) and len(got) == 5
+
+
+def test_rows_are_gathered_into_reused_buffers_freed_by_their_copy(tiny_data):
+    """Issue 18's loader: one host copy per batch, into a ring of buffers, each handed out again only
+    after the event of the copy that read it (CPU stand-ins for pinned memory, streams and events)."""
+    from c2f_search.loader import PinnedRing
+    feats = tiny_data.features("train", 10.0, 256)
+    targets = tiny_data.targets("train", feats)
+    order = [np.arange(k, k + 4) for k in range(0, 36, 4)]  # 9 batches of 4
+    plain = list(host_batches(feats, targets, order))
+    ring = PinnedRing(3, pin=False)
+    synced = []
+    real = torch.cpu.Event.synchronize
+    got = []
+    with unittest_mock.patch.object(torch.cpu.Event, "synchronize", lambda e: synced.append(e) or real(e)):
+        with Prefetcher(host_batches(feats, targets, order, ring), torch.device("cpu"), depth=1, side_stream=True,
+                        ring=ring) as p:
+            got = [tuple(t.clone() for t in b) for b in p]
+    assert all(torch.equal(u, v) for a, b in zip(plain, got) for u, v in zip(a, b)) and len(got) == 9
+    assert ring.allocated == 3 and len(synced) == 9 - 3  # every reuse waited for its buffer's last copy
 
 
 def test_fused_adam_under_a_grad_scaler_skips_an_overflowing_step():
