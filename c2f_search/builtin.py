@@ -118,12 +118,30 @@ def cache_root() -> Path:
 
 def materialize(spec: str = "builtin:events") -> Path:
     """Generate the data set once into the cache (atomically) and return its folder."""
+    from .io import remove_stale_temporaries, temp_prefix
     o = parse_spec(spec)
     root = cache_root() / "builtin" / f"events-v{VERSION}-s{o['seed']}-tr{o['train']}-va{o['val']}"
     if (root / "class_labels_indices.csv").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-"))
+    remove_stale_temporaries(root.parent)  # what a killed generator left
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix()))
+    try:
+        _generate(tmp, root, o)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, sf.SoundFileRuntimeError)):  # e.g. the disk is full
+            raise DataError(f"cannot write {spec} into {root.parent} ({e}); free space there or point $C2F_CACHE "
+                            f"at another folder") from None
+        raise
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _generate(tmp: Path, root: Path, o: dict) -> None:
     with open(tmp / "class_labels_indices.csv", "w") as f:
         f.write("index,mid,display_name\n")
         for i, c in enumerate(CLASSES):
@@ -138,8 +156,3 @@ def materialize(spec: str = "builtin:events") -> Path:
             sf.write(str(wav), make_clip(k, rng), SR, subtype="PCM_16")
             entries.append({"wav": str(root / split / wav.name), "labels": f"/builtin/{CLASSES[k]}"})
         (tmp / f"{split}.json").write_text(json.dumps({"data": entries}))
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process won the race; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root

@@ -19,7 +19,7 @@ import torch
 from . import builtin
 from .errors import AudioError, DataError
 from .config import FEATURE_MODES
-from .io import atomic_write
+from .io import atomic_write, remove_stale_temporaries
 from .frontend import FrontEnd, fbank, fit_length, load_audio
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
@@ -277,7 +277,12 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
         raise DataError(f"{clips.name}: no usable clips ({len(bad)} bad); the data set is empty")
     feats = Features(np.stack(xs), np.array(ns, np.int32), np.array(kept, np.int64), bad)
     if path is not None:
-        _write_store(path, feats)
+        remove_stale_temporaries(cache_dir)  # stores a killed process was writing
+        try:
+            _write_store(path, feats)
+        except OSError as e:  # e.g. the disk is full
+            raise DataError(f"cannot write the feature cache {path} ({e.strerror or e}); free space there, point "
+                            f"$C2F_CACHE at another folder, or pass --no-cache") from None
     return feats
 
 

@@ -29,12 +29,16 @@ class SearchSettings:
     test: str | None = None  # held-out split (absolute): only the front's report reads it, no search decision
     target_length_reason: str = ""
     finetune: dict | None = None  # a pretraining search's fine-tune: {data (resolved), schedule, fixed}
+    flags: dict = field(default_factory=dict)  # the command-line flags it was started with, as given
+    tuner_sha256: str | None = None  # of DIR/search/tuner.pkl as written: --resume unpickles only that file
 
     def save(self) -> None:
         atomic_write(Path(self.out) / "search.json", json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, out) -> "SearchSettings":
+        """The settings of the search in `out`, wherever it was when it was written: a search folder can be
+        moved or copied, and every command acts on the folder it is given."""
         p = Path(out) / "search.json"
         if not p.is_file():
             raise SpaceError(f"{p}: not found; --resume needs the DIR of an earlier search")
@@ -43,4 +47,4 @@ class SearchSettings:
         except json.JSONDecodeError as e:
             raise SpaceError(f"{p}: not valid JSON ({e}); restore it or start a new search in another --out") from None
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{k: v for k, v in d.items() if k in known} | {"out": str(Path(out).resolve())})
