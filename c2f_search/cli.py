@@ -387,7 +387,8 @@ def _add_run_args(t, out: str) -> None:
                    help="budget mode: stop at the first final-phase evaluation whose validation metric reaches this")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.add_argument("--resume", action="store_true",
-                   help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings")
+                   help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings (a run stopped "
+                        "before its first checkpoint starts again from the beginning)")
     t.add_argument("--resume-from", metavar="CKPT",
                    help="continue from this checkpoint: an earlier one of this run (e.g. phase1-C2.pt), or one of "
                         "another run whose trained phases are a prefix of --schedule (a fork)")
@@ -436,6 +437,8 @@ def _handle_sigterm():
 
 def _resume_hint(a) -> str:
     """How to go on after an interrupt: --resume where the folder holds something to resume."""
+    if a.command == "confirm" and (Path(a.dir) / "confirm").is_dir():
+        return "; start it again: the same command with --overwrite"
     out = Path(getattr(a, "out", None) or "")
     marker = {"train": "config.json", "pretrain": "config.json", "search": "search.json", "demo": "search.json"}
     if a.command not in marker:
