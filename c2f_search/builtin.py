@@ -141,19 +141,25 @@ def materialize(spec: str = "builtin:events") -> Path:
     root = cache_root() / "builtin" / f"events-v{VERSION}-s{o['seed']}-tr{o['train']}-va{o['val']}"
     if (root / "class_labels_indices.csv").exists():
         return root
+    from .io import remove_stale_temporaries, temp_prefix
     tmp = None
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".tmp-"))
+        remove_stale_temporaries(root.parent)  # what a killed generator left
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix()))
         _generate(tmp, root, o)
-    except Exception as e:  # noqa: BLE001 - soundfile's errors are not OSErrors
-        problem = write_problem(e, root)  # before the partial folder goes: it holds the space
+    except BaseException as e:  # soundfile's errors are not OSErrors; an interrupt leaves nothing either
+        # before the partial folder goes (it holds the space); soundfile reports a failed write as its own error
+        problem = write_problem(e, root) if isinstance(e, Exception) else None
+        if problem is None and isinstance(e, sf.SoundFileRuntimeError):
+            problem = str(e), "free space there"
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if problem is None:
             raise
-        raise DataError(f"C2F_CACHE={cache_root()}: cannot write there ({problem[0]}); builtin:events generates "
-                        f"its clips in the cache: point $C2F_CACHE at a writable folder with free space") from None
+        raise DataError(f"C2F_CACHE={cache_root()}: cannot write {spec} into {root.parent} ({problem[0]}); "
+                        f"builtin:events generates its "
+                        f"clips in the cache: {problem[1]}, or point $C2F_CACHE at another folder") from None
     try:
         os.replace(tmp, root)
     except OSError:  # another process won the race; its copy is identical

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ._args import (EPILOG_SCHEDULE, Parser, add_data_args, add_model_args, add_model_setting_args, config_error_line,
                     finite_float, given_config, norm_arg, out_path, positive_float, positive_int, train_config)
 from .config import EXECUTION
-from .errors import C2FError, CheckpointError, ConfigError
+from .errors import C2FError, CheckpointError, ConfigError, Interrupted
 
 RUN_FILES = ("config.json", "metrics.parquet", "skipped_clips.txt")
 DATA_FLAGS = ("data", "val", "labels", "task", "skip_bad", "norm", "no_cache", "num_mel_bins", "target_length",
@@ -30,20 +32,14 @@ DATA_EXECUTION = ("no_cache", "features", "stream_workers")
 
 # ---------------------------------------------------------------------------- train
 def _run_folder(out: Path, a) -> None:
-    """Refuse to silently reuse a folder that holds a run; --overwrite clears it first."""
-    if out.exists() and not out.is_dir():
-        raise C2FError(f"--out {out}: is a file; give a folder")
+    """Refuse to silently reuse a folder that holds a run; --overwrite clears it first. (That the folder
+    can be written is known already: the command holds its lock, io.folder_lock.)"""
     has_run = out.is_dir() and (any((out / f).exists() for f in RUN_FILES) or (out / "checkpoints").is_dir())
     if a.resume:
         return
     if has_run and not a.overwrite:
         raise C2FError(f"--out {out}: holds a run already; pass --resume to continue it, --overwrite to replace "
                        f"it, or choose another --out")
-    anc = out
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
-        raise C2FError(f"--out {out}: cannot write there ({anc} is not a writable folder); choose a writable folder")
 
 
 def _make_run_folder(out: Path, overwrite: bool) -> None:
@@ -71,9 +67,9 @@ def _read_state(path: Path) -> dict:
 
 
 def _newest_intact(ckdir: Path, exclude: Path) -> Path | None:
-    from .io import load_checkpoint
+    from .io import is_temporary, load_checkpoint
     for p in sorted(ckdir.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if p != exclude:
+        if p != exclude and not is_temporary(p):  # a write in progress, or one a killed writer left
             try:
                 load_checkpoint(p)
                 return p
@@ -168,12 +164,31 @@ def load_data(data_args: dict, quantum: int, progress=True, labelled=True):
 
 def cmd_pretrain(a) -> int:
     a.pretrain = True
-    return _train(a)
+    return _train_alone(a)
 
 
 def cmd_train(a) -> int:
     a.pretrain = False
-    return _train(a)
+    return _train_alone(a)
+
+
+def _train_alone(a) -> int:
+    """Train with --out held against every other c2f-search command, after clearing the temporary files a
+    killed run left there."""
+    from .io import folder_lock, remove_stale_temporaries
+    out = Path(a.out)
+    with folder_lock(out, f"--out {a.out}", "pretrain" if a.pretrain else "train"):
+        remove_stale_temporaries(out, out / "checkpoints")
+        return _train(a)
+
+
+def _unstarted(a, out: Path, source: Path) -> dict | None:
+    """--resume of a run stopped before its first checkpoint: the settings it recorded, from which it
+    trains from the start (as a checkpoint's would be used)."""
+    if not (a.resume and not a.resume_from and not source.is_file() and (out / "config.json").is_file()):
+        return None
+    rec = _recorded(out)
+    return {"config": rec["config"], "precision": rec["resolved"]["precision"]}
 
 
 def _train(a) -> int:
@@ -190,13 +205,14 @@ def _train(a) -> int:
     if a.resume and a.overwrite:
         raise C2FError("--overwrite and --resume contradict each other; give one")
     source = Path(a.resume_from) if a.resume_from else ckdir / "last.pt"
-    if a.resume and not source.is_file():
+    unstarted = _unstarted(a, out, source)
+    if a.resume and not source.is_file() and not unstarted:
         raise C2FError(f"--resume: {source} not found; run without --resume to start"
                        if not a.resume_from else f"--resume-from {source}: no such checkpoint file")
     _run_folder(out, a)
-    state = _read_state(source) if a.resume else None
+    state = _read_state(source) if a.resume and not unstarted else None
     recorded = _recorded(source.parent.parent) if a.resume else {}
-    cfg, data_args, recipe = _settings(a, state, recorded)
+    cfg, data_args, recipe = _settings(a, state or unstarted, recorded)
     if a.pretrain != (cfg.objective == "masked-patch"):
         raise C2FError(f"{source}: a {'pretraining' if not a.pretrain else 'supervised'} run; continue it with "
                        f"c2f-search {'pretrain' if not a.pretrain else 'train'}")
@@ -215,7 +231,7 @@ def _train(a) -> int:
          "target_length_reason": data.target_reason, "norm": [data.mean, data.std], "classes": data.train.classes,
          "recipe": recipe.name if recipe else None,
          "overrides": recorded.get("overrides", {}) if a.resume else _overrides(a, recipe),
-         "resumed_from": str(source) if a.resume else None,
+         "resumed_from": str(source) if a.resume and not unstarted else None,
          "resolved": {"device": run.device_name, "precision": run.precision, "compile": run.compiled}}, indent=1))
     n_tr, n_va = data.used_counts()
     what = "unlabelled" if a.pretrain else f"{data.num_classes} classes"
@@ -236,9 +252,10 @@ def _train(a) -> int:
         print(f"masked patch modeling: {ob.full_masked} of {ob.full_tokens} patches masked at full resolution, "
               f"scaled to each phase's tokens; labels are not read", file=sys.stderr)
     if a.resume:
-        print(f"continuing from {source} at step {run.step} (epoch {run.step / run.steps_per_epoch:.2f})",
-              file=sys.stderr)
-        if state.get("precision", run.precision) != run.precision:
+        print(f"continuing from {source} at step {run.step} (epoch {run.step / run.steps_per_epoch:.2f})"
+              if not unstarted else f"{out} holds no checkpoint yet (it was stopped before its first one): training "
+              f"from the start with its recorded settings", file=sys.stderr)
+        if state is not None and state.get("precision", run.precision) != run.precision:
             why = f"--precision {cfg.precision}" if cfg.precision != "auto" else f"auto on {run.device_name}"
             print(f"the checkpoint trained in {state['precision']}; it continues in {run.precision} ({why})",
                   file=sys.stderr)
@@ -360,7 +377,8 @@ def _add_run_args(t, out: str) -> None:
                    help="budget mode: stop at the first final-phase evaluation whose validation metric reaches this")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.add_argument("--resume", action="store_true",
-                   help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings")
+                   help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings (a run stopped "
+                        "before its first checkpoint starts again from the beginning)")
     t.add_argument("--resume-from", metavar="CKPT",
                    help="continue from this checkpoint: an earlier one of this run (e.g. phase1-C2.pt), or one of "
                         "another run whose trained phases are a prefix of --schedule (a fork)")
@@ -379,19 +397,45 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     prog = f"c2f-search {a.command}"
+    on_term = _handle_sigterm()
     try:
         return a.fn(a) or 0
     except ConfigError as e:
         print(f"{prog}: error: {config_error_line(e)}", file=sys.stderr)
     except C2FError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-    except KeyboardInterrupt:
-        out = getattr(a, "out", None)
-        hint = f"; continue with: c2f-search {a.command} --out {out} --resume" if a.command in ("train", "pretrain", "search") \
-            else ""
-        print(f"{prog}: interrupted{hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{prog}: interrupted{_resume_hint(a)}", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
     return 2
+
+
+def _handle_sigterm():
+    """SIGTERM (a cluster scheduler, a spot reclaim) stops a command as Ctrl-C does: cleanly, with the
+    resume hint, exit code 143. Returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        return None
+
+    def term(signum, frame):
+        raise Interrupted(signum)
+    return signal.signal(signal.SIGTERM, term)
+
+
+def _resume_hint(a) -> str:
+    """How to go on after an interrupt: --resume where the folder holds something to resume."""
+    if a.command == "confirm" and (Path(a.dir) / "confirm").is_dir():
+        return "; start it again: the same command with --overwrite"
+    out = Path(getattr(a, "out", None) or "")
+    marker = {"train": "config.json", "pretrain": "config.json", "search": "search.json", "demo": "search.json"}
+    if a.command not in marker:
+        return ""
+    if not (out / marker[a.command]).is_file():
+        return "; nothing was saved yet: run the same command again"
+    return f"; continue with: c2f-search {a.command} --out {a.out} --resume"
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 from . import builtin
 from .errors import AudioError, DataError, WriteError
 from .frontend import FrontEnd, fbank, fit_length, load_audio
-from .io import atomic_write, read_text
+from .io import atomic_write, read_text, remove_stale_temporaries
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 STORE_VERSION = 1
@@ -309,6 +309,7 @@ def extract(clips: ClipSet, fe: FrontEnd, shift_ms: float, target: int, skip_bad
     if path is None:
         x, n, kept = zip(*chunks)
         return Features(ChunkedRows(list(x)), np.concatenate(n), np.concatenate(kept), bad)
+    remove_stale_temporaries(cache_dir)  # stores a killed process was writing
     try:
         _write_store(path, chunks, bad)
     except WriteError as e:

@@ -60,3 +60,12 @@ class WriteError(C2FError, OSError):
 
 class NonFiniteLoss(C2FError, RuntimeError):
     """Training diverged (loss is NaN or infinite); the message names the step and phase."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM (a cluster scheduler, a spot reclaim), handled alike: the command stops
+    cleanly and says how to resume; the exit code is 128 + the signal (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

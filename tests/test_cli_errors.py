@@ -1,6 +1,7 @@
 """Every user mistake through the command line: exit code 2, one line on stderr naming the flag,
 file or key, no traceback, and nothing written for a run that never started."""
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -67,8 +68,35 @@ def bad(tmp_path):
     lost = tmp_path / "nostudy"  # a search whose Optuna study was deleted
     (lost / "search").mkdir(parents=True)
     (lost / "search" / "tuner.pkl").write_bytes(b"x")
-    (lost / "search.json").write_text(json.dumps({"space": "default", "out": str(lost), "data": {"train": "x"}}))
+    (lost / "search.json").write_text(json.dumps({"space": "default", "out": str(lost), "data": {"train": "x"},
+                                                  "tuner_sha256": hashlib.sha256(b"x").hexdigest()}))
+    _search_folder(tmp_path / "s", flags={"space": "demo", "data": TINY_DATA, "depth": 1}, trials=2)
+    _search_folder(tmp_path / "old", flags={})
     return tmp_path
+
+
+class _RunsCode:
+    """A crafted tuner.pkl: unpickling it creates `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _search_folder(d, flags, trials=None, tuner_sha256=None):
+    """A search folder as c2f-search leaves it, as far as --resume reads it before anything runs; here
+    its tuner.pkl is a crafted one, and search.json says it was written elsewhere."""
+    import pickle
+    from dataclasses import asdict
+
+    from c2f_search.search.settings import SearchSettings
+    (d / "search").mkdir(parents=True)
+    (d / "search" / "tuner.pkl").write_bytes(pickle.dumps(_RunsCode(d / "pwned")))
+    st = SearchSettings(space="demo", out="/elsewhere/s", data={}, trials=trials, flags=flags,
+                        tuner_sha256=tuner_sha256)
+    (d / "search.json").write_text(json.dumps(asdict(st)))
 
 
 CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
@@ -174,6 +202,18 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (["search", "--data", TINY_DATA, "--out", ""], "argument --out: an empty name"),
     (TRAIN + S + ["--out", "{t}/dangling"], "dangling is a symbolic link to {t}/nowhere, which does not exist"),
     (["search", "--data", TINY_DATA, "--out", "{t}/dangling"], "which does not exist"),
+    # a resume continues the search as it was started: a contradicting flag is refused by name
+    (["search", "--resume", "--out", "{t}/s", "--space", "paper"],
+     "--space paper: the search in {t}/s was started with --space demo; drop the flag"),
+    (["search", "--resume", "--out", "{t}/s", "--epochs", "2"],
+     "--epochs 2.0: the search in {t}/s was started without it"),
+    (["search", "--resume", "--out", "{t}/s", "--scheduler", "asha"],
+     "--scheduler asha: the search in {t}/s was started with --scheduler fifo"),
+    (["search", "--resume", "--out", "{t}/s", "--trials", "1"],
+     "--trials 1: the search in {t}/s was started with 2 trials; a resume may raise that number, not lower it"),
+    # Ray unpickles DIR/search/tuner.pkl: one c2f-search did not write (no hash recorded) is refused
+    (["search", "--resume", "--out", "{t}/old"], "search.json: records no hash of"),
+    (["confirm", "{t}/nothing"], "{t}/nothing: no such search folder"),
 ]
 
 
@@ -192,6 +232,15 @@ def test_user_mistake_is_one_line(args, phrase, bad, capsys, monkeypatch):
     assert phrase.replace("{t}", str(bad)) in lines[0], lines
     assert not out.exists()
     assert _files(bad) == before  # nothing written anywhere for a run that never started
+
+
+def test_a_crafted_tuner_file_is_refused_before_it_is_unpickled(tmp_path, capsys):
+    import hashlib
+    d = tmp_path / "s"
+    _search_folder(d, flags={}, tuner_sha256=hashlib.sha256(b"the file c2f-search wrote").hexdigest())
+    rc, lines = _cli(["search", "--resume", "--out", str(d)], capsys)
+    assert rc == 2 and len(lines) == 1 and "tuner.pkl: not the file c2f-search wrote" in lines[0], lines
+    assert not (d / "pwned").exists()
 
 
 def test_a_grid_mistake_is_caught_before_any_feature_is_extracted(tmp_path, capsys, monkeypatch):
@@ -337,8 +386,8 @@ def test_read_only_cache_points_at_a_writable_one_or_no_cache(tmp_path, capsys, 
     monkeypatch.setenv("C2F_CACHE", str(empty))
     with _read_only(empty):  # built-in data are generated into the cache: it must be writable
         rc, lines = _cli(TRAIN + S + ["--out", str(tmp_path / "run")], capsys)
-    assert rc == 2 and len(lines) == 1 and f"C2F_CACHE={empty}: cannot write there" in lines[0], lines
-    assert "point $C2F_CACHE at a writable folder" in lines[0]
+    assert rc == 2 and len(lines) == 1 and f"C2F_CACHE={empty}: cannot write builtin:events" in lines[0], lines
+    assert "point $C2F_CACHE at another folder" in lines[0]
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("C2F_CACHE", str(cache))

@@ -245,13 +245,27 @@ def test_a_pretraining_search_is_scored_by_its_fine_tune(tmp_path, fresh_ray):
     assert [t.values for t in study.trials] == [[rows[2]["val_metric"], rows[2]["train_flops"]]]
 
 
-def test_ray_optuna_search_still_keeps_its_trials_and_study_where_we_read_them():
-    """The one read of Ray's private OptunaSearch state (searcher.optuna_state): fails if Ray moves it."""
-    from c2f_search.search.searcher import make_searcher, optuna_state
+def test_the_private_ray_state_this_module_uses_is_still_there():
+    """searcher.py's reads of Ray's private state (RAY_PRIVATE, optuna_state): fails if Ray moves one."""
+    import ast
+    from pathlib import Path
+
+    from c2f_search.search import searcher as mod
     from c2f_search.spaces import load_space
-    searcher = make_searcher(load_space("default"), "random", 0, 4, None)
+    searcher = mod.make_searcher(load_space("default"), "random", 0, 4, None)
     config = searcher.suggest("trial-a")
-    trials, study = optuna_state(searcher)
+    trials, study = mod.optuna_state(searcher)
     assert isinstance(config, dict) and "schedule" in config
     assert isinstance(study, optuna.Study) and list(trials) == ["trial-a"]
     assert trials["trial-a"].number == study.trials[0].number
+    generator = mod.C2FSearchGenerator(searcher)
+    for cls, names in mod.RAY_PRIVATE.items():
+        obj = searcher if cls is mod.OptunaSearch else generator
+        assert all(hasattr(obj, n) for n in names), (cls, [n for n in names if not hasattr(obj, n)])
+    # and every private Ray attribute the module reads is listed
+    ours = {n for names in mod.RAY_PRIVATE.values() for n in names}
+    tree = ast.parse(Path(mod.__file__).read_text())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+            and not n.attr.startswith("__") and isinstance(n.value, ast.Name) and n.value.id in ("self", "search")}
+    own = {"_first", "_key", "_outcome", "_waiting", "_tell"}  # this module's own
+    assert used - own <= ours, used - own - ours

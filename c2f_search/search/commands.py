@@ -15,39 +15,48 @@ DEMO_DATA = "builtin:events?train=1000&val=300"
 DEMO_TEST = "builtin:events?train=10&val=400&seed=1"  # other clips than the data's (another seed)
 DEMO_DEPTH, DEMO_EPOCHS = 2, 5.0
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
+# flags without a value default to "not given" (None), so that a resume can tell what was given
+SEARCH_DEFAULTS = {"space": "default", "sampler": "auto", "scheduler": "fifo", "max_failures": 1,
+                   "keep_checkpoints": 2, "seed": 0, "reuse_actors": True}
+RESUME_MAY_CHANGE = ("out", "resume", "address", "trials")  # where it runs; trials may be raised
 
 
 def add_search_args(s) -> None:
-    s.add_argument("--space", default="default",
-                   help="search-space YAML: a path, or a shipped one: default, paper, table1, pretrain")
-    s.add_argument("--trials", type=positive_int, help="number of trials (default 12; grid mode: the whole grid)")
+    s.add_argument("--space", help="search-space YAML: a path, or a shipped one: default (the default), paper, "
+                                   "table1, pretrain")
+    s.add_argument("--trials", type=positive_int, help="number of trials (default 12; grid mode: the whole grid); with "
+                                                         "--resume it may raise the number the search was started with")
     s.add_argument("--out", default="runs/search", metavar="DIR", type=out_path)
-    s.add_argument("--sampler", default="auto", choices=SAMPLERS,
-                   help="Optuna sampler; auto = grid for a 'schedules' space, TPE otherwise")
-    s.add_argument("--scheduler", default="fifo", choices=("fifo", "asha", "pbt"),
-                   help="asha stops weak trials early, comparing them at equal cumulative train FLOPs; pbt runs a "
-                        "population (--trials members) of a learned space (e.g. --space adaptive) under Ray's "
-                        "population-based training, which may lower a member's C (never raise it)")
+    s.add_argument("--sampler", choices=SAMPLERS,
+                   help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise")
+    s.add_argument("--scheduler", choices=("fifo", "asha", "pbt"),
+                   help="fifo (the default) runs every trial to its end; asha stops weak trials early, comparing "
+                        "them at equal cumulative train FLOPs; pbt runs a population (--trials members) of a learned "
+                        "space (e.g. --space adaptive) under Ray's population-based training, which may lower a "
+                        "member's C (never raise it)")
     s.add_argument("--epochs", type=positive_float, help="epoch budget per trial (overrides the space's 'epochs'; "
                                                            "grid schedules are rescaled to it)")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted search in DIR")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search in DIR with the settings it was started with (a flag that "
+                        "contradicts them is refused; DIR may have been moved or copied)")
     s.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
     s.add_argument("--storage", help="Tune storage path or URI (s3://..., gs://..., shared folder); default DIR")
     s.add_argument("--cpus-per-trial", type=positive_float, help="overrides the space's resources.cpu")
     s.add_argument("--gpus-per-trial", type=nonneg_float,
                    help="overrides the space's resources.gpu (fractional allowed; 0: train on CPUs); by default "
                         "(auto) one GPU per trial where the cluster has GPUs, none where it has none")
-    s.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction, default=True,
+    s.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction,
                    help="run the next trial in a finished trial's worker process (default on: no process start, "
                         "imports or compile-worker start per trial; each trial still starts from a clean "
                         "compiler state)")
-    s.add_argument("--max-failures", type=nonneg_int, default=1, help="retries of a crashed trial from its last checkpoint")
-    s.add_argument("--keep-checkpoints", type=nonneg_int, default=2,
-                   help="checkpoints kept per trial (0 = all) besides those the front may need, which are "
+    s.add_argument("--max-failures", type=nonneg_int,
+                   help="retries of a crashed trial from its last checkpoint (default 1)")
+    s.add_argument("--keep-checkpoints", type=nonneg_int,
+                   help="checkpoints kept per trial (default 2; 0 = all) besides those the front may need, which are "
                         "never deleted: phase ends and final-phase evaluations that beat every earlier one "
                         "(the paper's selected epochs are among them); each holds weights and optimizer state")
     s.add_argument("--metric-target", type=finite_float, help="budget mode for every trial")
-    s.add_argument("--seed", type=seed_int, default=0, help="sampler seed")
+    s.add_argument("--seed", type=seed_int, help="sampler seed (default 0)")
     add_data_args(s, required=False)
     s.add_argument("--test", metavar="DATA",
                    help="held-out test split (same forms as --data; a built-in spec gives its val clips, e.g. "
@@ -120,11 +129,23 @@ def add_commands(sub) -> None:
     d.set_defaults(fn=cmd_demo)
 
 
+def _given(a) -> dict:
+    """The search flags given on the command line (those left out are None)."""
+    from .._args import Parser
+    probe = Parser()
+    add_search_args(probe)
+    return {k: getattr(a, k) for k in vars(probe.parse_args([]))
+            if k not in RESUME_MAY_CHANGE and getattr(a, k) not in (None, False)}
+
+
 def _settings_from_args(a):
     from ..builtin import cache_root
     from ..spaces import load_space
     from .runner import resolve_data_args, resolve_test_arg
     from .settings import SearchSettings
+    flags = _given(a)
+    for k, v in SEARCH_DEFAULTS.items():
+        setattr(a, k, v if getattr(a, k) is None else getattr(a, k))
     space = load_space(a.space)
     data = a.data or space.data
     if not data:
@@ -144,30 +165,59 @@ def _settings_from_args(a):
         max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints or None,
         resources={"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}, reuse_actors=a.reuse_actors,
         metric_target=a.metric_target, storage=a.storage, model_kwargs=given_model_settings(a),
-        test=resolve_test_arg(a.test))
+        test=resolve_test_arg(a.test), flags=flags)
+
+
+def _resumed_settings(a):
+    """The settings DIR's search was started with; a flag given now must agree with them, but for
+    --trials, which may raise the number of trials."""
+    from ..spaces import load_space
+    from .runner import num_trials
+    from .settings import SearchSettings
+    settings = SearchSettings.load(a.out)
+    for k, v in _given(a).items():
+        was = settings.flags.get(k, SEARCH_DEFAULTS.get(k))
+        if v != was:
+            flag = f"--{k.replace('_', '-')}"
+            show = lambda x: flag if x is True else f"{flag} {x}"  # noqa: E731
+            raise C2FError(f"{show(v)}: the search in {a.out} was started "
+                           f"{'without it' if was is None else 'with ' + show(was)}; drop the flag to resume it, "
+                           f"or start a new search in another --out")
+    if a.trials is not None:
+        had = num_trials(settings, load_space(settings.space))
+        settings.trials = a.trials
+        now = num_trials(settings, load_space(settings.space))
+        if now < had:
+            raise C2FError(f"--trials {a.trials}: the search in {a.out} was started with {had} trials; a resume may "
+                           f"raise that number, not lower it")
+        if settings.scheduler == "pbt" and now != had:
+            raise C2FError(f"--trials {a.trials}: a PBT population keeps its {had} members; drop the flag")
+        if now > had:
+            print(f"--trials {a.trials}: raising the search from {had} to {now} trials", flush=True)
+    return settings
 
 
 def cmd_search(a) -> int:
-    from .settings import SearchSettings
-    if a.resume:
-        settings = SearchSettings.load(a.out)
-    else:
-        settings = _settings_from_args(a)
-    print(f"search: {settings.space} | {settings.trials or 'default number of'} trials | sampler {settings.sampler} | "
-          f"scheduler {settings.scheduler} | out {settings.out}", flush=True)
-    from .runner import run_search
-    try:
-        run_search(settings, resume=a.resume, address=a.address)
-        if settings.target_length_reason:
-            print(f"target length {settings.data['target_length']} frames: {settings.target_length_reason}")
+    from ..io import folder_lock, remove_stale_temporaries
+    out = Path(a.out)
+    with folder_lock(out, f"--out {a.out}", "search"):
+        remove_stale_temporaries(out)
+        settings = _resumed_settings(a) if a.resume else _settings_from_args(a)
+        print(f"search: {settings.space} | {settings.trials or 'default number of'} trials | sampler "
+              f"{settings.sampler} | scheduler {settings.scheduler} | out {settings.out}", flush=True)
+        from .runner import run_search
         try:
-            return _export(settings.out)
-        except NoResults as e:  # the folder holds the failed search: say how to go on from it
-            raise NoResults(f"{e}; fix the cause, then --resume runs the failed trials again (or choose a new "
-                            f"--out)") from None
-    finally:
-        import ray
-        ray.shutdown()  # stop a local instance now, not at interpreter exit
+            run_search(settings, resume=a.resume, address=a.address)
+            if settings.target_length_reason:
+                print(f"target length {settings.data['target_length']} frames: {settings.target_length_reason}")
+            try:
+                return _export(settings.out)
+            except NoResults as e:  # the folder holds the failed search: say how to go on from it
+                raise NoResults(f"{e}; fix the cause, then --resume runs the failed trials again (or choose a new "
+                                f"--out)") from None
+        finally:
+            import ray
+            ray.shutdown()  # stop a local instance now, not at interpreter exit
 
 
 def _export(out, front=None, plot_path=None, ref=None, metric="val") -> int:
@@ -220,13 +270,18 @@ def cmd_pareto(a) -> int:
 
 
 def cmd_confirm(a) -> int:
+    from ..io import folder_lock, remove_stale_temporaries
     from .confirm import run_confirm
-    try:
-        print(run_confirm(a.dir, a.top, a.seeds, a.overwrite, a.address))
-    finally:
-        import ray
-        ray.shutdown()
     out = Path(a.dir)
+    if not out.is_dir():
+        raise C2FError(f"{a.dir}: no such search folder; give the --out folder of a search")
+    with folder_lock(out, a.dir, "confirm"):
+        remove_stale_temporaries(out)
+        try:
+            print(run_confirm(a.dir, a.top, a.seeds, a.overwrite, a.address))
+        finally:
+            import ray
+            ray.shutdown()
     print(f"wrote {out / 'confirm.parquet'}, {out / 'confirm_seeds.parquet'}, {out / 'confirm.png'}, {out / 'confirm.txt'}")
     return 0
 

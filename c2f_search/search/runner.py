@@ -6,27 +6,38 @@ so a search that fails before its first trial leaves ``DIR`` reusable.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import replace
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 from ray.tune import Callback
 
 from ..config import TrainConfig
-from ..errors import C2FError, SpaceError
+from ..errors import C2FError, Interrupted, SpaceError
 from ..spaces import Space, load_space
 from .schedulers import make_scheduler, population
-from .searcher import METRICS, load_study, make_searcher
+from .searcher import METRICS, C2FSearchGenerator, load_study, make_searcher
 from .settings import SearchSettings
 
 # Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Tune saves its experiment state (which trials finished, each one's last checkpoint) and the trials'
+# results into DIR/search at most every 10 s by default, and not on an interrupt; --resume then trains
+# again what a driver learnt since, from each trial's last saved checkpoint (from scratch for a trial that
+# started in between). Ctrl-C and SIGTERM end with a last save (_stop_cleanly); for a SIGKILL the window
+# is 1 s (saving every second costs the driver 0.5% of a search's time: docs/benchmarks.md).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 EXPERIMENT = "search"
+TUNER_FILE = "tuner.pkl"
 
 
 class TrialLines(Callback):
@@ -173,10 +184,13 @@ def connect_ray(address: str | None) -> None:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as e:
             raise _unreachable(address, e) from None
+    on_term = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise _unreachable(address, e) from None
+    if callable(on_term) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)  # ray.init replaces it with an exit that skips the resume hint
 
 
 def check_storage(out: Path, storage: str | None, filesystem=None) -> None:
@@ -218,8 +232,10 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
     if not resume and can_restore:
         raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
-    if resume and settings.scheduler != "pbt":  # the sampler's study must be there to go on
-        load_study(out / "optuna.db")
+    if resume:
+        _check_tuner_file(settings, exp_dir, storage_filesystem)
+        if settings.scheduler != "pbt":  # the sampler's study must be there to go on
+            load_study(out / "optuna.db")
     data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
     check_storage(out, settings.storage, storage_filesystem)
     settings.data.update(norm=[data.mean, data.std], target_length=data.fe.target_length,
@@ -230,6 +246,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         connect_ray(address)
     trainable = make_trainable(settings, space, trial_resources(settings, space, joined=address is not None))
     out.mkdir(parents=True, exist_ok=True)
+    searcher = None
     if resume:
         try:
             tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
@@ -238,19 +255,19 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
             raise SpaceError(f"{exp_dir}/tuner.pkl: Tune's state of the search cannot be read ({e}), so the search "
                              f"cannot be resumed; 'c2f-search pareto {out}' still reads its results, or start a new "
                              f"search in another --out") from None
+        C2FSearchGenerator.resume_as = {"study": _study_storage(out), "trials": num_trials(settings, space),
+                                        "experiment": _filesystem(settings.storage or str(out), storage_filesystem)}
     else:
         sched = make_scheduler(settings.scheduler, max_flops(data, space, epochs, settings.model_kwargs), space,
                                epochs, settings.seed)
         if settings.scheduler == "pbt":  # Ray runs no search algorithm with PBT: members draw their values once
             from ray.tune.search import BasicVariantGenerator
-            searcher, n, param_space = None, settings.trials or 8, population(space, epochs)
+            searcher, n, param_space = None, num_trials(settings, space), population(space, epochs)
             search_alg = BasicVariantGenerator(random_state=settings.seed)
         else:
-            searcher = make_searcher(space, settings.sampler, settings.seed, epochs,
-                                     optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"))
-            grid_mode = space.is_grid and settings.sampler in ("auto", "grid")
-            n = min(settings.trials or space.grid_size(), space.grid_size()) if grid_mode else (settings.trials or 12)
-            param_space, search_alg = None, searcher
+            searcher = make_searcher(space, settings.sampler, settings.seed, epochs, _study_storage(out))
+            n = num_trials(settings, space)
+            param_space, search_alg = None, C2FSearchGenerator(searcher)
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=sched, num_samples=n,
@@ -262,11 +279,15 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                     [KeepCheckpoints(settings.keep_checkpoints)]
                     if settings.keep_checkpoints and settings.scheduler != "pbt" else []),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
+        # Ray restores a search by unpickling DIR/search/tuner.pkl, which could run code: --resume checks
+        # first that the file is the one written here
+        settings.tuner_sha256 = _tuner_hash(exp_dir, storage_filesystem)
     settings.save()
-    # Ctrl-C raises KeyboardInterrupt out of fit() (Tune's own handler would stop quietly and return a
-    # partial result); Tune saves its experiment state as it goes, so --resume picks up from there
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    results = tuner.fit()
+    try:
+        with _stop_cleanly():
+            results = tuner.fit()
+    finally:
+        C2FSearchGenerator.resume_as = None
     _close_stale_trials(out / "optuna.db")
     exhausted = not resume and searcher is not None and searcher.exhausted
     if not resume and searcher is not None and searcher.repeats:
@@ -276,6 +297,78 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         print(f"the space holds only {len(results)} distinct configurations: all trained, the search ends here",
               flush=True)
     return results
+
+
+def num_trials(settings: SearchSettings, space: Space) -> int:
+    """Trials the search runs: --trials (default 12, 8 PBT members); a grid runs at most its whole grid."""
+    if settings.scheduler == "pbt":
+        return settings.trials or 8
+    if space.is_grid and settings.sampler in ("auto", "grid"):
+        return min(settings.trials or space.grid_size(), space.grid_size())
+    return settings.trials or 12
+
+
+def _study_storage(out: Path):
+    return optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+
+
+def _filesystem(path: str, filesystem=None):
+    """(pyarrow filesystem, path in it) of a local path or URI."""
+    import pyarrow.fs as pafs
+    return (filesystem, path) if filesystem is not None else pafs.FileSystem.from_uri(path)
+
+
+def _tuner_hash(exp_dir: str, filesystem=None) -> str:
+    fs, root = _filesystem(exp_dir, filesystem)
+    with fs.open_input_stream(f"{root.rstrip('/')}/{TUNER_FILE}") as f:
+        return hashlib.sha256(f.readall()).hexdigest()
+
+
+def _check_tuner_file(settings: SearchSettings, exp_dir: str, filesystem=None) -> None:
+    """Refuse to unpickle a tuner.pkl that c2f-search did not write (its hash is in search.json). The
+    other state files Ray reads on a resume change as the search runs and are not checked: a search
+    folder is trusted like code (checkpoints are not: they load with weights_only=True)."""
+    actual = _tuner_hash(exp_dir, filesystem)
+    if settings.tuner_sha256 is None:
+        raise SpaceError(f"{settings.out}/search.json: records no hash of {exp_dir}/{TUNER_FILE} (a folder of an "
+                         f"older c2f-search, or not written by c2f-search); resuming unpickles that file, which can "
+                         f"run code. If you made this folder, add \"tuner_sha256\": \"{actual}\" to search.json")
+    if actual != settings.tuner_sha256:
+        raise SpaceError(f"{exp_dir}/{TUNER_FILE}: not the file c2f-search wrote (its SHA-256 differs from the one in "
+                         f"{settings.out}/search.json); resuming would unpickle it, which can run code, so it is "
+                         f"refused. Resume only search folders you made")
+
+
+@contextmanager
+def _stop_cleanly():
+    """Ctrl-C or SIGTERM during fit(): Tune ends its loop, saves its experiment state one last time (every
+    result it has received, so no finished trial is trained again) and stops the trials; then the interrupt
+    goes on as KeyboardInterrupt. Tune stops that way on SIGUSR1 (its handler, installed by fit()); before
+    that handler exists, and on a second signal, the interrupt is raised at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+
+    def stop(signum, frame):
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if caught or not callable(tune_stop):
+            raise Interrupted(signum)
+        caught.append(signum)
+        tune_stop(signal.SIGUSR1, frame)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        if before[s] is not signal.SIG_IGN:  # a search started in the background ignores Ctrl-C
+            signal.signal(s, stop)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C stays with stop()
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if caught:
+        raise Interrupted(caught[0])
 
 
 def make_trainable(settings: SearchSettings, space: Space, resources: dict, metric_target="space"):

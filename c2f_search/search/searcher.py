@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import optuna
-from ray.tune.search import Searcher
+from ray.tune.search import SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..config import SEARCHABLE
@@ -33,10 +34,16 @@ def load_study(db) -> optuna.Study:
 MAX_REPEATS = 200
 
 
+# Ray's private attributes this module uses, where Ray has no public API: the trial map and study of
+# OptunaSearch (to tell Optuna about repeats, and to reconnect a moved folder's study), and the experiment
+# and sample count of the SearchGenerator that Tune restores. Only this module touches them, and
+# ``test_the_private_ray_state_this_module_uses_is_still_there`` fails when a Ray release moves one.
+RAY_PRIVATE = {OptunaSearch: ("_ot_trials", "_ot_study", "_storage", "_study_name", "_sampler"),
+               SearchGenerator: ("_experiment", "_total_samples", "_finished")}
+
+
 def optuna_state(search: OptunaSearch) -> tuple[dict, optuna.Study]:
-    """(Tune trial id -> Optuna trial, the study) of a Ray ``OptunaSearch``. Ray keeps both private and
-    has no public accessor; this is the one place that reads them, and
-    ``test_ray_optuna_search_still_keeps_its_trials_and_study_where_we_read_them`` fails if Ray moves them."""
+    """(Tune trial id -> Optuna trial or its number, the study) of a Ray ``OptunaSearch``."""
     return search._ot_trials, search._ot_study
 
 
@@ -78,7 +85,7 @@ class C2FOptunaSearch(OptunaSearch):
                 return config
             trials, _ = optuna_state(self)
             ot = trials.pop(trial_id)  # the next ask() gives this Tune trial a new Optuna trial
-            ot.set_user_attr("repeat_of", trials[first].number)
+            ot.set_user_attr("repeat_of", _number(trials[first]))
             self.repeats += 1
             if first in self._outcome:
                 self._tell(ot.number, *self._outcome[first])
@@ -108,6 +115,49 @@ class C2FOptunaSearch(OptunaSearch):
 
     def _tell(self, number: int, values, state) -> None:
         optuna_state(self)[1].tell(number, values, state=state)
+
+    # Tune pickles the searcher (tuner.pkl, and its state at every snapshot) and restores it by unpickling.
+    # The study's storage is left out: an RDBStorage connects to its database file when it is unpickled,
+    # and a moved search folder no longer has it there. ``reopen`` connects to the study where it is now.
+    # Optuna trials (which hold the storage) are kept as their numbers, which Study.tell takes as well.
+    def __getstate__(self):
+        return self.__dict__ | {"_storage": None, "_ot_study": None,
+                                "_ot_trials": {t: _number(ot) for t, ot in self._ot_trials.items()}}
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def reopen(self, storage) -> None:
+        """Use the study in `storage` (the search folder's as it is now), keeping the sampler's state."""
+        self._storage = storage
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=storage, sampler=self._sampler,
+                                           pruner=optuna.pruners.NopPruner())
+
+
+def _number(ot) -> int:
+    return ot if isinstance(ot, int) else ot.number
+
+
+class C2FSearchGenerator(SearchGenerator):
+    """Tune's wrapper of the searcher, restored for the search folder as it is now.
+
+    Tune restores it by unpickling what it held when it was saved: the folder's path then (trials it
+    creates would be written there, though the folder may have moved since; Tune moves only the trials it
+    restores) and the number of trials then. ``run_search`` sets ``resume_as`` before a resume: where the
+    experiment and the study are now, and the number of trials asked for, which may be higher."""
+
+    resume_as: dict | None = None
+
+    def restore_from_dir(self, dirpath: str):
+        super().restore_from_dir(dirpath)
+        now = C2FSearchGenerator.resume_as
+        # as Tune's TuneController._restore_trials moves a restored trial's storage
+        storage = self._experiment.storage
+        storage.storage_filesystem, storage.storage_fs_path = now["experiment"]
+        self.searcher.reopen(now["study"])
+        if now["trials"] > self._total_samples:
+            self._total_samples, self._finished = now["trials"], False
 
 
 def make_sampler(name: str, space: Space, seed: int, epochs):

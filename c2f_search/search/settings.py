@@ -36,12 +36,16 @@ class SearchSettings:
     target_length_reason: str = ""
     finetune: dict | None = None  # a pretraining search's fine-tune: {data (resolved), schedule, fixed}
     reuse_actors: bool = True  # Tune runs the next trial in a finished trial's process (trainables/c2f.py)
+    flags: dict = field(default_factory=dict)  # the command-line flags it was started with, as given
+    tuner_sha256: str | None = None  # of DIR/search/tuner.pkl as written: --resume unpickles only that file
 
     def save(self) -> None:
         atomic_write(Path(self.out) / "search.json", json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, out) -> "SearchSettings":
+        """The settings of the search in `out`, wherever it was when it was written: a search folder can be
+        moved or copied, and every command acts on the folder it is given."""
         p = Path(out) / "search.json"
         if not p.is_file():
             what = " (it holds a 'c2f-search train' run)" if (Path(out) / "config.json").is_file() else ""
@@ -55,4 +59,4 @@ class SearchSettings:
             raise SpaceError(f"{p}: key {missing[0]!r} is missing; restore the file or start a new search in another "
                              f"--out")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{k: v for k, v in d.items() if k in known} | {"out": str(Path(out).resolve())})
