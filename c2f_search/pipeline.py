@@ -105,7 +105,8 @@ class InputPipeline:
             return x, y
         if self._beta is None:  # lambda drawn on the device, from the run's stream there
             ten = torch.tensor(10.0, device=self.device)
-            self._beta = torch.distributions.Beta(ten, ten)
+            # not validated: checking the constant parameters would read them back to the host (a sync)
+            self._beta = torch.distributions.Beta(ten, ten, validate_args=False)
         return mixup(x, y, self.cfg.mixup, self._beta)
 
 

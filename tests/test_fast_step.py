@@ -3,7 +3,6 @@ the compiled step, the delayed non-finite check, the prefetching loader, static 
 feature modes and the throughput fields of each record."""
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,8 +17,6 @@ from c2f_search.precision import mfu, peak_flops, resolve_precision
 from c2f_search.records import record_table
 
 from .conftest import TINY_DATA
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cfg(schedule, **kw):
@@ -210,14 +207,6 @@ def test_fp16_store_and_stream_give_the_fp32_stores_features(tiny_data, tmp_path
     assert recs[-1]["schedule_done"] and np.isfinite(recs[-1]["train_loss"])
     with pytest.raises(CheckpointError, match="features"):  # fp16 inputs differ: no silent resume on fp32
         Run(_cfg("fshift:2x1,1x1"), full, "cpu", state=Run(_cfg("fshift:2x1,1x1"), half, "cpu").state_dict())
-
-
-def test_gpu_bench_without_a_gpu_says_so_and_exits_0():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: the benchmark would run")
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_step.py")], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
-    assert p.returncode == 0 and "no CUDA GPU" in p.stdout + p.stderr
 
 
 def test_streaming_names_a_clip_that_fails_at_decode_time_and_scans_headers_up_front(tmp_path):
