@@ -286,11 +286,15 @@ def plot_transfer(proxy_seeds: list[dict], target_seeds: list[dict], rows: list[
             for xi, r in zip(x, rows):
                 pts = [k * q[key] for q in seeds if _key(q) == _key(r) and q[key] is not None]
                 ax.scatter([xi] * len(pts), pts, color="k", s=10, zorder=3)
+                if key == "flops_saving":  # the saving is over the seeds that reached the baseline's best
+                    ax.annotate(f"{r[f'{side}_reached']}/{r[f'{side}_seeds']}", (xi, 0), textcoords="offset points",
+                                xytext=(0, -10), ha="center", fontsize=6)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-    fig.suptitle("proxy -> target: each schedule's saving and metric, paired with the baseline at the same seed")
+    fig.suptitle("proxy -> target: each schedule's saving and metric, paired with the baseline at the same seed "
+                 "(under the bars: seeds that reached the baseline's best)")
     fig.tight_layout()
     return save_figure(fig, path)

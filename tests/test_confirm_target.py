@@ -159,7 +159,8 @@ def test_confirm_target_reruns_the_front_at_the_target_both_forms_of_a_learned_s
     plain = pq.read_table(out / "confirm_seeds.parquet").to_pylist()
     assert len(plain) == 4 and "form" not in plain[0]  # the plain confirm as before: no forms
     rc, log = _cli(["confirm", str(out), "--top", "1", "--seeds", "2", "--target", "big", "--depth", "2",
-                    "--data", TARGET_DATA, "--epochs-factor", "2"], tmp_path / "target.log")
+                    "--data", TARGET_DATA, "--epochs-factor", "2", "--test", "builtin:events?train=10&val=20&seed=5"],
+                   tmp_path / "target.log")
     assert rc == 0, log[-3000:]
     folder = out / "confirm" / "big"
     assert "proxy side: 4 runs reused from the plain confirm" in log and ", 2 run here" in log
@@ -194,6 +195,10 @@ def test_confirm_target_reruns_the_front_at_the_target_both_forms_of_a_learned_s
     rows = pq.read_table(folder / "confirm.parquet").to_pylist()
     assert [(r["form"], r["target_seeds"], r["proxy_seeds"]) for r in rows] == [
         ("fixed", 2, 2), ("controller", 2, 2), ("exported", 2, 2)]
+    # --test: each target run's final model on the test split, 20 clips (a multiple of 1/20)
+    tests = [q["test_metric"] for q in per_seed if q["side"] == "target"]
+    assert len(tests) == 6 and all(0 <= x <= 1 and round(20 * x, 6).is_integer() for x in tests)
+    assert all(r["target_test_metric_mean"] is not None for r in rows)
     text = (folder / "confirm.txt").read_text()
     trained = len({t["trial_id"] for t in load_rows(out).to_pylist()})  # a repeated sample is not trained again
     assert "rank correlation (Kendall's tau-b" in text and f"cost: the proxy search trained {trained} trials" in text

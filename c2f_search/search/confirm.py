@@ -124,8 +124,10 @@ def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None
 
 
 def _table(rows: list[dict], metadata: dict | None = None):
+    """Rows as a table, every key a column (Arrow infers the columns from the first row alone)."""
     import pyarrow as pa
-    t = pa.Table.from_pylist(rows)
+    keys = dict.fromkeys(k for r in rows for k in r)
+    t = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
     return t.replace_schema_metadata({k: json.dumps(v) for k, v in metadata.items()}) if metadata else t
 
 
