@@ -68,6 +68,55 @@ def _table(records: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _read_table(path: Path, d: Path, again: str):
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise C2FError(f"{path}: cannot be read ({str(e).splitlines()[0]}); run 'c2f-search confirm {d}{again} "
+                       f"--overwrite' again, or remove the file") from None
+
+
+def _targets(d: Path, name: str) -> list[str]:
+    """A section per confirmed target (DIR/confirm/NAME): the transfer table, the rank correlation, the cost
+    line and the sentence, and the plot."""
+    from .search.confirm import EXPERIMENT, TARGET_FILE
+    from .seeds import cost_text, tau_text, transfer_sentence
+    esc, parts = html.escape, []
+    for folder in sorted(p.parent for p in (d / EXPERIMENT).glob(f"*/{TARGET_FILE}")):
+        f = folder / "confirm.parquet"
+        if not f.is_file():
+            continue
+        again = f" --target {folder.name}"
+        table = _read_table(f, d, again)
+        rows = table.to_pylist()
+        try:
+            meta = {k.decode(): json.loads(v) for k, v in (table.schema.metadata or {}).items()}
+            lines = [*meta["header"], cost_text(meta["cost"]), transfer_sentence(rows, meta["rank_correlation"])]
+            tau = meta["rank_correlation"]
+            tau_line = (f"Kendall's tau (proxy order against target order, {tau['schedules']} schedules): by saving "
+                        f"{tau_text(tau['tau_saving'])}, by final metric {tau_text(tau['tau_metric'])}.")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise C2FError(f"{f}: cannot be read (its transfer summary: {e!r}); run 'c2f-search confirm {d}{again} "
+                           f"--overwrite' again, or remove the file") from None
+        cols = [("proxy_schedule", "schedule at the proxy", ""), ("target_schedule", "at the target", ""),
+                ("form", "form", ""), ("proxy_flops_saving_mean", "proxy: FLOPs saved", "pct"),
+                ("proxy_flops_saving_sd", "sd", "pct"), ("proxy_convergence_delta_mean", f"vs baseline {name}", "+.4f"),
+                ("proxy_holds_every_seed", "holds", ""), ("target_flops_saving_mean", "target: FLOPs saved", "pct"),
+                ("target_flops_saving_sd", "sd", "pct"), ("target_convergence_delta_mean", f"vs baseline {name}", "+.4f"),
+                ("target_holds_every_seed", "holds", ""), ("target_reached", "reached", "d"), ("target_seeds", "seeds", "d")]
+        if rows and "target_test_metric_mean" in rows[0]:
+            cols.append(("target_test_metric_mean", f"target: test {name}", ".4f"))
+        parts += [f"<h2>Transfer to target {esc(folder.name)} (confirm --target)</h2>",
+                  *(f"<p>{esc(str(x))}</p>" for x in lines[:-2]),
+                  _table(rows, cols),
+                  f"<p>{esc(tau_line)}</p>",
+                  *(f"<p>{esc(x)}</p>" for x in lines[-2:])]
+        if (folder / "confirm.png").is_file():
+            parts.append(f'<img alt="transfer" src="data:image/png;base64,'
+                         f'{base64.b64encode((folder / "confirm.png").read_bytes()).decode()}">')
+    return parts
+
+
 def write_report(search_dir, path=None) -> Path:
     d = Path(search_dir)
     rows = load_rows(d)
@@ -110,11 +159,7 @@ def write_report(search_dir, path=None) -> Path:
                      [("schedule", "schedule", ""), ("trial_id", "trial", ""), ("val_metric", f"val {name}", ".4f"),
                       ("test_metric", f"test {name}", ".4f"), ("gflops", "GFLOPs", ".4g")])]
     if (d / "confirm.parquet").is_file():
-        try:
-            seeds = pq.read_table(d / "confirm.parquet").to_pylist()
-        except (pa.ArrowException, OSError) as e:
-            raise C2FError(f"{d / 'confirm.parquet'}: cannot be read ({str(e).splitlines()[0]}); run 'c2f-search "
-                           f"confirm {d} --overwrite' again, or remove the file") from None
+        seeds = _read_table(d / "confirm.parquet", d, "").to_pylist()
         parts += ["<h2>Seeds (confirm)</h2>", _table(seeds, [
             ("schedule", "schedule", ""), ("seeds", "seeds", "d"), ("best_final_metric_mean", f"best final {name}", ".4f"),
             ("best_final_metric_sd", "sd", ".4f"), ("reached", "reached", "d"), ("flops_saving_mean", "FLOPs saved", "pct"),
@@ -122,6 +167,7 @@ def write_report(search_dir, path=None) -> Path:
         if (d / "confirm.png").is_file():
             parts.append(f'<img alt="confirm" src="data:image/png;base64,'
                          f'{base64.b64encode((d / "confirm.png").read_bytes()).decode()}">')
+    parts += _targets(d, name)
     settings = search_json(d)
     if settings:
         parts += ["<h2>Search settings</h2>", f"<pre>{html.escape(json.dumps(settings, indent=1), quote=False)}</pre>"]

@@ -78,6 +78,12 @@ class Schedule:
         """One phase at full resolution: the reference every saving is measured against."""
         return self.Cs == [1]
 
+    def scaled(self, factor: float) -> "Schedule":
+        """The same shape over `factor` times the epochs: every fixed phase's length times `factor` (six
+        significant digits, so a short phase never rounds to nothing); auto phases stay auto."""
+        return Schedule(self.method, tuple(Phase(p.C, None if p.epochs is None else float(f"{p.epochs * factor:.6g}"))
+                                           for p in self.phases), self.coarse_only)
+
     def phase_steps(self, steps_per_epoch: int) -> list[int]:
         """Optimizer steps per phase; fractional epochs round to whole steps (at least 1).
 

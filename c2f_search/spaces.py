@@ -389,9 +389,7 @@ def load_space(name_or_path: str) -> Space:
         ff = body.get("final_fraction", {"low": 0.4, "high": 0.6})
         if not (isinstance(ff, dict) and {"low", "high"} == set(ff) and 0 < ff["low"] <= ff["high"] < 1):
             raise _err(path, "space.final_fraction", "must be {low: .., high: ..} with 0 < low <= high < 1")
-        sp.final_fraction = (ff["low"], ff["high"])
-        if cp["low"] == 0:
-            raise _err(path, "space.coarse_phases", "a learned space needs low >= 1 (its trials learn coarse phases)")
+        sp.final_fraction = (ff["low"], ff["high"])  # coarse_phases low 0: the baseline is a trial too
     elif "final_fraction" in body:
         raise _err(path, "space.final_fraction", "belongs to a learned space; add 'controller'")
     sp.pbt = _pbt(path, doc.get("pbt"))

@@ -25,9 +25,10 @@ def tiny_data(_cache):
     return Data.from_specs(TINY_DATA)
 
 
-def craft_search(root, trial_ids=("base", "c2f"), metric_name="accuracy"):
+def craft_search(root, trial_ids=("base", "c2f"), metric_name="accuracy", baseline_done=True):
     """A search folder written by hand, as Tune lays one out: a baseline and a coarse-to-fine trial, both
-    finished, each a trial folder with its result.json (no Ray, no training)."""
+    finished (the baseline stopped early where not `baseline_done`), each a trial folder with its
+    result.json holding its config (no Ray, no training)."""
     from c2f_search.records import RECORD_FIELDS
     for k, (tid, schedule, Cs) in enumerate([(trial_ids[0], "none:1x2", (1, 1)),
                                              (trial_ids[1], "fshift:2x1,1x1", (2, 1))]):
@@ -36,7 +37,8 @@ def craft_search(root, trial_ids=("base", "c2f"), metric_name="accuracy"):
         lines = [{**dict.fromkeys(RECORD_FIELDS), "schedule": schedule, "method": schedule.split(":")[0],
                   "phase": step if Cs[0] > 1 else 1, "C": C, "epoch": float(step), "step": 10 * step,
                   "val_metric": 0.3 * step, "metric_name": metric_name, "train_flops": 1e9 * step * (3 - C),
-                  "train_time_s": float(step), "phase_end": step == 2 or Cs[0] > 1, "schedule_done": step == 2,
-                  "averaged": False, "trial_id": tid} for step, C in ((1, Cs[0]), (2, Cs[1]))]
+                  "train_time_s": float(step), "phase_end": step == 2 or Cs[0] > 1,
+                  "schedule_done": step == 2 and (baseline_done or k > 0), "averaged": False, "trial_id": tid,
+                  "config": {"schedule": schedule}} for step, C in ((1, Cs[0]), (2, Cs[1]))]
         (trial / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return root

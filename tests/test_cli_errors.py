@@ -70,9 +70,26 @@ def bad(tmp_path):
     (lost / "search" / "tuner.pkl").write_bytes(b"x")
     (lost / "search.json").write_text(json.dumps({"space": "default", "out": str(lost), "data": {"train": "x"},
                                                   "tuner_sha256": hashlib.sha256(b"x").hexdigest()}))
+    for name, done in (("found", True), ("nobase", False)):  # searches a confirm --target reads, as written
+        _with_settings(craft_search(tmp_path / name, baseline_done=done))
+    (tmp_path / "found" / "confirm" / "plain").mkdir(parents=True)  # not a target's folder
+    (craft_search(tmp_path / "badtarget") / "confirm" / "t").mkdir(parents=True)
+    (tmp_path / "badtarget" / "confirm" / "t" / "target.json").write_text("{}")
+    (tmp_path / "badtarget" / "confirm" / "t" / "confirm.parquet").write_bytes(b"PAR1")
     _search_folder(tmp_path / "s", flags={"space": "demo", "data": TINY_DATA, "depth": 1}, trials=2)
     _search_folder(tmp_path / "old", flags={})
     return tmp_path
+
+
+def _with_settings(d):
+    """search.json beside a crafted search: the demo space on the tiny data."""
+    from dataclasses import asdict
+
+    from c2f_search.search.runner import resolve_data_args
+    from c2f_search.search.settings import SearchSettings
+    data = resolve_data_args(TINY_DATA, None, None, "auto", False, [0.0, 1.0], None, None, None)
+    (d / "search.json").write_text(json.dumps(asdict(SearchSettings(space="demo", out=str(d), data=data,
+                                                                    model_kwargs={"depth": 1}))))
 
 
 class _RunsCode:
@@ -193,6 +210,7 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (["search", "--out", "{t}/nostudy", "--resume"], "nostudy/optuna.db: not found"),
     (["pareto", "{t}/baddb"], "baddb/optuna.db: cannot be read as the search's Optuna study"),
     (["report", "{t}/badconfirm"], "badconfirm/confirm.parquet: cannot be read"),
+    (["report", "{t}/badtarget"], "badtarget/confirm/t/confirm.parquet: cannot be read"),
     (["report", "{t}/crafted", "--out", "/proc/c2f-report.html"], "/proc/c2f-report.html: cannot write it"),
     (["pareto", "{t}/crafted", "--out", "/proc/c2f-front.parquet"], "/proc/c2f-front.parquet: cannot write it"),
     (["confirm", "{t}/trainrun"], "is not the folder of a search (it holds a 'c2f-search train' run)"),
@@ -214,6 +232,23 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     # Ray unpickles DIR/search/tuner.pkl: one c2f-search did not write (no hash recorded) is refused
     (["search", "--resume", "--out", "{t}/old"], "search.json: records no hash of"),
     (["confirm", "{t}/nothing"], "{t}/nothing: no such search folder"),
+    # confirm --target: refused before anything is written, with the target's data checked as a search's
+    (["confirm", "{t}/found", "--target", "t", "--model", "ast-huge"], "--model: invalid choice: 'ast-huge'"),
+    (["confirm", "{t}/found", "--target", "t", "--data", "{t}/missing.json"], "datafile not found"),
+    (["confirm", "{t}/found", "--target", "t", "--data", "{t}/d/train.json"], "gone.wav: file not found"),
+    (["confirm", "{t}/found", "--target", "t", "--epochs-factor", "0"], "--epochs-factor: '0' is not a finite number > 0"),
+    (["confirm", "{t}/found", "--target", "t", "--epochs-factor", "-2"], "--epochs-factor: '-2' is not a finite number > 0"),
+    (["confirm", "{t}/found", "--target", "t", "--epochs", "0"], "--epochs: '0' is not a finite number > 0"),
+    (["confirm", "{t}/found", "--target", "t", "--epochs", "4", "--epochs-factor", "2"],
+     "--epochs-factor: not allowed with argument --epochs"),
+    (["confirm", "{t}/nobase", "--target", "t", "--depth", "2"], "confirm needs a finished baseline trial"),
+    (["confirm", "{t}/found", "--depth", "2"], "--depth: changes the setting, so it needs --target NAME"),
+    (["confirm", "{t}/found", "--target", "a/b"], "--target 'a/b': name it with letters"),
+    (["confirm", "{t}/found", "--target", "plain"], "exists and is not a target's folder"),
+    (["confirm", "{t}/found", "--target", "t", "--model", "cnn14-tiny", "--depth", "2"],
+     "--depth: cnn14-tiny does not take this setting"),
+    (["confirm", "{t}/found", "--target", "t", "--recipe", "esc50"],
+     "confirm --target t: key 'fixed.batch_size' (ast-base): 48 is more than the 40 training clips"),
 ]
 
 

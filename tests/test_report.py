@@ -146,9 +146,27 @@ HOSTILE_ID = '<img src=x onerror="window.__c2f_xss=1">'
 HOSTILE_METRIC = "<script>window.__c2f_xss=2</script>"
 
 
+def _hostile_target(d):
+    """A target's folder as a stranger could share it: hostile text in its table and its metadata."""
+    import pyarrow as pa
+
+    from c2f_search.seeds import SIDE_KEYS, cost_numbers, rank_agreement
+    folder = d / "confirm" / "evil"
+    folder.mkdir(parents=True)
+    (folder / "target.json").write_text("{}")
+    rows = [{"source_trial": HOSTILE_ID, "form": HOSTILE_METRIC, "metric_name": HOSTILE_METRIC,
+             **{f"{side}_{k}": 1 for side in ("proxy", "target") for k in SIDE_KEYS},
+             "proxy_schedule": "none:1x2", "target_schedule": schedule} for schedule in ("none:1x4", "fshift:2x2,1x2")]
+    meta = {"rank_correlation": rank_agreement(rows), "cost": cost_numbers(rows, 1e12, 2, 1e12, 0.0),
+            "header": [f"target {HOSTILE_ID}"]}
+    pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata({k: json.dumps(v) for k, v in meta.items()}),
+                   folder / "confirm.parquet")
+
+
 def test_report_shows_hostile_text_literally_and_runs_no_script(tmp_path):
     from c2f_search.report import write_report
     craft_search(tmp_path, (HOSTILE_ID, "t<b>2</b>"), HOSTILE_METRIC)  # as a stranger could share one
+    _hostile_target(tmp_path)
     write_report(tmp_path)
     driver = _browser(tmp_path)
     try:
@@ -160,3 +178,5 @@ def test_report_shows_hostile_text_literally_and_runs_no_script(tmp_path):
     assert ran is None and not errors, (ran, errors)  # no script ran, no injected image was requested
     assert all(ok and w > 400 for ok, w in images) and len(images) == 2  # only the plots: front and curves
     assert f"trial {HOSTILE_ID}" in text and f"end {HOSTILE_METRIC}" in text and "t<b>2</b>" in text
+    assert "Transfer to target evil" in text and f"target {HOSTILE_ID}" in text  # the target's table and lines
+    assert f"vs baseline {HOSTILE_METRIC}" in text and "Kendall's tau" in text and "cost: the proxy search" in text

@@ -23,7 +23,7 @@ from .probe import Probe, ProbeArm
 
 __all__ = ["PhaseController", "FixedSchedule", "AdaptiveSchedule", "Plateau", "Probe", "ProbeArm", "Population", "Train",
            "Transition", "Adopt", "Done", "parse_spec", "fork_point", "make_controller", "check_transition",
-           "register_controller", "CONTROLLERS"]
+           "register_controller", "CONTROLLERS", "scale_transition"]
 
 
 def make_controller(schedule: Schedule, transition: str | None = None, eval_every=None) -> PhaseController:
@@ -44,3 +44,14 @@ def make_controller(schedule: Schedule, transition: str | None = None, eval_ever
 def check_transition(transition: str) -> tuple[str, dict]:
     name = str(transition).partition(":")[0].strip()
     return parse_spec(transition, CONTROLLERS.get(name).options)
+
+
+SCALED_OPTIONS = ("budget", "max")  # settings in epochs: they scale with the epoch budget
+
+
+def scale_transition(transition: str, factor: float) -> str:
+    """A --transition rule for `factor` times the epochs: its budget and max (epochs) scale, the rest (patience
+    and steps count evaluations and probe steps) stays."""
+    name, kw = check_transition(transition)
+    return f"{name}:" + ",".join(f"{k}={v * factor:.6g}" if k in SCALED_OPTIONS else f"{k}={v:g}" if isinstance(v, float)
+                                 else f"{k}={v}" for k, v in kw.items())

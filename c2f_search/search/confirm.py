@@ -1,22 +1,34 @@
 """``confirm``: re-run the baseline and the top front schedules with new seeds, in parallel, as one
-Ray Tune run (DIR/confirm), and say which savings hold at every seed (``c2f_search.seeds``)."""
+Ray Tune run (DIR/confirm), and say which savings hold at every seed (``c2f_search.seeds``).
+
+With a target (``confirm DIR --target NAME ...``) the same runs train on another setting (model, data,
+recipe, epoch budget; phase lengths scaled so that each schedule keeps its shape) in DIR/confirm/NAME,
+next to the same seeds on the search's own setting (the proxy), and the transfer is measured: each side's
+savings against its own baseline at the same seed, the rank correlation of the two orders, and the cost."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..errors import C2FError
+from ..config import SEARCHABLE
+from ..errors import C2FError, NoResults
 from ..io import atomic_write
-from ..pareto import analyse, load_rows
+from ..pareto import analyse, is_learned, load_rows
+from ..records import row_table
 from ..results import write_table
 from ..schedule import record_schedule as parse_schedule
-from ..seeds import analyse_seeds, plot_seeds, summary_text
+from ..seeds import (analyse_seeds, cost_numbers, plot_seeds, plot_transfer, rank_agreement, summary_text,
+                     transfer_rows, transfer_text)
 from ..spaces import load_space
 from .runner import connect_ray, make_trainable, trial_resources
 from .settings import SearchSettings
 
 EXPERIMENT = "confirm"
+TARGET_FILE = "target.json"  # marks DIR/confirm/NAME as a target's folder: a plain --overwrite leaves it
+TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def pick(res: dict, top: int) -> list[dict]:
@@ -32,45 +44,76 @@ def pick(res: dict, top: int) -> list[dict]:
     return [base] + front[:top]
 
 
-def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None, progress_stream=None) -> str:
-    """Run the seeds and write DIR/confirm.parquet (per schedule), DIR/confirm_seeds.parquet (per seed),
-    DIR/confirm.png and DIR/confirm.txt; returns the text."""
-    import ray
+def seed_runs(picks: list[dict], seeds: int, forms: bool = False) -> tuple[list[dict], int]:
+    """Each pick's config with `seeds` new seeds (above every seed the search used) and the trial it comes
+    from; the first seed. With `forms`, every run names its form and a learned pick runs twice: its
+    controller again, and the fixed schedule it trained (exported); a PBT member only in the second form,
+    since its controller is a population."""
+    configs = [json.loads(r["config"]) for r in picks]
+    first = 1 + max(int(c.get("seed", r["seed"] or 0)) for c, r in zip(configs, picks))  # seeds no trial used
+    variants = []
+    for c, r in zip(configs, picks):
+        if not forms:
+            variants.append((c, r))
+            continue
+        if is_learned(r) and "C" not in c:
+            variants.append(({**c, "form": "controller"}, r))
+        if is_learned(r) and r.get("trained"):
+            fixed = {k: v for k, v in c.items() if k not in ("transition", "C")}
+            variants.append(({**fixed, "schedule": r["trained"], "form": "exported"}, r))
+        if not is_learned(r):
+            variants.append(({**c, "form": "fixed"}, r))
+    runs = [{**c, "seed": s, "source_trial": r["trial_id"]} for c, r in variants for s in range(first, first + seeds)]
+    return runs, first
+
+
+def _tune(settings: SearchSettings, space, runs: list[dict], storage: Path, name: str, address, progress_stream):
+    """One Tune run of `runs` (each a trial's config) in storage/name; every run trains to its end."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
     from .runner import TrialLines
-    settings = SearchSettings.load(out)
-    out = Path(settings.out)
-    exp = Path(settings.storage or out) / EXPERIMENT
-    if settings.storage and "://" in settings.storage:
-        raise C2FError(f"confirm writes its runs beside the search; {settings.storage} is remote: run it on a "
-                       f"copy of the search folder with local storage")
-    if exp.exists():
-        if not overwrite:
-            raise C2FError(f"{exp}: a confirm run is already there; pass --overwrite to replace it")
-        shutil.rmtree(exp)
-    picks = pick(analyse(load_rows(out)), top)
-    configs = [json.loads(r["config"]) for r in picks]
-    first = 1 + max(int(c.get("seed", r["seed"] or 0)) for c, r in zip(configs, picks))  # seeds no trial used
-    runs = [{**c, "seed": s, "source_trial": r["trial_id"]}
-            for c, r in zip(configs, picks) for s in range(first, first + seeds)]
-    print(f"confirm: {len(picks)} schedules x {seeds} seeds ({first}..{first + seeds - 1}) = {len(runs)} runs: "
-          + ", ".join(r["schedule"] for r in picks), flush=True)
-    space = load_space(settings.space)
-    if not ray.is_initialized():
-        connect_ray(address)
-    tuner = tune.Tuner(  # every run trains to its end: both modes are read from the full history
+    tuner = tune.Tuner(  # both modes are read from the full history
         make_trainable(settings, space, trial_resources(settings, space, joined=address is not None),
                        metric_target=None),
         param_space=dict.fromkeys({k for r in runs for k in r}),  # each run's values come from points_to_evaluate
         tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=runs), num_samples=len(runs),
                                     reuse_actors=settings.reuse_actors),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(exp.parent), verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                   callbacks=[TrialLines(progress_stream)],
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     tuner.fit()
+
+
+def _local_storage(settings: SearchSettings) -> None:
+    if settings.storage and "://" in settings.storage:
+        raise C2FError(f"confirm writes its runs beside the search; {settings.storage} is remote: run it on a "
+                       f"copy of the search folder with local storage")
+
+
+def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None, progress_stream=None) -> str:
+    """Run the seeds and write DIR/confirm.parquet (per schedule), DIR/confirm_seeds.parquet (per seed),
+    DIR/confirm.png and DIR/confirm.txt; returns the text."""
+    import ray
+    settings = SearchSettings.load(out)
+    out = Path(settings.out)
+    exp = Path(settings.storage or out) / EXPERIMENT
+    _local_storage(settings)
+    own = [p for p in exp.iterdir() if not (p / TARGET_FILE).is_file()] if exp.is_dir() else []
+    if own:
+        if not overwrite:
+            raise C2FError(f"{exp}: a confirm run is already there; pass --overwrite to replace it")
+        for p in own:  # the targets' folders (DIR/confirm/NAME) stay
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    picks = pick(analyse(load_rows(out)), top)
+    runs, first = seed_runs(picks, seeds)
+    print(f"confirm: {len(picks)} schedules x {seeds} seeds ({first}..{first + seeds - 1}) = {len(runs)} runs: "
+          + ", ".join(r["schedule"] for r in picks), flush=True)
+    space = load_space(settings.space)
+    if not ray.is_initialized():
+        connect_ray(address)
+    _tune(settings, space, runs, exp.parent, EXPERIMENT, address, progress_stream)
     per_seed, summary = analyse_seeds(load_rows(out, name=EXPERIMENT))
     write_table(_table(per_seed), out / "confirm_seeds.parquet")
     write_table(_table(summary), out / "confirm.parquet")
@@ -80,6 +123,224 @@ def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None
     return text
 
 
-def _table(rows: list[dict]):
+def _table(rows: list[dict], metadata: dict | None = None):
+    """Rows as a table, every key a column (Arrow infers the columns from the first row alone)."""
     import pyarrow as pa
-    return pa.Table.from_pylist(rows)
+    keys = dict.fromkeys(k for r in rows for k in r)
+    t = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
+    return t.replace_schema_metadata({k: json.dumps(v) for k, v in metadata.items()}) if metadata else t
+
+
+# ---------------------------------------------------------------------------- confirm --target
+@dataclass
+class Target:
+    """What ``confirm --target NAME`` changes; None (or empty) keeps the search's setting."""
+    name: str
+    model: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    data: str | None = None
+    val: str | None = None
+    test: str | None = None
+    labels: str | None = None
+    recipe: str | None = None
+    epochs_factor: float | None = None
+    epochs: float | None = None
+
+
+def target_setting(settings: SearchSettings, space, target: Target):
+    """(settings, space, factor, recipe) of the target: the search's, with what the target changes. A
+    recipe sets the model, its settings, the training settings, the front end and the epochs; the flags
+    given override it. Without --data the search's data, validation and test splits are kept (and its
+    normalization); with --data they come from the new data, normalized by its own statistics."""
+    from ..models import get_family
+    from ..recipes import load_recipe
+    from .runner import resolve_data_args, resolve_test_arg
+    from .._args import norm_arg
+    recipe = load_recipe(target.recipe) if target.recipe else None
+    proxy_epochs = settings.epochs or space.epochs
+    if target.epochs:
+        epochs = target.epochs
+    elif target.epochs_factor:
+        epochs = target.epochs_factor * proxy_epochs
+    else:
+        epochs = recipe.epochs if recipe else proxy_epochs
+    model = target.model or (recipe.model if recipe else None)
+    models = [model] if model else space.models
+    inherited = recipe.model_kwargs if recipe and get_family(recipe.model) is get_family(models[0]) else \
+        {} if recipe else settings.model_kwargs
+    takes = set.intersection(*({st.name for st in get_family(m).settings} for m in models))
+    kwargs = {**{k: v for k, v in inherited.items() if k in takes}, **target.model_kwargs}  # given ones are checked
+    front = dict(recipe.data) if recipe else {}
+    norm = norm_arg(front["norm"]) if isinstance(front.get("norm"), str) else front.get("norm")
+    d = settings.data
+    if target.data:
+        data = resolve_data_args(target.data, target.val, target.labels, d["task"], d["skip_bad"], norm, d["cache_dir"],
+                                 front.get("num_mel_bins"), front.get("target_length"), d["features"], d["workers"])
+        data.update({"labelled": d["labelled"]} if "labelled" in d else {})
+        test = resolve_test_arg(target.test)
+    else:
+        data = {**d, **({"val": resolve_test_arg(target.val)} if target.val else {}),
+                **({"labels": str(Path(target.labels).resolve())} if target.labels else {})}
+        if recipe:  # its front end; the normalization is computed again unless the recipe gives it
+            data.update(norm=norm, num_mel_bins=front.get("num_mel_bins", d["num_mel_bins"]),
+                        target_length=front.get("target_length", d["target_length"]))
+        test = resolve_test_arg(target.test) if target.test else settings.test
+    if isinstance(data.get("norm"), tuple):
+        data["norm"] = list(data["norm"])
+    fixed = {**space.fixed, **(recipe.train if recipe else {})}
+    t_settings = replace(settings, data=data, model_kwargs=kwargs, test=test, epochs=epochs)
+    t_space = replace(space, model=models[0], models=models, fixed=fixed,
+                      grid_models=None if model else space.grid_models)
+    return t_settings, t_space, epochs / proxy_epochs, recipe
+
+
+def at_target(run: dict, factor: float, model: str | None, recipe) -> dict:
+    """A run's config at the target: phase lengths (and a controller's budget and max) times `factor`, the
+    target's model, and the recipe's settings in place of the searched ones."""
+    from ..controllers import scale_transition
+    out = {**run, "schedule": str(parse_schedule(run["schedule"]).scaled(factor))}
+    if "transition" in out:
+        out["transition"] = scale_transition(out["transition"], factor)
+    if model:
+        out["model"] = model
+    for k in (recipe.train if recipe else {}):
+        if k != "seed":
+            out.pop(k, None)
+    return out
+
+
+def _check_space(t_space, runs: list[dict], name: str):
+    """The target's runs as a grid, so that ``prepare_data`` checks exactly them (each with its model and
+    settings) against the target's data and extracts the features they read."""
+    return replace(t_space, path=f"confirm --target {name}", schedules=[parse_schedule(r["schedule"]) for r in runs],
+                   grid_models=[r.get("model") for r in runs] if any("model" in r for r in runs) else None,
+                   grid_fixed=[{k: v for k, v in r.items() if k in SEARCHABLE and k != "transition"} for r in runs], hparams={},
+                   controllers=None)
+
+
+def _reuse(out: Path, runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows of a plain confirm's finished runs that are proxy runs asked for here, the runs still to do).
+    A plain confirm runs the same configs at the same seeds; its rows get the form they have here."""
+    try:
+        rows = load_rows(out, name=EXPERIMENT).to_pylist()
+    except NoResults:
+        return [], runs
+    done = {}
+    for r in rows:
+        cfg = json.loads(r["config"])
+        if r["status"] == "finished" and "form" not in cfg:
+            done.setdefault((cfg.get("source_trial"), cfg["seed"]), []).append(r)
+    reused, todo = [], []
+    for run in runs:
+        got = done.get((run["source_trial"], run["seed"])) if run["form"] != "exported" else None
+        if got:
+            reused += [{**r, "config": json.dumps({**json.loads(r["config"]), "form": run["form"]}, sort_keys=True)}
+                       for r in got]
+        else:
+            todo.append(run)
+    return reused, todo
+
+
+def _last_flops(rows: list[dict]) -> float:
+    """The training FLOPs every trial in `rows` spent (each trial's last count), summed."""
+    last = {}
+    for r in rows:
+        last[r["trial_id"]] = max(last.get(r["trial_id"], 0.0), r["train_flops"] or 0.0)
+    return sum(last.values())
+
+
+def _describe(t: Target, t_settings, t_space, factor: float, proxy_epochs: float) -> str:
+    given = {k: v for k, v in asdict(t).items() if v not in (None, {}) and k != "name"}
+    return (f"target {t.name}: {', '.join(f'{k}={v}' for k, v in given.items()) or 'the search setting'} -> model "
+            f"{'/'.join(t_space.models)} {t_settings.model_kwargs or ''}, data {t_settings.data['train']}, "
+            f"{t_settings.epochs:g} epochs ({factor:g} x the search's {proxy_epochs:g}; phase lengths scaled by {factor:g})")
+
+
+def run_target_confirm(out, target: Target, top: int, seeds: int, overwrite: bool = False, address=None,
+                       progress_stream=None) -> str:
+    """Confirm at a target: check everything (the target's data prepared and checked as a search's driver
+    does) before anything is written, then run the proxy seeds not already run by a plain confirm and the
+    target's runs, and write DIR/confirm/NAME/{confirm.txt, confirm.parquet, confirm_seeds.parquet,
+    confirm.png}. Returns the text."""
+    import ray
+
+    from .runner import prepare_data
+    settings = SearchSettings.load(out)
+    out = Path(settings.out)
+    _local_storage(settings)
+    if not TARGET_NAME.fullmatch(target.name) or target.name.startswith("train_schedule"):
+        raise C2FError(f"--target {target.name!r}: name it with letters, digits, '.', '_' or '-' (up to 64, not "
+                       f"starting with train_schedule), e.g. --target depth4")
+    folder = out / EXPERIMENT / target.name
+    if folder.exists():
+        if not (folder / TARGET_FILE).is_file():
+            raise C2FError(f"{folder}: exists and is not a target's folder; choose another --target name")
+        if not overwrite:
+            raise C2FError(f"{folder}: target {target.name} was confirmed already; pass --overwrite to replace it, "
+                           f"or choose another --target name")
+    space = load_space(settings.space)
+    search_rows = load_rows(out)
+    picks = pick(analyse(search_rows), top)
+    proxy_runs, first = seed_runs(picks, seeds, forms=True)
+    t_settings, t_space, factor, recipe = target_setting(settings, space, target)
+    runs = [at_target(r, factor, target.model or (recipe.model if recipe else None), recipe) for r in proxy_runs]
+    data = prepare_data(t_settings, _check_space(t_space, runs, target.name))  # refuses here, before any file
+    t_settings.data.update(norm=[data.mean, data.std], target_length=data.fe.target_length,
+                           num_mel_bins=data.fe.num_mel_bins)  # every target run reads the same
+    reused, todo = _reuse(out, proxy_runs)
+    proxy_epochs = settings.epochs or space.epochs
+    header = [_describe(target, t_settings, t_space, factor, proxy_epochs),
+              f"seeds {first}..{first + seeds - 1}, the same on both sides; proxy side: {len(proxy_runs) - len(todo)} "
+              f"runs reused from the plain confirm in {out / EXPERIMENT}, {len(todo)} run here"]
+    print("\n".join(header) + f"\nconfirm --target: {len(runs)} target runs, {len(todo)} proxy runs", flush=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    atomic_write(folder / TARGET_FILE, json.dumps({"target": asdict(target), "top": top, "seeds": seeds,
+                                                   "first_seed": first, "factor": factor, "data": t_settings.data,
+                                                   "model": t_space.models, "model_kwargs": t_settings.model_kwargs,
+                                                   "test": t_settings.test, "epochs": t_settings.epochs,
+                                                   "runs": runs}, indent=1))
+    if not ray.is_initialized():
+        connect_ray(address)
+    if todo:
+        _tune(settings, space, todo, folder, "proxy", address, progress_stream)
+    _tune(t_settings, t_space, runs, folder, "target", address, progress_stream)
+    new_proxy = load_rows(folder, name="proxy").to_pylist() if todo else []
+    per_p, sum_p = analyse_seeds(row_table(reused + new_proxy))
+    target_rows = load_rows(folder, name="target")
+    per_t, sum_t = analyse_seeds(target_rows)
+    if t_settings.test:
+        _test_metrics(t_settings, target_rows.to_pylist(), per_t, sum_t)
+    rows = transfer_rows(sum_p, sum_t)
+    ranks = rank_agreement(rows)
+    cost = cost_numbers(rows, _last_flops(search_rows.to_pylist()), len({r["trial_id"] for r in search_rows.to_pylist()}),
+                        _last_flops(target_rows.to_pylist()), _last_flops(new_proxy))
+    text = transfer_text(rows, ranks, cost, header)
+    text += "\nat the target, per schedule:\n" + summary_text(sum_t)
+    write_table(_table([dict(q, side="proxy") for q in per_p] + [dict(q, side="target") for q in per_t]),
+                folder / "confirm_seeds.parquet")
+    write_table(_table(rows, {"rank_correlation": ranks, "cost": cost, "header": header}), folder / "confirm.parquet")
+    plot_transfer(per_p, per_t, rows, folder / "confirm.png")
+    atomic_write(folder / "confirm.txt", text + "\n")
+    return text
+
+
+def _test_metrics(t_settings, rows: list[dict], per_seed: list[dict], summary: list[dict]) -> None:
+    """Each target run's final model on the target's --test split: per seed, and mean ± sd per schedule."""
+    import pyarrow.fs as pafs
+
+    from ..data import Data
+    from ..evaluator import evaluate_state, read_state
+    from ..seeds import _key, _mean_sd
+    data = Data.from_specs(**t_settings.data, test=t_settings.test)
+    last = {}
+    for r in rows:
+        if r["checkpoint_path"] and r["step"] >= last.get(r["trial_id"], {"step": -1})["step"]:
+            last[r["trial_id"]] = r
+    for q in per_seed:
+        r = last.get(q["trial_id"])
+        q["test_metric"] = evaluate_state(read_state(pafs.LocalFileSystem(), r["checkpoint_path"]), data, "test") \
+            if r and q["status"] == "finished" else None
+    for s in summary:
+        s["test_metric_mean"], s["test_metric_sd"] = _mean_sd([q["test_metric"] for q in per_seed if _key(q) == _key(s)])
