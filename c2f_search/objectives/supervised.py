@@ -1,4 +1,5 @@
-"""Supervised: CE or BCE on the labels (``step.classification_loss``); accuracy, or mAP for multi-label data."""
+"""Supervised: CE or BCE on the labels (``step.classification_loss``); accuracy, or mAP for multi-label data.
+It trains with token dropping: the kept indices come as the step's `extra`; evaluation sees every token."""
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,7 @@ class _Logits(Scorer):
 
 @register_objective
 class Supervised(ClassificationLoss, Objective):
-    name = "supervised"
+    name, takes_token_drop = "supervised", True
 
     def __init__(self, cfg, data, full):
         Objective.__init__(self, cfg, data, full)
@@ -39,8 +40,13 @@ class Supervised(ClassificationLoss, Objective):
     def metric_name(self) -> str:
         return "mAP" if self.data.multilabel else "accuracy"
 
-    def train_flops(self, model) -> int:
-        return train_flops(model)
+    def forward_loss(self, model, x, y, extra=None):
+        """`extra`: the kept token indices in a token-dropping phase (the model's forward gathers them)."""
+        logits = model(x) if extra is None else model(x, keep=extra)
+        return classification_loss(logits, y, self.multilabel)
+
+    def train_flops(self, model, kept: int | None = None) -> int:
+        return train_flops(model, kept)
 
     def eval_flops(self, model) -> int:
         return eval_flops(model)
