@@ -286,6 +286,14 @@ def analyse(rows: pa.Table, ref=None) -> dict:
             "counts": {s: len({r["trial_id"] for r in every if r["status"] == s}) for s in STATUSES}}
 
 
+def full_model(r: dict) -> bool:
+    """Whether the row's checkpoint is a complete full-resolution model: one of C=1, or of a phase that drops
+    tokens (its grid and weights are the full model's, and evaluation saw every token). A checkpoint of a
+    phase that shortens the input or stretches the patch expects input compressed by its C."""
+    from .compress import get_method
+    return r["C"] == 1 or get_method(record_schedule(r["schedule"]).method_at(r["C"])).drops_tokens
+
+
 def is_learned(r: dict) -> bool:
     """Whether a controller decided the row's phases during training (plateau, probe, population)."""
     return r.get("controller") not in (None, "fixed")
@@ -370,11 +378,13 @@ def summary_text(res: dict) -> str:
         label = _label(r)
         lines.append(f"  {label:<36} {r['metric_name']}={r['val_metric']:.4f}{test}  "
                      f"{r['train_flops'] / 1e9:10.4g} GFLOPs")
-    lines.append("anytime front (any evaluation; a checkpoint at C>1 expects input compressed by C; no saving is "
-                 "claimed from it):")
+    lines.append("anytime front (any evaluation; no saving is claimed from it): a checkpoint at C=1 or of a "
+                 "token-dropping phase (tpatchout, fpatchout, patchout) is a full-resolution model, marked 'full "
+                 "model'; one of another phase at C>1 expects input compressed by C:")
     for r in sorted(res["anytime_front"], key=lambda r: r["train_flops"]):
+        usable = "full model" if full_model(r) else f"needs input compressed by {r['C']}"
         lines.append(f"  {_label(r):<36} C={r['C']:<2} phase {r['phase']} epoch {r['epoch']:5.2f}  "
-                     f"{r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs")
+                     f"{r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs  {usable}")
     lines.append(front_sentence(res))
     return "\n".join(lines)
 
@@ -397,6 +407,11 @@ def plot(rows: pa.Table, res: dict, path, metric: str = "val") -> Path:
         fr = sorted(res["anytime_front"], key=lambda r: r["train_flops"])
         ax.step([r["train_flops"] / g for r in fr], [r["val_metric"] for r in fr], where="post", color="0.4",
                 ls=":", label="anytime front (C varies)", zorder=2)
+        full = [r for r in fr if full_model(r)]
+        if full:
+            ax.scatter([r["train_flops"] / g for r in full], [r["val_metric"] for r in full], marker="s", s=30,
+                       facecolor="none", edgecolor="0.2", zorder=2,
+                       label="anytime front: a full-resolution model (C=1 or token dropping)")
     cmap = plt.get_cmap("tab10")
     for k, m in enumerate(sorted({r["method"] for r in res["final"]})):
         for learned in (False, True):  # learned schedules (a controller chose the phases) as triangles
