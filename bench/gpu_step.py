@@ -1,5 +1,6 @@
 """Time the training step `Run` uses on a GPU: per model, per method, per C in 1, 2, 4 and per precision,
-samples/s, TFLOP/s, MFU and time saved / FLOPs saved against C = 1; then the input pipeline's samples/s.
+samples/s, TFLOP/s, MFU, time saved / FLOPs saved against C = 1 and whether CUDA graphs replayed every
+step (no Inductor cudagraph skip); then the input pipeline's samples/s.
 
 The step is ``c2f_search.step.TrainStep`` (autocast, compiled with CUDA graphs unless --no-compile,
 GradScaler for fp16, fused Adam), timed over --steps steps between two CUDA synchronisations after
@@ -22,7 +23,7 @@ import torch
 
 from c2f_search.compress import get_method
 from c2f_search.data import STORE_CHUNK_BYTES, _read_store, _write_store
-from c2f_search.flops import train_flops
+from c2f_search.flops import kept_tokens, train_flops
 from c2f_search.frontend import normalize, spec_augment
 from c2f_search.geometry import Geometry
 from c2f_search.io import atomic_write
@@ -31,7 +32,7 @@ from c2f_search.precision import device_name, grad_scaler, matmul_mode, peak_flo
 from c2f_search.step import ClassificationLoss, TrainStep, adam, allow_recompiles
 from c2f_search.transfer import build_for_phase
 
-METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi"]
+METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi", "tpatchout", "fpatchout", "patchout"]
 PRECISIONS = ["fp32", "tf32", "bf16", "fp16"]
 
 
@@ -41,9 +42,16 @@ def sync(device):
 
 
 def time_step(name, kw, method, C, full, precision, device, a):
-    """(seconds per step, train FLOPs per sample) of one phase's step, median of --repeats blocks."""
+    """(seconds per step, train FLOPs per sample, whether CUDA graphs ran every step) of one phase's step, median
+    of --repeats blocks. A token-dropping method draws its kept tokens on the device at every step, as `Run`
+    does: one shape per phase, so the graph recorded at warm-up replays with each step's indices."""
+    from torch._dynamo.utils import counters
     torch.manual_seed(0)
+    meth = get_method(method)
     model = build_for_phase(name, {"num_classes": 527, **kw}, method, C, full).to(device)
+    kept = kept_tokens(model, meth, C)
+    keep = (lambda: meth.keep_index(C, model.token_grid, a.batch, device)) if kept is not None else (lambda: None)
+    skips = counters["inductor"]["cudagraph_skips"]
     opt = adam(model.parameters(), 1e-4, 5e-7, (0.95, 0.999), device)
     step = TrainStep(model, ClassificationLoss(True), precision, device, a.compile, grad_scaler(precision, device))
     x = torch.randn(a.batch, *model.geometry.input_size, device=device)
@@ -51,15 +59,16 @@ def time_step(name, kw, method, C, full, precision, device, a):
     blocks = []
     with matmul_mode(precision, device):
         for _ in range(a.warmup):
-            step(x, y, opt)
+            step(x, y, opt, keep())
         for _ in range(a.repeats):
             sync(device)
             t = time.perf_counter()
             for _ in range(a.steps):
-                step(x, y, opt)
+                step(x, y, opt, keep())
             sync(device)
             blocks.append((time.perf_counter() - t) / a.steps)
-    return statistics.median(blocks), train_flops(model)
+    graphs = step.graphs and counters["inductor"]["cudagraph_skips"] == skips
+    return statistics.median(blocks), train_flops(model, kept), graphs
 
 
 def loader_rate(F, T, B, device, dtype, clips=512):
@@ -112,24 +121,26 @@ def main():
     for name in a.models:
         for precision in a.precisions:
             peak = peak_flops(dev, precision)
-            t1, f1 = time_step(name, kw, "none", 1, full, precision, device, a)
-            setups = [("none", 1, t1, f1)] + [(m, C, *time_step(name, kw, m, C, full, precision, device, a))
-                                               for m in a.methods for C in (2, 4)]
-            for method, C, t, f in setups:
+            t1, f1, g1 = time_step(name, kw, "none", 1, full, precision, device, a)
+            setups = [("none", 1, t1, f1, g1)] + [(m, C, *time_step(name, kw, m, C, full, precision, device, a))
+                                                   for m in a.methods for C in (2, 4)]
+            for method, C, t, f, graphs in setups:
                 sps = a.batch / t
                 tflops = f * sps / 1e12
                 ratio = (1 - t / t1) / (1 - f / f1) if C > 1 else None
-                rows.append((name, method, C, precision, sps, tflops, tflops * 1e12 / peak if peak else None, ratio))
+                rows.append((name, method, C, precision, sps, tflops, tflops * 1e12 / peak if peak else None, ratio,
+                             graphs))
                 print(rows[-1], file=sys.stderr, flush=True)
     loader = {dt: loader_rate(a.mel, a.frames, a.batch, device, dt) for dt in ("float32", "float16")}
     lines = [f"Device: {dev}; torch {torch.__version__}; batch {a.batch}, {a.mel} mel x {a.frames} frames, "
              f"{'compiled (CUDA graphs)' if a.compile and device.type == 'cuda' else 'compiled' if a.compile else 'eager'}"
              f", fused Adam; median of {a.repeats} blocks of {a.steps} steps after {a.warmup} warm-up steps.", "",
-             "| model | method | C | precision | samples/s | TFLOP/s | MFU | time saved / FLOPs saved |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, method, C, prec, sps, tf, u, r in rows:
+             "| model | method | C | precision | samples/s | TFLOP/s | MFU | time saved / FLOPs saved | CUDA graphs |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, method, C, prec, sps, tf, u, r, graphs in rows:
         lines.append(f"| {name} | {method} | {C} | {prec} | {sps:.0f} | {tf:.1f} | "
-                     f"{'' if u is None else f'{100 * u:.0f}%'} | {'' if r is None else f'{r:.2f}'} |")
+                     f"{'' if u is None else f'{100 * u:.0f}%'} | {'' if r is None else f'{r:.2f}'} | "
+                     f"{'yes' if graphs else 'no'} |")
     lines += ["", f"Input pipeline (memory-mapped store in the page cache -> prefetch thread -> device, avgpool C=4, "
                   f"SpecAugment, normalize), batch {a.batch}: float32 store {loader['float32']:.0f} samples/s, "
                   f"float16 store {loader['float16']:.0f} samples/s."]

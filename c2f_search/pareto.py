@@ -316,7 +316,8 @@ def table_text(res: dict) -> str:
     """Table 2 (budget mode) and Table 3 (convergence mode) for every finished trial, as text."""
     b = res["baseline"]
     name = res["table"][0]["metric_name"] if res["table"] else "metric"
-    head = (f"  {'schedule':<36} {'trial':<14} {'end ' + name:>12} {'GFLOPs':>9} | {'budget: epoch':>13} {name:>9} "
+    w = max([36, *(len(q["schedule"]) for q in res["table"])])  # a mixed schedule's text is longer
+    head = (f"  {'schedule':<{w}} {'trial':<14} {'end ' + name:>12} {'GFLOPs':>9} | {'budget: epoch':>13} {name:>9} "
             f"{'GFLOPs':>9} {'FLOPs saved':>11} {'time saved':>10} | {'best final':>10} {'vs baseline':>11}")
     lines = [head]
     for q in res["table"]:
@@ -329,7 +330,7 @@ def table_text(res: dict) -> str:
             budget = f"{'did not reach':>13} {'':>9} {'':>9} {'':>11} {'':>10}"
         best = f"{q['best_final_metric']:>10.4f}" if q["best_final_metric"] is not None else f"{'':>10}"
         delta = f"{q['convergence_delta']:>+11.4f}" if q["convergence_delta"] is not None else f"{'':>11}"
-        lines.append(f"  {q['schedule']:<36} {q['trial_id']:<14} {q['final_metric']:>12.4f} "
+        lines.append(f"  {q['schedule']:<{w}} {q['trial_id']:<14} {q['final_metric']:>12.4f} "
                      f"{q['total_flops'] / 1e9:>9.4g} | {budget} | {best} {delta}")
     return "\n".join(lines)
 
@@ -372,18 +373,19 @@ def summary_text(res: dict) -> str:
     lines.append("Table 2/3, every finished trial (budget mode: earliest final-phase evaluation at or above the "
                  "baseline reference; convergence mode: best final-phase metric minus the baseline's best):")
     lines.append(table_text(res))
+    w = max([36, *(len(_label(r)) for r in res["final_front"] + res["anytime_front"])])
     lines.append("final front (each finished schedule at its end; metric up, FLOPs down):")
     for r in sorted(res["final_front"], key=lambda r: r["train_flops"]):
         test = f"  test={r['test_metric']:.4f}" if _finite(r.get("test_metric")) else ""
         label = _label(r)
-        lines.append(f"  {label:<36} {r['metric_name']}={r['val_metric']:.4f}{test}  "
+        lines.append(f"  {label:<{w}} {r['metric_name']}={r['val_metric']:.4f}{test}  "
                      f"{r['train_flops'] / 1e9:10.4g} GFLOPs")
     lines.append("anytime front (any evaluation; no saving is claimed from it): a checkpoint at C=1 or of a "
                  "token-dropping phase (tpatchout, fpatchout, patchout) is a full-resolution model, marked 'full "
                  "model'; one of another phase at C>1 expects input compressed by C:")
     for r in sorted(res["anytime_front"], key=lambda r: r["train_flops"]):
         usable = "full model" if full_model(r) else f"needs input compressed by {r['C']}"
-        lines.append(f"  {_label(r):<36} C={r['C']:<2} phase {r['phase']} epoch {r['epoch']:5.2f}  "
+        lines.append(f"  {_label(r):<{w}} C={r['C']:<2} phase {r['phase']} epoch {r['epoch']:5.2f}  "
                      f"{r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs  {usable}")
     lines.append(front_sentence(res))
     return "\n".join(lines)

@@ -41,7 +41,8 @@ class InputPipeline:
 
     def features(self, split: str, C: int, method):
         fe = self.data.fe
-        return self.data.features(split, method.frame_shift(fe.frame_shift_ms, C), method.feature_length(fe.target_length, C))
+        return self.data.features(split, method.frame_shift(fe.frame_shift_ms, C),
+                                  method.feature_length(fe.target_length, C))
 
     def _full(self, split: str):
         """The features at full resolution (C = 1 reads the same for every method)."""

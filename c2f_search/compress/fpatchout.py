@@ -9,7 +9,7 @@ from ._drop import TokenDrop, draw, kept_count, rounding
 @register_method
 class FrequencyPatchout(TokenDrop):
     name = "fpatchout"
-    summary = "keep 1/C of the frequency rows of the patch grid (PaSST's structured patchout), every token at evaluation"
+    summary = "keep 1/C of the frequency rows of the patch grid (PaSST's structured patchout); evaluation sees all"
 
     def _kept(self, C, f, t):
         return kept_count(f, C) * t

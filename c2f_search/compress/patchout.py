@@ -6,7 +6,7 @@ from ._drop import TokenDrop, draw, kept_count, rounding
 @register_method
 class RandomPatchout(TokenDrop):
     name = "patchout"
-    summary = "keep 1/C of the patches at random (PaSST's unstructured patchout), every token at evaluation"
+    summary = "keep 1/C of the patches at random (PaSST's unstructured patchout); evaluation sees all"
 
     def _kept(self, C, f, t):
         return kept_count(f * t, C)

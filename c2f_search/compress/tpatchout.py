@@ -9,7 +9,7 @@ from ._drop import TokenDrop, draw, kept_count, rounding
 @register_method
 class TimePatchout(TokenDrop):
     name = "tpatchout"
-    summary = "keep 1/C of the time columns of the patch grid (PaSST's structured patchout), every token at evaluation"
+    summary = "keep 1/C of the time columns of the patch grid (PaSST's structured patchout); evaluation sees all"
 
     def _kept(self, C, f, t):
         return f * kept_count(t, C)

@@ -1,5 +1,6 @@
 """Supervised: CE or BCE on the labels (``step.classification_loss``); accuracy, or mAP for multi-label data.
-It trains with token dropping: the kept indices come as the step's `extra`; evaluation sees every token."""
+It trains with token dropping: the kept indices come as the step's `extra` (``ClassificationLoss.forward_loss``
+gathers them); evaluation sees every token."""
 from __future__ import annotations
 
 import torch
@@ -39,11 +40,6 @@ class Supervised(ClassificationLoss, Objective):
     @property
     def metric_name(self) -> str:
         return "mAP" if self.data.multilabel else "accuracy"
-
-    def forward_loss(self, model, x, y, extra=None):
-        """`extra`: the kept token indices in a token-dropping phase (the model's forward gathers them)."""
-        logits = model(x) if extra is None else model(x, keep=extra)
-        return classification_loss(logits, y, self.multilabel)
 
     def train_flops(self, model, kept: int | None = None) -> int:
         return train_flops(model, kept)

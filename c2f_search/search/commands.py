@@ -19,7 +19,8 @@ SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
 
 def add_search_args(s) -> None:
     s.add_argument("--space", default="default",
-                   help="search-space YAML: a path, or a shipped one: default, paper, table1, pretrain")
+                   help="search-space YAML: a path, or a shipped one: default, paper, table1, pretrain, adaptive, "
+                        "patchout, demo")
     s.add_argument("--trials", type=positive_int, help="number of trials (default 12; grid mode: the whole grid)")
     s.add_argument("--out", default="runs/search", metavar="DIR", type=out_path)
     s.add_argument("--sampler", default="auto", choices=SAMPLERS,
