@@ -32,14 +32,14 @@ def upgrade(s: dict) -> dict:
 
 def check_continues(s: dict, mine: dict, schedule, controller, cosine: bool) -> None:
     """Refuse a state that cannot continue this run of `schedule`: another identity, another method in a
-    phase, or a history its controller does not accept."""
+    coarse phase (C = 1 trains the same by every method), or a history its controller does not accept."""
     for key in mine:
         if s["identity"][key] != mine[key]:
             raise CheckpointError(f"the checkpoint was trained with another {key}: "
                                   f"{_first_difference(s['identity'][key], mine[key])}")
     why = next((f"its phase {k + 1} trained C={p['C']} by {p['method']}, this run trains C={p['C']} by "
                 f"{schedule.method_at(p['C'])}" for k, p in enumerate(s["phases"])
-                if p["C"] in schedule.Cs and p["method"] != schedule.method_at(p["C"])), None)
+                if 1 < p["C"] and p["C"] in schedule.Cs and p["method"] != schedule.method_at(p["C"])), None)
     why = why or controller.accepts(s["phases"], s["step"], cosine)
     if why is not None:
         raise CheckpointError(f"cannot continue {controller.describe()} from the checkpoint of "

@@ -230,6 +230,12 @@ def _phase(part: str, text: str, method: str | None) -> Phase:
 
 
 def trained_schedule(phases: list[dict], steps_per_epoch: int) -> str:
-    """Phases as trained ({C, method, steps}) written as a fixed schedule that re-runs them standalone."""
-    done = [Phase(p["C"], p["steps"] / steps_per_epoch, p["method"]) for p in phases if p["steps"]]
+    """Phases as trained ({C, method, steps}) written as a fixed schedule that re-runs them standalone. A C=1
+    phase trains the same by every method, so it continues the method before it (a learned run may have
+    skipped the coarse phase whose method the schedule gives its C=1 phase)."""
+    done: list[Phase] = []
+    for p in phases:
+        if p["steps"]:
+            method = p["method"] if p["C"] > 1 or not done else done[-1].method
+            done.append(Phase(p["C"], p["steps"] / steps_per_epoch, method))
     return str(Schedule(done[0].method, tuple(done), coarse_only=done[-1].C != 1)) if done else ""

@@ -9,6 +9,8 @@ from c2f_search.errors import CheckpointError
 from c2f_search.flops import train_flops
 from c2f_search.schedule import parse_schedule
 
+from .conftest import last_state
+
 MIXED = "avgpool:4x1,tpatchout:2x1,1x1"  # tiny_data: 5 steps per epoch at batch 8; a 4 x 16 token grid
 
 
@@ -76,32 +78,23 @@ def test_a_full_resolution_phase_starts_from_exactly_the_weights_patchout_left(t
     assert ends[0]["vit.pos_embed"].shape[1] == 1 + 4 * 4 and starts[1]["vit.pos_embed"].shape[1] == 1 + 4 * 16
 
 
-def _last_state(run, at_step=None):
-    state = None
-    for rec in run.records():
-        state = run.state_dict()
-        if rec["step"] == at_step:
-            break
-    return state
-
-
 def test_a_mixed_schedule_forks_and_resumes_exactly(tiny_data):
     a, b, c = MIXED, "avgpool:4x1,tpatchout:2x1,1x2", "avgpool:4x1,fpatchout:2x1,1x1"
     scratch = {s: _metrics(Run(_cfg(s), tiny_data, "cpu").records()) for s in (a, b, c)}
     assert scratch[a][-1][3] == "avgpool+tpatchout" and scratch[a][-1][-1] == a
-    end_a = _last_state(Run(_cfg(a), tiny_data, "cpu"))
+    end_a = last_state(Run(_cfg(a), tiny_data, "cpu"))
     fork_b = Run(_cfg(b), tiny_data, "cpu", state=end_a)
     fork_b.fit()
     assert _metrics(fork_b.history) == scratch[b]
     # c shares a's first phase only: it takes a's state at its end, not a's last one
     assert fork_point(parse_schedule(a), parse_schedule(c), 5) == 5
-    fork_c = Run(_cfg(c), tiny_data, "cpu", state=_last_state(Run(_cfg(a), tiny_data, "cpu"), at_step=5))
+    fork_c = Run(_cfg(c), tiny_data, "cpu", state=last_state(Run(_cfg(a), tiny_data, "cpu"), at_step=5))
     fork_c.fit()
     assert _metrics(fork_c.history) == scratch[c]
     with pytest.raises(CheckpointError, match="its phase 2 trained C=2 by tpatchout, this run trains C=2 by fpatchout"):
         Run(_cfg(c), tiny_data, "cpu", state=end_a)
     # resumed in the middle of the patchout phase (the kept tokens are drawn from the run's own stream)
-    mid = _last_state(Run(_cfg(a, eval_every="2"), tiny_data, "cpu"), at_step=8)
+    mid = last_state(Run(_cfg(a, eval_every="2"), tiny_data, "cpu"), at_step=8)
     assert mid["phases"][-1] == {**mid["phases"][-1], "C": 2, "method": "tpatchout"}
     resumed = Run(_cfg(a, eval_every="2"), tiny_data, "cpu", state=mid)
     resumed.fit()
@@ -113,11 +106,16 @@ def test_fork_point_needs_the_same_method_per_phase():
     assert fork_point(s("avgpool:4x2,tpatchout:2x2,1x4"), s("avgpool:4x2,tpatchout:2x2,1x8"), 10) == 80
     assert fork_point(s("avgpool:4x2,tpatchout:2x2,1x4"), s("avgpool:4x2,fpatchout:2x2,1x4"), 10) == 20
     assert fork_point(s("avgpool:4x2,tpatchout:2x2,1x4"), s("maxpool:4x2,tpatchout:2x2,1x4"), 10) == 0
+    assert fork_point(s("none:1x3"), s("avgpool:1x5"), 10) == 30  # C = 1 is the same for every method
 
 
-def test_a_learned_schedule_switches_method_with_its_C(tiny_data):
-    run = Run(_cfg("avgpool:4xauto,tpatchout:2xauto,1x1", transition="plateau:patience=1,max=1"), tiny_data, "cpu")
+@pytest.mark.parametrize("rule", ["plateau:patience=1,max=1", "probe:steps=2,max=1"])
+def test_a_learned_schedule_switches_method_with_its_C(tiny_data, rule):
+    run = Run(_cfg("avgpool:4xauto,tpatchout:2xauto,1x1", transition=rule), tiny_data, "cpu")
     recs = run.fit()
-    assert [(p["C"], p["method"]) for p in run.phases] == [(4, "avgpool"), (2, "tpatchout"), (1, "tpatchout")]
-    assert recs[-1]["trained"] == "avgpool:4x1,tpatchout:2x1,1x1"
+    phases = [(p["C"], p["method"]) for p in run.phases if p["steps"]]  # probe may pass through a C
+    assert phases[-1] == (1, "tpatchout") and set(phases) <= {(4, "avgpool"), (2, "tpatchout"), (1, "tpatchout")}
+    assert recs[-1]["trained"].startswith("avgpool:4x") and {r["method"] for r in recs} == {"avgpool+tpatchout"}
+    if (2, "tpatchout") in phases:
+        assert ",tpatchout:2x" in recs[-1]["trained"]
     assert run.progress.step_flops(2) == run.ledger.step_flops(2, "tpatchout") < run.ledger.step_flops(2, "avgpool") * 1.2

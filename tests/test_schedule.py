@@ -104,3 +104,6 @@ def test_trained_schedule_writes_each_phases_method():
     assert trained_schedule(phases, 10) == "avgpool:4x1,tpatchout:2x0.5,coarse-only"
     assert trained_schedule(phases + [{"C": 1, "method": "tpatchout", "steps": 20}], 10) == \
         "avgpool:4x1,tpatchout:2x0.5,1x2"
+    # a learned run that skipped tpatchout's C=2: its C=1 phase, the same for every method, continues avgpool
+    assert trained_schedule([phases[0], {"C": 2, "method": "tpatchout", "steps": 0},
+                             {"C": 1, "method": "tpatchout", "steps": 20}], 10) == "avgpool:4x1,1x2"

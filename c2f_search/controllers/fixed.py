@@ -8,7 +8,8 @@ A run B may continue from a state of run A, and then trains exactly as if it had
 prefix itself, when:
   * A and B agree on everything that shapes training apart from the schedule
     (``TrainConfig.training_identity``: model, hyperparameters, seed) and on the data;
-  * every phase A finished is a phase of B with the same C, the same method and the same number of steps;
+  * every phase A finished is a phase of B with the same C, the same method (at C > 1; full resolution
+    is the same for every method) and the same number of steps;
   * A's current phase has B's C and has not gone past B's length for that phase; with a
     phase-length-dependent LR (``lr_schedule: cosine``) it must also have B's planned length,
     since its LR at each step depends on where the phase ends (step decay and warmup do not);
@@ -97,7 +98,7 @@ def fork_point(parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs
     b.bind(steps_per_epoch)
     shared = 0
     for j, (pa, pb) in enumerate(zip(parent.phases, child.phases)):
-        if pa.C != pb.C or pa.method != pb.method:
+        if pa.C != pb.C or (pa.C > 1 and pa.method != pb.method):  # C = 1 is the same for every method
             break
         if a.steps[j] == b.steps[j]:
             shared += a.steps[j]
