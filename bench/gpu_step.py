@@ -60,7 +60,7 @@ from c2f_search.rng import RunRNG
 from c2f_search.schedule import parse_schedule
 from c2f_search.step import TrainStep
 
-METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi"]
+METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi", "tpatchout", "fpatchout", "patchout"]
 PRECISIONS = ["fp32", "tf32", "bf16", "fp16"]
 INJECT = set(filter(None, os.environ.get("C2F_BENCH_INJECT", "").split(",")))
 INJECTIONS = ("eager-fallback", "resume-mismatch", "host-sync")  # faults the tests force
@@ -169,10 +169,10 @@ def extract_stores(parts: list[Part], files: dict, s: Setup) -> None:
     for part in parts:
         cfg = train_config(part, s)
         schedule = parse_schedule(cfg.schedule)
-        pipe = InputPipeline(cfg, data, get_method(schedule.method), torch.device("cpu"))
-        for C in {p.C for p in schedule.phases}:
+        pipe = InputPipeline(cfg, data, torch.device("cpu"))
+        for phase in schedule.phases:
             for split in ("train", "val"):
-                pipe.features(split, C)
+                pipe.features(split, phase.C, get_method(phase.method or schedule.method))
 
 
 # ------------------------------------------------------------------ inside a part: what the probe counts

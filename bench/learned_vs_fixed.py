@@ -94,11 +94,13 @@ def run_core(cfg_kw: dict, schedule: str, data, seed: int, **extra) -> list[dict
 def stretch(schedule: str, budget: float, flops) -> str:
     """The schedule with its final phase lengthened (or shortened) to spend `budget` FLOPs;
     `flops(method, C)` is one epoch's training FLOPs."""
-    from c2f_search.schedule import Phase, Schedule, parse_schedule
+    from dataclasses import replace
+
+    from c2f_search.schedule import Schedule, parse_schedule
     s = parse_schedule(schedule)
-    coarse = sum(p.epochs * flops(s.method, p.C) for p in s.phases[:-1])
-    final = max(0.1, (budget - coarse) / flops(s.method, 1))
-    return str(Schedule(s.method, (*s.phases[:-1], Phase(1, round(final, 3)))))
+    coarse = sum(p.epochs * flops(p.method, p.C) for p in s.phases[:-1])
+    final = max(0.1, (budget - coarse) / flops(s.phases[-1].method, 1))
+    return str(Schedule(s.method, (*s.phases[:-1], replace(s.phases[-1], epochs=round(final, 3)))))
 
 
 def learned_at_budget(cfg_kw: dict, learned: str, rule: str, data, seed: int, budget: float, flops) -> list[dict]:
@@ -159,7 +161,7 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
     @functools.cache
     def epoch_flops(method: str, C: int) -> float:
         """Training FLOPs of one epoch of `method` at C, as a run's own ledger counts them."""
-        return FlopsLedger.for_config(TrainConfig(f"{method}:1x1", **cfg_kw), data).epoch_flops(C)
+        return FlopsLedger.for_config(TrainConfig(f"{method}:1x1", **cfg_kw), data).epoch_flops(C, method)
 
     spe = FlopsLedger.for_config(TrainConfig("none:1x1", **cfg_kw), data).steps_per_epoch
 

@@ -2,11 +2,13 @@
 
 Two tables, each measured side by side in one process (interleaved repeats, median) because the
 machine is shared:
-  * methods:  AST with every compression method (--models, --mel x --frames);
+  * methods:  AST with every compression method (--models, --mel x --frames, --methods); a token-dropping
+    method (tpatchout, fpatchout, patchout) draws its kept tokens inside the timed step and gathers them
+    after the position embedding, so the time saving includes what the draw and the gather cost;
   * families: each model family at its own published input (--families), compressed by pooling
     (frames / C) or, for SSAST, its pretraining step (masked patch modeling, masks scaled by C).
 Also measures the data path (feature batch -> compress -> SpecAugment -> normalize) in samples/s.
-Usage: python bench/step_time.py [--tables methods families] [--repeats 5] [--batch 8]
+Usage: python bench/step_time.py [--tables methods families] [--methods ...] [--repeats 5] [--batch 8] [--threads N]
 """
 import argparse
 import platform
@@ -16,14 +18,14 @@ import time
 import numpy as np
 import torch
 
-from c2f_search.compress import compress
-from c2f_search.flops import masked_patch_flops, train_flops
+from c2f_search.compress import compress, get_method
+from c2f_search.flops import kept_tokens, masked_patch_flops, train_flops
 from c2f_search.frontend import normalize, spec_augment
 from c2f_search.geometry import Geometry
 from c2f_search.objectives.masked_patch import cluster_masks
 from c2f_search.transfer import build_for_phase
 
-METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi"]
+METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi", "tpatchout", "fpatchout", "patchout"]
 # family: (model, mel bins, frames at C=1, method, objective)
 FAMILIES = {"ast": ("ast-tiny", 128, 1024, "avgpool", "supervised"),
             "htsat": ("htsat", 64, 1024, "avgpool", "supervised"),
@@ -33,6 +35,14 @@ FAMILIES = {"ast": ("ast-tiny", 128, 1024, "avgpool", "supervised"),
 
 def supervised_step(model, x, y, opt):
     return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def patchout_step(method, C):
+    """The supervised step of a token-dropping phase: the kept tokens drawn per batch, as Run draws them."""
+    def loss(model, x, y, opt):
+        keep = method.keep_index(C, model.token_grid, x.shape[0], x.device)
+        return torch.nn.functional.cross_entropy(model(x, keep=keep), y)
+    return loss
 
 
 def pretrain_step(n_masked):
@@ -65,19 +75,22 @@ def measure(setups: dict, batch: int, repeats: int) -> dict:
 def _setup(name, method, C, full: Geometry, B, objective="supervised"):
     torch.manual_seed(0)
     m = build_for_phase(name, {"num_classes": 10}, method if C > 1 else "none", C, full)
-    frames = full.frames if method.startswith("patch") or C == 1 else full.frames // C
+    meth = get_method(method)
+    frames = full.frames if method.startswith("patch") or meth.drops_tokens or C == 1 else full.frames // C
     x, y = torch.randn(B, full.num_mel_bins, frames), torch.randint(0, 10, (B,))
     opt = torch.optim.Adam(m.parameters(), 1e-4)
     if objective == "pretrain":
         n = round(400 / 512 * m.token_grid[0] * m.token_grid[1])  # SSAST's share, scaled to this phase's tokens
         return (pretrain_step(n), m, x, y, opt), masked_patch_flops(m, n, True)
+    if meth.drops_tokens and C > 1:
+        return (patchout_step(meth, C), m, x, y, opt), train_flops(m, kept_tokens(m, meth, C))
     return (supervised_step, m, x, y, opt), train_flops(m)
 
 
-def methods_table(models, F, T, B, repeats) -> list[str]:
+def methods_table(models, methods, F, T, B, repeats) -> list[str]:
     rows = []
     for name in models:
-        for method in METHODS:
+        for method in methods:
             built = {C: _setup(name, method, C, Geometry(F, T), B) for C in (1, 2, 4)}
             t = measure({C: s for C, (s, _) in built.items()}, B, repeats)
             for C in (2, 4):
@@ -127,16 +140,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tables", nargs="+", default=["methods", "families"], choices=["methods", "families"])
     ap.add_argument("--models", nargs="+", default=["ast-tiny", "ast-small"])
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 on a shared machine")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     ap.add_argument("--mel", type=int, default=128)
     ap.add_argument("--frames", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     lines = []
     if "methods" in a.tables:
-        lines += methods_table(a.models, a.mel, a.frames, a.batch, a.repeats) + [""]
+        lines += methods_table(a.models, a.methods, a.mel, a.frames, a.batch, a.repeats) + [""]
     if "families" in a.tables:
         lines += families_table(a.families, a.batch, a.repeats) + [""]
     lines.append(data_path(a.mel, a.frames, a.batch))

@@ -94,8 +94,8 @@ def startup(a):
         rows[reuse] = (wall, inside, len({r["pid"] for t in trials for r in t}),
                        {t[0]["schedule"]: [r["val_metric"] for r in t] for t in trials})
     n = a.trials
-    print(f"| reuse_actors | trials | processes | search wall s | per trial s | trainables' own time s "
-          f"(time_total_s) | outside the trainables s | outside, per trial s |\n|---|---|---|---|---|---|---|---|")
+    print("| reuse_actors | trials | processes | search wall s | per trial s | trainables' own time s "
+          "(time_total_s) | outside the trainables s | outside, per trial s |\n|---|---|---|---|---|---|---|---|")
     for reuse, (wall, inside, procs, _) in rows.items():
         print(f"| {'on' if reuse else 'off'} | {n} | {procs} | {wall:.1f} | {wall / n:.1f} | {inside:.1f} | "
               f"{wall - inside:.1f} | {(wall - inside) / n:.1f} |")

@@ -11,8 +11,10 @@ from .config import LOSSES, LR_SCHEDULES, MAX_SEED, PRECISIONS, TrainConfig, def
 from .errors import ConfigError
 
 EPILOG_SCHEDULE = ("Schedules are METHOD:CxEPOCHS,...,1xEPOCHS with METHOD in none, fshift, avgpool, maxpool, "
-                   "patch-bl, patch-pi; e.g. fshift:4x5,1x15 or patch-pi:4x3,2x3,1x14 or none:1x20. "
-                   "Table 1's coarse-only ablation: avgpool:2x20,coarse-only.")
+                   "patch-bl, patch-pi (shorter input) or tpatchout, fpatchout, patchout (token dropping, AST and "
+                   "SSAST only; docs/methods.md); e.g. fshift:4x5,1x15 or patch-pi:4x3,2x3,1x14 or none:1x20. "
+                   "A coarse phase may name its own method, which holds until the next: "
+                   "avgpool:4x2,tpatchout:2x2,1x6. Table 1's coarse-only ablation: avgpool:2x20,coarse-only.")
 
 
 class Parser(argparse.ArgumentParser):

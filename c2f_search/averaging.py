@@ -59,7 +59,7 @@ class WeightAverage(Callback):
         from .models import load_model
         m = run.model
         metric, val_loss = run.evaluator.evaluate(load_model(m.model_name, m.geometry, m.model_kwargs, sd, run.device),
-                                                  "val", run.C)
+                                                  "val", run.C, run.method)
         run.ledger.add_time(wall=time.perf_counter() - t0)
         return {**run.history[-1], "val_metric": metric, "val_loss": val_loss, **run.ledger.counters, "averaged": True}
 

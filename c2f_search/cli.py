@@ -193,7 +193,6 @@ def _unstarted(a, out: Path, source: Path) -> dict | None:
 
 def _train(a) -> int:
     from .callbacks import ProgressBar, RunFolder
-    from .compress import get_method
     from .io import atomic_write
     from .models import get_family
     from .schedule import parse_schedule
@@ -218,8 +217,8 @@ def _train(a) -> int:
                        f"c2f-search {'pretrain' if not a.pretrain else 'train'}")
     schedule = parse_schedule(cfg.schedule)
     family = get_family(cfg.model)
-    family.check_method(cfg.model, get_method(schedule.method))
-    quantum = schedule.max_C * family.time_granularity
+    family.check_schedule(cfg.model, schedule)
+    quantum = max(schedule.grid_Cs, default=1) * family.time_granularity
     data = load_data(data_args, quantum, progress=not a.no_progress, labelled=not a.pretrain)
     if a.resume and a.target_length is None and recorded.get("target_length_reason"):
         data.target_reason = recorded["target_length_reason"]
@@ -247,6 +246,8 @@ def _train(a) -> int:
           file=sys.stderr)
     if recipe is not None:
         print(f"recipe {recipe.name}: {recipe.description}", file=sys.stderr)
+    for line in token_drop_lines(cfg, schedule, run.full, data.num_classes):
+        print(line, file=sys.stderr)
     if a.pretrain:
         ob = run.objective
         print(f"masked patch modeling: {ob.full_masked} of {ob.full_tokens} patches masked at full resolution, "
@@ -278,6 +279,17 @@ def _train(a) -> int:
     return 0
 
 
+def token_drop_lines(cfg, schedule, full, num_classes: int) -> list[str]:
+    """For each phase that drops tokens: how many it keeps and how the count was rounded."""
+    from .compress import get_method
+    from .transfer import build_for_phase
+    drops = [(k, p) for k, p in enumerate(schedule.phases) if get_method(p.method).drops_tokens and p.C > 1]
+    if not drops:
+        return []
+    grid = build_for_phase(cfg.model, cfg.build_kwargs(num_classes), "none", 1, full, device="meta").token_grid
+    return [f"phase {k + 1}: {get_method(p.method).describe_keep(p.C, grid)}" for k, p in drops]
+
+
 def _bad_report(data, out: Path) -> None:
     from .io import atomic_write
     bad = data.bad_report()
@@ -291,19 +303,18 @@ def _bad_report(data, out: Path) -> None:
 # ---------------------------------------------------------------------------- flops
 def cmd_flops(a) -> int:
     from ._args import given_model_settings
-    from .compress import get_method
     from .flops_table import flops_table, format_table
     from .models import get_family
     from .schedule import parse_schedule
 
     schedules = [parse_schedule(s) for s in (a.schedule or ["none:1x20"])]
     for s in schedules:
-        get_family(a.model).check_method(a.model, get_method(s.method))
+        get_family(a.model).check_schedule(a.model, s)
     if a.target_length:
         T = a.target_length
     else:  # AST pads e.g. 998 frames (10 s) to 1024: round up to a multiple of granularity x max C
         frames = 1 + int((a.seconds * 16000 - 400) // 160)
-        q = get_family(a.model).time_granularity * max(s.max_C for s in schedules)
+        q = get_family(a.model).time_granularity * max(max(s.grid_Cs, default=1) for s in schedules)
         T = math.ceil(frames / q) * q
     if T > MAX_FRAMES:  # past this FlopCounterMode's tensor sizes overflow
         given = f"--target-length {a.target_length}" if a.target_length else f"--seconds {a.seconds:g}"

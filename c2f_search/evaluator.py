@@ -20,16 +20,18 @@ class Evaluator:
         self.ledger = ledger
 
     @torch.no_grad()
-    def evaluate(self, model, split: str, C: int) -> tuple[float, float]:
-        """(metric, loss) of `model` on every clip of `split`, at compression C."""
+    def evaluate(self, model, split: str, C: int, method) -> tuple[float, float]:
+        """(metric, loss) of `model` on every clip of `split`, at compression C of `method`; every token (a
+        token-dropping method drops tokens in training steps only)."""
         model.eval()
         scorer = self.objective.scorer(model, C)
-        with matmul_mode(self.precision, self.device), self.pipeline.eval_batches(split, C, EVAL_BATCH) as batches:
+        with matmul_mode(self.precision, self.device), \
+                self.pipeline.eval_batches(split, C, EVAL_BATCH, method) as batches:
             for x, y in batches:
                 with autocast(self.precision, self.device):
                     scorer.add(x, y)
         if split == "val" and self.ledger is not None:
-            self.ledger.add_eval(self.objective.eval_flops(model) * len(self.pipeline.features(split, C).kept))
+            self.ledger.add_eval(self.objective.eval_flops(model) * len(self.pipeline.features(split, C, method).kept))
         return scorer.result()
 
 
@@ -43,17 +45,18 @@ def evaluate_state(state: dict, data, split: str = "test", device="cpu") -> floa
     from .objectives import make_objective
     from .pipeline import InputPipeline
     from .precision import resolve_device, resolve_precision
-    from .schedule import parse_schedule
+    from .run_state import upgrade
     device = resolve_device(device)
     cfg = TrainConfig.from_dict(state["config"])
     fe = data.fe
     full = Geometry(fe.num_mel_bins, fe.target_length)
-    method = get_method(parse_schedule(cfg.schedule).method)
+    phase = upgrade(state)["phases"][-1]
+    method = get_method(phase["method"])
     model = load_model(state["model_name"], Geometry(**state["geometry"]), state["model_kwargs"], state["model"], device)
-    pipeline = InputPipeline(cfg, data, method, device, norm=tuple(state["identity"]["norm"]))
+    pipeline = InputPipeline(cfg, data, device, norm=tuple(state["identity"]["norm"]))
     evaluator = Evaluator(make_objective(cfg, data, full), pipeline, resolve_precision(state["precision"], device),
                           device)
-    return evaluator.evaluate(model, split, state["phases"][-1]["C"])[0]
+    return evaluator.evaluate(model, split, phase["C"], method)[0]
 
 
 def read_state(fs, checkpoint_dir: str) -> dict:

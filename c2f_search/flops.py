@@ -17,7 +17,8 @@ from .models import create_model
 
 
 @functools.lru_cache(maxsize=256)
-def _count(model_name: str, kwargs_json: str, geometry: Geometry, backward: bool, masked: int = 0) -> int:
+def _count(model_name: str, kwargs_json: str, geometry: Geometry, backward: bool, masked: int = 0,
+           kept: int | None = None) -> int:
     m = create_model(model_name, geometry=geometry, device="meta", **json.loads(kwargs_json))
     for mod in m.modules():
         if hasattr(mod, "fused_attn"):
@@ -27,6 +28,8 @@ def _count(model_name: str, kwargs_json: str, geometry: Geometry, backward: bool
     with FlopCounterMode(display=False) as fc:
         if masked:  # masked patch modeling: the encoder, both heads and both losses on `masked` patches
             out = m.masked_patch_loss(x, torch.arange(masked, device="meta")[None])[0]
+        elif kept is not None:  # token dropping: the patch embedding sees every patch, the encoder `kept` tokens
+            out = m(x, keep=torch.arange(kept, device="meta")[None])
         else:
             out = m(x)
         if backward:
@@ -38,9 +41,15 @@ def _key(model) -> tuple:
     return model.model_name, json.dumps(model.model_kwargs, sort_keys=True, default=list), model.geometry
 
 
-def train_flops(model) -> int:
-    """FLOPs of one training step (forward + backward) per sample for this phase's model."""
-    return _count(*_key(model), True)
+def train_flops(model, kept: int | None = None) -> int:
+    """FLOPs of one training step (forward + backward) per sample for this phase's model; `kept`: the tokens
+    a token-dropping phase keeps (attention and every linear layer counted at that many)."""
+    return _count(*_key(model), True, 0, kept)
+
+
+def kept_tokens(model, method, C: int) -> int | None:
+    """The tokens a training step of phase C keeps where `method` drops tokens there; None: every token."""
+    return method.kept_tokens(C, model.token_grid) if method.drops_tokens and C > 1 else None
 
 
 def eval_flops(model) -> int:

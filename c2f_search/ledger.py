@@ -1,10 +1,13 @@
 """The FLOPs ledger: what a run has spent (training, evaluation and controller FLOPs, training and
-wall time) and what one step costs at each C. It is the one place that counts: ``Run`` adds to it,
+wall time) and what one step costs in each phase, by (method, C): a schedule's phases may name their own
+methods, and a token-dropping phase costs the tokens it keeps. It is the one place that counts: ``Run`` adds to it,
 controllers read it, and ASHA's ``max_t`` and the benchmarks ask it for an epoch's FLOPs."""
 from __future__ import annotations
 
 from types import MappingProxyType
 
+from .compress import get_method
+from .flops import kept_tokens
 from .geometry import Geometry
 from .transfer import build_for_phase
 
@@ -12,42 +15,47 @@ COUNTERS = ("train_flops", "eval_flops", "train_time_s", "wall_time_s", "control
 
 
 class FlopsLedger:
-    def __init__(self, cfg, num_classes: int, method, full: Geometry, objective, steps_per_epoch: int):
-        self.cfg, self.num_classes, self.method, self.full = cfg, num_classes, method, full
+    def __init__(self, cfg, num_classes: int, schedule, full: Geometry, objective, steps_per_epoch: int):
+        """`schedule`: the run's, which names the method of each of its phases' C."""
+        self.cfg, self.num_classes, self.schedule, self.full = cfg, num_classes, schedule, full
         self.objective, self.steps_per_epoch = objective, steps_per_epoch
         self._counters = dict.fromkeys(COUNTERS, 0.0)
-        self._step_flops: dict[int, float] = {}
+        self._step_flops: dict[tuple[str, int], float] = {}
 
     @classmethod
     def for_config(cls, cfg, data) -> "FlopsLedger":
         """A ledger for a run of `cfg` on `data` that is not built (ASHA's max_t, benchmarks)."""
-        from .compress import get_method
         from .objectives import make_objective
         from .pipeline import steps_per_epoch
         from .schedule import parse_schedule
         full = Geometry(data.fe.num_mel_bins, data.fe.target_length)
-        return cls(cfg, data.num_classes, get_method(parse_schedule(cfg.schedule).method), full,
-                   make_objective(cfg, data, full), steps_per_epoch(cfg, data))
+        return cls(cfg, data.num_classes, parse_schedule(cfg.schedule), full, make_objective(cfg, data, full),
+                   steps_per_epoch(cfg, data))
 
     @property
     def counters(self) -> MappingProxyType:
         """The cumulative counters, read-only: they change only through this ledger's methods."""
         return MappingProxyType(self._counters)
 
-    def step_flops(self, C: int) -> float:
-        """Training FLOPs of one optimizer step at C (a full batch); the model is built once per C, on meta."""
-        if C not in self._step_flops:
-            m = build_for_phase(self.cfg.model, self.cfg.build_kwargs(self.num_classes), self.method, C, self.full,
+    def step_flops(self, C: int, method: str | None = None) -> float:
+        """Training FLOPs of one optimizer step (a full batch) of `method` at C (default: the method of the
+        schedule's phase at C); the model is built once per (method, C), on meta."""
+        method = get_method(method or self.schedule.method_at(C))
+        key = (method.name, C)
+        if key not in self._step_flops:
+            m = build_for_phase(self.cfg.model, self.cfg.build_kwargs(self.num_classes), method, C, self.full,
                                 device="meta")
-            self._step_flops[C] = float(self.objective.train_flops(m) * self.cfg.batch_size)
-        return self._step_flops[C]
+            kept = kept_tokens(m, method, C)
+            per_sample = self.objective.train_flops(m) if kept is None else self.objective.train_flops(m, kept=kept)
+            self._step_flops[key] = float(per_sample * self.cfg.batch_size)
+        return self._step_flops[key]
 
-    def epoch_flops(self, C: int = 1) -> float:
+    def epoch_flops(self, C: int = 1, method: str | None = None) -> float:
         """Training FLOPs of one epoch at C: the steps trained, the last partial batch dropped."""
-        return self.step_flops(C) * self.steps_per_epoch
+        return self.step_flops(C, method) * self.steps_per_epoch
 
-    def add_train(self, C: int, steps: int = 1) -> None:
-        self._counters["train_flops"] += self.step_flops(C) * steps
+    def add_train(self, C: int, method: str, steps: int = 1) -> None:
+        self._counters["train_flops"] += self.step_flops(C, method) * steps
 
     def add_eval(self, flops: float) -> None:
         self._counters["eval_flops"] += flops

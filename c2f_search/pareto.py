@@ -287,6 +287,14 @@ def analyse(rows: pa.Table, ref=None) -> dict:
             "counts": {s: len({r["trial_id"] for r in every if r["status"] == s}) for s in STATUSES}}
 
 
+def full_model(r: dict) -> bool:
+    """Whether the row's checkpoint is a complete full-resolution model: one of C=1, or of a phase that drops
+    tokens (its grid and weights are the full model's, and evaluation saw every token). A checkpoint of a
+    phase that shortens the input or stretches the patch expects input compressed by its C."""
+    from .compress import get_method
+    return r["C"] == 1 or get_method(record_schedule(r["schedule"]).method_at(r["C"])).drops_tokens
+
+
 def is_learned(r: dict) -> bool:
     """Whether a controller decided the row's phases during training (plateau, probe, population)."""
     return r.get("controller") not in (None, "fixed")
@@ -309,7 +317,8 @@ def table_text(res: dict) -> str:
     """Table 2 (budget mode) and Table 3 (convergence mode) for every finished trial, as text."""
     b = res["baseline"]
     name = res["table"][0]["metric_name"] if res["table"] else "metric"
-    head = (f"  {'schedule':<36} {'trial':<14} {'end ' + name:>12} {'GFLOPs':>9} | {'budget: epoch':>13} {name:>9} "
+    w = max([36, *(len(q["schedule"]) for q in res["table"])])  # a mixed schedule's text is longer
+    head = (f"  {'schedule':<{w}} {'trial':<14} {'end ' + name:>12} {'GFLOPs':>9} | {'budget: epoch':>13} {name:>9} "
             f"{'GFLOPs':>9} {'FLOPs saved':>11} {'time saved':>10} | {'best final':>10} {'vs baseline':>11}")
     lines = [head]
     for q in res["table"]:
@@ -322,7 +331,7 @@ def table_text(res: dict) -> str:
             budget = f"{'did not reach':>13} {'':>9} {'':>9} {'':>11} {'':>10}"
         best = f"{q['best_final_metric']:>10.4f}" if q["best_final_metric"] is not None else f"{'':>10}"
         delta = f"{q['convergence_delta']:>+11.4f}" if q["convergence_delta"] is not None else f"{'':>11}"
-        lines.append(f"  {q['schedule']:<36} {q['trial_id']:<14} {q['final_metric']:>12.4f} "
+        lines.append(f"  {q['schedule']:<{w}} {q['trial_id']:<14} {q['final_metric']:>12.4f} "
                      f"{q['total_flops'] / 1e9:>9.4g} | {budget} | {best} {delta}")
     compiled = sum(q["compile_time_s"] for q in res["table"])
     if compiled:
@@ -369,17 +378,20 @@ def summary_text(res: dict) -> str:
     lines.append("Table 2/3, every finished trial (budget mode: earliest final-phase evaluation at or above the "
                  "baseline reference; convergence mode: best final-phase metric minus the baseline's best):")
     lines.append(table_text(res))
+    w = max([36, *(len(_label(r)) for r in res["final_front"] + res["anytime_front"])])
     lines.append("final front (each finished schedule at its end; metric up, FLOPs down):")
     for r in sorted(res["final_front"], key=lambda r: r["train_flops"]):
         test = f"  test={r['test_metric']:.4f}" if _finite(r.get("test_metric")) else ""
         label = _label(r)
-        lines.append(f"  {label:<36} {r['metric_name']}={r['val_metric']:.4f}{test}  "
+        lines.append(f"  {label:<{w}} {r['metric_name']}={r['val_metric']:.4f}{test}  "
                      f"{r['train_flops'] / 1e9:10.4g} GFLOPs")
-    lines.append("anytime front (any evaluation; a checkpoint at C>1 expects input compressed by C; no saving is "
-                 "claimed from it):")
+    lines.append("anytime front (any evaluation; no saving is claimed from it): a checkpoint at C=1 or of a "
+                 "token-dropping phase (tpatchout, fpatchout, patchout) is a full-resolution model, marked 'full "
+                 "model'; one of another phase at C>1 expects input compressed by C:")
     for r in sorted(res["anytime_front"], key=lambda r: r["train_flops"]):
-        lines.append(f"  {_label(r):<36} C={r['C']:<2} phase {r['phase']} epoch {r['epoch']:5.2f}  "
-                     f"{r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs")
+        usable = "full model" if full_model(r) else f"needs input compressed by {r['C']}"
+        lines.append(f"  {_label(r):<{w}} C={r['C']:<2} phase {r['phase']} epoch {r['epoch']:5.2f}  "
+                     f"{r['metric_name']}={r['val_metric']:.4f}  {r['train_flops'] / 1e9:10.4g} GFLOPs  {usable}")
     lines.append(front_sentence(res))
     return "\n".join(lines)
 
@@ -402,6 +414,11 @@ def plot(rows: pa.Table, res: dict, path, metric: str = "val") -> Path:
         fr = sorted(res["anytime_front"], key=lambda r: r["train_flops"])
         ax.step([r["train_flops"] / g for r in fr], [r["val_metric"] for r in fr], where="post", color="0.4",
                 ls=":", label="anytime front (C varies)", zorder=2)
+        full = [r for r in fr if full_model(r)]
+        if full:
+            ax.scatter([r["train_flops"] / g for r in full], [r["val_metric"] for r in full], marker="s", s=30,
+                       facecolor="none", edgecolor="0.2", zorder=2,
+                       label="anytime front: a full-resolution model (C=1 or token dropping)")
     cmap = plt.get_cmap("tab10")
     for k, m in enumerate(sorted({r["method"] for r in res["final"]})):
         for learned in (False, True):  # learned schedules (a controller chose the phases) as triangles

@@ -2,7 +2,8 @@
 device. It owns the features at each C, the batch order and sampling weights (a pure function of
 seed, epoch and step, so nothing but the step is carried in a checkpoint), the prefetcher, and the
 device-side preparation: the method's transform (pooling), SpecAugment, normalization, AST's noise
-and mixup. Everything random draws from the process-wide generators, which the run installs around
+and mixup. Each phase names its method (a schedule's phases may mix them), so every call takes the phase's
+method with its C. Everything random draws from the process-wide generators, which the run installs around
 its own work (``rng.RunRNG``), in a fixed order per batch: SpecAugment, noise, mixup."""
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def steps_per_epoch(cfg, data) -> int:
 
 
 class InputPipeline:
-    def __init__(self, cfg, data, method, device: torch.device, norm: tuple[float, float] | None = None):
+    def __init__(self, cfg, data, device: torch.device, norm: tuple[float, float] | None = None):
         """`norm` (mean, std) as a saved state recorded it; None: the data's (computed from its training set)."""
-        self.cfg, self.data, self.method, self.device = cfg, data, method, device
+        self.cfg, self.data, self.device = cfg, data, device
         self._norm = norm
         self._perm_epoch, self._perm, self._weights, self._beta = None, None, None, None
 
@@ -40,14 +41,19 @@ class InputPipeline:
             self._norm = (self.data.mean, self.data.std)
         return self._norm
 
-    def features(self, split: str, C: int):
+    def features(self, split: str, C: int, method):
         fe = self.data.fe
-        return self.data.features(split, self.method.frame_shift(fe.frame_shift_ms, C),
-                                  self.method.feature_length(fe.target_length, C))
+        return self.data.features(split, method.frame_shift(fe.frame_shift_ms, C),
+                                  method.feature_length(fe.target_length, C))
+
+    def _full(self, split: str):
+        """The features at full resolution (C = 1 reads the same for every method)."""
+        fe = self.data.fe
+        return self.data.features(split, fe.frame_shift_ms, fe.target_length)
 
     @property
     def n_train(self) -> int:
-        return len(self.features("train", 1).kept)
+        return len(self._full("train").kept)
 
     # ------------------------------------------------------------------ order
     def batch_indices(self, step: int, steps_per_epoch: int) -> np.ndarray:
@@ -65,25 +71,25 @@ class InputPipeline:
 
     def _clip_weights(self) -> torch.Tensor:
         if self._weights is None:
-            self._weights = balanced_weights(self.data.targets("train", self.features("train", 1)))
+            self._weights = balanced_weights(self.data.targets("train", self._full("train")))
         return self._weights
 
     # ------------------------------------------------------------------ batches
     @contextmanager
-    def train_batches(self, C: int, order: list):
+    def train_batches(self, C: int, order: list, method):
         """Prepared training batches (x, y) of the index batches `order`, on the device."""
-        feats = self.features("train", C)
+        feats = self.features("train", C, method)
         with self._prefetch(feats, self.data.targets("train", feats), order) as batches:
-            yield (self._mixup(self.prepare(x, n, C, True), y) for x, n, y in batches)
+            yield (self._mixup(self.prepare(x, n, C, True, method), y) for x, n, y in batches)
 
     @contextmanager
-    def eval_batches(self, split: str, C: int, batch: int):
+    def eval_batches(self, split: str, C: int, batch: int, method):
         """Prepared batches (x, y) of `batch` clips, every clip of `split` in order."""
-        feats = self.features(split, C)
+        feats = self.features(split, C, method)
         n = len(feats.kept)
         order = [np.arange(s, min(n, s + batch)) for s in range(0, n, batch)]
         with self._prefetch(feats, self.data.targets(split, feats), order) as batches:
-            yield ((self.prepare(x, nf, C, False), y) for x, nf, y in batches)
+            yield ((self.prepare(x, nf, C, False, method), y) for x, nf, y in batches)
 
     def _prefetch(self, feats, targets, order) -> Prefetcher:
         """On CUDA, rows are gathered into reused pinned buffers: those queued, one being gathered and one
@@ -91,10 +97,10 @@ class InputPipeline:
         ring = PinnedRing(PREFETCH + 3, pin=True) if self.device.type == "cuda" else None
         return Prefetcher(host_batches(feats, targets, order, ring), self.device, PREFETCH, ring=ring)
 
-    def prepare(self, x, n, C: int, train: bool) -> torch.Tensor:
+    def prepare(self, x, n, C: int, train: bool, method) -> torch.Tensor:
         """On the device: a fp16 store's batch to fp32, the method's transform, SpecAugment, normalization, noise."""
-        cfg, scale = self.cfg, self.method.time_mask_scale(C)
-        x = self.method.transform(x.float(), n, C)
+        cfg, scale = self.cfg, method.time_mask_scale(C)
+        x = method.transform(x.float(), n, C)
         if train:
             x = spec_augment(x, cfg.freqm, cfg.timem // scale)
         x = normalize(x, *self.norm)

@@ -79,8 +79,7 @@ def _read_table(path: Path, d: Path, again: str):
 def _targets(d: Path, name: str) -> list[str]:
     """A section per confirmed target (DIR/confirm/NAME): the transfer table, the rank correlation, the cost
     line and the sentence, and the plot."""
-    from .search.confirm import EXPERIMENT, TARGET_FILE
-    from .seeds import cost_text, tau_text, transfer_sentence
+    from .seeds import EXPERIMENT, TARGET_FILE, cost_text, tau_text, transfer_sentence
     esc, parts = html.escape, []
     for folder in sorted(p.parent for p in (d / EXPERIMENT).glob(f"*/{TARGET_FILE}")):
         f = folder / "confirm.parquet"

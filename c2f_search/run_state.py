@@ -24,18 +24,23 @@ def upgrade(s: dict) -> dict:
     if s.get("version") != STATE_VERSION:
         raise CheckpointError(f"checkpoint format {s.get('version')} is not {STATE_VERSION}; it was written "
                               f"by another c2f-search version, start a new run")
+    if any("method" not in p for p in s["phases"]):  # written before phases named their method: one for all
+        method = parse_schedule(s["config"]["schedule"]).method
+        s = {**s, "phases": [{"method": method, **p} for p in s["phases"]]}
     return s
 
 
-def check_continues(s: dict, mine: dict, method: str, controller, cosine: bool) -> None:
-    """Refuse a state that cannot continue this run: another identity, method or history."""
+def check_continues(s: dict, mine: dict, schedule, controller, cosine: bool) -> None:
+    """Refuse a state that cannot continue this run of `schedule`: another identity, another method in a
+    coarse phase (C = 1 trains the same by every method), or a history its controller does not accept."""
     for key in mine:
         if s["identity"][key] != mine[key]:
             raise CheckpointError(f"the checkpoint was trained with another {key}: "
                                   f"{_first_difference(s['identity'][key], mine[key])}")
-    theirs = parse_schedule(s["config"]["schedule"]).method
-    why = (f"it compresses by {theirs}, this run by {method}" if theirs != method
-           else controller.accepts(s["phases"], s["step"], cosine))
+    why = next((f"its phase {k + 1} trained C={p['C']} by {p['method']}, this run trains C={p['C']} by "
+                f"{schedule.method_at(p['C'])}" for k, p in enumerate(s["phases"])
+                if 1 < p["C"] and p["C"] in schedule.Cs and p["method"] != schedule.method_at(p["C"])), None)
+    why = why or controller.accepts(s["phases"], s["step"], cosine)
     if why is not None:
         raise CheckpointError(f"cannot continue {controller.describe()} from the checkpoint of "
                               f"{s['controller']['describe']}: {why}")

@@ -11,6 +11,9 @@ import pyarrow as pa
 from .pareto import baseline_reference, by_trial, save_figure, trial_quantities
 from .schedule import record_schedule as parse_schedule
 
+EXPERIMENT = "confirm"
+TARGET_FILE = "target.json"  # marks DIR/confirm/NAME as a target's folder: a plain --overwrite leaves it
+
 
 def _mean_sd(xs: list) -> tuple:
     xs = [x for x in xs if x is not None]

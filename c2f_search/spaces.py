@@ -11,11 +11,11 @@ Two kinds of file:
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-from .compress import baseline_method, list_methods
+from .compress import baseline_method, get_method, list_methods
 from .config import FIXED_ONLY, SEARCHABLE, TrainConfig
 from .errors import ConfigError, ScheduleError, SpaceError
 from .io import read_yaml
@@ -26,7 +26,7 @@ TOP_KEYS = {"name", "description", "data", "model", "epochs", "metric_target", "
             "schedules", "fixed", "objective", "finetune", "pbt"}
 PBT_KEYS = {"interval": 0.5, "quantile": 0.25, "lower_C": 0.5}  # and their defaults
 FINETUNE_KEYS = {"data", "schedule", "fixed"}
-SPACE_KEYS = {"method", "coarse_phases", "C_values", "phase_fraction", "max_coarse_fraction", "controller",
+SPACE_KEYS = {"method", "later_method", "coarse_phases", "C_values", "phase_fraction", "max_coarse_fraction", "controller",
               "final_fraction"}
 HPARAMS = set(SEARCHABLE)
 RESOURCE_KEYS = {"cpu", "gpu"}
@@ -50,6 +50,7 @@ class Space:
     hparams: dict = field(default_factory=dict)  # name -> list (categorical) or {low, high, log, int}
     schedules: list[Schedule] | None = None  # grid mode
     methods: list[str] = field(default_factory=list)
+    later_methods: list[str] | None = None  # mixed schedules: the method of the coarse phases after the first
     coarse_phases: tuple[int, int] = (0, 3)
     C_values: list[int] = field(default_factory=lambda: [8, 4, 2])
     phase_fraction: tuple[float, float] = (0.1, 0.3)
@@ -76,7 +77,8 @@ class Space:
         out = []
         for s, m in zip(self.schedules or [], self.grid_models or [None] * len(self.schedules or [])):
             k = (epochs or s.total_epochs) / s.total_epochs
-            text = str(Schedule(s.method, tuple(Phase(p.C, _round(p.epochs * k)) for p in s.phases), s.coarse_only))
+            text = str(Schedule(s.method, tuple(replace(p, epochs=_round(p.epochs * k)) for p in s.phases),
+                                s.coarse_only))
             out.append(f"{m} {text}" if m else text)
         return out
 
@@ -87,20 +89,20 @@ class Space:
     def variants(self) -> set[tuple[str, str, int]]:
         """Every (model, method, C) a trial of this space may train at."""
         if self.is_grid and self.grid_models:
-            return {(m or self.model, s.method, p.C) for s, m in zip(self.schedules, self.grid_models)
+            return {(m or self.model, p.method, p.C) for s, m in zip(self.schedules, self.grid_models)
                     for p in s.phases}
         return {(m, meth, C) for m in self.models for meth, C in self.phase_variants()}
 
     def max_C(self) -> int:
-        if self.is_grid:
-            return max(s.max_C for s in self.schedules)
-        return max(self.C_values) if self.coarse_phases[1] > 0 else 1
+        """The largest C of a phase that changes the token grid (a token-dropping phase keeps it)."""
+        return max((C for m, C in self.phase_variants() if not get_method(m).drops_tokens), default=1)
 
     def phase_variants(self) -> set[tuple[str, int]]:
         """Every (method, C) a trial of this space may train at."""
         if self.is_grid:
-            return {(s.method, p.C) for s in self.schedules for p in s.phases}
-        out = {(m, C) for m in self.methods for C in [*self.C_values, 1]} if self.coarse_phases[1] > 0 else set()
+            return {(p.method, p.C) for s in self.schedules for p in s.phases}
+        methods = [*self.methods, *(self.later_methods or [])]
+        out = {(m, C) for m in methods for C in [*self.C_values, 1]} if self.coarse_phases[1] > 0 else set()
         return out | ({(baseline_method(), 1)} if self.coarse_phases[0] == 0 else set())
 
     def probe_config(self, model: str | None = None) -> TrainConfig:
@@ -135,10 +137,16 @@ class Space:
         """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
         return DefineByRun(self, epochs or self.epochs)
 
-    def population_schedule(self, method: str, E: float) -> Schedule:
-        """A PBT member's schedule: every C of the space, learned (CxAUTO), then the final phase."""
+    def population_schedule(self, method: str, E: float, later: str | None = None) -> Schedule:
+        """A PBT member's schedule: every C of the space, learned (CxAUTO), then the final phase; with
+        `later`, the phases after the first train by it (so PBT lowering C may switch the method)."""
         final = _round(E * sum(self.final_fraction) / 2)
-        return Schedule(method, (*(Phase(C, None) for C in sorted(self.C_values, reverse=True)), Phase(1, final)))
+        Cs = sorted(self.C_values, reverse=True)
+        return Schedule(method, (*(Phase(C, None, later if k else None) for k, C in enumerate(Cs)), Phase(1, final)))
+
+    def population_schedules(self, E: float) -> list[Schedule]:
+        """Every schedule a PBT member may draw: one per method, or per (method, later method)."""
+        return [self.population_schedule(m, E, later) for m in self.methods for later in (self.later_methods or [None])]
 
     def sample_transition(self, trial, E: float) -> str:
         """A learned space's controller and its settings, as a --transition rule with the epoch budget."""
@@ -152,16 +160,18 @@ class Space:
         if k == 0:
             return Schedule(baseline_method(), (Phase(1, E),))
         method = trial.suggest_categorical("method", self.methods)
+        # a mixed schedule: the coarse phases after the first draw one method of their own
+        later = trial.suggest_categorical("later_method", self.later_methods) if self.later_methods and k > 1 else None
         # one categorical per k over the strictly decreasing C tuples: fixed choices per name, as samplers need
         combos = ["-".join(map(str, c)) for c in itertools.combinations(sorted(self.C_values, reverse=True), k)]
         Cs = [int(c) for c in trial.suggest_categorical(f"C_{k}", combos).split("-")]
         if self.is_adaptive:  # the controller learns the coarse lengths; the final phase keeps its share
             final = _round(trial.suggest_float("final_fraction", *self.final_fraction) * E)
-            return Schedule(method, (*(Phase(C, None) for C in Cs), Phase(1, final)))
+            return Schedule(method, (*(Phase(C, None, later if i else None) for i, C in enumerate(Cs)), Phase(1, final)))
         fr = [trial.suggest_float(f"fraction_{i + 1}", *self.phase_fraction) for i in range(k)]
         if sum(fr) > self.max_coarse_fraction:  # keep a real full-resolution phase
             fr = [f * self.max_coarse_fraction / sum(fr) for f in fr]
-        coarse = [Phase(C, _round(f * E)) for C, f in zip(Cs, fr)]
+        coarse = [Phase(C, _round(f * E), later if i else None) for i, (C, f) in enumerate(zip(Cs, fr))]
         return Schedule(method, (*coarse, Phase(1, _round(E - sum(p.epochs for p in coarse)))))
 
 
@@ -344,6 +354,7 @@ def load_space(name_or_path: str) -> Space:
                 if bad:
                     raise _err(path, f"schedules.fixed.{sorted(bad)[0]}", f"unknown; allowed: {', '.join(sorted(HPARAMS))}")
                 _check_values(path, "schedules.fixed", m or model, {**fixed, **fx}, {k: [v] for k, v in fx.items()})
+        _check_token_drop(path, "schedules", objective, [p.method for s in sp.schedules for p in s.phases if p.C > 1])
         if len(set(sp.grid())) != len(entries):
             raise _err(path, "schedules", "two entries run the same model and schedule; list each once")
         sp.hparams = {}
@@ -368,6 +379,12 @@ def load_space(name_or_path: str) -> Space:
     if not isinstance(methods, list) or not methods or set(methods) - set(compressing):
         raise _err(path, "space.method", f"must be a list drawn from {', '.join(compressing)}")
     sp.methods = methods
+    later = body.get("later_method")
+    if later is not None and (not isinstance(later, list) or not later or set(later) - set(compressing)):
+        raise _err(path, "space.later_method", f"must be a list drawn from {', '.join(compressing)}")
+    sp.later_methods = later
+    _check_token_drop(path, "space.method", objective, methods)
+    _check_token_drop(path, "space.later_method", objective, later or [])
     cp = body.get("coarse_phases", {"low": 0, "high": 3})
     if not (isinstance(cp, dict) and {"low", "high"} == set(cp) and 0 <= cp["low"] <= cp["high"]):
         raise _err(path, "space.coarse_phases", "must be {low: 0.., high: ..} with low <= high")
@@ -376,6 +393,9 @@ def load_space(name_or_path: str) -> Space:
         raise _err(path, "space.C_values", "must be a list of distinct integers >= 2, e.g. [8, 4, 2]")
     if cp["high"] > len(Cs):
         raise _err(path, "space.coarse_phases", f"high={cp['high']} needs at least that many C_values, have {len(Cs)}")
+    if later is not None and cp["high"] < 2:
+        raise _err(path, "space.later_method", "sets the method of the coarse phases after the first; give "
+                                               "coarse_phases a high of 2 or more")
     fr = body.get("phase_fraction", {"low": 0.1, "high": 0.3})
     if not (isinstance(fr, dict) and {"low", "high"} == set(fr) and 0 < fr["low"] < fr["high"] < 1):
         raise _err(path, "space.phase_fraction", "must be {low: .., high: ..} with 0 < low < high < 1")
@@ -394,6 +414,15 @@ def load_space(name_or_path: str) -> Space:
         raise _err(path, "space.final_fraction", "belongs to a learned space; add 'controller'")
     sp.pbt = _pbt(path, doc.get("pbt"))
     return sp
+
+
+def _check_token_drop(path, key: str, objective: str, methods: list[str]) -> None:
+    """A token-dropping method only with an objective that trains with dropped tokens (not SSAST pretraining)."""
+    from .objectives import get_objective
+    drops = [m for m in methods if get_method(m).drops_tokens]
+    if drops and not get_objective(objective).takes_token_drop:
+        raise _err(path, key, f"the {objective} objective cannot train with dropped tokens ({drops[0]}); use a "
+                              f"method that shortens the input, e.g. fshift")
 
 
 def _controllers(path, spec, epochs: float) -> dict:

@@ -21,7 +21,8 @@ def classification_loss(logits, y, multilabel: bool) -> torch.Tensor:
 
 
 class ClassificationLoss:
-    """The supervised loss on a model's logits: BCE for multi-label targets, CE otherwise (in fp32)."""
+    """The supervised loss on a model's logits: BCE for multi-label targets, CE otherwise (in fp32). In a
+    token-dropping phase `extra` holds the kept token indices, which the model's forward gathers."""
 
     def __init__(self, multilabel: bool):
         self.multilabel = multilabel
@@ -30,7 +31,7 @@ class ClassificationLoss:
         return None
 
     def forward_loss(self, model, x, y, extra=None):
-        return classification_loss(model(x), y, self.multilabel)
+        return classification_loss(model(x) if extra is None else model(x, keep=extra), y, self.multilabel)
 
 
 def adam(params, lr, weight_decay, betas, device: torch.device) -> torch.optim.Adam:

@@ -85,18 +85,18 @@ class Run:
     def __init__(self, cfg, data, device="auto", state: dict | None = None,
                  controller: PhaseController | None = None, callbacks=()):
         self.cfg, self.data, self.device = validate(cfg), data, resolve_device(device)
-        schedule = parse_schedule(cfg.schedule)
-        self.method = get_method(schedule.method)
-        self.controller = controller or make_controller(schedule, cfg.transition, cfg.eval_every)
+        self.plan = parse_schedule(cfg.schedule)  # names the method of every phase's C
+        self.controller = controller or make_controller(self.plan, cfg.transition, cfg.eval_every)
         family = get_family(cfg.model)
         self.full = Geometry(data.fe.num_mel_bins, data.fe.target_length)
-        family.check_geometry(cfg.model, self.full, self.controller.candidate_Cs())
-        self.pipeline = InputPipeline(cfg, data, self.method, self.device)
+        methods = {C: get_method(self.plan.method_at(C)) for C in self.controller.candidate_Cs()}
+        family.check_geometry(cfg.model, self.full, [C for C, m in methods.items() if not m.drops_tokens])
+        self.pipeline = InputPipeline(cfg, data, self.device)
         self.steps_per_epoch = steps_per_epoch(cfg, data)
         self.controller.bind(self.steps_per_epoch)
-        for C in self.controller.candidate_Cs():  # every phase's features up front (progress bars here)
+        for C, m in methods.items():  # every phase's features up front (progress bars here)
             for split in ("train", "val"):
-                self.pipeline.features(split, C)
+                self.pipeline.features(split, C, m)
         self.rng = RunRNG(cfg.seed, self.device)
         self.precision = resolve_precision(cfg.precision, self.device)  # a resumed state's own may differ
         self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
@@ -104,15 +104,16 @@ class Run:
         self.device_name = device_name(self.device)
         self.peak = peak_flops(self.device_name, self.precision)
         self.objective = make_objective(cfg, data, self.full)
-        self.ledger = FlopsLedger(cfg, data.num_classes, self.method, self.full, self.objective, self.steps_per_epoch)
+        self.ledger = FlopsLedger(cfg, data.num_classes, self.plan, self.full, self.objective, self.steps_per_epoch)
         self.evaluator = Evaluator(self.objective, self.pipeline, self.precision, self.device, self.ledger)
         self.averaging = WeightAverage(cfg.weight_averaging, self.controller.final_C()) if cfg.weight_averaging else None
         self.callbacks = [cb for cb in (self.averaging, *callbacks) if cb is not None]
         self.progress, self.check_every, self.is_fork = Progress(self), NONFINITE_CHECK_STEPS, False
         self.train_step: TrainStep | None = None
         self.step, self.done, self.history = 0, False, []
-        self.phases = [{"C": self.controller.first_C(), "steps": 0, "planned": self.controller.planned_steps(0),
-                        "reason": "start"}]
+        first = self.controller.first_C()
+        self.phases = [{"C": first, "method": self.plan.method_at(first), "steps": 0,
+                        "planned": self.controller.planned_steps(0), "reason": "start"}]
         # initialised on the CPU, so a seed gives the same weights on any device; a state brings its own
         # weights and optimizer, so its placeholder model is shapes only
         with self.rng.active():
@@ -127,6 +128,7 @@ class Run:
         self._new_optimizer()
 
     C = property(lambda self: self.phases[-1]["C"])
+    method = property(lambda self: get_method(self.phases[-1]["method"]), doc="the current phase's method")
     phase = property(lambda self: len(self.phases) - 1, doc="0-based index of the phase being trained")
     schedule = property(lambda self: getattr(self.controller, "schedule", None))
     total_steps = property(lambda self: self.controller.total_steps())
@@ -142,10 +144,15 @@ class Run:
         while True:
             act = self.controller.next_action(self.progress)
             if isinstance(act, Transition):
-                self.phases.append({"C": act.C, "steps": 0, "reason": act.reason,
+                before = self.method
+                self.phases.append({"C": act.C, "method": self.plan.method_at(act.C), "steps": 0, "reason": act.reason,
                                     "planned": self.controller.planned_steps(len(self.phases))})
-                with self.rng.active():
-                    self.model = transfer_weights(self.model, self.method.geometry(act.C, self.full), self.method)
+                old, new = self.model.geometry, self.method.geometry(act.C, self.full)
+                if new != old:  # weights move only where the grid changes (token dropping keeps it)
+                    kernel = self.method if new.time_stretch >= old.time_stretch else before  # the wider patch's rule
+                    with self.rng.active():
+                        self.model = transfer_weights(self.model, new, kernel)
+                self.train_step = None  # compiled once per phase
                 self._new_optimizer()
             elif isinstance(act, Adopt):
                 self._adopt(act)
@@ -174,20 +181,24 @@ class Run:
                                         self.scaler)
         window, total, start, warm_s, warm_n = [], torch.zeros((), device=self.device), self.step, 0.0, 0
         order = [self.pipeline.batch_indices(s, self.steps_per_epoch) for s in range(self.step, stop)]
-        with matmul_mode(self.precision, self.device), self.pipeline.train_batches(self.C, order) as batches:
+        method, C = self.method, self.C
+        drop = method.drops_tokens and C > 1  # the kept tokens are the step's extra, drawn on the device
+        with matmul_mode(self.precision, self.device), self.pipeline.train_batches(C, order, method) as batches:
             for x, y in batches:
                 step, warm = self.train_step, self.train_step.calls < self.train_step.warmup_calls
                 if warm:  # timed on its own: a compile is not training time
                     synchronize(self.device)
                     t = time.perf_counter()
-                window.append(step(x, y, self.opt, self.objective.extra(self.model, x)))
+                extra = (method.keep_index(C, self.model.token_grid, x.shape[0], x.device) if drop
+                         else self.objective.extra(self.model, x))
+                window.append(step(x, y, self.opt, extra))
                 if warm:
                     synchronize(self.device)
                     warm_s, warm_n = warm_s + time.perf_counter() - t, warm_n + 1
                 self.lr_sched.step()
                 self.step += 1
                 self.phases[-1]["steps"] += 1
-                self.ledger.add_train(self.C)
+                self.ledger.add_train(C, method.name)
                 if len(window) == self.check_every or self.step == stop:
                     total += sum_finite(window, self.step, f"phase {self.phase + 1}, C={self.C}", self.check_every)
                     window = []
@@ -197,7 +208,7 @@ class Run:
 
     def evaluate(self, split: str = "val") -> float:
         """The metric on `split` at the current C."""
-        return self.evaluator.evaluate(self.model, split, self.C)[0]
+        return self.evaluator.evaluate(self.model, split, self.C, self.method)[0]
 
     def _reached(self, metric: float, C: int) -> bool:
         """Budget mode counts only an evaluation of the final phase (the paper's definition)."""
@@ -232,10 +243,10 @@ class Run:
             self.ledger.add_time(train=dt, compile=warm_s)
             phase = self.phases[-1]
             phase["train_time_s"] = phase.get("train_time_s", 0.0) + dt
-            metric, val_loss = self.evaluator.evaluate(self.model, "val", self.C)
+            metric, val_loss = self.evaluator.evaluate(self.model, "val", self.C, self.method)
             self.ledger.add_time(wall=time.perf_counter() - t0)
             rec = {"schedule": self.controller.describe(), "controller": self.controller.name,
-                   "method": self.method.name, "phase": self.phase + 1, "C": self.C,
+                   "method": self.plan.label, "phase": self.phase + 1, "C": self.C,
                    "epoch": self.step / self.steps_per_epoch, "step": self.step, "train_loss": loss,
                    "val_loss": val_loss, "val_metric": metric, "metric_name": self.metric_name, **self.ledger.counters,
                    "averaged": False, "phase_train_time_s": phase["train_time_s"], "precision": self.precision,
@@ -249,7 +260,7 @@ class Run:
             rec.update(phase_end=not isinstance(nxt, Train), schedule_done=self.done, target_reached=reached,
                        reason=None if isinstance(nxt, Train) else ("metric target reached" if reached and not
                                                                     isinstance(nxt, Done) else nxt.reason),
-                       trained=trained_schedule(self.method.name, self.phases, self.steps_per_epoch))
+                       trained=trained_schedule(self.phases, self.steps_per_epoch))
             self.history.append(rec)
             yield self._hand_over(rec)
         for cb in self.callbacks if not self.is_fork else ():  # a fork's end is not the run's
@@ -285,7 +296,7 @@ class Run:
         """Continue from a saved state: this run's own (resume) or one whose trained history the
         controller accepts as a prefix (fork). Anything else is refused, saying why."""
         s, c = run_state.upgrade(s), self.controller
-        run_state.check_continues(s, self.identity(), self.method.name, c, self.cfg.lr_schedule == "cosine")
+        run_state.check_continues(s, self.identity(), self.plan, c, self.cfg.lr_schedule == "cosine")
         if s["controller"]["name"] == c.name and s["controller"]["describe"] == c.describe():
             c.load_state_dict(s["controller"]["state"])
         self.phases, self.step = [dict(p) for p in s["phases"]], s["step"]

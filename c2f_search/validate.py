@@ -8,7 +8,7 @@ from .averaging import parse_averaging
 from .compress import get_method
 from .config import TrainConfig
 from .controllers import check_transition
-from .errors import ConfigError
+from .errors import ConfigError, ScheduleError
 from .models import MODELS
 from .objectives import get_objective
 from .schedule import parse_schedule
@@ -20,10 +20,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("model", f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS.names())}")
     family = MODELS.get(cfg.model)[1]
     family.check_settings(cfg.model, cfg.model_kwargs)
-    family.check_method(cfg.model, get_method(parse_schedule(cfg.schedule).method))
+    schedule = parse_schedule(cfg.schedule)
+    family.check_schedule(cfg.model, schedule)
+    objective = get_objective(cfg.objective)
+    for k, p in enumerate(schedule.phases):
+        if get_method(p.method).drops_tokens and p.C > 1 and not objective.takes_token_drop:
+            raise ScheduleError(f"phase {k + 1} ('{p.method}:{p}'): the {cfg.objective} objective cannot train with "
+                                f"dropped tokens; use a method that shortens the input, e.g. fshift:{p}")
     if cfg.transition is not None:
         check_transition(cfg.transition)
     if cfg.weight_averaging is not None:
         parse_averaging(cfg.weight_averaging)
-    get_objective(cfg.objective).check(cfg)
+    objective.check(cfg)
     return cfg

@@ -25,6 +25,16 @@ def tiny_data(_cache):
     return Data.from_specs(TINY_DATA)
 
 
+def last_state(run, at_step=None):
+    """The state of `run` after its record at step `at_step` (None: after its last record)."""
+    state = None
+    for rec in run.records():
+        state = run.state_dict()
+        if rec["step"] == at_step:
+            break
+    return state
+
+
 def craft_search(root, trial_ids=("base", "c2f"), metric_name="accuracy", baseline_done=True):
     """A search folder written by hand, as Tune lays one out: a baseline and a coarse-to-fine trial, both
     finished (the baseline stopped early where not `baseline_done`), each a trial folder with its

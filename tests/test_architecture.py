@@ -15,7 +15,7 @@ from c2f_search import FixedSchedule, Geometry, Run, TrainConfig, fork_point, pa
 from c2f_search.errors import CheckpointError, ConfigError, ScheduleError
 from c2f_search.validate import validate
 
-from .conftest import TINY_DATA
+from .conftest import TINY_DATA, last_state
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "c2f_search"
@@ -251,26 +251,17 @@ def _metrics(records):
              r["phase_end"], r["schedule_done"], r["schedule"]) for r in records]
 
 
-def _last_state(run, at_step=None):
-    state = None
-    for rec in run.records():
-        state = run.state_dict()
-        if rec["step"] == at_step:
-            break
-    return state
-
-
 def test_forked_runs_match_runs_from_scratch(tiny_data):
     """Three schedules share a prefix; each forked run's records equal its run from scratch."""
     a, b, c = "fshift:2x1,1x1", "fshift:2x1,1x2", "fshift:2x1.4,1x1.6"  # 5 steps per epoch
     scratch = {s: _metrics(Run(_cfg(s), tiny_data, "cpu").records()) for s in (a, b, c)}
-    end_a = _last_state(Run(_cfg(a), tiny_data, "cpu"))          # a's final state, step 10
+    end_a = last_state(Run(_cfg(a), tiny_data, "cpu"))          # a's final state, step 10
     fork_b = Run(_cfg(b), tiny_data, "cpu", state=end_a)          # b goes on at C=1 from step 10
     rest_b = list(fork_b.records())
     assert _metrics(fork_b.history) == scratch[b] and rest_b and rest_b[0]["step"] == 15
     # c's first phase is longer (7 steps): it can take a's state at step 5, an epoch end of both
     assert fork_point(parse_schedule(a), parse_schedule(c), 5) == 5
-    at5 = _last_state(Run(_cfg(a), tiny_data, "cpu"), at_step=5)
+    at5 = last_state(Run(_cfg(a), tiny_data, "cpu"), at_step=5)
     fork_c = Run(_cfg(c), tiny_data, "cpu", state=at5)
     list(fork_c.records())
     assert _metrics(fork_c.history) == scratch[c]
@@ -295,8 +286,8 @@ def test_fork_point_rules():
 
 def test_cosine_lr_forks_only_where_the_phase_length_agrees(tiny_data):
     a, b = "fshift:2x1,1x1", "fshift:2x1,1x2"
-    at5 = _last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"), at_step=5)
-    end_a = _last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"))
+    at5 = last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"), at_step=5)
+    end_a = last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"))
     scratch = _metrics(Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu").records())
     fork = Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu", state=at5)
     list(fork.records())

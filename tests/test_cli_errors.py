@@ -155,6 +155,16 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (TRAIN + S + ["--model", "cnn14-tiny"], "--depth: cnn14-tiny does not take this setting"),
     (TRAIN + S + ["--weight-averaging", "best:3"], "--weight-averaging: 'best:3'"),
     (TRAIN + ["--model", "htsat", "--schedule", "fshift:4x1,1x1"], "C=4 does not divide the 2 time tokens"),
+    # token dropping needs a family that can drop tokens, and an objective that trains with it
+    (TRAIN + ["--model", "htsat-tiny", "--schedule", "avgpool:4x1,tpatchout:2x1,1x1"],
+     "htsat-tiny (htsat) does not support the compression method 'tpatchout': it needs dropping tokens"),
+    (["train", "--data", TINY_DATA, "--model", "cnn14-tiny", "--schedule", "patchout:2x1,1x1", "--no-progress"],
+     "cnn14-tiny (cnn14) does not support the compression method 'patchout'"),
+    (["pretrain", "--data", TINY_DATA, "--depth", "1", "--no-progress", "--schedule", "fshift:4x1,fpatchout:2x1,1x1"],
+     "phase 2 ('fpatchout:2x1'): the masked-patch objective cannot train with dropped tokens"),
+    (TRAIN + ["--schedule", "avgpool:4x1,tpatchout:1x1"], "phase 2 ('tpatchout:1x1'): C=1 is full resolution"),
+    (["flops", "--model", "htsat", "--schedule", "fpatchout:2x1,1x1"], "htsat (htsat) does not support the "
+     "compression method 'fpatchout'"),
     (["pretrain", "--data", TINY_DATA, "--model", "ast-tiny", "--no-progress"] + S, "ast-tiny cannot be pretrained"),
     (["pretrain", "--data", TINY_DATA, "--mask-patches", "65", "--depth", "1", "--no-progress"] + S,
      "--mask-patches: 65 is more than the 64 patches"),

@@ -49,7 +49,8 @@ def test_geometry_per_method():
 
 
 def test_method_contract_per_method():
-    assert list_methods() == ["avgpool", "fshift", "maxpool", "none", "patch-bl", "patch-pi"]
+    assert list_methods() == ["avgpool", "fpatchout", "fshift", "maxpool", "none", "patch-bl", "patch-pi", "patchout",
+                              "tpatchout"]
     fs, ap, pb = get_method("fshift"), get_method("avgpool"), get_method("patch-pi")
     assert (fs.frame_shift(10.0, 4), fs.feature_length(1024, 4), fs.time_mask_scale(4)) == (40.0, 256, 4)
     assert (ap.frame_shift(10.0, 4), ap.feature_length(1024, 4), ap.time_mask_scale(4)) == (10.0, 1024, 4)
@@ -58,3 +59,50 @@ def test_method_contract_per_method():
     assert pb.needs == {Capability.STRETCHED_PATCH} and fs.needs == ap.needs == {Capability.SHORTER_INPUT}
     assert get_method("none").needs == frozenset()
     assert not get_method("none").compresses and fs.compresses
+
+
+def _grid(idx, f, t):
+    """A (B, f, t) boolean mask of the kept tokens of flat indices `idx` (B, K)."""
+    mask = torch.zeros(idx.shape[0], f * t, dtype=torch.bool)
+    mask.scatter_(1, idx, True)
+    return mask.view(-1, f, t)
+
+
+def test_structured_patchout_keeps_whole_columns_and_rows():
+    f, t, B = 4, 16, 64
+    torch.manual_seed(0)
+    cols = get_method("tpatchout").keep_index(3, (f, t), B, "cpu")
+    rows = get_method("fpatchout").keep_index(2, (f, t), B, "cpu")
+    assert cols.shape == (B, f * 5) and rows.shape == (B, 2 * t)  # 16/3 -> 5 columns, 4/2 -> 2 rows
+    kept_cols, kept_rows = _grid(cols, f, t), _grid(rows, f, t)
+    # a column is kept in every frequency row or in none; a row in every time column or in none
+    assert (kept_cols.all(1) == kept_cols.any(1)).all() and (kept_cols.any(1).sum(1) == 5).all()
+    assert (kept_rows.all(2) == kept_rows.any(2)).all() and (kept_rows.any(2).sum(1) == 2).all()
+    assert len({tuple(r.tolist()) for r in kept_cols.any(1)}) > 1  # drawn per clip
+    # indices are distinct and sorted, so each clip gathers every kept token once
+    for idx in (cols, rows, get_method("patchout").keep_index(4, (f, t), B, "cpu")):
+        assert (idx.diff(dim=1) > 0).all()
+
+
+def test_patchout_counts_round_and_say_how():
+    tp, fp, po = get_method("tpatchout"), get_method("fpatchout"), get_method("patchout")
+    assert [tp.kept_tokens(C, (4, 16)) for C in (1, 2, 3, 4, 32)] == [64, 32, 20, 16, 4]
+    assert [fp.kept_tokens(C, (4, 16)) for C in (2, 3, 8, 16)] == [32, 16, 16, 16]  # 4/3 -> 1, 4/8 = 0.5 -> 1
+    assert po.kept_tokens(3, (8, 64)) == 171 and po.keep_index(3, (8, 64), 2, "cpu").shape == (2, 171)
+    assert tp.keep_index(1, (4, 16), 2, "cpu") is None  # C = 1: every token
+    assert "keeps 5 of 16 time columns (16/3 = 5.333, rounded to 5)" in tp.describe_keep(3, (4, 16))
+    assert "keeps 1 of 4 frequency rows (4/16 = 0.25, at least 1)" in fp.describe_keep(16, (4, 16))
+    for m in (tp, fp, po):  # the input and the token grid stay at full resolution
+        assert m.geometry(4, Geometry(64, 256)) == Geometry(64, 256) and m.drops_tokens
+        assert m.transform(x := torch.randn(2, 64, 256), torch.tensor([256, 256]), 4) is x
+        assert (m.frame_shift(10.0, 4), m.feature_length(256, 4), m.time_mask_scale(4)) == (10.0, 256, 1)
+
+
+def test_keep_draws_come_from_the_installed_generator():
+    tp = get_method("tpatchout")
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        a = tp.keep_index(2, (4, 16), 8, "cpu")
+        torch.manual_seed(5)
+        b = tp.keep_index(2, (4, 16), 8, "cpu")
+    assert torch.equal(a, b)

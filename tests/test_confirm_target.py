@@ -23,6 +23,8 @@ def test_scaled_schedule_keeps_its_shape():
     assert str(parse_schedule("avgpool:4xauto,2xauto,1x3").scaled(1.6)) == "avgpool:4xauto,2xauto,1x4.8"
     assert str(parse_schedule("avgpool:2x20,coarse-only").scaled(0.5)) == "avgpool:2x10,coarse-only"
     assert parse_schedule("fshift:2x0.001,1x1").scaled(0.1).phases[0].epochs == 0.0001  # never rounded to nothing
+    # a mixed schedule keeps each phase's method
+    assert str(parse_schedule("avgpool:4x1,tpatchout:2x1,1x2").scaled(2)) == "avgpool:4x2,tpatchout:2x2,1x4"
 
 
 def test_a_controllers_budget_and_max_scale_and_its_counts_do_not():

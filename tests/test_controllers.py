@@ -19,8 +19,8 @@ def _force_metrics(run, metrics):
     """Inject a validation-metric sequence: the evaluation still runs and costs, its metric is replaced."""
     it, real = iter(metrics), run.evaluator.evaluate
 
-    def forced(model, split, C):
-        _, loss = real(model, split, C)
+    def forced(model, split, C, method):
+        _, loss = real(model, split, C, method)
         return next(it), loss
     run.evaluator.evaluate = forced
 
@@ -125,9 +125,12 @@ def test_transition_mistakes_name_the_flag(schedule, transition, words):
     assert e.value.field == "transition"
 
 
-def test_population_member_copies_a_donor_lowers_C_and_keeps_its_own_lr(tiny_data):
+@pytest.mark.parametrize("text, methods", [("avgpool:4xauto,2xauto,1x1", ["avgpool"] * 3),
+                                           # lowering C from pooling's 4 to patchout's 2 switches the method
+                                           ("avgpool:4xauto,tpatchout:2xauto,1x1", ["avgpool", "tpatchout", "tpatchout"])])
+def test_population_member_copies_a_donor_lowers_C_and_keeps_its_own_lr(tiny_data, text, methods):
     from c2f_search.controllers import Population
-    sched = parse_schedule("avgpool:4xauto,2xauto,1x1")
+    sched = parse_schedule(text)
     spec = "population"
     donor = Run(_cfg(str(sched), lr=1e-3), tiny_data, "cpu", controller=Population(sched, spec, C=4, budget=3))
     it = donor.records()
@@ -141,7 +144,7 @@ def test_population_member_copies_a_donor_lowers_C_and_keeps_its_own_lr(tiny_dat
     with pytest.raises(Exception, match="lr"):  # without exploit, another lr is another run
         Run(_cfg(str(sched), lr=2e-4), tiny_data, "cpu", state=state, controller=Population(sched, spec, C=2, budget=3))
     recs = list(member.records())
-    assert [p["C"] for p in member.phases] == [4, 2, 1]
+    assert [p["C"] for p in member.phases] == [4, 2, 1] and [p["method"] for p in member.phases] == methods
     assert member.phases[1]["reason"].startswith("population: copied a better member, C lowered to 2")
     assert member.phases[2]["reason"].startswith("budget") and recs[-1]["schedule_done"]
     assert member.model.geometry.frames == 256 and member.phases[-1]["steps"] == 5

@@ -56,6 +56,24 @@ def test_the_steps_input_pipeline_with_noise_makes_no_host_traffic(method):
         assert y.device == DEVICE
 
 
+@pytest.mark.parametrize("method", ["tpatchout", "fpatchout", "patchout"])
+def test_token_dropping_draws_and_gathers_with_no_host_traffic(method):
+    """The kept tokens are drawn per batch on the device and gathered in the forward: no host sync, and one
+    static shape per phase."""
+    from c2f_search.geometry import Geometry
+    from c2f_search.transfer import build_for_phase
+    model = build_for_phase("ast-tiny", {"num_classes": 10, "depth": 1}, method, 2, Geometry(64, 256), device="meta")
+    x = torch.empty(8, 64, 256, device=DEVICE)
+    shapes = set()
+    for _ in range(3):
+        with HostTraffic() as h:
+            keep = get_method(method).keep_index(2, model.token_grid, 8, DEVICE)
+            logits = model(x, keep=keep)
+        assert h.events == [], method
+        shapes.add(tuple(keep.shape))
+    assert keep.device == DEVICE and len(shapes) == 1 and logits.shape == (8, 10)
+
+
 def test_add_noise_draws_on_the_cpu_what_it_drew_before():
     x = torch.randn(6, 16, 40)
     for scale in (1, 2, 4):

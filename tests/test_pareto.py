@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from c2f_search.pareto import ROW_COLUMNS, analyse, hypervolume_2d, pareto_front, summary_text
+from c2f_search.pareto import ROW_COLUMNS, analyse, full_model, hypervolume_2d, pareto_front, summary_text
 from c2f_search.records import keep_checkpoint
 
 
@@ -80,6 +80,18 @@ def test_fronts_final_and_anytime():
     assert [(r["trial_id"], r["C"]) for r in res["anytime_front"]] == [("p", 2)]
     assert "C=2  phase 1" in summary_text(res)
     assert all("flops_saving" not in r for r in res["anytime_front"])
+
+
+def test_anytime_front_marks_token_dropping_checkpoints_as_full_models():
+    rows = _histories() + [_row("t", 1, 0.95, 2, False, "tpatchout", status="pruned", phase=1, C=2),
+                           _row("m", 1, 0.97, 2.5, False, "avgpool+tpatchout", status="pruned", phase=1, C=4,
+                                schedule="avgpool:4x1,tpatchout:2x1,1x1")]
+    res = analyse(pa.Table.from_pylist(rows), ref=(0.0, 40e9))
+    assert [(r["trial_id"], r["C"], full_model(r)) for r in res["anytime_front"]] == [("t", 2, True), ("m", 4, False)]
+    text = summary_text(res)
+    line = {ln.split()[0]: ln for ln in text.splitlines() if "  C=" in ln}
+    assert line["tpatchout:2x1,1x2"].endswith("2 GFLOPs  full model")
+    assert line["avgpool:4x1,tpatchout:2x1,1x1"].endswith("2.5 GFLOPs  needs input compressed by 4")
 
 
 def test_no_baseline_no_saving():

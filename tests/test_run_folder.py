@@ -94,7 +94,7 @@ def test_fork_from_another_runs_checkpoint(tmp_path, capsys):
     assert [r["step"] for r in rows] == [5, 10, 15] and {r["schedule"] for r in rows} == {"maxpool:2x1,1x2"}
     rc, err = _cli(["train", "--schedule", "avgpool:2x1,1x2", "--resume-from", str(a / "checkpoints" / "final.pt"),
                     "--out", str(tmp_path / "c"), "--no-progress"], capsys)
-    assert rc == 2 and "cannot continue avgpool:2x1,1x2" in err and "compresses by maxpool" in err
+    assert rc == 2 and "cannot continue avgpool:2x1,1x2" in err and "trained C=2 by maxpool, this run trains C=2 by avgpool" in err
 
 
 def test_truncated_feature_cache_is_moved_aside_and_rebuilt(tmp_path, capsys, monkeypatch):

@@ -269,3 +269,25 @@ def test_the_private_ray_state_this_module_uses_is_still_there():
             and not n.attr.startswith("__") and isinstance(n.value, ast.Name) and n.value.id in ("self", "search")}
     own = {"_first", "_key", "_outcome", "_waiting", "_tell"}  # this module's own
     assert used - own <= ours, used - own - ours
+
+
+def test_a_search_over_the_patchout_space_names_its_methods(tmp_path, fresh_ray):
+    """The shipped patchout.yaml on built-in data: patchout alone and mixed schedules train in real Ray, and
+    the summary and the front tell their methods apart."""
+    out = tmp_path / "p"
+    r = _run_cli(["search", "--space", "patchout", "--data", TINY_DATA, "--sampler", "random", "--seed", "0",
+                  "--trials", "5", "--epochs", "2", "--depth", "1", "--out", str(out)], tmp_path / "p.log",
+                 {**os.environ, "RAY_AUTH_MODE": "disabled"}, 900)
+    assert r.returncode == 0, r.stdout[-3000:]
+    rows = load_rows(out).to_pylist()
+    assert {x["status"] for x in rows} == {"finished"}
+    labels = {x["method"] for x in rows}
+    # seed 0 draws the baseline, avgpool, two avgpool-and-patchout mixes and fpatchout (tests/test_spaces.py
+    # samples the space itself); each row's label is its schedule's methods
+    assert labels & {"tpatchout", "fpatchout", "patchout"} and any("+" in m for m in labels)
+    for x in rows:
+        assert x["method"] == "+".join(dict.fromkeys(p.split(":")[0] for p in x["schedule"].split(",") if ":" in p))
+    summary = (out / "summary.txt").read_text()
+    assert all(x["schedule"] in summary for x in rows if x["schedule_done"])  # Table 2/3 names each schedule
+    anytime = summary.split("anytime front")[1].splitlines()[1:]
+    assert any(ln.endswith("  full model") for ln in anytime) and (out / "front.png").stat().st_size > 0

@@ -118,3 +118,39 @@ def test_the_pretraining_space_reads_unlabelled_audio_and_resolves_its_fine_tune
     assert st.finetune["schedule"] == "none:1x2" and st.finetune["fixed"]["batch_size"] == 16
     assert st.finetune["data"]["train"].endswith("train.json") and st.finetune["data"]["labels"].endswith(".csv")
     assert "labelled" not in st.finetune["data"]  # the fine-tune reads labels
+
+
+def test_patchout_space_samples_patchout_alone_and_mixed_schedules():
+    sp = load_space("patchout")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = sp.define_by_run(6)
+    labels = set()
+    for _ in range(80):
+        t = study.ask()
+        s = parse_schedule(fn(t)["schedule"])
+        assert abs(s.total_epochs - 6) < 0.01 and s.phases[-1].C == 1
+        if len(s.phases) == 3:  # the second coarse phase takes later_method's draw
+            assert s.phases[1].method == t.params["later_method"]
+        labels.add(s.label)
+        study.tell(t, [0.5, 1.0])
+    assert {"none", "tpatchout", "fpatchout", "patchout", "avgpool", "avgpool+tpatchout"} <= labels
+    assert sp.max_C() == 4  # avgpool's C changes the grid
+    # PBT: a member per (method, later method); lowering C past the first phase may switch the method
+    pop = {str(s) for s in sp.population_schedules(6)}
+    assert len(pop) == 12 and "avgpool:4xauto,tpatchout:2xauto,1x3" in pop and "tpatchout:4xauto,2xauto,1x3" in pop
+
+
+@pytest.mark.parametrize("text, key", [
+    ("epochs: 4\nspace: {later_method: [tpatchout], coarse_phases: {low: 0, high: 1}, C_values: [2]}\n",
+     "space.later_method"),
+    ("epochs: 4\nspace: {later_method: [tpachout]}\n", "space.later_method"),
+    ("epochs: 4\nobjective: masked-patch\nmodel: ssast-tiny\nspace: {method: [fshift, patchout]}\n", "space.method"),
+    ("epochs: 4\nobjective: masked-patch\nmodel: ssast-tiny\nschedules: ['fshift:4x1,tpatchout:2x1,1x2']\n",
+     "schedules"),
+])
+def test_bad_mixed_space_names_the_key(tmp_path, text, key):
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(SpaceError) as e:
+        load_space(str(f))
+    assert f"key '{key}'" in str(e.value)

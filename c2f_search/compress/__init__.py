@@ -8,7 +8,9 @@ A method says, for a compression factor C:
   * ``transform``        - what it does to a batch of those features (on the device);
   * ``time_mask_scale``  - how much shorter the time axis is, so SpecAugment's time mask shrinks alike;
   * ``geometry``         - the model input it asks a model family for;
-  * ``resize_kernel``    - how a patch kernel moves to another shape between phases.
+  * ``resize_kernel``    - how a patch kernel moves to another shape between phases;
+  * ``keep_index``       - for a method that drops tokens (``Capability.TOKEN_DROP``): which tokens of
+    the model's grid each clip of a training batch keeps, drawn on the device (``kept_tokens``: how many).
 A new method is one file in this package (or anywhere) defining a ``Method`` subclass with
 ``@register_method``; nothing else tests a method's name.
 """
@@ -56,6 +58,20 @@ class Method(ABC):
     def resize_kernel(self, w, size):
         """A (D, C_in, p, q) patch kernel moved to `size`; PI-resize keeps the tokens it produces."""
         return pi_resize(w, size)
+
+    @property
+    def drops_tokens(self) -> bool:
+        """Whether this method trains on a subset of the model's tokens (its geometry never changes)."""
+        return Capability.TOKEN_DROP in self.needs
+
+    def kept_tokens(self, C: int, grid: tuple[int, int]) -> int:
+        """Tokens of a (freq, time) grid a training step sees at C: every one, unless the method drops some."""
+        return grid[0] * grid[1]
+
+    def keep_index(self, C: int, grid: tuple[int, int], batch: int, device):
+        """(batch, kept_tokens) indices of the tokens each clip keeps in a training step, drawn on `device` from
+        the generator the run installed; None keeps every token (and evaluation always does)."""
+        return None
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"

@@ -8,8 +8,8 @@ A run B may continue from a state of run A, and then trains exactly as if it had
 prefix itself, when:
   * A and B agree on everything that shapes training apart from the schedule
     (``TrainConfig.training_identity``: model, hyperparameters, seed) and on the data;
-  * they use the same compression method;
-  * every phase A finished is a phase of B with the same C and the same number of steps;
+  * every phase A finished is a phase of B with the same C, the same method (at C > 1; full resolution
+    is the same for every method) and the same number of steps;
   * A's current phase has B's C and has not gone past B's length for that phase; with a
     phase-length-dependent LR (``lr_schedule: cosine``) it must also have B's planned length,
     since its LR at each step depends on where the phase ends (step decay and warmup do not);
@@ -77,12 +77,12 @@ class FixedSchedule(ScheduleController):
         return None
 
     def labels(self, record: dict) -> dict:
-        """phase_end / schedule_done of a record as this schedule sees it (for a forked history)."""
+        """schedule, method, phase_end / schedule_done of a record as this schedule sees it (a forked history)."""
         end = record["step"] == self.bounds[record["phase"]]
         last = record["phase"] == len(self.steps)
         why = ((f"schedule {self.schedule} finished" if last else f"planned: phase {record['phase']} ends after "
                 f"{self.steps[record['phase'] - 1]} steps") if end else None)
-        return {"schedule": str(self.schedule), "phase_end": end, "schedule_done": end and last, "reason": why}
+        return {"schedule": str(self.schedule), "method": self.schedule.label, "phase_end": end, "schedule_done": end and last, "reason": why}
 
 
 def fork_point(parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs_length: bool = False,
@@ -93,14 +93,12 @@ def fork_point(parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs
     The state must be saved at an evaluation point of both, so the answer is the last common
     evaluation point within the shared prefix of phases (see the module docstring).
     """
-    if parent.method != child.method:
-        return 0
     a, b = FixedSchedule(parent, eval_every), FixedSchedule(child, eval_every)
     a.bind(steps_per_epoch)
     b.bind(steps_per_epoch)
     shared = 0
     for j, (pa, pb) in enumerate(zip(parent.phases, child.phases)):
-        if pa.C != pb.C:
+        if pa.C != pb.C or (pa.C > 1 and pa.method != pb.method):  # C = 1 is the same for every method
             break
         if a.steps[j] == b.steps[j]:
             shared += a.steps[j]

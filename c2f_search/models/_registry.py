@@ -84,6 +84,12 @@ class ModelFamily(ABC):
                                 f"{method.name!r}: it needs {' and '.join(c.value for c in missing)}, which "
                                 f"{self.name} does not provide; choose one of {', '.join(ok)}")
 
+    def check_schedule(self, model_name: str, schedule) -> None:
+        """Refuse a schedule one of whose phases' methods needs a capability this family does not provide."""
+        from ..compress import get_method
+        for name in schedule.methods:
+            self.check_method(model_name, get_method(name))
+
     def check_settings(self, model_name: str, kwargs: dict) -> None:
         mine = {s.name: s for s in self.settings}
         for k, v in kwargs.items():

@@ -3,7 +3,8 @@
 Output = mean of the prefix tokens (cls, plus dist if enabled) -> LayerNorm -> Linear.
 The family's phase adapter (``ASTFamily``) sits here, next to the model, as timm keeps a
 family's resampling next to the family: position embeddings are resampled bilinearly to a
-new token grid, and a stretched patch kernel moves as the compression method says.
+new token grid, and a stretched patch kernel moves as the compression method says. The forward takes
+the indices of the tokens to keep (token dropping, PaSST's patchout), gathered after the position embedding.
 """
 from __future__ import annotations
 
@@ -53,16 +54,25 @@ class AST(nn.Module):
     def token_grid(self) -> tuple[int, int]:
         return tuple(self.vit.patch_embed.grid_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; `keep` (B, K) token indices: only those patch tokens (and the prefix tokens) go through the
+        encoder, chosen after the position embedding is added (token dropping; None: every token)."""
         if x.dim() == 3:  # (B, F, T) -> (B, 1, F, T)
             x = x.unsqueeze(1)
-        tokens = self.vit.forward_features(x)
-        return self.head(tokens[:, : self.vit.num_prefix_tokens].mean(1))
+        vit = self.vit
+        if keep is None:
+            tokens = vit.forward_features(x)
+        else:
+            t = vit._pos_embed(vit.patch_embed(x))
+            n = vit.num_prefix_tokens
+            t = torch.cat([t[:, :n], t[:, n:].gather(1, keep.unsqueeze(-1).expand(-1, -1, t.shape[-1]))], 1)
+            tokens = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(t))))
+        return self.head(tokens[:, : vit.num_prefix_tokens].mean(1))
 
 
 class ASTFamily(ModelFamily):
     name, time_granularity, min_mel_bins = "ast", PATCH, PATCH
-    provides = frozenset({Capability.SHORTER_INPUT, Capability.STRETCHED_PATCH})
+    provides = frozenset({Capability.SHORTER_INPUT, Capability.STRETCHED_PATCH, Capability.TOKEN_DROP})
     settings = (DEPTH, DIST_TOKEN, STRIDE, DROP_PATH)
 
     def adapt_state_dict(self, sd, old, new, method):

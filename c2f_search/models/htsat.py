@@ -71,7 +71,7 @@ def _windows(model: HTSAT) -> dict[str, tuple[int, int]]:
 
 class HTSATFamily(ModelFamily):
     name = "htsat"
-    provides = frozenset({Capability.SHORTER_INPUT, Capability.STRETCHED_PATCH})
+    provides = frozenset({Capability.SHORTER_INPUT, Capability.STRETCHED_PATCH})  # window attention needs every token
     settings = (DEPTH, DROP_PATH)
 
     def __init__(self, stages: int):

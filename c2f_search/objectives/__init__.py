@@ -36,6 +36,9 @@ class Scorer(ABC):
 class Objective(ABC):
     name: ClassVar[str]
     supervised: ClassVar[bool] = True  # reads labels
+    # trains with token dropping (tpatchout, ...): its ``forward_loss`` gets the kept token indices as `extra`
+    # in such a phase, and ``train_flops`` takes `kept`, the tokens a step keeps
+    takes_token_drop: ClassVar[bool] = False
 
     def __init__(self, cfg, data, full: Geometry):
         """`data` gives ``num_classes`` and ``multilabel``; `full` is the full-resolution input."""
@@ -59,7 +62,8 @@ class Objective(ABC):
 
     @abstractmethod
     def train_flops(self, model) -> int:
-        """Training FLOPs (forward + backward) per sample of this phase's model."""
+        """Training FLOPs (forward + backward) per sample of this phase's model (an objective that takes token
+        dropping also takes ``kept=``, the tokens a step keeps)."""
 
     @abstractmethod
     def eval_flops(self, model) -> int:

@@ -1,4 +1,6 @@
-"""Supervised: CE or BCE on the labels (``step.classification_loss``); accuracy, or mAP for multi-label data."""
+"""Supervised: CE or BCE on the labels (``step.classification_loss``); accuracy, or mAP for multi-label data.
+It trains with token dropping: the kept indices come as the step's `extra` (``ClassificationLoss.forward_loss``
+gathers them); evaluation sees every token."""
 from __future__ import annotations
 
 import torch
@@ -29,7 +31,7 @@ class _Logits(Scorer):
 
 @register_objective
 class Supervised(ClassificationLoss, Objective):
-    name = "supervised"
+    name, takes_token_drop = "supervised", True
 
     def __init__(self, cfg, data, full):
         Objective.__init__(self, cfg, data, full)
@@ -39,8 +41,8 @@ class Supervised(ClassificationLoss, Objective):
     def metric_name(self) -> str:
         return "mAP" if self.data.multilabel else "accuracy"
 
-    def train_flops(self, model) -> int:
-        return train_flops(model)
+    def train_flops(self, model, kept: int | None = None) -> int:
+        return train_flops(model, kept)
 
     def eval_flops(self, model) -> int:
         return eval_flops(model)

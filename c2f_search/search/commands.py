@@ -23,7 +23,7 @@ RESUME_MAY_CHANGE = ("out", "resume", "address", "trials")  # where it runs; tri
 
 def add_search_args(s) -> None:
     s.add_argument("--space", help="search-space YAML: a path, or a shipped one: default (the default), paper, "
-                                   "table1, pretrain")
+                                   "table1, pretrain, adaptive, patchout, demo")
     s.add_argument("--trials", type=positive_int, help="number of trials (default 12; grid mode: the whole grid); with "
                                                          "--resume it may raise the number the search was started with")
     s.add_argument("--out", default="runs/search", metavar="DIR", type=out_path)

@@ -20,14 +20,12 @@ from ..pareto import analyse, is_learned, load_rows
 from ..records import row_table
 from ..results import write_table
 from ..schedule import record_schedule as parse_schedule
-from ..seeds import (analyse_seeds, cost_numbers, plot_seeds, plot_transfer, rank_agreement, summary_text,
-                     transfer_rows, transfer_text)
+from ..seeds import (EXPERIMENT, TARGET_FILE, analyse_seeds, cost_numbers, plot_seeds, plot_transfer, rank_agreement,
+                     summary_text, transfer_rows, transfer_text)
 from ..spaces import load_space
 from .runner import connect_ray, make_trainable, trial_resources
 from .settings import SearchSettings
 
-EXPERIMENT = "confirm"
-TARGET_FILE = "target.json"  # marks DIR/confirm/NAME as a target's folder: a plain --overwrite leaves it
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 

@@ -95,7 +95,8 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
         try:
             get_family(model).check_method(model, get_method(method))
         except C2FError as e:
-            raise SpaceError(f"{space.path}: key '{'schedules' if space.is_grid else 'space.method'}': {e}") from None
+            key = "schedules" if space.is_grid else "space.method" if method in space.methods else "space.later_method"
+            raise SpaceError(f"{space.path}: key '{key}': {e}") from None
     quantum = max(space.max_C() * get_family(m).time_granularity for m in models)
     data = Data.from_specs(**settings.data, quantum=quantum, progress=progress,
                            test=settings.test)  # a bad --test split fails here too, before any trial
@@ -103,7 +104,8 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
     for model in models:
         try:
             get_family(model).check_geometry(model, Geometry(fe.num_mel_bins, fe.target_length),
-                                             sorted({C for m, _, C in space.variants() if m == model}))
+                                             sorted({C for m, meth, C in space.variants()
+                                                     if m == model and not get_method(meth).drops_tokens}))
         except C2FError as e:
             key = "schedules" if space.is_grid else "space.C_values"
             raise SpaceError(f"{space.path}: key '{key}' ({model}): {e}") from None
@@ -126,7 +128,7 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
                                   model_kwargs={k: v for k, v in settings.model_kwargs.items()
                                                 if k in {st.name for st in family.settings}})
                 family.check_geometry(model, Geometry(ft.fe.num_mel_bins, ft.fe.target_length),
-                                      parse_schedule(cfg.schedule).Cs)
+                                      parse_schedule(cfg.schedule).grid_Cs)
                 check_against_data(cfg, ft)
             except ConfigError as e:
                 raise SpaceError(f"{space.path}: key 'finetune.fixed.{e.field}' ({model}): {e.problem}") from None

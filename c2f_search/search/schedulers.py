@@ -57,10 +57,11 @@ def _tune_domain(spec):
 
 
 def population(space, epochs: float) -> dict:
-    """PBT's param_space: each member draws a method and the non-mutable searched values once (Ray runs
-    no search algorithm with PBT), starts at the space's largest C and learns the rest."""
+    """PBT's param_space: each member draws a method (with ``later_method``, a pair: lowering C past the
+    first may then switch the method, e.g. from pooling to patchout) and the non-mutable searched values
+    once (Ray runs no search algorithm with PBT), starts at the space's largest C and learns the rest."""
     from ray import tune
-    # the schedule names its method, so one choice draws both
-    return {"schedule": tune.choice([str(space.population_schedule(m, epochs)) for m in space.methods]),
+    # the schedule names its methods, so one choice draws them
+    return {"schedule": tune.choice([str(s) for s in space.population_schedules(epochs)]),
             "C": max(space.C_values),
             **{k: _tune_domain(v) for k, v in space.hparams.items()}}
