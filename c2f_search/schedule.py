@@ -152,10 +152,10 @@ def _validate(s: Schedule) -> None:
         raise ScheduleError(f"schedule has no phases; write e.g. {EXAMPLE}")
     for k, p in enumerate(s.phases):
         if not isinstance(p.C, int) or isinstance(p.C, bool) or p.C < 1:
-            raise ScheduleError(f"C must be a positive integer, got {p.C!r} (e.g. {EXAMPLE})")
+            raise ScheduleError(f"phase {k + 1}: C must be a positive integer, got {p.C!r} (e.g. {EXAMPLE})")
         if p.epochs is not None and not (isinstance(p.epochs, (int, float)) and not isinstance(p.epochs, bool)
                                          and math.isfinite(p.epochs) and p.epochs > 0):
-            raise ScheduleError(f"phase epochs must be a finite number > 0, got {p.epochs!r} (e.g. {EXAMPLE})")
+            raise ScheduleError(f"phase {k + 1}: epochs must be a finite number > 0, got {p.epochs!r} (e.g. {EXAMPLE})")
         if k and p.method != s.phases[k - 1].method:
             _check_switch(s, k)
     cs = s.Cs

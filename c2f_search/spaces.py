@@ -375,7 +375,13 @@ def load_space(name_or_path: str) -> Space:
     for m in models:
         _check_values(path, "space", m, {**fixed, "objective": objective}, {k: _extremes(v) for k, v in sp.hparams.items()})
     compressing = list_methods(compressing_only=True)
-    methods = body.get("method", compressing)
+    from .models import get_family
+    from .objectives import get_objective
+    takes_drop = get_objective(objective).takes_token_drop
+    # without a list: every method that each model and the objective can train
+    usable = [m for m in compressing if all(get_method(m).needs <= get_family(x).provides for x in models)
+              and (takes_drop or not get_method(m).drops_tokens)]
+    methods = body.get("method", usable)
     if not isinstance(methods, list) or not methods or set(methods) - set(compressing):
         raise _err(path, "space.method", f"must be a list drawn from {', '.join(compressing)}")
     sp.methods = methods

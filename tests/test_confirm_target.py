@@ -84,7 +84,12 @@ def test_a_saving_that_does_not_hold_at_the_target_is_said_not_to_pay():
     assert "do not carry over to this target" in text
     c = cost_numbers(rows, 9e12, 12, 30e12, 0.0)
     assert c["break_even"] is None and "does not pay for itself" in cost_text(c)
-    assert "did not reach the target baseline's best at every seed" in cost_text(c)
+    assert "did not keep a budget-mode saving at every seed" in cost_text(c) and "another" not in cost_text(c)
+    # a later pick that does hold is named, with its own break-even count
+    held = _row("fshift:4x1,1x3", (0.20, 3, 3, True, 0.70, 2e12), (0.15, 3, 3, True, 0.80, 3e12))
+    c = cost_numbers(rows + [held], 9e12, 12, 30e12, 0.0)
+    assert c["break_even"] is None and c["best_holding"]["break_even"] == 3  # ceil(9 / 3)
+    assert "another confirmed schedule, fshift:4x2,1x6" in cost_text(c) and "after 3 target trainings" in cost_text(c)
 
 
 def _settings(tmp_path):
