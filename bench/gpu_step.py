@@ -287,10 +287,10 @@ class Probe(Callback):
         probe = self
 
         @contextmanager
-        def train_batches(pipe, C, order):
+        def train_batches(pipe, C, order, method):
             probe.training, probe.loader = True, probe.loader or LoaderClock()
             try:
-                with orig(pipe, C, order) as batches:
+                with orig(pipe, C, order, method) as batches:
                     yield batches
             finally:
                 probe.training = False
