@@ -82,7 +82,7 @@ def _setup(name, method, C, full: Geometry, B, objective="supervised"):
     if objective == "pretrain":
         n = round(400 / 512 * m.token_grid[0] * m.token_grid[1])  # SSAST's share, scaled to this phase's tokens
         return (pretrain_step(n), m, x, y, opt), masked_patch_flops(m, n, True)
-    if meth.drops_tokens and C > 1:
+    if meth.drops_at(C):
         return (patchout_step(meth, C), m, x, y, opt), train_flops(m, kept_tokens(m, meth, C))
     return (supervised_step, m, x, y, opt), train_flops(m)
 

@@ -283,7 +283,7 @@ def token_drop_lines(cfg, schedule, full, num_classes: int) -> list[str]:
     """For each phase that drops tokens: how many it keeps and how the count was rounded."""
     from .compress import get_method
     from .transfer import build_for_phase
-    drops = [(k, p) for k, p in enumerate(schedule.phases) if get_method(p.method).drops_tokens and p.C > 1]
+    drops = [(k, p) for k, p in enumerate(schedule.phases) if get_method(p.method).drops_at(p.C)]
     if not drops:
         return []
     grid = build_for_phase(cfg.model, cfg.build_kwargs(num_classes), "none", 1, full, device="meta").token_grid

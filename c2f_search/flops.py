@@ -49,7 +49,7 @@ def train_flops(model, kept: int | None = None) -> int:
 
 def kept_tokens(model, method, C: int) -> int | None:
     """The tokens a training step of phase C keeps where `method` drops tokens there; None: every token."""
-    return method.kept_tokens(C, model.token_grid) if method.drops_tokens and C > 1 else None
+    return method.kept_tokens(C, model.token_grid) if method.drops_at(C) else None
 
 
 def eval_flops(model) -> int:

@@ -385,8 +385,10 @@ def summary_text(res: dict) -> str:
         label = _label(r)
         lines.append(f"  {label:<{w}} {r['metric_name']}={r['val_metric']:.4f}{test}  "
                      f"{r['train_flops'] / 1e9:10.4g} GFLOPs")
+    from .compress import get_method, list_methods
+    dropping = ", ".join(n for n in list_methods(compressing_only=True) if get_method(n).drops_tokens)
     lines.append("anytime front (any evaluation; no saving is claimed from it): a checkpoint at C=1 or of a "
-                 "token-dropping phase (tpatchout, fpatchout, patchout) is a full-resolution model, marked 'full "
+                 f"token-dropping phase ({dropping}) is a full-resolution model, marked 'full "
                  "model'; one of another phase at C>1 expects input compressed by C:")
     for r in sorted(res["anytime_front"], key=lambda r: r["train_flops"]):
         usable = "full model" if full_model(r) else f"needs input compressed by {r['C']}"

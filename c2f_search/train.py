@@ -182,7 +182,7 @@ class Run:
         window, total, start, warm_s, warm_n = [], torch.zeros((), device=self.device), self.step, 0.0, 0
         order = [self.pipeline.batch_indices(s, self.steps_per_epoch) for s in range(self.step, stop)]
         method, C = self.method, self.C
-        drop = method.drops_tokens and C > 1  # the kept tokens are the step's extra, drawn on the device
+        drop = method.drops_at(C)  # the kept tokens are the step's extra, drawn on the device
         with matmul_mode(self.precision, self.device), self.pipeline.train_batches(C, order, method) as batches:
             for x, y in batches:
                 step, warm = self.train_step, self.train_step.calls < self.train_step.warmup_calls

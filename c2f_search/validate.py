@@ -24,7 +24,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     family.check_schedule(cfg.model, schedule)
     objective = get_objective(cfg.objective)
     for k, p in enumerate(schedule.phases):
-        if get_method(p.method).drops_tokens and p.C > 1 and not objective.takes_token_drop:
+        if get_method(p.method).drops_at(p.C) and not objective.takes_token_drop:
             raise ScheduleError(f"phase {k + 1} ('{p.method}:{p}'): the {cfg.objective} objective cannot train with "
                                 f"dropped tokens; use a method that shortens the input, e.g. fshift:{p}")
     if cfg.transition is not None:

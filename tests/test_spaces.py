@@ -7,20 +7,24 @@ from c2f_search.schedule import parse_schedule
 from c2f_search.spaces import SpaceError, find_space, load_space
 
 
-def test_default_space_samples_valid_variable_length_schedules():
-    sp = load_space("default")
+def _sampled(space: str, n: int, epochs: int = 6):
+    """(trial, config, schedule) of `n` random draws from a shipped space, each told a fixed result."""
+    fn = load_space(space).define_by_run(epochs)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    fn = sp.define_by_run(6)
-    seen = set()
-    for _ in range(60):
+    for _ in range(n):
         t = study.ask()
         cfg = fn(t)
-        s = parse_schedule(cfg["schedule"])
+        yield t, cfg, parse_schedule(cfg["schedule"])
+        study.tell(t, [0.5, 1.0])
+
+
+def test_default_space_samples_valid_variable_length_schedules():
+    seen = set()
+    for t, cfg, s in _sampled("default", 60):
         assert abs(s.total_epochs - 6) < 0.01 and s.phases[-1].epochs > 0
         assert all(p.C in (8, 4, 2, 1) for p in s.phases)
         assert 5e-5 <= cfg["lr"] <= 4e-4
         seen.add(len(s.phases))
-        study.tell(t, [0.5, 1.0])
     assert seen == {1, 2, 3, 4}
 
 
@@ -122,17 +126,12 @@ def test_the_pretraining_space_reads_unlabelled_audio_and_resolves_its_fine_tune
 
 def test_patchout_space_samples_patchout_alone_and_mixed_schedules():
     sp = load_space("patchout")
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    fn = sp.define_by_run(6)
     labels = set()
-    for _ in range(80):
-        t = study.ask()
-        s = parse_schedule(fn(t)["schedule"])
+    for t, _, s in _sampled("patchout", 80):
         assert abs(s.total_epochs - 6) < 0.01 and s.phases[-1].C == 1
         if len(s.phases) == 3:  # the second coarse phase takes later_method's draw
             assert s.phases[1].method == t.params["later_method"]
         labels.add(s.label)
-        study.tell(t, [0.5, 1.0])
     assert {"none", "tpatchout", "fpatchout", "patchout", "avgpool", "avgpool+tpatchout"} <= labels
     assert sp.max_C() == 4  # avgpool's C changes the grid
     # PBT: a member per (method, later method); lowering C past the first phase may switch the method

@@ -64,6 +64,10 @@ class Method(ABC):
         """Whether this method trains on a subset of the model's tokens (its geometry never changes)."""
         return Capability.TOKEN_DROP in self.needs
 
+    def drops_at(self, C: int) -> bool:
+        """Whether a training step at C sees only some tokens (C = 1 trains on all of them, by every method)."""
+        return self.drops_tokens and C > 1
+
     def kept_tokens(self, C: int, grid: tuple[int, int]) -> int:
         """Tokens of a (freq, time) grid a training step sees at C: every one, unless the method drops some."""
         return grid[0] * grid[1]
