@@ -163,10 +163,12 @@ def test_pbt_member_lowers_C_mid_trial_and_loads_the_donor_onto_its_grid(tmp_pat
     space = tmp_path / "pbt.yaml"
     space.write_text("epochs: 3\nspace:\n  method: [avgpool]\n  coarse_phases: {low: 1, high: 1}\n  C_values: [2]\n"
                      "  final_fraction: {low: 0.5, high: 0.5}\n  controller: {plateau: {patience: [2]}}\n"
-                     "  lr: [1.0e-5, 1.0e-3]\npbt: {interval: 0.25, quantile: 0.5, lower_C: 1.0}\n"
+                     "  lr: [1.0e-5, 1.0e-3]\npbt: {interval: 0.1, quantile: 0.5, lower_C: 1.0}\n"
                      "fixed: {batch_size: 8, warmup_steps: 1, eval_every: 0.5epoch}\n")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.shutdown()
+    # an interval shorter than a report's gap: every report is a perturbation point, so the members compare
+    # for as long as both run, however late the second one starts (a whole member trains in about a second)
     st = SearchSettings(space=str(space), out=str(tmp_path / "o"), trials=2, scheduler="pbt", seed=1,
                         data=resolve_data_args("builtin:events?train=40&val=20&seed=3", None, None, "auto", False,
                                                None, None, None, None), model_kwargs={"depth": 1})

@@ -229,7 +229,8 @@ def _saved_finished(out: Path, trial_ids) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
+# SIGINT's interrupt and resume in place: test_cli_errors.py::test_search_interrupted_or_failed_before_a_trial_...
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_interrupted_search_resumed_in_a_moved_folder_trains_no_finished_trial_again(tmp_path, sig):
     out, moved = tmp_path / "s", tmp_path / "moved"
     cmd = CLI + ["search", "--space", str(_space(tmp_path)), "--data", TINY_DATA, "--depth", "1", "--trials", "3"]
