@@ -16,10 +16,15 @@ TARGET_FILE = "target.json"  # marks DIR/confirm/NAME as a target's folder: a pl
 
 
 def _mean_sd(xs: list) -> tuple:
+    """Mean and sample sd; one value has no spread to show, so its sd is None (printed n/a), not 0."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return None, None
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def _spread(s, k, p) -> str:
+    return "n/a" if s is None else f"{k * s:.{p}f}"
 
 
 def analyse_seeds(rows: pa.Table) -> tuple[list[dict], list[dict]]:
@@ -60,7 +65,7 @@ def _key(q: dict) -> tuple:
 
 def summary_text(summary: list[dict]) -> str:
     name = summary[0]["metric_name"] if summary else "metric"
-    f = lambda m, s, k=1, p=4: "" if m is None else f"{k * m:.{p}f} ± {k * s:.{p}f}"  # noqa: E731
+    f = lambda m, s, k=1, p=4: "" if m is None else f"{k * m:.{p}f} ± {_spread(s, k, p)}"  # noqa: E731
     lines = [f"  {'schedule':<36} {'seeds':>5} {'best final ' + name + ' (mean ± sd)':>32} "
              f"{'vs baseline':>17} {'reached':>7} {'FLOPs saved % (mean ± sd)':>26} {'holds at every seed':>19}"]
     for r in summary:
@@ -87,7 +92,7 @@ def plot_seeds(per_seed: list[dict], summary: list[dict], path) -> Path:
         if r["best_final_metric_mean"] is None:
             continue
         a.errorbar(r["total_flops_mean"] / 1e9, r["best_final_metric_mean"], yerr=r["best_final_metric_sd"],
-                   xerr=r["total_flops_sd"] / 1e9, fmt="*" if parse_schedule(r["schedule"]).is_baseline else "o",
+                   xerr=(r["total_flops_sd"] or 0) / 1e9, fmt="*" if parse_schedule(r["schedule"]).is_baseline else "o",
                    ms=10, capsize=4, color=cmap(k % 10), label=r["schedule"])
         seeds = [q for q in per_seed if q["source_trial"] == r["source_trial"] and q["flops_saving"] is not None]
         b.bar(k, 100 * (r["flops_saving_mean"] or 0), yerr=100 * (r["flops_saving_sd"] or 0), capsize=4,
@@ -169,7 +174,7 @@ def rank_agreement(rows: list[dict]) -> dict:
 
 
 def _pm(m, s, k=100, p=1, unit="%", sign="+") -> str:
-    return "n/a" if m is None else f"{k * m:{sign}.{p}f}{unit} ± {k * (s or 0):.{p}f}"
+    return "n/a" if m is None else f"{k * m:{sign}.{p}f}{unit} ± {_spread(s, k, p)}"
 
 
 def tau_text(t) -> str:

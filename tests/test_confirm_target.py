@@ -54,6 +54,15 @@ def _row(schedule, proxy, target, form="fixed"):
     return out
 
 
+def test_one_seed_shows_no_spread_rather_than_a_zero_one():
+    from c2f_search.seeds import _mean_sd
+    assert _mean_sd([0.3]) == (0.3, None) and _mean_sd([0.2, 0.4])[1] == pytest.approx(math.sqrt(0.02))
+    row = _row("fshift:2x1,1x3", (0.30, 2, 2, True, 0.70, 3e12), (0.10, 1, 1, True, 0.80, 2e12))
+    row["target_flops_saving_sd"] = None  # one target seed
+    text = transfer_sentence([row], rank_agreement([row]))
+    assert "+10.0% ± n/a at the target" in text and "+30.0% ± 1.0" in text, text
+
+
 def test_rank_agreement_orders_by_reach_then_saving_and_leaves_out_the_baseline():
     rows = [_row("none:1x4", (0.0, 3, 3, False, 0.7, 0.0), (0.0, 3, 3, False, 0.8, 0.0)),
             _row("fshift:2x1,1x3", (0.30, 3, 3, True, 0.70, 3e12), (0.10, 3, 3, True, 0.80, 2e12)),

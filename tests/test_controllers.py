@@ -151,6 +151,44 @@ def test_population_member_copies_a_donor_lowers_C_and_keeps_its_own_lr(tiny_dat
     assert member.counters["train_flops"] <= 3 * 5 * member.ledger.step_flops(1) + 1
 
 
+def test_a_member_that_copies_twice_counts_its_own_work_once(tiny_data, tmp_path, monkeypatch):
+    """Each copy adds what the member itself trained, never the share its previous donor's state brought."""
+    from c2f_search.controllers import Population
+    from trainables import c2f
+    monkeypatch.setattr(c2f, "_ledger", lambda: tmp_path / "member.json")  # the trial folder, without Tune
+    sched = parse_schedule("avgpool:2xauto,1x1")
+
+    def member(seed, state=None):
+        run = Run(_cfg(str(sched), lr=1e-3, seed=seed), tiny_data, "cpu",
+                  controller=Population(sched, "population", C=2, budget=3))
+        if state is None:
+            return run, 0.0
+        run = c2f.copy_member(run, state)
+        return run, c2f._count_thrown_away(run)
+
+    def train(run, inherited, steps):
+        for rec in run.records():
+            if rec["step"] >= steps:
+                break
+        c2f._record_member(run, inherited)
+        return run.counters["train_flops"]
+
+    donor, _ = member(1)
+    donor_at = [train(donor, 0.0, 5)]
+    state_1 = donor.state_dict()
+    donor_at.append(train(donor, 0.0, 10))
+    state_2 = donor.state_dict()
+    me, inherited = member(2)
+    own_1 = train(me, inherited, 5)  # all its own work
+    me, inherited = member(2, state_1)
+    assert inherited == donor_at[0] and me.counters["controller_flops"] == own_1
+    after = train(me, inherited, 10)
+    own_2 = after - donor_at[0] - own_1  # trained after the first copy
+    me, inherited = member(2, state_2)
+    assert me.counters["controller_flops"] == pytest.approx(own_1 + own_2)  # not the first donor's share too
+    assert me.counters["train_flops"] == pytest.approx(donor_at[1] + own_1 + own_2)
+
+
 @pytest.mark.slow
 def test_pbt_member_lowers_C_mid_trial_and_loads_the_donor_onto_its_grid(tmp_path):
     """Real Ray PBT: two members; the worse one copies the better one and always moves to the next finer C."""
@@ -161,14 +199,15 @@ def test_pbt_member_lowers_C_mid_trial_and_loads_the_donor_onto_its_grid(tmp_pat
     from c2f_search.pareto import load_rows
     from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
     space = tmp_path / "pbt.yaml"
-    space.write_text("epochs: 3\nspace:\n  method: [avgpool]\n  coarse_phases: {low: 1, high: 1}\n  C_values: [2]\n"
+    space.write_text("epochs: 6\nspace:\n  method: [avgpool]\n  coarse_phases: {low: 1, high: 1}\n  C_values: [2]\n"
                      "  final_fraction: {low: 0.5, high: 0.5}\n  controller: {plateau: {patience: [2]}}\n"
                      "  lr: [1.0e-5, 1.0e-3]\npbt: {interval: 0.1, quantile: 0.5, lower_C: 1.0}\n"
-                     "fixed: {batch_size: 8, warmup_steps: 1, eval_every: 0.5epoch}\n")
+                     "fixed: {batch_size: 2, warmup_steps: 1, eval_every: 0.5epoch}\n")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.shutdown()
-    # an interval shorter than a report's gap: every report is a perturbation point, so the members compare
-    # for as long as both run, however late the second one starts (a whole member trains in about a second)
+    # Ray starts the second member about a second after the first; at batch 8 and 3 epochs a member trained
+    # in about a second, so the two often never overlapped. Now a member trains for several seconds (batch 2,
+    # 6 epochs) and an interval shorter than a report's gap makes every report a perturbation point.
     st = SearchSettings(space=str(space), out=str(tmp_path / "o"), trials=2, scheduler="pbt", seed=1,
                         data=resolve_data_args("builtin:events?train=40&val=20&seed=3", None, None, "auto", False,
                                                None, None, None, None), model_kwargs={"depth": 1})
@@ -185,7 +224,9 @@ def test_pbt_member_lowers_C_mid_trial_and_loads_the_donor_onto_its_grid(tmp_pat
     assert exploits, "PBT never made a member copy another"
     first = exploits[0]
     assert first["C"] == 1 and first["controller_flops"] > 0  # moved to the finer grid; its own work still counted
-    mine = sorted((r for r in rows if r["trial_id"] == first["trial_id"]), key=lambda r: r["train_flops"])
-    assert mine[0]["C"] == 2 and mine[-1]["C"] == 1 and mine[-1]["schedule_done"]
-    assert mine[-1]["trained"].startswith("avgpool:2x") and ",1x" in mine[-1]["trained"]
+    # by step, not FLOPs: a copy carries the donor's cost, so FLOPs need not grow with the member's own steps
+    mine = sorted((r for r in rows if r["trial_id"] == first["trial_id"]), key=lambda r: r["step"])
+    done = [r for r in mine if r["schedule_done"]]
+    assert mine[0]["C"] == 2 and done and done[-1]["C"] == 1
+    assert done[-1]["trained"].startswith("avgpool:2x") and ",1x" in done[-1]["trained"]
     assert all(t["schedule_done"] for t in rows if t["step"] == max(r["step"] for r in rows if r["trial_id"] == t["trial_id"]))

@@ -106,11 +106,25 @@ def _ledger() -> Path:
     return Path(tune.get_context().get_trial_dir()) / "member.json"
 
 
-def _count_thrown_away(run) -> None:
-    """A member that copies a better one throws its own training away: that work stays in its cost
-    (train_flops, and controller_flops for the controller's own spending), never hidden."""
+def _member_ledger() -> dict:
+    """train_flops: what the member last reported; inherited: the part of it that came with its last donor's
+    state (the donor's cost, not work this member ran)."""
     f = _ledger()
-    run.ledger.add_controller(train_flops=json.loads(f.read_text())["train_flops"] if f.is_file() else 0.0)
+    return {"train_flops": 0.0, "inherited": 0.0, **(json.loads(f.read_text()) if f.is_file() else {})}
+
+
+def _record_member(run, inherited: float) -> None:
+    atomic_write(_ledger(), json.dumps({"train_flops": run.counters["train_flops"], "inherited": inherited}))
+
+
+def _count_thrown_away(run) -> float:
+    """A member that copies a better one throws its own training away: that work stays in its cost
+    (train_flops, and controller_flops for the controller's own spending), never hidden. Only the member's
+    own work is added: a previous donor's share was that donor's cost. Returns what this copy inherits."""
+    was = _member_ledger()
+    inherited = run.counters["train_flops"]
+    run.ledger.add_controller(train_flops=was["train_flops"] - was["inherited"])
+    return inherited
 
 
 class TuneReporter(Callback):
@@ -118,6 +132,7 @@ class TuneReporter(Callback):
 
     def __init__(self, attempt: dict, me: str, finetune: bool, member: bool):
         self.attempt, self.me, self.finetune, self.member = attempt, me, finetune, member
+        self.inherited = _member_ledger()["inherited"] if member else 0.0  # a resume keeps its last copy's
 
     def on_eval_end(self, run, rec):
         if self.finetune and rec["schedule_done"]:  # the trial ends with its fine-tune's record
@@ -126,7 +141,7 @@ class TuneReporter(Callback):
         metrics = {k: rec.get(k) for k in RECORD_FIELDS} | self.attempt | {
             "checkpoint_needed": keep_checkpoint(run.history, run.controller.final_C())}
         if self.member:
-            atomic_write(_ledger(), json.dumps({"train_flops": run.counters["train_flops"]}))
+            _record_member(run, self.inherited)
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(run.state_dict(), Path(d) / CHECKPOINT_FILE)
             (Path(d) / OWNER_FILE).write_text(self.me)
@@ -168,7 +183,7 @@ def train_schedule(config: dict, setup: dict) -> None:
         run = Run(cfg, data, device, state, controller=controller, callbacks=[reporter])
     else:
         run = copy_member(Run(cfg, data, device, controller=controller, callbacks=[reporter]), state)
-        _count_thrown_away(run)
+        reporter.inherited = _count_thrown_away(run)
     if os.environ.get("C2F_INJECT_NAN") == cfg.schedule:  # fault injection for tests: a diverging trial
         with torch.no_grad():
             next(run.model.parameters()).fill_(float("nan"))
