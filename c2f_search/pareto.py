@@ -112,7 +112,11 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
             unfinished = states.get(x["trial_id"]) in UNFINISHED
             x["status"] = "finished" if done else (status or ("running" if unfinished else "pruned"))
             # the averaged model and a pretraining trial's fine-tune share the last step: rows of their own
-            rows[(x["trial_id"], x["step"], bool(x["averaged"]), x["metric_name"])] = x
+            key = (x["trial_id"], x["step"], bool(x["averaged"]), x["metric_name"])
+            # a PBT member that copied another can report a step its dropped lineage reported too: the row that
+            # ends the schedule is the one that stands
+            if not (key in rows and rows[key]["schedule_done"] and not x["schedule_done"]):
+                rows[key] = x
     if not rows and failed:
         path = min(failed)[1]
         raise NoResults(f"{search_dir}: every trial of the {name} failed before its first report, the first with: "

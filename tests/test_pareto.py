@@ -162,3 +162,23 @@ def test_a_running_trial_is_not_called_pruned(tmp_path):
     res = analyse(load_rows(tmp_path))
     assert summary_text(res).splitlines()[0] == ("trials: 2 finished, 1 pruned/stopped, 1 running or interrupted "
                                                  "(--resume continues them), 0 failed")
+
+
+def test_a_step_reported_again_by_a_dropped_lineage_keeps_the_row_that_ends_the_schedule(tmp_path):
+    """A PBT member that copied another reports a step its dropped lineage also reported; the row that ends
+    the schedule stands, whichever of the two Tune wrote last."""
+    import json
+
+    from c2f_search.pareto import load_rows
+
+    from .conftest import craft_search
+    craft_search(tmp_path)
+    f = tmp_path / "search" / "train_schedule_1" / "result.json"
+    lines = [json.loads(x) for x in f.read_text().splitlines()]
+    end = lines[-1]
+    assert end["schedule_done"] and end["C"] == 1
+    f.write_text(f.read_text() + json.dumps({**end, "C": 2, "schedule_done": False, "val_metric": 0.1}) + "\n")
+    mine = [r for r in load_rows(tmp_path).to_pylist() if r["trial_id"] == end["trial_id"]]
+    last = [r for r in mine if r["step"] == end["step"]]
+    assert len(last) == 1 and last[0]["schedule_done"] and last[0]["C"] == 1 and last[0]["val_metric"] == end["val_metric"]
+    assert {r["status"] for r in mine} == {"finished"}
