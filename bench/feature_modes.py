@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from c2f_search.data import Data
+from c2f_search.data.sets import Data
 
 
 def make_clips(d: Path, n: int, seconds: float) -> Path:

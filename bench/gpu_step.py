@@ -49,16 +49,15 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 import c2f_search
 from c2f_search import Run, TrainConfig
-from c2f_search.callbacks import Callback
+from c2f_search.train.callbacks.base import Callback
 from c2f_search.compress import get_method
-from c2f_search.data import Data
-from c2f_search.frontend import DATASET_STATS
-from c2f_search.io import atomic_write, load_checkpoint, save_checkpoint
-from c2f_search.loader import Prefetcher
-from c2f_search.pipeline import InputPipeline
-from c2f_search.rng import RunRNG
-from c2f_search.schedule import parse_schedule
-from c2f_search.step import TrainStep
+from c2f_search.data.sets import Data
+from c2f_search.data.frontend import DATASET_STATS
+from c2f_search.files import atomic_write, load_checkpoint, save_checkpoint
+from c2f_search.data.prefetch import Prefetcher
+from c2f_search.train.pipeline import InputPipeline
+from c2f_search.train.rng import RunRNG
+from c2f_search.train.step import TrainStep
 
 METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi", "tpatchout", "fpatchout", "patchout"]
 PRECISIONS = ["fp32", "tf32", "bf16", "fp16"]
@@ -71,11 +70,11 @@ SOURCES = {Path(c2f_search.__file__).parent: "c2f_search", Path(__file__).parent
 
 # Where a training interval may make the host wait: (file, function, its caller or None, what it is).
 EXPECTED_SYNCS = [
-    ("c2f_search/step.py", "sum_finite", None, "NaN/inf check, once every 25 steps"),
-    ("c2f_search/train.py", "_train_until", None, "the interval's mean loss, after its last NaN check"),
-    ("c2f_search/precision.py", "synchronize", "records", "the interval clock"),
-    ("c2f_search/precision.py", "synchronize", "_train_until", "timing a compiled step's warm-up"),
-    ("c2f_search/loader.py", "__call__", None, "PinnedRing: a buffer reused once its copy is done (prefetch thread)"),
+    ("c2f_search/train/step.py", "sum_finite", None, "NaN/inf check, once every 25 steps"),
+    ("c2f_search/train/run.py", "_train_until", None, "the interval's mean loss, after its last NaN check"),
+    ("c2f_search/train/precision.py", "synchronize", "records", "the interval clock"),
+    ("c2f_search/train/precision.py", "synchronize", "_train_until", "timing a compiled step's warm-up"),
+    ("c2f_search/data/prefetch.py", "__call__", None, "PinnedRing: a buffer reused once its copy is done (prefetch thread)"),
 ]
 
 
@@ -168,7 +167,7 @@ def extract_stores(parts: list[Part], files: dict, s: Setup) -> None:
     data = load_data(files, s)
     for part in parts:
         cfg = train_config(part, s)
-        schedule = parse_schedule(cfg.schedule)
+        schedule = cfg.schedule
         pipe = InputPipeline(cfg, data, torch.device("cpu"))
         for phase in schedule.phases:
             for split in ("train", "val"):
@@ -331,7 +330,7 @@ class Probe(Callback):
                 if not frames and library is None:  # the call was made inside a library
                     library = f"{Path(code.co_filename).name}:{f.f_lineno} {code.co_name}"
             elif code not in self.wrappers:
-                evaluating = evaluating or src == "c2f_search/evaluator.py"
+                evaluating = evaluating or src == "c2f_search/train/evaluator.py"
                 if len(frames) < 2:
                     frames.append((src, f.f_lineno, code.co_name))
             f = f.f_back
@@ -388,7 +387,7 @@ def inject_eager_fallback() -> None:
     falls back to eager (the limit is lowered again after ``allow_recompiles`` raises it)."""
     import torch._dynamo.config as dc
 
-    import c2f_search.step as step
+    import c2f_search.train.step as step
     raise_limits = step.allow_recompiles
 
     def one_entry(entries: int = 64) -> None:
@@ -600,7 +599,7 @@ def document(results: list[dict], a, s: Setup, data_s: float, planned: int) -> s
              f"{s.frames} frames, batch {s.batch}, {how}, fused Adam; {s.clips} training clips, {s.epochs} epoch(s) per "
              f"phase, SpecAugment and mixup 0.5 on the device; each part a `Run` in its own process; data set "
              f"written and its stores extracted in {data_s:.0f} s. MFU is against the dense peak "
-             f"(c2f_search/precision.py PEAK_TFLOPS); samples/s, MFU and the ratios leave compilation and warm-up "
+             f"(c2f_search/train/precision.py PEAK_TFLOPS); samples/s, MFU and the ratios leave compilation and warm-up "
              f"out (the records' compile_time_s).", "", *phase_table(results), "", *part_table(results), "",
              "Host syncs by call site (every wait the parts' runs made, in all threads):", "", *sync_table(results)]
     resume = resume_table(results)

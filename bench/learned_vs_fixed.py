@@ -23,12 +23,13 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from c2f_search.analysis.formatting import format_values
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -73,7 +74,7 @@ def make_rhythms(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
 def records_summary(recs: list[dict], ref: dict | None, budget: float) -> dict:
     """Best final-phase metric, the paper's budget-mode reach against `ref` (same-seed baseline's best
     epoch), hypervolume of the run's evaluations, wall time."""
-    from c2f_search.pareto import hypervolume_2d
+    from c2f_search.analysis.pareto import hypervolume_2d
     from c2f_search.schedule import record_schedule
     final_C = record_schedule(recs[0]["schedule"]).phases[-1].C
     fin = [r for r in recs if r["C"] == final_C]
@@ -125,7 +126,7 @@ def search_best(data_spec: str, space: str, epochs: float, cfg_kw: dict, out: Pa
     returns the rows of its trials."""
     import ray
 
-    from c2f_search.pareto import load_rows
+    from c2f_search.analysis.rows import load_rows
     from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
     if (out / "finished").exists():
         return load_rows(out).to_pylist()
@@ -147,16 +148,16 @@ def space_file(out: Path, body: str) -> str:
 
 
 def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
-    from c2f_search.data import Data
-    from c2f_search.pareto import by_trial
-    from c2f_search.spaces import load_space
+    from c2f_search.data.sets import Data
+    from c2f_search.analysis.rows import by_trial
+    from c2f_search.search.space import load_space
     hp = {"lr": 3e-4, "batch_size": 16, "warmup_steps": 5}
     cfg_kw = {"model_kwargs": {"depth": 2}, **hp, "eval_every": "0.5epoch"}
     fixed = "{batch_size: 16, lr: 3.0e-4, warmup_steps: 5, eval_every: 0.5epoch}"
     data = Data.from_specs(data_spec, quantum=64) if data_spec.startswith("builtin:") else \
         Data.from_specs(data_spec, quantum=64, num_mel_bins=64)
     from c2f_search import TrainConfig
-    from c2f_search.ledger import FlopsLedger
+    from c2f_search.train.ledger import FlopsLedger
 
     @functools.cache
     def epoch_flops(method: str, C: int) -> float:
@@ -210,13 +211,8 @@ def bench(name: str, data_spec: str, seeds: int, E: float, work: Path) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    def ms(vals, fmt):
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            return "did not reach"
-        m = statistics.mean(vals)
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{fmt(m)} ± {fmt(sd)}"
+    def ms(vals, scale=1.0, digits=0, unit=""):
+        return format_values(vals, scale, digits, unit, missing="did not reach")
     lines = []
     for res in results:
         lines += [f"### {res['data']} ({res['clips'][0]} train / {res['clips'][1]} val clips, budget "
@@ -227,13 +223,13 @@ def table(results: list[dict]) -> str:
         for label, per in res["rows"].items():
             v = list(per.values())
             reach = [x["reach_flops"] / 1e9 if x["reach_flops"] else None for x in v]
-            total = ms([x["flops"] / 1e9 for x in v], lambda x: f"{x:.0f}")
+            total = ms([x["flops"] for x in v], 1e-9)
             if "population_flops" in v[0]:
-                total += f" (population {ms([x['population_flops'] / 1e9 for x in v], lambda x: f'{x:.0f}')})"
+                total += f" (population {ms([x['population_flops'] for x in v], 1e-9)})"
             lines.append(
-                f"| {label} | {ms([x['best'] for x in v], lambda x: f'{x:.3f}')} | "
-                f"{ms(reach, lambda x: f'{x:.0f}')} | {sum(r is not None for r in reach)}/{len(v)} | "
-                f"{ms([x['saving'] for x in v], lambda x: f'{100 * x:.1f}%')} | "
+                f"| {label} | {ms([x['best'] for x in v], digits=3)} | "
+                f"{ms(reach)} | {sum(r is not None for r in reach)}/{len(v)} | "
+                f"{ms([x['saving'] for x in v], 100, 1, '%')} | "
                 f"{ms([x['hv'] for x in v], lambda x: f'{x:.0f}')} | {ms([x['wall_s'] for x in v], lambda x: f'{x:.0f}')} | "
                 f"{total} |")
         lines.append("")

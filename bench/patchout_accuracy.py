@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from c2f_search.analysis.formatting import format_values
+
 
 
 def schedules(E: float) -> dict[str, list[str]]:
@@ -51,26 +53,23 @@ GROUPS = ["avgpool", "tpatchout", "other patchout", "mixed"]
 def run(schedule: str, data, seed: int, cfg_kw: dict, done: Path) -> list[dict]:
     """One training's records; kept in `done` as it finishes, so a benchmark stopped half-way resumes."""
     from c2f_search import Run, TrainConfig
-    from c2f_search.io import atomic_write
+    from c2f_search.analysis.rows import with_schedule_columns
+    from c2f_search.files import atomic_write
     f = done / f"{schedule.replace(':', '_').replace(',', '__')}#{seed}.json"
     if f.is_file():
-        return json.loads(f.read_text())
+        return with_schedule_columns(json.loads(f.read_text()))
     recs = Run(TrainConfig(schedule, seed=seed, **cfg_kw), data, "cpu").fit()
     recs = [{**r, "trial_id": f"{schedule}#{seed}", "status": "finished", "seed": seed} for r in recs]
     atomic_write(f, json.dumps(recs, default=str))
-    return recs
+    return with_schedule_columns(recs)
 
 
-def mean_sd(xs: list[float], scale: float = 1.0, fmt: str = ".3f") -> str:
-    xs = [x * scale for x in xs if x is not None]
-    if not xs:
-        return "-"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):{fmt}} ± {sd:{fmt}}"
+def mean_sd(xs: list[float], scale: float = 1.0, digits: int = 3, sign: str = "") -> str:
+    return format_values(xs, scale, digits, sign=sign, missing="-")
 
 
 def bench(name: str, data, seeds: int, E: float, cfg_kw: dict, only: list[str], done: Path) -> dict:
-    from c2f_search.pareto import baseline_reference, trial_quantities
+    from c2f_search.analysis.pareto import baseline_reference, trial_quantities
     groups, t0 = {g: s for g, s in schedules(E).items() if g in only or g == "baseline"}, time.time()
     done.mkdir(parents=True, exist_ok=True)
     quantities: dict[str, list[dict]] = {}
@@ -102,9 +101,9 @@ def table(res: dict) -> list[str]:
             label = group + (" (best)" if s == best_avg else "")
             reached = [x for x in rows if x["budget_reached"]]
             lines.append(f"| {label} | `{s}` | {mean_sd([x['best_final_metric'] for x in rows])} | "
-                         f"{mean_sd([x['convergence_delta'] for x in rows], fmt='+.3f')} | {len(reached)}/{len(rows)} | "
-                         f"{mean_sd([x['flops_saving'] for x in reached], 100, '.1f')}{'%' if reached else ''} | "
-                         f"{mean_sd([x['total_flops'] for x in rows], 1e-9, '.0f')} |")
+                         f"{mean_sd([x['convergence_delta'] for x in rows], sign='+')} | {len(reached)}/{len(rows)} | "
+                         f"{mean_sd([x['flops_saving'] for x in reached], 100, 1)}{'%' if reached else ''} | "
+                         f"{mean_sd([x['total_flops'] for x in rows], 1e-9, 0)} |")
     return lines
 
 
@@ -153,7 +152,7 @@ def make_orders(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
 
 
 def load(name: str, n_train: int, n_val: int, work: Path):
-    from c2f_search.data import Data
+    from c2f_search.data.sets import Data
     if name == "events":
         return Data.from_specs(f"builtin:events?train={n_train}&val={n_val}", quantum=64)
     root = make_orders(work / f"orders-{n_train}-{n_val}", n_train, n_val)

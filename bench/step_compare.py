@@ -13,10 +13,11 @@ import time
 
 import torch
 
-from c2f_search.flops import train_flops
+from c2f_search.models.flops import train_flops
 from c2f_search.geometry import Geometry
-from c2f_search.step import ClassificationLoss, TrainStep, adam
-from c2f_search.transfer import build_for_phase
+from c2f_search.objectives.supervised import ClassificationLoss
+from c2f_search.train.step import TrainStep, adam
+from c2f_search.models.phase import build_for_phase
 from step_time import data_path_rate  # bench/ is on sys.path when run as a script
 
 METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi"]

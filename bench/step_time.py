@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from c2f_search.compress import compress, get_method
-from c2f_search.flops import kept_tokens, masked_patch_flops, train_flops
-from c2f_search.frontend import normalize, spec_augment
+from c2f_search.models.flops import kept_tokens, masked_patch_flops, train_flops
+from c2f_search.data.frontend import normalize, spec_augment
 from c2f_search.geometry import Geometry
 from c2f_search.objectives.masked_patch import cluster_masks
-from c2f_search.transfer import build_for_phase
+from c2f_search.models.phase import build_for_phase
 
 METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi", "tpatchout", "fpatchout", "patchout"]
 # family: (model, mel bins, frames at C=1, method, objective)

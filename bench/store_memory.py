@@ -25,9 +25,10 @@ import pyarrow as pa
 import soundfile as sf
 import torch
 
-from c2f_search.data import clip_fbank, extract, load_datafile, norm_stats
-from c2f_search.frontend import FrontEnd
-from c2f_search.io import atomic_write
+from c2f_search.data.store import clip_fbank, extract, norm_stats
+from c2f_search.data.sets import load_datafile
+from c2f_search.data.frontend import FrontEnd
+from c2f_search.files import atomic_write
 
 MEL, FRAMES, FILES = 128, 176, 16
 

@@ -116,8 +116,9 @@ def compile_probe(cache_dir):
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
     import torch
     from c2f_search.geometry import Geometry
-    from c2f_search.step import ClassificationLoss, TrainStep, adam
-    from c2f_search.transfer import build_for_phase
+    from c2f_search.objectives.supervised import ClassificationLoss
+    from c2f_search.train.step import TrainStep, adam
+    from c2f_search.models.phase import build_for_phase
     cpu = torch.device("cpu")
 
     def first_step():

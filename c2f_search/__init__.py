@@ -18,17 +18,17 @@ Public API (everything else is private):
 from .compress import Method, compress, get_method, list_methods, register_method
 from .config import TrainConfig
 from .errors import C2FError, ScheduleError
-from .flops import eval_flops, train_flops
+from .models.flops import eval_flops, train_flops
 from .geometry import Geometry
-from .io import atomic_write, load_checkpoint, save_checkpoint
+from .files import atomic_write, load_checkpoint, save_checkpoint
 from .models import ModelFamily, create_model, get_family, list_models, register_model
 from .schedule import Phase, Schedule, parse_schedule
-from .transfer import build_for_phase, transfer_weights
+from .models.phase import build_for_phase, transfer_weights
 
 __version__ = "0.2.0"
 
 _LAZY = {"Data": "data", "Run": "train", "PhaseController": "controllers", "FixedSchedule": "controllers",
-         "fork_point": "controllers", "pareto_front": "pareto", "hypervolume_2d": "pareto"}
+         "fork_point": "controllers", "pareto_front": "analysis.pareto", "hypervolume_2d": "analysis.pareto"}
 
 
 def __getattr__(name):  # training, data and Pareto modules pull in more; load them on first use

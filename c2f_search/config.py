@@ -1,7 +1,7 @@
 """``TrainConfig``: every training setting and its default, in one place. The CLI, the space
-files and the Ray trainable all read their defaults from here. It checks types and ranges only, and
-imports nothing of the core: the checks that need a registry (model, method, transition, objective,
-averaging, model settings) are ``validate.validate``'s."""
+files and the Ray trainable all read their defaults from here. It parses the schedule (once: every later
+reader takes ``cfg.schedule``, a ``Schedule``) and checks types and ranges only; the checks that need a
+registry (model, method, transition, objective, averaging, model settings) are ``validate.validate``'s."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import ConfigError
+from .schedule import Schedule, parse_schedule
 
 # settings a search space may search or fix (`fixed:` and `space:` keys)
 SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma",
@@ -26,7 +27,7 @@ MAX_SEED = 2 ** 32 - 1  # numpy's legacy seeding and Optuna's samplers take 32 b
 
 @dataclass
 class TrainConfig:
-    schedule: str
+    schedule: Schedule  # given as text (METHOD:CxE,...) or a Schedule; parsed here, once
     model: str = "ast-tiny"
     model_kwargs: dict = field(default_factory=dict)  # depth, dist_token, stride, drop_path_rate
     init: str | None = None  # local pretrained file: timm/DeiT, official AST or a c2f-search checkpoint
@@ -55,13 +56,18 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile per phase (CUDA graphs on CUDA); None: on for CUDA only
 
     def __post_init__(self):
+        if isinstance(self.schedule, str):
+            self.schedule = parse_schedule(self.schedule)
+        elif not isinstance(self.schedule, Schedule):
+            raise ConfigError("schedule", f"must be a schedule like fshift:4x5,1x15, got {self.schedule!r}")
         self.betas, self.lr_milestones = tuple(self.betas), tuple(self.lr_milestones)
         self.model_kwargs = dict(self.model_kwargs)
         _check(self)
 
     def to_dict(self) -> dict:
+        """Plain values (the schedule as text), as config.json and a checkpoint record them."""
         d = asdict(self)
-        d["betas"], d["lr_milestones"] = list(self.betas), list(self.lr_milestones)
+        d["schedule"], d["betas"], d["lr_milestones"] = str(self.schedule), list(self.betas), list(self.lr_milestones)
         return d
 
     @classmethod
@@ -110,7 +116,7 @@ def parse_eval_every(text, steps_per_epoch: int) -> int:
 
 
 def _check(c: TrainConfig) -> None:
-    for name in ("schedule", "model", "objective"):
+    for name in ("model", "objective"):
         if not isinstance(getattr(c, name), str):
             raise ConfigError(name, f"must be a name, got {getattr(c, name)!r}")
     if not isinstance(c.model_kwargs, dict):
@@ -157,3 +163,18 @@ def _check(c: TrainConfig) -> None:
             raise ConfigError(name, f"must be true or false, got {getattr(c, name)!r}")
     if c.mask_patches is not None and not (_int(c.mask_patches) and c.mask_patches >= 1):
         raise ConfigError("mask_patches", f"must be an integer >= 1, got {c.mask_patches!r}")
+
+
+AVERAGING_MODES = ("from", "top")
+
+
+def parse_averaging(text: str) -> tuple[str, float]:
+    mode, _, n = str(text).partition(":")
+    try:
+        value = float(n) if mode == "from" else int(n)
+    except ValueError:
+        value = None
+    if mode not in AVERAGING_MODES or value is None or value < (0 if mode == "from" else 1):
+        raise ConfigError("weight_averaging", f"{text!r}: write from:E (every final-phase evaluation from epoch E "
+                                              f"on, AST) or top:K (the K best, HTS-AT uses top:15)")
+    return mode, value

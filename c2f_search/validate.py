@@ -1,26 +1,24 @@
 """``validate(cfg)``: the checks of a ``TrainConfig`` that need a registry (model, model settings,
 compression method, transition, objective, weight averaging). ``TrainConfig`` itself checks types
 and ranges only; every entry point (``Run``, the CLI, a search's driver, a recipe) calls this before
-any work starts."""
+any work starts. ``check_against_data`` adds what only the data decide, called by ``Run`` and, for every
+configuration a search may sample, by the search's driver before Ray starts."""
 from __future__ import annotations
 
-from .averaging import parse_averaging
 from .compress import get_method
-from .config import TrainConfig
+from .config import TrainConfig, parse_averaging
 from .controllers import check_transition
 from .errors import ConfigError, ScheduleError
-from .models import MODELS
+from .geometry import Geometry
+from .models import create_model, get_family
 from .objectives import get_objective
-from .schedule import parse_schedule
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """`cfg`, once every registry-backed setting names something that exists and fits."""
-    if cfg.model not in MODELS:
-        raise ConfigError("model", f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS.names())}")
-    family = MODELS.get(cfg.model)[1]
+    family = get_family(cfg.model)
     family.check_settings(cfg.model, cfg.model_kwargs)
-    schedule = parse_schedule(cfg.schedule)
+    schedule = cfg.schedule
     family.check_schedule(cfg.model, schedule)
     objective = get_objective(cfg.objective)
     for k, p in enumerate(schedule.phases):
@@ -33,3 +31,33 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         parse_averaging(cfg.weight_averaging)
     objective.check(cfg)
     return cfg
+
+
+def check_batch_size(batch_size: int, n_train: int) -> None:
+    if n_train < batch_size:
+        raise ConfigError("batch_size", f"{batch_size} is more than the {n_train} training clips; every step "
+                                        f"trains a full batch, use at most {n_train}")
+
+
+def masked_patches(cfg, model_kwargs: dict, full: Geometry) -> tuple[int, int]:
+    """(patches, masked patches) of a masked-patch pretraining run at full resolution."""
+    from .models.ssast import MASK_FRACTION
+    model = create_model(cfg.model, geometry=full, device="meta", **model_kwargs)
+    if not hasattr(model, "masked_patch_loss"):
+        raise ConfigError("model", f"{cfg.model} cannot be pretrained by masked patch modeling; use ssast-tiny "
+                                   f"or ssast-base")
+    f, t = model.token_grid
+    masked = cfg.mask_patches or max(1, round(MASK_FRACTION * f * t))
+    if masked > f * t:
+        raise ConfigError("mask_patches", f"{masked} is more than the {f * t} patches of the full-resolution "
+                                          f"input ({f}x{t}); use at most {f * t}")
+    return f * t, masked
+
+
+def check_against_data(cfg, data) -> None:
+    """What only the data decide: the batch against the training clips, and a pretraining run's
+    masked patches against the token grid (the geometry: ``ModelFamily.check_geometry``)."""
+    fe = data.fe
+    check_batch_size(cfg.batch_size, len(data.features("train", fe.frame_shift_ms, fe.target_length).kept))
+    if cfg.objective == "masked-patch":
+        masked_patches(cfg, cfg.build_kwargs(data.num_classes), Geometry(fe.num_mel_bins, fe.target_length))

@@ -22,7 +22,7 @@ def _cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_data(_cache):
-    from c2f_search.data import Data
+    from c2f_search.data.sets import Data
     return Data.from_specs(TINY_DATA)
 
 
@@ -40,7 +40,7 @@ def craft_search(root, trial_ids=("base", "c2f"), metric_name="accuracy", baseli
     """A search folder written by hand, as Tune lays one out: a baseline and a coarse-to-fine trial, both
     finished (the baseline stopped early where not `baseline_done`), each a trial folder with its
     result.json holding its config (no Ray, no training)."""
-    from c2f_search.records import RECORD_FIELDS
+    from c2f_search.schema import RECORD_FIELDS
     for k, (tid, schedule, Cs) in enumerate([(trial_ids[0], "none:1x2", (1, 1)),
                                              (trial_ids[1], "fshift:2x1,1x1", (2, 1))]):
         trial = root / "search" / f"train_schedule_{k}"

@@ -61,7 +61,7 @@ def test_demo_explains_its_sizes_and_its_space_checks():
     p = subprocess.run([sys.executable, "-m", "c2f_search.cli", "demo", "--help"], capture_output=True, text=True)
     text = " ".join(p.stdout.split())  # argparse wraps lines
     assert p.returncode == 0 and "depth 2" in text and "about 0.7 accuracy" in text
-    from c2f_search.search.commands import DEMO_DEPTH
-    from c2f_search.spaces import load_space
+    from c2f_search.cli.demo import DEMO_DEPTH
+    from c2f_search.search.space import load_space
     sp = load_space("demo")
     assert sp.coarse_phases[0] == 0 and not sp.hparams and DEMO_DEPTH == 2  # the baseline runs; only schedules vary

@@ -85,9 +85,9 @@ def _with_settings(d):
     """search.json beside a crafted search: the demo space on the tiny data."""
     from dataclasses import asdict
 
-    from c2f_search.search.runner import resolve_data_args
-    from c2f_search.search.settings import SearchSettings
-    data = resolve_data_args(TINY_DATA, None, None, "auto", False, [0.0, 1.0], None, None, None)
+    from c2f_search.settings import DataSettings
+    from c2f_search.settings import SearchSettings
+    data = DataSettings(TINY_DATA, None, None, "auto", False, [0.0, 1.0], None, None, None).resolved()
     (d / "search.json").write_text(json.dumps(asdict(SearchSettings(space="demo", out=str(d), data=data,
                                                                     model_kwargs={"depth": 1}))))
 
@@ -108,10 +108,10 @@ def _search_folder(d, flags, trials=None, tuner_sha256=None):
     import pickle
     from dataclasses import asdict
 
-    from c2f_search.search.settings import SearchSettings
+    from c2f_search.settings import SearchSettings
     (d / "search").mkdir(parents=True)
     (d / "search" / "tuner.pkl").write_bytes(pickle.dumps(_RunsCode(d / "pwned")))
-    st = SearchSettings(space="demo", out="/elsewhere/s", data={}, trials=trials, flags=flags,
+    st = SearchSettings(space="demo", out="/elsewhere/s", data={"train": "/elsewhere/train.json"}, trials=trials, flags=flags,
                         tuner_sha256=tuner_sha256)
     (d / "search.json").write_text(json.dumps(asdict(st)))
 
@@ -368,7 +368,7 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     assert f"interrupted; continue with: c2f-search search --out {out} --resume" in err.strip().splitlines()[-1]
     import pyarrow.fs as pafs
 
-    from c2f_search.pareto import UNFINISHED, _tune_states
+    from c2f_search.analysis.rows import UNFINISHED, _tune_states
     states = _tune_states(pafs.LocalFileSystem(), str(out / "search"))  # Tune's own file, as Tune wrote it
     assert set(states.values()) & set(UNFINISHED), states  # what pareto calls running, not pruned
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
@@ -438,7 +438,7 @@ def test_read_only_cache_points_at_a_writable_one_or_no_cache(tmp_path, capsys, 
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("C2F_CACHE", str(cache))
-    from c2f_search.builtin import materialize
+    from c2f_search.data.builtin_events import materialize
     materialize(TINY_DATA)  # the clips are there, a feature store is not
     with _read_only(cache):
         rc, lines = _cli(TRAIN + ["--schedule", "none:1x1", "--out", str(tmp_path / "run")], capsys)

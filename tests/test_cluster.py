@@ -12,7 +12,8 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from c2f_search.pareto import export, load_rows
+from c2f_search.analysis.pareto import export
+from c2f_search.analysis.rows import load_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "builtin:events?train=120&val=20&seed=5"
@@ -189,12 +190,13 @@ def _node_of(out, trial_id):
 
 @pytest.mark.slow
 def test_a_trial_that_keeps_failing_is_infeasible_and_the_search_goes_on(tmp_path, no_ray, monkeypatch):
-    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
+    from c2f_search.search.runner import SearchSettings, run_search
+    from c2f_search.settings import DataSettings
     monkeypatch.setenv("C2F_INJECT_NAN", "fshift:2x1,1x1")
     space = tmp_path / "s.yaml"
     space.write_text("epochs: 2\nschedules: ['none:1x2', 'fshift:2x1,1x1']\nfixed: {lr: 3.0e-4, batch_size: 8}\n")
     st = SearchSettings(space=str(space), out=str(tmp_path / "o"), trials=2, max_failures=1,
-                        data=resolve_data_args(DATA, None, None, "auto", False, None, None, None, None),
+                        data=DataSettings(DATA, None, None, "auto", False, None, None, None, None).resolved(),
                         model_kwargs={"depth": 1})
     results = run_search(st)
     assert len(results.errors) == 1 and "loss is nan" in str(results.errors[0])
@@ -207,12 +209,13 @@ def test_a_trial_that_keeps_failing_is_infeasible_and_the_search_goes_on(tmp_pat
 
 @pytest.mark.slow
 def test_storage_through_a_pyarrow_filesystem(tmp_path, no_ray):
-    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
+    from c2f_search.search.runner import SearchSettings, run_search
+    from c2f_search.settings import DataSettings
     base = tmp_path / "bucket"
     base.mkdir()
     fs = pafs.SubTreeFileSystem(str(base), pafs.LocalFileSystem())
     st = SearchSettings(space=str(_space(tmp_path, ["none:1x1"])), out=str(tmp_path / "o"), trials=1,
-                        data=resolve_data_args(DATA, None, None, "auto", False, None, None, None, None),
+                        data=DataSettings(DATA, None, None, "auto", False, None, None, None, None).resolved(),
                         model_kwargs={"depth": 1}, storage="exp", epochs=1)
     run_search(st, storage_filesystem=fs)
     assert (base / "exp" / "search").is_dir() and not (tmp_path / "o" / "search").exists()

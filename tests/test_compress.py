@@ -5,7 +5,7 @@ from c2f_search import compress
 from c2f_search.compress import get_method, list_methods
 from c2f_search.compress._pool import pool_time
 from c2f_search.geometry import Geometry
-from c2f_search.frontend import FrontEnd, fbank, fit_length
+from c2f_search.data.frontend import FrontEnd, fbank, fit_length
 
 
 def test_pool_equals_pooling_each_clip_before_padding():

@@ -10,7 +10,7 @@ import pytest
 
 from c2f_search.controllers import scale_transition
 from c2f_search.schedule import parse_schedule
-from c2f_search.seeds import cost_numbers, cost_text, rank_agreement, rank_correlation, transfer_sentence
+from c2f_search.analysis.transfer import cost_numbers, cost_text, rank_agreement, rank_correlation, transfer_sentence
 
 from .conftest import TINY_DATA
 
@@ -45,8 +45,9 @@ def test_kendall_tau_on_orders_known_by_hand():
 
 def _row(schedule, proxy, target, form="fixed"):
     """A transfer row: (saving mean, reached, seeds, holds, best metric) per side."""
+    s = parse_schedule(schedule)
     out = {"source_trial": schedule, "form": form, "metric_name": "accuracy", "proxy_schedule": schedule,
-           "target_schedule": str(parse_schedule(schedule).scaled(2))}
+           "target_schedule": str(s.scaled(2)), "proxy_is_baseline": s.is_baseline, "target_is_baseline": s.is_baseline}
     for side, (saving, reached, seeds, holds, metric, saved) in (("proxy", proxy), ("target", target)):
         out.update({f"{side}_flops_saving_mean": saving, f"{side}_flops_saving_sd": 0.01, f"{side}_reached": reached,
                     f"{side}_seeds": seeds, f"{side}_holds_every_seed": holds, f"{side}_best_final_metric_mean": metric,
@@ -55,8 +56,9 @@ def _row(schedule, proxy, target, form="fixed"):
 
 
 def test_one_seed_shows_no_spread_rather_than_a_zero_one():
-    from c2f_search.seeds import _mean_sd
-    assert _mean_sd([0.3]) == (0.3, None) and _mean_sd([0.2, 0.4])[1] == pytest.approx(math.sqrt(0.02))
+    from c2f_search.analysis.formatting import format_values, mean_sd
+    assert mean_sd([0.3]) == (0.3, None) and mean_sd([0.2, 0.4])[1] == pytest.approx(math.sqrt(0.02))
+    assert format_values([0.3], 100, 1, "%", "+") == "+30.0% ± n/a" and format_values([]) == "n/a"
     row = _row("fshift:2x1,1x3", (0.30, 2, 2, True, 0.70, 3e12), (0.10, 1, 1, True, 0.80, 2e12))
     row["target_flops_saving_sd"] = None  # one target seed
     text = transfer_sentence([row], rank_agreement([row]))
@@ -102,16 +104,16 @@ def test_a_saving_that_does_not_hold_at_the_target_is_said_not_to_pay():
 
 
 def _settings(tmp_path):
-    from c2f_search.search.runner import resolve_data_args
-    from c2f_search.search.settings import SearchSettings
-    data = resolve_data_args(TINY_DATA, None, None, "auto", False, [1.0, 2.0], None, None, None)
+    from c2f_search.settings import DataSettings
+    from c2f_search.settings import SearchSettings
+    data = DataSettings(TINY_DATA, None, None, "auto", False, [1.0, 2.0], None, None, None).resolved()
     return SearchSettings(space="demo", out=str(tmp_path), data=data, model_kwargs={"depth": 1}, epochs=4.0,
                           test="/proxy/test.json")
 
 
 def test_the_targets_settings_come_from_the_search_but_for_what_it_changes(tmp_path):
     from c2f_search.search.confirm import Target, at_target, target_setting
-    from c2f_search.spaces import load_space
+    from c2f_search.search.space import load_space
     settings, space = _settings(tmp_path), load_space("demo")
     st, sp, factor, recipe = target_setting(settings, space, Target("t", model_kwargs={"depth": 3}, epochs=6.0))
     assert (st.model_kwargs, st.epochs, factor, recipe, st.test) == ({"depth": 3}, 6.0, 1.5, None, "/proxy/test.json")
@@ -119,17 +121,17 @@ def test_the_targets_settings_come_from_the_search_but_for_what_it_changes(tmp_p
     # another data set: its own splits and statistics, no test split unless given
     st, _, factor, _ = target_setting(settings, space, Target("t", data="builtin:events?train=48&val=20&seed=4",
                                                               epochs_factor=2.0))
-    assert factor == 2.0 and st.data["norm"] is None and st.test is None and st.model_kwargs == {"depth": 1}
-    assert st.data["train"] != settings.data["train"] and st.data["val"].endswith("val.json")
+    assert factor == 2.0 and st.data.norm is None and st.test is None and st.model_kwargs == {"depth": 1}
+    assert st.data.train != settings.data.train and st.data.val.endswith("val.json")
     # another family: the search's depth is not one of its settings
     assert target_setting(settings, space, Target("t", model="cnn14-tiny"))[0].model_kwargs == {}
     # a recipe: its model and settings, training settings, front end and epochs
     st, sp, factor, recipe = target_setting(settings, space, Target("t", recipe="esc50"))
     assert sp.models == ["ast-base"] and st.model_kwargs == {"dist_token": True, "stride": 10} and factor == 25 / 4
     assert sp.fixed["batch_size"] == 48 and sp.fixed["lr"] == 1e-4 and sp.fixed["warmup_steps"] == 0
-    assert (st.data["target_length"], st.data["num_mel_bins"], st.data["norm"]) == (512, 128, [-6.6268077, 5.358466])
+    assert (st.data.target_length, st.data.num_mel_bins, st.data.norm) == (512, 128, [-6.6268077, 5.358466])
     run = {"schedule": "fshift:2x1,1x3", "lr": 3e-4, "seed": 7, "source_trial": "a"}
-    assert at_target(run, factor, "ast-base", recipe) == {"schedule": "fshift:2x6.25,1x18.75", "seed": 7,
+    assert at_target(run, factor, "ast-base", recipe)[0] == {"schedule": "fshift:2x6.25,1x18.75", "seed": 7,
                                                            "source_trial": "a", "model": "ast-base"}
 
 
@@ -158,8 +160,8 @@ TARGET_DATA = "builtin:events?train=48&val=20&seed=4"
 
 @pytest.mark.slow
 def test_confirm_target_reruns_the_front_at_the_target_both_forms_of_a_learned_schedule(tmp_path):
-    from c2f_search.pareto import load_rows
-    from c2f_search.seeds import analyse_seeds
+    from c2f_search.analysis.rows import load_rows
+    from c2f_search.analysis.seeds import analyse_seeds
     import ray
     ray.shutdown()
     out = tmp_path / "s"

@@ -196,8 +196,9 @@ def test_pbt_member_lowers_C_mid_trial_and_loads_the_donor_onto_its_grid(tmp_pat
 
     import ray
 
-    from c2f_search.pareto import load_rows
-    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
+    from c2f_search.analysis.rows import load_rows
+    from c2f_search.search.runner import SearchSettings, run_search
+    from c2f_search.settings import DataSettings
     space = tmp_path / "pbt.yaml"
     space.write_text("epochs: 6\nspace:\n  method: [avgpool]\n  coarse_phases: {low: 1, high: 1}\n  C_values: [2]\n"
                      "  final_fraction: {low: 0.5, high: 0.5}\n  controller: {plateau: {patience: [2]}}\n"
@@ -209,8 +210,8 @@ def test_pbt_member_lowers_C_mid_trial_and_loads_the_donor_onto_its_grid(tmp_pat
     # in about a second, so the two often never overlapped. Now a member trains for several seconds (batch 2,
     # 6 epochs) and an interval shorter than a report's gap makes every report a perturbation point.
     st = SearchSettings(space=str(space), out=str(tmp_path / "o"), trials=2, scheduler="pbt", seed=1,
-                        data=resolve_data_args("builtin:events?train=40&val=20&seed=3", None, None, "auto", False,
-                                               None, None, None, None), model_kwargs={"depth": 1})
+                        data=DataSettings("builtin:events?train=40&val=20&seed=3", None, None, "auto", False,
+                                               None, None, None, None).resolved(), model_kwargs={"depth": 1})
     try:
         run_search(st)
     finally:

@@ -5,9 +5,10 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from c2f_search import data
-from c2f_search.data import Data, DataError, clip_fbank, extract, load_datafile, load_folder, norm_stats, resolve
-from c2f_search.frontend import FrontEnd
+from c2f_search.data import store
+from c2f_search.data.sets import Data, DataError, load_datafile, load_folder, resolve
+from c2f_search.data.store import clip_fbank, extract, norm_stats
+from c2f_search.data.frontend import FrontEnd
 
 FE = FrontEnd(num_mel_bins=32, target_length=64)
 
@@ -148,15 +149,15 @@ def _clips(tmp_path, n=7, bad_at=3):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_chunked_store_holds_each_clips_fbank(tmp_path, monkeypatch, dtype):
-    monkeypatch.setattr(data, "STORE_CHUNK_BYTES", 2 * 32 * 64 * 4)  # 2 clips per chunk at fp32, 4 at fp16
+    monkeypatch.setattr(store, "STORE_CHUNK_BYTES", 2 * 32 * 64 * 4)  # 2 clips per chunk at fp32, 4 at fp16
     cs, good = _clips(tmp_path)
     cache = tmp_path / "cache"
     feats = extract(cs, FE, 10.0, 64, skip_bad=True, cache_dir=cache, dtype=dtype)
     expected = [clip_fbank(cs.paths[i], FE, 10.0, 64) for i in good]
     x = np.stack([fb.astype(dtype) for fb, _ in expected])
     n = [frames for _, frames in expected]
-    (store,) = cache.glob("fbank-*.arrow")
-    assert pa.ipc.open_file(str(store)).num_record_batches > 2  # several chunks, then the closing batch
+    (path,) = cache.glob("fbank-*.arrow")
+    assert pa.ipc.open_file(str(path)).num_record_batches > 2  # several chunks, then the closing batch
     assert len(feats.x.chunks) > 1 and feats.x.dtype == dtype and len(set(n)) > 2
     for f in (feats, extract(cs, FE, 10.0, 64, skip_bad=True, cache_dir=cache, dtype=dtype),  # read back
               extract(cs, FE, 10.0, 64, skip_bad=True, dtype=dtype)):  # no cache: chunks in memory
@@ -170,7 +171,7 @@ def test_chunked_store_holds_each_clips_fbank(tmp_path, monkeypatch, dtype):
 
 
 def test_a_crash_mid_write_leaves_no_store_and_a_rerun_builds_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "STORE_CHUNK_BYTES", 2 * 32 * 64 * 4)
+    monkeypatch.setattr(store, "STORE_CHUNK_BYTES", 2 * 32 * 64 * 4)
     cs, good = _clips(tmp_path, bad_at=-1)
     cache, seen = tmp_path / "cache", []
 
@@ -179,13 +180,13 @@ def test_a_crash_mid_write_leaves_no_store_and_a_rerun_builds_it(tmp_path, monke
         if len(seen) == 5:
             raise RuntimeError("injected crash")
         return clip_fbank(*args)
-    monkeypatch.setattr(data, "clip_fbank", crash_at_fifth_clip)
+    monkeypatch.setattr(store, "clip_fbank", crash_at_fifth_clip)
     with pytest.raises(RuntimeError, match="injected crash"):
         extract(cs, FE, 10.0, 64, cache_dir=cache)
     (tmp, size), = seen[-1]
     assert tmp.startswith(".tmp-") and "~fbank-" in tmp and size >= 4 * 32 * 64 * 4  # chunks went to a temporary file
     assert list(cache.iterdir()) == []  # neither a store nor the temporary file is left
-    monkeypatch.setattr(data, "clip_fbank", clip_fbank)
+    monkeypatch.setattr(store, "clip_fbank", clip_fbank)
     feats = extract(cs, FE, 10.0, 64, cache_dir=cache)
     assert [f.name.startswith("fbank-") for f in cache.iterdir()] == [True]
     assert np.array_equal(np.asarray(feats.x), np.stack([clip_fbank(p, FE, 10.0, 64)[0] for p in cs.paths]))
@@ -198,7 +199,7 @@ def test_a_store_written_before_chunking_is_read(tmp_path):
     table = table.replace_schema_metadata({"bad": '[["b.wav", "NaN"]]', "shape": "[32, 64]", "n": "3"})
     with pa.OSFile(str(tmp_path / "old.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
         w.write_table(table)  # the layout of stores before issue 19: one batch, metadata in the schema
-    f = data._read_store(tmp_path / "old.arrow", 32, 64)
+    f = store._read_store(tmp_path / "old.arrow", 32, 64)
     assert np.array_equal(np.asarray(f.x), x) and f.kept.tolist() == [0, 2, 3] and f.bad == [("b.wav", "NaN")]
     real = x.transpose(0, 2, 1)[np.arange(64)[None, :] < np.array([64, 10, 3])[:, None]]
     assert norm_stats(f) == (float(real.mean()), float(real.std()))  # as before: its runs still resume

@@ -11,10 +11,10 @@ import torch
 
 from c2f_search import Run, TrainConfig, load_checkpoint, save_checkpoint
 from c2f_search.errors import CheckpointError, ConfigError, DataError, NonFiniteLoss
-from c2f_search.flops import train_flops
-from c2f_search.loader import Prefetcher, host_batches
-from c2f_search.precision import mfu, peak_flops, resolve_precision
-from c2f_search.records import record_table
+from c2f_search.models.flops import train_flops
+from c2f_search.data.prefetch import Prefetcher, host_batches
+from c2f_search.train.precision import mfu, peak_flops, resolve_precision
+from c2f_search.schema import record_table
 
 from .conftest import TINY_DATA
 
@@ -84,7 +84,7 @@ def test_fp16_grad_scaler_state_survives_a_resume(tiny_data, tmp_path):
 
 
 def test_delayed_nonfinite_check_names_the_step_and_phase(tiny_data):
-    from c2f_search.callbacks import Callback
+    from c2f_search.train.callbacks.base import Callback
 
     class Poison(Callback):  # after step 5: the loss of step 6 is NaN; phase 2's check covers steps 5, 6, 7
         def on_step_end(self, run):
@@ -189,7 +189,7 @@ def test_compiled_step_matches_eager_and_compiles_once_per_phase(tiny_data):
 
 
 def test_fp16_store_and_stream_give_the_fp32_stores_features(tiny_data, tmp_path):
-    from c2f_search.data import Data
+    from c2f_search.data.sets import Data
     half = Data.from_specs(TINY_DATA, features="fp16", cache_dir=tmp_path / "f16")
     full = Data.from_specs(TINY_DATA, cache_dir=tmp_path / "f32")
     stream = Data.from_specs(TINY_DATA, features="stream", workers=1)
@@ -210,7 +210,7 @@ def test_fp16_store_and_stream_give_the_fp32_stores_features(tiny_data, tmp_path
 
 
 def test_streaming_names_a_clip_that_fails_at_decode_time_and_scans_headers_up_front(tmp_path):
-    from c2f_search.data import Data
+    from c2f_search.data.sets import Data
 
     from .test_data import _datafile, _wav
     good = [{"wav": _wav(tmp_path / f"{i}.wav"), "labels": "/m/a"} for i in range(3)]
@@ -233,7 +233,7 @@ def test_compile_time_is_kept_out_of_training_time(tiny_data, monkeypatch):
     import time
     import types
 
-    import c2f_search.train as train_mod
+    import c2f_search.train.run as train_mod
     skipped = [0.0]
     monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + skipped[0]))
 

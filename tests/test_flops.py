@@ -1,6 +1,6 @@
 from c2f_search import train_flops
 from c2f_search.geometry import Geometry
-from c2f_search.transfer import build_for_phase
+from c2f_search.models.phase import build_for_phase
 
 
 def _flops(T, depth=2, d_model="ast-tiny"):
@@ -29,7 +29,7 @@ def test_matches_measured_vit_base_counts():
 def test_a_patchout_step_counts_the_kept_tokens():
     """ast-tiny, depth 2, 64 mel x 64 frames: a 4 x 4 grid (16 patches + 1 cls)."""
     from c2f_search.compress import get_method
-    from c2f_search.flops import kept_tokens
+    from c2f_search.models.flops import kept_tokens
     d, L = 192, 2
     full = build_for_phase("ast-tiny", {"num_classes": 10, "depth": L}, "tpatchout", 2, Geometry(64, 64), device="meta")
     K = kept_tokens(full, get_method("tpatchout"), 2)

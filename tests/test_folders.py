@@ -18,7 +18,7 @@ import pytest
 
 from c2f_search.cli import main
 from c2f_search.errors import C2FError
-from c2f_search.io import LOCK_FILE, folder_lock, remove_stale_temporaries
+from c2f_search.files import LOCK_FILE, folder_lock, remove_stale_temporaries
 
 from .conftest import TINY_DATA
 
@@ -50,7 +50,7 @@ def _wait(cond, proc, timeout=240):
 
 def _stopped_at(code):
     """A real process running `code`, once it has printed that it reached the point it waits at."""
-    p = subprocess.Popen([sys.executable, "-c", "import time\nfrom c2f_search import io\n" + code],
+    p = subprocess.Popen([sys.executable, "-c", "import time\nfrom c2f_search import files as io\n" + code],
                          stdout=subprocess.PIPE, text=True, env=ENV)
     assert p.stdout.readline().strip() == "there"
     return p
@@ -185,12 +185,12 @@ def test_what_a_killed_data_generator_left_is_cleared_by_the_next(tmp_path, monk
     cache = tmp_path / "cache"
     env = {**ENV, "C2F_CACHE": str(cache)}
     spec = "builtin:events?train=3000&val=10&seed=78"
-    g = subprocess.Popen([sys.executable, "-c", f"from c2f_search import builtin; builtin.materialize({spec!r})"],
+    g = subprocess.Popen([sys.executable, "-c", f"from c2f_search.data import builtin_events as builtin; builtin.materialize({spec!r})"],
                          env=env)
     assert _wait(lambda: any((cache / "builtin").glob(".tmp-*/train/*.wav")), g)
     g.kill()
     g.wait()
-    from c2f_search import builtin
+    from c2f_search.data import builtin_events as builtin
     monkeypatch.setenv("C2F_CACHE", str(cache))
     root = builtin.materialize("builtin:events?train=10&val=10&seed=79")
     assert [x.name for x in (cache / "builtin").iterdir()] == [root.name]
@@ -262,7 +262,7 @@ def test_interrupted_search_resumed_in_a_moved_folder_trains_no_finished_trial_a
     trained = set(_trial_lines(r.stdout, " epoch "))
     assert len(trained) >= 1 and not trained & set(done), r.stdout[-3000:]  # the others, not the finished ones
     assert not out.exists()  # nothing was written where the folder was
-    from c2f_search.pareto import load_rows
+    from c2f_search.analysis.rows import load_rows
     rows = load_rows(moved).to_pylist()
     assert sorted(x["schedule"] for x in rows if x["schedule_done"]) == sorted(SCHEDULES)
     assert all(str(moved / "search") in x["checkpoint_path"] for x in rows)

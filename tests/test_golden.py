@@ -45,8 +45,8 @@ CASES = {
 
 
 def _data():
-    from c2f_search import builtin
-    from c2f_search.data import Data
+    from c2f_search.data import builtin_events as builtin
+    from c2f_search.data.sets import Data
     return Data.from_specs(DATA, test=str(builtin.materialize(TEST) / "val.json"))
 
 
@@ -57,13 +57,12 @@ def _round(v):
 def run_case(name: str, data) -> dict:
     from c2f_search import Run, TrainConfig
     from c2f_search.controllers import Population
-    from c2f_search.evaluator import evaluate_state
-    from c2f_search.schedule import parse_schedule
+    from c2f_search.train.evaluator import evaluate_state
     kw, ctrl = CASES[name]
     cfg = TrainConfig(**{**KW, **kw})
     controller = None
     if ctrl == "population":  # a PBT member whose C is lowered from 4 to 2 after its first evaluation
-        controller = Population(parse_schedule(cfg.schedule), "population", C=4, budget=3)
+        controller = Population(cfg.schedule, "population", C=4, budget=3)
     run = Run(cfg, data, "cpu", controller=controller)
     records, state = [], None
     for rec in run.records():

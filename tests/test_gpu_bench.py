@@ -49,7 +49,7 @@ def test_quick_cpu_run_trains_every_part_through_run_and_checks_its_counters(tmp
         assert float(r[3]) > 0 and float(r[8]) > 0 and r[14] == "no"  # samples/s, loader samples/s, not eager
     assert rows[("fshift", "4")][6] and not rows[("avgpool", "1")][6]  # time / FLOPs saved against avgpool C = 1
     # the counters counted: the NaN check once per interval of 4 steps (12 steps in 3 intervals), no step sync
-    nan_check = re.search(r"\| avgpool \| `c2f_search/step.py:\d+ sum_finite[^|]*` \| Tensor.__bool__ \| "
+    nan_check = re.search(r"\| avgpool \| `c2f_search/train/step.py:\d+ sum_finite[^|]*` \| Tensor.__bool__ \| "
                           r"expected: NaN/inf check[^|]* \| (\d+) \| ([\d.]+) \|", report)
     assert nan_check and nan_check.groups() == ("3", "0.250")
     assert "UNEXPECTED" not in report
@@ -75,7 +75,7 @@ def test_an_injected_resume_mismatch_and_host_sync_fail_the_run():
     fails = [line for line in p.stdout.splitlines() if line.startswith("FAIL")]
     assert len(fails) == 3, p.stdout[-3000:]
     assert re.fullmatch(r"FAIL: fshift: 4 host sync\(s\) inside the training steps at bench/gpu_step.py:\d+ "
-                        r"on_step_end <- c2f_search/train.py:\d+ _train_until \(Tensor.item\)", fails[0])
+                        r"on_step_end <- c2f_search/train/run.py:\d+ _train_until \(Tensor.item\)", fails[0])
     assert fails[1].startswith("FAIL: fp16-resume: 12 host sync(s) inside the training steps at bench/gpu_step.py")
     assert fails[2].startswith("FAIL: fp16-resume: the resumed run differs from the uninterrupted one")
 

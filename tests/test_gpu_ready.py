@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from c2f_search.compress import get_method, list_methods
-from c2f_search.frontend import add_noise, normalize, spec_augment
-from c2f_search.loader import Prefetcher, host_batches
-from c2f_search.precision import TF32_SWITCHES, matmul_mode
-from c2f_search.step import ClassificationLoss, TrainStep, adam, allow_recompiles
+from c2f_search.data.frontend import add_noise, normalize, spec_augment
+from c2f_search.data.prefetch import Prefetcher, host_batches
+from c2f_search.train.precision import TF32_SWITCHES, matmul_mode
+from c2f_search.objectives.supervised import ClassificationLoss
+from c2f_search.train.step import TrainStep, adam, allow_recompiles
 
 from .host_traffic import HostTraffic
 
@@ -61,7 +62,7 @@ def test_token_dropping_draws_and_gathers_with_no_host_traffic(method):
     """The kept tokens are drawn per batch on the device and gathered in the forward: no host sync, and one
     static shape per phase."""
     from c2f_search.geometry import Geometry
-    from c2f_search.transfer import build_for_phase
+    from c2f_search.models.phase import build_for_phase
     model = build_for_phase("ast-tiny", {"num_classes": 10, "depth": 1}, method, 2, Geometry(64, 256), device="meta")
     x = torch.empty(8, 64, 256, device=DEVICE)
     shapes = set()
@@ -162,7 +163,7 @@ def test_prefetcher_side_stream_path_with_cpu_streams(tiny_data, monkeypatch):
 def test_rows_are_gathered_into_reused_buffers_freed_by_their_copy(tiny_data):
     """Issue 18's loader: one host copy per batch, into a ring of buffers, each handed out again only
     after the event of the copy that read it (CPU stand-ins for pinned memory, streams and events)."""
-    from c2f_search.loader import PinnedRing
+    from c2f_search.data.prefetch import PinnedRing
     feats = tiny_data.features("train", 10.0, 256)
     targets = tiny_data.targets("train", feats)
     order = [np.arange(k, k + 4) for k in range(0, 36, 4)]  # 9 batches of 4
@@ -234,22 +235,22 @@ def fresh_ray():
 
 
 def _settings(tmp_path, schedules, **kw):
-    from c2f_search.search.runner import resolve_data_args
-    from c2f_search.search.settings import SearchSettings
+    from c2f_search.settings import DataSettings
+    from c2f_search.settings import SearchSettings
 
     from .conftest import TINY_DATA
     space = tmp_path / "space.yaml"
     space.write_text("epochs: 2\nschedules: [" + ", ".join(f'"{s}"' for s in schedules) + "]\n"
                      "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n")
     return SearchSettings(space=str(space), out=str(tmp_path / "s"), keep_checkpoints=None, model_kwargs={"depth": 1},
-                          data=resolve_data_args(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "c"),
-                                                 None, None), **kw)
+                          data=DataSettings(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "c"),
+                                                 None, None).resolved(), **kw)
 
 
 @pytest.mark.slow
 def test_gpus_per_trial_follow_the_cluster(tmp_path, fresh_ray, capsys):
     from c2f_search.search.runner import trial_resources
-    from c2f_search.spaces import load_space
+    from c2f_search.search.space import load_space
     st = _settings(tmp_path, ["none:1x1"])
     space = load_space(st.space)
     assert space.resources == {"cpu": 1, "gpu": "auto"}
@@ -280,7 +281,7 @@ def test_on_a_gpu_cluster_trials_get_a_gpu_and_a_reused_process_carries_nothing(
     in the first one's process (reuse_actors), and both train exactly as the bare core does alone."""
     import json
 
-    from c2f_search import Data, Run, TrainConfig
+    from c2f_search import Run, TrainConfig
     from c2f_search.search.runner import run_search
     scheds = ["fshift:2x1,1x1", "avgpool:2x1,1x1"]
     st = _settings(tmp_path, scheds)
@@ -295,7 +296,7 @@ def test_on_a_gpu_cluster_trials_get_a_gpu_and_a_reused_process_carries_nothing(
     assert sorted(rows) == sorted(scheds)
     assert all(r["gpu_ids"] == ["0"] and r["device"] == "cpu" for rs in rows.values() for r in rs)
     assert len({r["pid"] for rs in rows.values() for r in rs}) == 1  # one process for both trials
-    data = Data.from_specs(**st.data)
+    data = st.data.load()
     for sched, rs in rows.items():
         ref = Run(TrainConfig(sched, model_kwargs={"depth": 1}, lr=3e-4, batch_size=8, warmup_steps=2), data, "cpu")
         assert [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in rs] == \

@@ -8,10 +8,10 @@ from c2f_search import Geometry, Run, TrainConfig, eval_flops, train_flops, tran
 from c2f_search.compress import get_method
 from c2f_search.validate import validate
 from c2f_search.errors import ConfigError, ScheduleError
-from c2f_search.flops import masked_patch_flops
+from c2f_search.models.flops import masked_patch_flops
 from c2f_search.models import get_family
 from c2f_search.objectives.masked_patch import cluster_masks
-from c2f_search.transfer import build_for_phase
+from c2f_search.models.phase import build_for_phase
 
 FULL = Geometry(64, 256)
 

@@ -1,8 +1,9 @@
 import pyarrow as pa
 import pytest
 
-from c2f_search.pareto import ROW_COLUMNS, analyse, full_model, hypervolume_2d, pareto_front, summary_text
-from c2f_search.records import keep_checkpoint
+from c2f_search.analysis.rows import ROW_COLUMNS, with_schedule_columns
+from c2f_search.analysis.pareto import analyse, hypervolume_2d, pareto_front, summary_text
+from c2f_search.schema import keep_checkpoint
 
 
 def test_front_with_ties_and_duplicates():
@@ -30,6 +31,11 @@ def _row(tid, step, m, f, done, method="fshift", status="finished", phase=1, C=1
     return r
 
 
+def _table(rows: list[dict]) -> pa.Table:
+    """Rows as the loader gives them: with what each schedule says."""
+    return pa.Table.from_pylist(with_schedule_columns(rows))
+
+
 def _histories():
     return [
         # the baseline peaks at epoch 2 and falls at epoch 3: the reference is epoch 2, not the last one
@@ -49,7 +55,7 @@ def _histories():
 
 
 def test_baseline_reference_is_the_best_epoch_of_the_best_baseline():
-    res = analyse(pa.Table.from_pylist(_histories()), ref=(0.0, 40e9))
+    res = analyse(_table(_histories()), ref=(0.0, 40e9))
     b = res["baseline"]
     assert (b["trial_id"], b["epoch"], b["val_metric"], b["train_flops"]) == ("base", 2.0, 0.62, 20e9)
     assert {r["trial_id"] for r in res["final"]} == {"base", "base2", "a", "b"}
@@ -57,7 +63,7 @@ def test_baseline_reference_is_the_best_epoch_of_the_best_baseline():
 
 
 def test_budget_saving_counts_only_the_final_phase():
-    res = analyse(pa.Table.from_pylist(_histories()))
+    res = analyse(_table(_histories()))
     q = {x["trial_id"]: x for x in res["table"]}
     # a first reaches 0.62 in its C=1 phase at epoch 3 (19 GFLOPs), not at its C=2 epoch (5 GFLOPs)
     assert q["a"]["budget_reached"] and q["a"]["budget_epoch"] == 3.0
@@ -74,7 +80,7 @@ def test_budget_saving_counts_only_the_final_phase():
 
 
 def test_fronts_final_and_anytime():
-    res = analyse(pa.Table.from_pylist(_histories()), ref=(0.0, 40e9))
+    res = analyse(_table(_histories()), ref=(0.0, 40e9))
     assert [r["trial_id"] for r in res["final_front"]] == ["b", "a"]
     # the anytime front holds the coarse checkpoints, labelled with their C, and claims no saving
     assert [(r["trial_id"], r["C"]) for r in res["anytime_front"]] == [("p", 2)]
@@ -86,8 +92,8 @@ def test_anytime_front_marks_token_dropping_checkpoints_as_full_models():
     rows = _histories() + [_row("t", 1, 0.95, 2, False, "tpatchout", status="pruned", phase=1, C=2),
                            _row("m", 1, 0.97, 2.5, False, "avgpool+tpatchout", status="pruned", phase=1, C=4,
                                 schedule="avgpool:4x1,tpatchout:2x1,1x1")]
-    res = analyse(pa.Table.from_pylist(rows), ref=(0.0, 40e9))
-    assert [(r["trial_id"], r["C"], full_model(r)) for r in res["anytime_front"]] == [("t", 2, True), ("m", 4, False)]
+    res = analyse(_table(rows), ref=(0.0, 40e9))
+    assert [(r["trial_id"], r["C"], r["full_model"]) for r in res["anytime_front"]] == [("t", 2, True), ("m", 4, False)]
     text = summary_text(res)
     line = {ln.split()[0]: ln for ln in text.splitlines() if "  C=" in ln}
     assert line["tpatchout:2x1,1x2"].endswith("2 GFLOPs  full model")
@@ -96,7 +102,7 @@ def test_anytime_front_marks_token_dropping_checkpoints_as_full_models():
 
 def test_no_baseline_no_saving():
     rows = [r for r in _histories() if not r["trial_id"].startswith("base")]
-    res = analyse(pa.Table.from_pylist(rows))
+    res = analyse(_table(rows))
     assert res["baseline"] is None and all(q["flops_saving"] is None for q in res["table"])
     assert "No baseline trial finished" in summary_text(res)
 
@@ -113,8 +119,8 @@ def test_reports_that_result_json_lost_are_read_from_progress_csv(tmp_path):
     import csv
     import json
 
-    from c2f_search.pareto import load_rows
-    from c2f_search.records import RECORD_FIELDS
+    from c2f_search.analysis.rows import load_rows
+    from c2f_search.schema import RECORD_FIELDS
     trial = tmp_path / "search" / "train_schedule_0"
     trial.mkdir(parents=True)
 
@@ -140,8 +146,8 @@ def test_a_running_trial_is_not_called_pruned(tmp_path):
     stopped; only the latter are pruned."""
     import json
 
-    from c2f_search.pareto import load_rows
-    from c2f_search.records import RECORD_FIELDS
+    from c2f_search.analysis.rows import load_rows
+    from c2f_search.schema import RECORD_FIELDS
 
     from .conftest import craft_search
     craft_search(tmp_path)
@@ -169,7 +175,7 @@ def test_a_step_reported_again_by_a_dropped_lineage_keeps_the_row_that_ends_the_
     the schedule stands, whichever of the two Tune wrote last."""
     import json
 
-    from c2f_search.pareto import load_rows
+    from c2f_search.analysis.rows import load_rows
 
     from .conftest import craft_search
     craft_search(tmp_path)

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from c2f_search import Run, TrainConfig
-from c2f_search.callbacks import Callback
+from c2f_search.train.callbacks.base import Callback
 from c2f_search.controllers import fork_point
 from c2f_search.errors import CheckpointError
-from c2f_search.flops import train_flops
+from c2f_search.models.flops import train_flops
 from c2f_search.schedule import parse_schedule
 
 from .conftest import last_state
@@ -46,7 +46,7 @@ def test_training_sees_the_kept_tokens_and_evaluation_every_token(tiny_data):
 
 
 def test_a_full_resolution_phase_starts_from_exactly_the_weights_patchout_left(tiny_data, monkeypatch):
-    import c2f_search.train as train_mod
+    import c2f_search.train.run as train_mod
     moved, starts = [], {}
     real_transfer, real_step = train_mod.transfer_weights, train_mod.TrainStep
 

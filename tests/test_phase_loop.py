@@ -3,12 +3,13 @@ saved state is scored without a Run, and the FLOPs ledger is the one count that 
 max_t and the benchmarks share."""
 import pytest
 
-from c2f_search import Run, TrainConfig, builtin
-from c2f_search.data import Data
-from c2f_search.evaluator import evaluate_state
-from c2f_search.ledger import FlopsLedger
+from c2f_search import Run, TrainConfig
+from c2f_search.data import builtin_events as builtin
+from c2f_search.data.sets import Data
+from c2f_search.train.evaluator import evaluate_state
+from c2f_search.train.ledger import FlopsLedger
 from c2f_search.search.runner import max_flops
-from c2f_search.spaces import load_space
+from c2f_search.search.space import load_space
 
 from .conftest import TINY_DATA
 

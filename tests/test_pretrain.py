@@ -8,7 +8,7 @@ import torch
 
 from c2f_search import load_checkpoint
 from c2f_search.cli import main
-from c2f_search.data import unlabelled_sets
+from c2f_search.data.sets import unlabelled_sets
 
 from .conftest import TINY_DATA
 

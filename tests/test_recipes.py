@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from c2f_search import Run, TrainConfig
-from c2f_search.averaging import WeightAverage
+from c2f_search.train.callbacks.averaging import WeightAverage
 from c2f_search.validate import validate
 from c2f_search.cli import main
-from c2f_search.data import balanced_weights
+from c2f_search.data.sets import balanced_weights
 from c2f_search.errors import ConfigError
 from c2f_search.recipes import list_recipes, load_recipe
 
@@ -69,7 +69,7 @@ def test_recipe_flags_override_it_and_config_json_records_both(tmp_path):
                                                                                                   True)
     assert cfg["model_kwargs"] == {"dist_token": True, "stride": 10, "depth": 1}
     assert cfg["weight_averaging"] == "from:1" and cfg["lr_milestones"][:2] == [2, 3]
-    assert doc["data"]["norm"] == "audioset"
+    assert doc["data"]["norm"] == [-4.2677393, 4.5689974]  # the recipe's, by its data set's name
     rows = pq.read_table(out / "metrics.parquet").to_pylist()
     assert [r["averaged"] for r in rows] == [False, False, True]  # the averaged model: its own row
     assert (out / "checkpoints" / "averaged.pt").is_file()

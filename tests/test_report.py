@@ -11,7 +11,7 @@ import urllib.request
 import pyarrow.parquet as pq
 import pytest
 
-from c2f_search.pareto import load_rows
+from c2f_search.analysis.rows import load_rows
 
 from .conftest import TINY_DATA, craft_search
 from .test_search import _run_cli, _space
@@ -86,8 +86,8 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     assert front and all(x["test_metric"] is not None and x["val_metric"] is not None for x in front)
     # the test metric is the checkpoint's metric on the test split, computed by the core alone
     from c2f_search import Data
-    from c2f_search.evaluator import evaluate_state
-    from c2f_search.io import load_checkpoint
+    from c2f_search.train.evaluator import evaluate_state
+    from c2f_search.files import load_checkpoint
     settings = json.loads((out / "search.json").read_text())
     data = Data.from_specs(**settings["data"], test=settings["test"])
     state = load_checkpoint(f"{front[0]['checkpoint_path']}/state.pt")
@@ -150,7 +150,7 @@ def _hostile_target(d):
     """A target's folder as a stranger could share it: hostile text in its table and its metadata."""
     import pyarrow as pa
 
-    from c2f_search.seeds import SIDE_KEYS, cost_numbers, rank_agreement
+    from c2f_search.analysis.transfer import SIDE_KEYS, cost_numbers, rank_agreement
     folder = d / "confirm" / "evil"
     folder.mkdir(parents=True)
     (folder / "target.json").write_text("{}")
@@ -164,7 +164,7 @@ def _hostile_target(d):
 
 
 def test_report_shows_hostile_text_literally_and_runs_no_script(tmp_path):
-    from c2f_search.report import write_report
+    from c2f_search.analysis.report import write_report
     craft_search(tmp_path, (HOSTILE_ID, "t<b>2</b>"), HOSTILE_METRIC)  # as a stranger could share one
     _hostile_target(tmp_path)
     write_report(tmp_path)

@@ -9,7 +9,8 @@ import soundfile as sf
 import torch
 
 from c2f_search import TrainConfig, atomic_write, load_checkpoint
-from c2f_search._args import Parser, add_model_args, train_config
+from c2f_search.cli.args import Parser, add_model_args, given_config
+from c2f_search.settings import train_config
 from c2f_search.cli import main
 from c2f_search.config import defaults
 from c2f_search.errors import CheckpointError
@@ -50,9 +51,9 @@ def test_reuse_overwrite_resume_and_conflicting_flags(tmp_path, capsys):
     assert rc == 2 and "holds a run already" in err
     assert pq.read_table(tmp_path / "r" / "metrics.parquet").column("schedule")[0].as_py() == "avgpool:2x1,1x1"
     rc, err = _cli(["train", "--out", out, "--resume", "--batch-size", "4"], capsys)
-    assert rc == 2 and "--batch-size 4: the run was trained with batch_size=8" in err
+    assert rc == 2 and "--batch-size 4: the run was trained with --batch-size 8" in err
     rc, err = _cli(["train", "--out", out, "--resume", "--depth", "2"], capsys)
-    assert rc == 2 and "--depth 2: the run was trained with depth=1" in err
+    assert rc == 2 and "--depth 2: the run was trained with --depth 1" in err
     rc, err = _cli(["train", "--out", out, "--resume", "--precision", "bf16"], capsys)  # auto ran fp32 on the CPU
     assert rc == 0 and "the checkpoint trained in fp32; it continues in bf16 (--precision bf16)" in err
     rc, err = _cli(["train", "--out", out, "--resume", "--no-progress", "--precision", "fp32", "--compile"], capsys)
@@ -142,7 +143,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
 def test_defaults_have_one_source():
     p = Parser()
     add_model_args(p)
-    assert train_config(p.parse_args([]), "none:1x1") == TrainConfig("none:1x1")
+    assert train_config(given_config(p.parse_args([])), {"schedule": "none:1x1"}) == TrainConfig("none:1x1")
     from trainables import trial_config
     assert trial_config({"schedule": "none:1x1"}, {"model": "ast-tiny"}) == TrainConfig("none:1x1")
     d = defaults()
@@ -167,6 +168,6 @@ def test_skip_bad_header_counts_the_clips_used(tmp_path, capsys):
 
 
 def test_record_and_row_schemas_name_each_field_once():
-    from c2f_search.records import RECORD_FIELDS, ROW_FIELDS
+    from c2f_search.schema import RECORD_FIELDS, ROW_FIELDS
     for fields in (RECORD_FIELDS, ROW_FIELDS):
         assert len(set(fields)) == len(fields), [f for f in fields if fields.count(f) > 1]

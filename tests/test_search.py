@@ -1,5 +1,6 @@
 """Real Ray, real Optuna (SQLite), real Parquet: searches at a tiny scale."""
 import os
+from dataclasses import replace
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 
-from c2f_search.pareto import load_rows
+from c2f_search.analysis.rows import load_rows
 
 from .conftest import TINY_DATA
 
@@ -42,12 +43,13 @@ def fresh_ray():
 
 
 def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fresh_ray, monkeypatch):
-    from c2f_search import Data, Run, TrainConfig
-    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
+    from c2f_search import Run, TrainConfig
+    from c2f_search.search.runner import SearchSettings, run_search
+    from c2f_search.settings import DataSettings
 
     marker = tmp_path / "fault"
     monkeypatch.setenv("C2F_INJECT_FAULT", f"{marker}:1")  # crash once, after epoch 1 (a phase transition)
-    data_args = resolve_data_args(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "cache"), None, None)
+    data_args = DataSettings(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "cache"), None, None).resolved()
     st = SearchSettings(space=str(_space(tmp_path, [SCHED])), out=str(tmp_path / "s"), data=data_args, trials=1,
                         max_failures=2, model_kwargs={"depth": 1}, keep_checkpoints=None)
     results = run_search(st)
@@ -55,7 +57,7 @@ def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fr
     assert not results.errors
     rows = load_rows(tmp_path / "s").to_pylist()
     # the uninterrupted reference: the bare core, no Ray
-    data = Data.from_specs(**{**data_args, "norm": st.data["norm"]})
+    data = replace(data_args, norm=st.data.norm).load()
     ref = list(Run(TrainConfig(SCHED, model_kwargs={"depth": 1}, lr=3e-4, batch_size=8, warmup_steps=2), data,
                    "cpu").records())
     assert [(r["step"], r["C"], r["val_metric"], r["train_flops"]) for r in rows] == \
@@ -129,7 +131,7 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
 
 def test_unfinished_schedules_are_pruned_not_complete(tmp_path):
     from c2f_search.search.searcher import C2FOptunaSearch
-    from c2f_search.spaces import load_space
+    from c2f_search.search.space import load_space
     sp = load_space("paper")
     s = C2FOptunaSearch(space=sp.define_by_run(4), metric=["val_metric", "train_flops"], mode=["max", "min"],
                         storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"), study_name="t", seed=0)
@@ -163,7 +165,7 @@ def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
 
 def test_open_space_runs_the_baseline_first():
     from c2f_search.search.searcher import make_searcher
-    from c2f_search.spaces import load_space
+    from c2f_search.search.space import load_space
     sp = load_space("default")
     s = make_searcher(sp, "auto", 0, 4, None)
     first, second = s.suggest("a"), s.suggest("b")
@@ -194,7 +196,7 @@ def test_repeated_configurations_are_not_trained_again(tmp_path, fresh_ray):
 def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, monkeypatch):
     from c2f_search.search import searcher
     from c2f_search.search.searcher import make_searcher
-    from c2f_search.spaces import load_space
+    from c2f_search.search.space import load_space
     monkeypatch.setattr(searcher, "MAX_REPEATS", 5)  # every sample repeats here; fewer SQLite round trips
     sp = load_space(str(_space(tmp_path, ["none:1x1"])))
     s = make_searcher(sp, "tpe", 0, 1, optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"))
@@ -225,17 +227,18 @@ def test_a_search_over_two_model_families(tmp_path, fresh_ray):
 
 
 def test_a_pretraining_search_is_scored_by_its_fine_tune(tmp_path, fresh_ray):
-    from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
+    from c2f_search.search.runner import SearchSettings, run_search
+    from c2f_search.settings import DataSettings
     space = tmp_path / "pre.yaml"
     space.write_text("epochs: 2\nmodel: ssast-tiny\nobjective: masked-patch\nschedules: ['fshift:2x1,1x1']\n"
                      "fixed: {lr: 1.0e-3, batch_size: 8, warmup_steps: 0}\n"
                      f"finetune: {{data: '{TINY_DATA}', schedule: 'none:1x1', fixed: {{batch_size: 8}}}}\n")
     cache = str(tmp_path / "cache")
-    data = resolve_data_args(TINY_DATA, None, None, "auto", False, None, cache, None, None)
-    st = SearchSettings(space=str(space), out=str(tmp_path / "s"), data={**data, "labelled": False}, trials=1,
+    data = DataSettings(TINY_DATA, None, None, "auto", False, None, cache, None, None).resolved()
+    st = SearchSettings(space=str(space), out=str(tmp_path / "s"), data=replace(data, labelled=False), trials=1,
                         model_kwargs={"depth": 1},
-                        finetune={"data": resolve_data_args(TINY_DATA, None, None, "auto", False, None, cache, None,
-                                                            None), "schedule": "none:1x1", "fixed": {"batch_size": 8}})
+                        finetune={"data": DataSettings(TINY_DATA, None, None, "auto", False, None, cache, None,
+                                                            None).resolved(), "schedule": "none:1x1", "fixed": {"batch_size": 8}})
     run_search(st)
     rows = load_rows(tmp_path / "s").to_pylist()
     assert [(x["C"], x["metric_name"], x["schedule_done"]) for x in rows] == [
@@ -251,7 +254,7 @@ def test_the_private_ray_state_this_module_uses_is_still_there():
     from pathlib import Path
 
     from c2f_search.search import searcher as mod
-    from c2f_search.spaces import load_space
+    from c2f_search.search.space import load_space
     searcher = mod.make_searcher(load_space("default"), "random", 0, 4, None)
     config = searcher.suggest("trial-a")
     trials, study = mod.optuna_state(searcher)

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from c2f_search.schedule import parse_schedule
-from c2f_search.spaces import SpaceError, find_space, load_space
+from c2f_search.search.space import SpaceError, find_space, load_space
 
 
 def _sampled(space: str, n: int, epochs: int = 6):
@@ -93,35 +93,32 @@ def test_a_space_searches_the_model_and_checks_each(tmp_path):
     assert models == {"ast-tiny", "htsat"}
     f.write_text("epochs: 4\nmodel: [ast-tiny, cnn14]\nspace: {method: [patch-pi]}\nfixed: {lr: 1.0e-4}\n")
     from c2f_search.search.runner import prepare_data
-    from c2f_search.search.settings import SearchSettings
+    from c2f_search.settings import SearchSettings
     with pytest.raises(SpaceError, match="cnn14 \(cnn14\) does not support the compression method 'patch-pi'"):
         prepare_data(SearchSettings(space=str(f), out=str(tmp_path), data={"train": "x"}), load_space(str(f)))
 
 
 def test_a_model_setting_one_of_the_models_does_not_take_is_refused_before_any_trial(tmp_path):
     from c2f_search.search.runner import prepare_data
-    from c2f_search.search.settings import SearchSettings
+    from c2f_search.settings import SearchSettings
     with pytest.raises(SpaceError, match="--depth: cnn14 does not take this setting"):
         prepare_data(SearchSettings(space="table1", out=str(tmp_path), data={"train": "x"}, model_kwargs={"depth": 1}),
                      load_space("table1"))
 
 
 def test_the_pretraining_space_reads_unlabelled_audio_and_resolves_its_fine_tune(tmp_path):
-    from c2f_search._args import Parser
-    from c2f_search.search.commands import _settings_from_args, add_search_args
+    from c2f_search.cli.search import search_settings
     from .conftest import TINY_DATA
-    parser = Parser(prog="c2f-search search")
-    add_search_args(parser)
     shipped = Path(find_space("pretrain")).read_text()
     assert "builtin:events?train=600&val=200" in shipped
     f = tmp_path / "pretrain.yaml"  # the shipped space, with the tests' small data set to fine-tune on
     f.write_text(shipped.replace("builtin:events?train=600&val=200", TINY_DATA))
-    st = _settings_from_args(parser.parse_args(["--space", str(f), "--data", TINY_DATA, "--out", str(tmp_path)]))
+    st = search_settings({"space": str(f), "data": TINY_DATA}, tmp_path)
     sp = load_space("pretrain")
-    assert sp.objective == "masked-patch" and sp.model == "ssast-tiny" and st.data["labelled"] is False
+    assert sp.objective == "masked-patch" and sp.model == "ssast-tiny" and st.data.labelled is False
     assert st.finetune["schedule"] == "none:1x2" and st.finetune["fixed"]["batch_size"] == 16
-    assert st.finetune["data"]["train"].endswith("train.json") and st.finetune["data"]["labels"].endswith(".csv")
-    assert "labelled" not in st.finetune["data"]  # the fine-tune reads labels
+    assert st.finetune["data"].train.endswith("train.json") and st.finetune["data"].labels.endswith(".csv")
+    assert st.finetune["data"].labelled  # the fine-tune reads labels
 
 
 def test_patchout_space_samples_patchout_alone_and_mixed_schedules():

@@ -52,7 +52,7 @@ def test_budget_mode_stops_at_first_final_phase_epoch_reaching_target(tiny_data)
 
 
 def test_phase_transition_resets_optimizer_state(tiny_data):
-    from c2f_search.callbacks import Callback
+    from c2f_search.train.callbacks.base import Callback
 
     class Steps(Callback):  # Adam's step count and the LR schedule's position after every step
         seen = []

@@ -6,7 +6,7 @@ from c2f_search import Geometry, transfer_weights
 from c2f_search.compress import get_method
 from c2f_search.errors import C2FError
 from c2f_search.models import get_family
-from c2f_search.transfer import build_for_phase
+from c2f_search.models.phase import build_for_phase
 
 KW = {"num_classes": 5, "depth": 2}
 FULL = Geometry(64, 256)

@@ -19,18 +19,16 @@ import ray
 import torch
 from ray import tune
 
-from c2f_search.callbacks import Callback
+from c2f_search.train.callbacks.base import Callback
 from c2f_search.config import SEARCHABLE, TrainConfig
 from c2f_search.controllers import Population
-from c2f_search.data import Data
 from c2f_search.errors import DataError
-from c2f_search.io import atomic_write, load_checkpoint, save_checkpoint
-from c2f_search.optim import apply_hyperparameters
-from c2f_search.pretrain import finetune_record
-from c2f_search.records import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
-from c2f_search.run_state import exploit
-from c2f_search.schedule import parse_schedule
-from c2f_search.train import Run
+from c2f_search.files import atomic_write, load_checkpoint, save_checkpoint
+from c2f_search.train.optim import apply_hyperparameters
+from c2f_search.train.finetune import finetune_record
+from c2f_search.schema import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
+from c2f_search.train.state import exploit
+from c2f_search.train.run import Run
 
 OWNER_FILE = "trial_id"  # which trial wrote a checkpoint: PBT hands a member a better member's
 
@@ -155,7 +153,7 @@ def train_schedule(config: dict, setup: dict) -> None:
     cfg = trial_config(config, setup)
     _fresh_compiler(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     try:
-        data = Data.from_specs(**setup["data"])
+        data = setup["data"].load()
     except (DataError, OSError) as e:
         raise DataError(f"node {socket.gethostname()} cannot read the data: {e}. Every node needs the same "
                         f"paths: put the data on a shared mount (NFS/EFS) or sync it with cluster.yaml's "
@@ -170,7 +168,7 @@ def train_schedule(config: dict, setup: dict) -> None:
             donor = owner.read_text() if owner.is_file() and owner.read_text() != me else None
     controller = None
     if "C" in config:  # a population member: PBT sets its C (and lowers it when it copies a better member)
-        controller = Population(parse_schedule(cfg.schedule), "population", C=config["C"], budget=setup["budget"],
+        controller = Population(cfg.schedule, "population", C=config["C"], budget=setup["budget"],
                                 eval_every=cfg.eval_every)
     device = _device()
     # where this attempt runs and resumed from: node-loss recovery is measured from these
@@ -184,7 +182,7 @@ def train_schedule(config: dict, setup: dict) -> None:
     else:
         run = copy_member(Run(cfg, data, device, controller=controller, callbacks=[reporter]), state)
         reporter.inherited = _count_thrown_away(run)
-    if os.environ.get("C2F_INJECT_NAN") == cfg.schedule:  # fault injection for tests: a diverging trial
+    if os.environ.get("C2F_INJECT_NAN") == str(cfg.schedule):  # fault injection for tests: a diverging trial
         with torch.no_grad():
             next(run.model.parameters()).fill_(float("nan"))
     run.fit()

@@ -12,7 +12,7 @@ from abc import abstractmethod
 
 import torch
 
-from . import Capability, Method
+from .base import Capability, Method
 
 
 def kept_count(n: int, C: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Capability, Method
+from .base import Capability, Method
 from ..geometry import Geometry
 
 

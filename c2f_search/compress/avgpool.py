@@ -1,5 +1,5 @@
 """Avg pool: 1 x C average pooling over time."""
-from . import register_method
+from .base import register_method
 from ._pool import PoolMethod
 
 

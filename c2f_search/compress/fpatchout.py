@@ -2,7 +2,7 @@
 rows of the patch grid, every time column of each."""
 import torch
 
-from . import register_method
+from .base import register_method
 from ._drop import TokenDrop, draw, kept_count, rounding
 
 

@@ -1,6 +1,6 @@
 """Fshift: the fbank frame shift times C. Only the shift is scaled, the 25 ms window stays, and the
 target length and SpecAugment's time mask are divided by C (the paper's authors' code)."""
-from . import Capability, Method, register_method
+from .base import Capability, Method, register_method
 from ..geometry import Geometry
 
 

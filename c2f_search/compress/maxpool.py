@@ -1,5 +1,5 @@
 """Max pool: 1 x C max pooling over time."""
-from . import register_method
+from .base import register_method
 from ._pool import PoolMethod
 
 

@@ -1,5 +1,5 @@
 """The baseline: no compression, one phase at full resolution."""
-from . import Method, register_method
+from .base import Method, register_method
 
 
 @register_method

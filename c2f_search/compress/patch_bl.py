@@ -1,5 +1,5 @@
 """Patch BL: the kernel moves between phases by a plain bilinear resize (the paper's 'Patch BL')."""
-from . import Capability, Method, register_method
+from .base import Capability, Method, register_method
 from ._patch import bilinear_resize, stretched
 
 

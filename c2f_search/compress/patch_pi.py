@@ -1,5 +1,5 @@
 """Patch PI: the kernel moves between phases by FlexiViT's PI-resize (timm's resample_patch_embed)."""
-from . import Capability, Method, register_method
+from .base import Capability, Method, register_method
 from ._patch import stretched
 
 

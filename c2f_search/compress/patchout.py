@@ -1,5 +1,5 @@
 """Unstructured patchout (PaSST): each clip of a training batch keeps 1/C of the patches, at random."""
-from . import register_method
+from .base import register_method
 from ._drop import TokenDrop, draw, kept_count, rounding
 
 

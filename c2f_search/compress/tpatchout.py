@@ -2,7 +2,7 @@
 the patch grid, every frequency row of each."""
 import torch
 
-from . import register_method
+from .base import register_method
 from ._drop import TokenDrop, draw, kept_count, rounding
 
 

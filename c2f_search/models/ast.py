@@ -16,8 +16,8 @@ import torch.nn as nn
 from ..compress import pi_resize
 from ..errors import C2FError
 from ..geometry import Capability, Geometry
-from ._layers import resample_grid_embed
-from ._registry import DEPTH, DIST_TOKEN, DROP_PATH, STRIDE, ModelFamily, is_run_state, load_matching, register_model
+from .layers import resample_grid_embed
+from .base import DEPTH, DIST_TOKEN, DROP_PATH, STRIDE, ModelFamily, is_run_state, load_matching, register_model
 
 PATCH = 16
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
@@ -100,7 +100,7 @@ class ASTFamily(ModelFamily):
         Position embeddings and the patch kernel move to this model's geometry; the classifier
         is kept only where the number of classes matches.
         """
-        from ..io import load_checkpoint
+        from ..files import load_checkpoint
         p = Path(path)
         if p.suffix == ".safetensors" and p.is_file():
             from safetensors.torch import load_file

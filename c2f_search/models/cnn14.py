@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..geometry import Capability, Geometry
-from ._registry import ModelFamily, register_model
+from .base import ModelFamily, register_model
 
 WIDTHS = {"cnn14": (64, 128, 256, 512, 1024, 2048), "cnn14-tiny": (8, 16, 32, 64, 128, 256)}
 POOLS = 5  # blocks followed by 2x2 pooling

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..geometry import Capability, Geometry
-from ._registry import DEPTH, DROP_PATH, ModelFamily, register_model
+from .base import DEPTH, DROP_PATH, ModelFamily, register_model
 
 PATCH, FREQ_RATIO = 4, 4
 TABLE = "relative_position_bias_table"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..geometry import Geometry
 from .ast import AST, PATCH, ASTFamily, make_builder
-from ._registry import DEPTH, DROP_PATH, register_model
+from .base import DEPTH, DROP_PATH, register_model
 
 GENERATIVE_WEIGHT = 10.0  # SSAST's joint loss: InfoNCE + 10 x MSE
 MASK_FRACTION = 400 / 512  # SSAST masks 400 of its 512 patches

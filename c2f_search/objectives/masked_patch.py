@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..flops import masked_patch_flops
-from . import Objective, Scorer, register_objective
+from ..models.flops import masked_patch_flops
+from .base import Objective, Scorer, register_objective
 
 CLUSTER_SIZES = (3, 4, 5)  # SSAST masks square clusters of 3 to 5 patches a side
 
@@ -81,7 +81,7 @@ class MaskedPatch(Objective):
             raise ConfigError("mixup", "pretraining has no labels to mix; use 0")
 
     def __init__(self, cfg, data, full):
-        from ..checks import masked_patches
+        from ..validate import masked_patches
         super().__init__(cfg, data, full)
         self.full_tokens, self.full_masked = masked_patches(cfg, cfg.build_kwargs(data.num_classes), full)
 

@@ -1,14 +1,34 @@
-"""Supervised: CE or BCE on the labels (``step.classification_loss``); accuracy, or mAP for multi-label data.
+"""Supervised: CE or BCE on the labels (``classification_loss``); accuracy, or mAP for multi-label data.
 It trains with token dropping: the kept indices come as the step's `extra` (``ClassificationLoss.forward_loss``
 gathers them); evaluation sees every token."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multilabel_average_precision
 
-from ..flops import eval_flops, train_flops
-from ..step import ClassificationLoss, classification_loss
-from . import Objective, Scorer, register_objective
+from ..models.flops import eval_flops, train_flops
+from .base import Objective, Scorer, register_objective
+
+
+def classification_loss(logits, y, multilabel: bool) -> torch.Tensor:
+    """BCE for multi-label targets, CE otherwise, in fp32."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, y) if multilabel else F.cross_entropy(logits, y)
+
+
+class ClassificationLoss:
+    """The supervised loss on a model's logits: BCE for multi-label targets, CE otherwise (in fp32). In a
+    token-dropping phase `extra` holds the kept token indices, which the model's forward gathers."""
+
+    def __init__(self, multilabel: bool):
+        self.multilabel = multilabel
+
+    def extra(self, model, x):
+        return None
+
+    def forward_loss(self, model, x, y, extra=None):
+        return classification_loss(model(x) if extra is None else model(x, keep=extra), y, self.multilabel)
 
 
 class _Logits(Scorer):

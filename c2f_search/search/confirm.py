@@ -15,16 +15,18 @@ from pathlib import Path
 
 from ..config import SEARCHABLE
 from ..errors import C2FError, NoResults
-from ..io import atomic_write
-from ..pareto import analyse, is_learned, load_rows
-from ..records import row_table
-from ..results import write_table
-from ..schedule import record_schedule as parse_schedule
-from ..seeds import (EXPERIMENT, TARGET_FILE, analyse_seeds, cost_numbers, plot_seeds, plot_transfer, rank_agreement,
-                     summary_text, transfer_rows, transfer_text)
-from ..spaces import load_space
+from ..files import atomic_write
+from ..analysis.pareto import analyse, is_learned
+from ..analysis.rows import load_rows
+from ..schema import row_table
+from ..schema import write_table
+from ..schedule import Schedule, parse_schedule
+from ..analysis.seeds import analyse_seeds, plot_seeds, summary_text
+from ..layout import SearchDir, TargetDir
+from ..analysis.transfer import cost_numbers, plot_transfer, rank_agreement, transfer_rows, transfer_text
+from .space import load_space
 from .runner import connect_ray, make_trainable, trial_resources
-from .settings import SearchSettings
+from ..settings import DataSettings, SearchSettings, resolve_test
 
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -35,7 +37,7 @@ def pick(res: dict, top: int) -> list[dict]:
     if res["baseline"] is None:
         raise C2FError("confirm needs a finished baseline trial (none:1xE) in the search; run one first")
     q = {x["trial_id"]: x for x in res["table"]}
-    front = [r for r in res["final_front"] if not parse_schedule(r["schedule"]).is_baseline]
+    front = [r for r in res["final_front"] if not r["is_baseline"]]
     front.sort(key=lambda r: (q[r["trial_id"]]["flops_saving"] is None, -(q[r["trial_id"]]["flops_saving"] or 0),
                               -r["val_metric"]))
     base = next(t for t in res["final"] if t["trial_id"] == res["baseline"]["trial_id"])
@@ -95,10 +97,11 @@ def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None
     DIR/confirm.png and DIR/confirm.txt; returns the text."""
     import ray
     settings = SearchSettings.load(out)
-    out = Path(settings.out)
-    exp = Path(settings.storage or out) / EXPERIMENT
+    folder = SearchDir(settings.out)
+    out = folder.path
+    exp = folder.confirm_dir  # local storage only: _local_storage
     _local_storage(settings)
-    own = [p for p in exp.iterdir() if not (p / TARGET_FILE).is_file()] if exp.is_dir() else []
+    own = [p for p in exp.iterdir() if not folder.target(p.name).marker.is_file()] if exp.is_dir() else []
     if own:
         if not overwrite:
             raise C2FError(f"{exp}: a confirm run is already there; pass --overwrite to replace it")
@@ -111,13 +114,14 @@ def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None
     space = load_space(settings.space)
     if not ray.is_initialized():
         connect_ray(address)
-    _tune(settings, space, runs, exp.parent, EXPERIMENT, address, progress_stream)
-    per_seed, summary = analyse_seeds(load_rows(out, name=EXPERIMENT))
-    write_table(_table(per_seed), out / "confirm_seeds.parquet")
-    write_table(_table(summary), out / "confirm.parquet")
-    plot_seeds(per_seed, summary, out / "confirm.png")
+    _tune(settings, space, runs, out, SearchDir.CONFIRM, address, progress_stream)
+    per_seed, summary = analyse_seeds(load_rows(out, name=SearchDir.CONFIRM))
+    files = folder.confirm
+    write_table(_table(per_seed), files.seeds)
+    write_table(_table(summary), files.table)
+    plot_seeds(per_seed, summary, files.plot)
     text = summary_text(summary)
-    atomic_write(out / "confirm.txt", text + "\n")
+    atomic_write(files.text, text + "\n")
     return text
 
 
@@ -152,8 +156,6 @@ def target_setting(settings: SearchSettings, space, target: Target):
     normalization); with --data they come from the new data, normalized by its own statistics."""
     from ..models import get_family
     from ..recipes import load_recipe
-    from .runner import resolve_data_args, resolve_test_arg
-    from .._args import norm_arg
     recipe = load_recipe(target.recipe) if target.recipe else None
     proxy_epochs = settings.epochs or space.epochs
     if target.epochs:
@@ -168,23 +170,19 @@ def target_setting(settings: SearchSettings, space, target: Target):
         {} if recipe else settings.model_kwargs
     takes = set.intersection(*({st.name for st in get_family(m).settings} for m in models))
     kwargs = {**{k: v for k, v in inherited.items() if k in takes}, **target.model_kwargs}  # given ones are checked
-    front = dict(recipe.data) if recipe else {}
-    norm = norm_arg(front["norm"]) if isinstance(front.get("norm"), str) else front.get("norm")
-    d = settings.data
-    if target.data:
-        data = resolve_data_args(target.data, target.val, target.labels, d["task"], d["skip_bad"], norm, d["cache_dir"],
-                                 front.get("num_mel_bins"), front.get("target_length"), d["features"], d["workers"])
-        data.update({"labelled": d["labelled"]} if "labelled" in d else {})
-        test = resolve_test_arg(target.test)
+    front, d = DataSettings.from_recipe(recipe), settings.data
+    if target.data:  # new data: its own splits, normalized by its own statistics unless the recipe gives them
+        data = DataSettings(target.data, target.val, target.labels, d.task, d.skip_bad, front.get("norm"), d.cache_dir,
+                            front.get("num_mel_bins"), front.get("target_length"), None, d.features, d.workers,
+                            d.labelled).resolved()
+        test = resolve_test(target.test)
     else:
-        data = {**d, **({"val": resolve_test_arg(target.val)} if target.val else {}),
-                **({"labels": str(Path(target.labels).resolve())} if target.labels else {})}
+        data = replace(d, **({"val": resolve_test(target.val)} if target.val else {}),
+                       **({"labels": str(Path(target.labels).resolve())} if target.labels else {}))
         if recipe:  # its front end; the normalization is computed again unless the recipe gives it
-            data.update(norm=norm, num_mel_bins=front.get("num_mel_bins", d["num_mel_bins"]),
-                        target_length=front.get("target_length", d["target_length"]))
-        test = resolve_test_arg(target.test) if target.test else settings.test
-    if isinstance(data.get("norm"), tuple):
-        data["norm"] = list(data["norm"])
+            data = replace(data, norm=front.get("norm"), num_mel_bins=front.get("num_mel_bins", d.num_mel_bins),
+                           target_length=front.get("target_length", d.target_length))
+        test = resolve_test(target.test) if target.test else settings.test
     fixed = {**space.fixed, **(recipe.train if recipe else {})}
     t_settings = replace(settings, data=data, model_kwargs=kwargs, test=test, epochs=epochs)
     t_space = replace(space, model=models[0], models=models, fixed=fixed,
@@ -192,11 +190,12 @@ def target_setting(settings: SearchSettings, space, target: Target):
     return t_settings, t_space, epochs / proxy_epochs, recipe
 
 
-def at_target(run: dict, factor: float, model: str | None, recipe) -> dict:
-    """A run's config at the target: phase lengths (and a controller's budget and max) times `factor`, the
-    target's model, and the recipe's settings in place of the searched ones."""
+def at_target(run: dict, factor: float, model: str | None, recipe) -> tuple[dict, Schedule]:
+    """A run's config at the target, and its schedule: phase lengths (and a controller's budget and max) times
+    `factor`, the target's model, and the recipe's settings in place of the searched ones."""
     from ..controllers import scale_transition
-    out = {**run, "schedule": str(parse_schedule(run["schedule"]).scaled(factor))}
+    schedule = parse_schedule(run["schedule"]).scaled(factor)
+    out = {**run, "schedule": str(schedule)}
     if "transition" in out:
         out["transition"] = scale_transition(out["transition"], factor)
     if model:
@@ -204,13 +203,13 @@ def at_target(run: dict, factor: float, model: str | None, recipe) -> dict:
     for k in (recipe.train if recipe else {}):
         if k != "seed":
             out.pop(k, None)
-    return out
+    return out, schedule
 
 
-def _check_space(t_space, runs: list[dict], name: str):
+def _check_space(t_space, runs: list[dict], schedules: list[Schedule], name: str):
     """The target's runs as a grid, so that ``prepare_data`` checks exactly them (each with its model and
     settings) against the target's data and extracts the features they read."""
-    return replace(t_space, path=f"confirm --target {name}", schedules=[parse_schedule(r["schedule"]) for r in runs],
+    return replace(t_space, path=f"confirm --target {name}", schedules=schedules,
                    grid_models=[r.get("model") for r in runs] if any("model" in r for r in runs) else None,
                    grid_fixed=[{k: v for k, v in r.items() if k in SEARCHABLE and k != "transition"} for r in runs], hparams={},
                    controllers=None)
@@ -220,7 +219,7 @@ def _reuse(out: Path, runs: list[dict]) -> tuple[list[dict], list[dict]]:
     """(rows of a plain confirm's finished runs that are proxy runs asked for here, the runs still to do).
     A plain confirm runs the same configs at the same seeds; its rows get the form they have here."""
     try:
-        rows = load_rows(out, name=EXPERIMENT).to_pylist()
+        rows = load_rows(out, name=SearchDir.CONFIRM).to_pylist()
     except NoResults:
         return [], runs
     done = {}
@@ -250,7 +249,7 @@ def _last_flops(rows: list[dict]) -> float:
 def _describe(t: Target, t_settings, t_space, factor: float, proxy_epochs: float) -> str:
     given = {k: v for k, v in asdict(t).items() if v not in (None, {}) and k != "name"}
     return (f"target {t.name}: {', '.join(f'{k}={v}' for k, v in given.items()) or 'the search setting'} -> model "
-            f"{'/'.join(t_space.models)} {t_settings.model_kwargs or ''}, data {t_settings.data['train']}, "
+            f"{'/'.join(t_space.models)} {t_settings.model_kwargs or ''}, data {t_settings.data.train}, "
             f"{t_settings.epochs:g} epochs ({factor:g} x the search's {proxy_epochs:g}; phase lengths scaled by {factor:g})")
 
 
@@ -258,69 +257,100 @@ def run_target_confirm(out, target: Target, top: int, seeds: int, overwrite: boo
                        progress_stream=None) -> str:
     """Confirm at a target: check everything (the target's data prepared and checked as a search's driver
     does) before anything is written, then run the proxy seeds not already run by a plain confirm and the
-    target's runs, and write DIR/confirm/NAME/{confirm.txt, confirm.parquet, confirm_seeds.parquet,
-    confirm.png}. Returns the text."""
+    target's runs, and write DIR/confirm/NAME (``layout.TargetDir``). Returns the text."""
     import ray
-
-    from .runner import prepare_data
     settings = SearchSettings.load(out)
-    out = Path(settings.out)
+    search = SearchDir(settings.out)
     _local_storage(settings)
+    folder = _target_folder(search, target, overwrite)
+    plan = _plan_target(settings, search, target, top, seeds)
+    print("\n".join(plan.header) + f"\nconfirm --target: {len(plan.runs)} target runs, {len(plan.todo)} proxy runs",
+          flush=True)
+    if folder.path.exists():
+        shutil.rmtree(folder.path)
+    folder.path.mkdir(parents=True)
+    t = plan.t_settings
+    atomic_write(folder.marker, json.dumps({"target": asdict(target), "top": top, "seeds": seeds,
+                                            "first_seed": plan.first, "factor": plan.factor, "data": t.data.to_dict(),
+                                            "model": plan.t_space.models, "model_kwargs": t.model_kwargs,
+                                            "test": t.test, "epochs": t.epochs, "runs": plan.runs}, indent=1))
+    if not ray.is_initialized():
+        connect_ray(address)
+    if plan.todo:
+        _tune(settings, plan.space, plan.todo, folder.path, folder.PROXY, address, progress_stream)
+    _tune(t, plan.t_space, plan.runs, folder.path, folder.TARGET, address, progress_stream)
+    return _write_transfer(folder, plan)
+
+
+def _target_folder(search: SearchDir, target: Target, overwrite: bool) -> TargetDir:
     if not TARGET_NAME.fullmatch(target.name) or target.name.startswith("train_schedule"):
         raise C2FError(f"--target {target.name!r}: name it with letters, digits, '.', '_' or '-' (up to 64, not "
                        f"starting with train_schedule), e.g. --target depth4")
-    folder = out / EXPERIMENT / target.name
-    if folder.exists():
-        if not (folder / TARGET_FILE).is_file():
-            raise C2FError(f"{folder}: exists and is not a target's folder; choose another --target name")
+    folder = search.target(target.name)
+    if folder.path.exists():
+        if not folder.marker.is_file():
+            raise C2FError(f"{folder.path}: exists and is not a target's folder; choose another --target name")
         if not overwrite:
-            raise C2FError(f"{folder}: target {target.name} was confirmed already; pass --overwrite to replace it, "
-                           f"or choose another --target name")
+            raise C2FError(f"{folder.path}: target {target.name} was confirmed already; pass --overwrite to replace "
+                           f"it, or choose another --target name")
+    return folder
+
+
+@dataclass
+class _TargetPlan:
+    """What a target confirmation runs: the search's rows and space, the target's settings and space, the
+    target's runs, the proxy runs still to do and those a plain confirm already ran."""
+    search_rows: object
+    space: object
+    t_settings: SearchSettings
+    t_space: object
+    factor: float
+    first: int
+    runs: list
+    todo: list
+    reused: list
+    header: list
+
+
+def _plan_target(settings: SearchSettings, search: SearchDir, target: Target, top: int, seeds: int) -> _TargetPlan:
+    """Every run of the target confirmation, checked (the target's data prepared as a search's driver does)
+    before anything is written."""
+    from .runner import prepare_data
     space = load_space(settings.space)
-    search_rows = load_rows(out)
-    picks = pick(analyse(search_rows), top)
-    proxy_runs, first = seed_runs(picks, seeds, forms=True)
+    search_rows = load_rows(search.path)
+    proxy_runs, first = seed_runs(pick(analyse(search_rows), top), seeds, forms=True)
     t_settings, t_space, factor, recipe = target_setting(settings, space, target)
-    runs = [at_target(r, factor, target.model or (recipe.model if recipe else None), recipe) for r in proxy_runs]
-    data = prepare_data(t_settings, _check_space(t_space, runs, target.name))  # refuses here, before any file
-    t_settings.data.update(norm=[data.mean, data.std], target_length=data.fe.target_length,
-                           num_mel_bins=data.fe.num_mel_bins)  # every target run reads the same
-    reused, todo = _reuse(out, proxy_runs)
-    proxy_epochs = settings.epochs or space.epochs
-    header = [_describe(target, t_settings, t_space, factor, proxy_epochs),
+    runs, schedules = zip(*(at_target(r, factor, target.model or (recipe.model if recipe else None), recipe)
+                            for r in proxy_runs))
+    runs = list(runs)
+    data = prepare_data(t_settings, _check_space(t_space, runs, list(schedules), target.name))  # before any file
+    t_settings.data = t_settings.data.with_data(data)  # every target run reads the same
+    reused, todo = _reuse(search.path, proxy_runs)
+    header = [_describe(target, t_settings, t_space, factor, settings.epochs or space.epochs),
               f"seeds {first}..{first + seeds - 1}, the same on both sides; proxy side: {len(proxy_runs) - len(todo)} "
-              f"runs reused from the plain confirm in {out / EXPERIMENT}, {len(todo)} run here"]
-    print("\n".join(header) + f"\nconfirm --target: {len(runs)} target runs, {len(todo)} proxy runs", flush=True)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    atomic_write(folder / TARGET_FILE, json.dumps({"target": asdict(target), "top": top, "seeds": seeds,
-                                                   "first_seed": first, "factor": factor, "data": t_settings.data,
-                                                   "model": t_space.models, "model_kwargs": t_settings.model_kwargs,
-                                                   "test": t_settings.test, "epochs": t_settings.epochs,
-                                                   "runs": runs}, indent=1))
-    if not ray.is_initialized():
-        connect_ray(address)
-    if todo:
-        _tune(settings, space, todo, folder, "proxy", address, progress_stream)
-    _tune(t_settings, t_space, runs, folder, "target", address, progress_stream)
-    new_proxy = load_rows(folder, name="proxy").to_pylist() if todo else []
-    per_p, sum_p = analyse_seeds(row_table(reused + new_proxy))
-    target_rows = load_rows(folder, name="target")
+              f"runs reused from the plain confirm in {search.confirm_dir}, {len(todo)} run here"]
+    return _TargetPlan(search_rows, space, t_settings, t_space, factor, first, runs, todo, reused, header)
+
+
+def _write_transfer(folder: TargetDir, plan: _TargetPlan) -> str:
+    """Each side's seeds against its own baseline, the transfer table, the rank correlation and the cost."""
+    new_proxy = load_rows(folder.path, name=folder.PROXY).to_pylist() if plan.todo else []
+    per_p, sum_p = analyse_seeds(row_table(plan.reused + new_proxy))
+    target_rows = load_rows(folder.path, name=folder.TARGET)
     per_t, sum_t = analyse_seeds(target_rows)
-    if t_settings.test:
-        _test_metrics(t_settings, target_rows.to_pylist(), per_t, sum_t)
+    if plan.t_settings.test:
+        _test_metrics(plan.t_settings, target_rows.to_pylist(), per_t, sum_t)
     rows = transfer_rows(sum_p, sum_t)
     ranks = rank_agreement(rows)
-    cost = cost_numbers(rows, _last_flops(search_rows.to_pylist()), len({r["trial_id"] for r in search_rows.to_pylist()}),
+    searched = plan.search_rows.to_pylist()
+    cost = cost_numbers(rows, _last_flops(searched), len({r["trial_id"] for r in searched}),
                         _last_flops(target_rows.to_pylist()), _last_flops(new_proxy))
-    text = transfer_text(rows, ranks, cost, header)
+    text = transfer_text(rows, ranks, cost, plan.header)
     text += "\nat the target, per schedule:\n" + summary_text(sum_t)
-    write_table(_table([dict(q, side="proxy") for q in per_p] + [dict(q, side="target") for q in per_t]),
-                folder / "confirm_seeds.parquet")
-    write_table(_table(rows, {"rank_correlation": ranks, "cost": cost, "header": header}), folder / "confirm.parquet")
-    plot_transfer(per_p, per_t, rows, folder / "confirm.png")
-    atomic_write(folder / "confirm.txt", text + "\n")
+    write_table(_table([dict(q, side="proxy") for q in per_p] + [dict(q, side="target") for q in per_t]), folder.seeds)
+    write_table(_table(rows, {"rank_correlation": ranks, "cost": cost, "header": plan.header}), folder.table)
+    plot_transfer(per_p, per_t, rows, folder.plot)
+    atomic_write(folder.text, text + "\n")
     return text
 
 
@@ -328,10 +358,10 @@ def _test_metrics(t_settings, rows: list[dict], per_seed: list[dict], summary: l
     """Each target run's final model on the target's --test split: per seed, and mean ± sd per schedule."""
     import pyarrow.fs as pafs
 
-    from ..data import Data
-    from ..evaluator import evaluate_state, read_state
-    from ..seeds import _key, _mean_sd
-    data = Data.from_specs(**t_settings.data, test=t_settings.test)
+    from ..train.evaluator import evaluate_state, read_state
+    from ..analysis.formatting import mean_sd
+    from ..analysis.seeds import schedule_key
+    data = t_settings.data.load(test=t_settings.test)
     last = {}
     for r in rows:
         if r["checkpoint_path"] and r["step"] >= last.get(r["trial_id"], {"step": -1})["step"]:
@@ -341,4 +371,5 @@ def _test_metrics(t_settings, rows: list[dict], per_seed: list[dict], summary: l
         q["test_metric"] = evaluate_state(read_state(pafs.LocalFileSystem(), r["checkpoint_path"]), data, "test") \
             if r and q["status"] == "finished" else None
     for s in summary:
-        s["test_metric_mean"], s["test_metric_sd"] = _mean_sd([q["test_metric"] for q in per_seed if _key(q) == _key(s)])
+        s["test_metric_mean"], s["test_metric_sd"] = mean_sd([q["test_metric"] for q in per_seed
+                                                             if schedule_key(q) == schedule_key(s)])

@@ -21,12 +21,17 @@ from pathlib import Path
 import optuna
 from ray.tune import Callback
 
+from ..compress import get_method
 from ..config import TrainConfig
-from ..errors import C2FError, Interrupted, SpaceError
-from ..spaces import Space, load_space
+from ..errors import C2FError, ConfigError, Interrupted, ScheduleError, SpaceError
+from ..geometry import Geometry
+from ..layout import SearchDir
+from ..models import get_family
+from ..validate import check_against_data, validate
+from .space import Space, load_space
 from .schedulers import make_scheduler, population
 from .searcher import METRICS, C2FSearchGenerator, load_study, make_searcher
-from .settings import SearchSettings
+from ..settings import SearchSettings, flag
 
 # Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -36,8 +41,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # started in between). Ctrl-C and SIGTERM end with a last save (_stop_cleanly); for a SIGKILL the window
 # is 1 s (saving every second costs the driver 0.5% of a search's time: docs/benchmarks.md).
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-EXPERIMENT = "search"
-TUNER_FILE = "tuner.pkl"
 
 
 class TrialLines(Callback):
@@ -65,7 +68,7 @@ class TrialLines(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         import pyarrow.fs as pafs
 
-        from ..pareto import trial_error
+        from ..analysis.rows import trial_error
         try:
             why = f"{trial_error(pafs.LocalFileSystem(), os.path.dirname(trial.error_file))} ({trial.error_file})"
         except (OSError, TypeError):  # no error file (yet)
@@ -74,104 +77,102 @@ class TrialLines(Callback):
 
 
 def prepare_data(settings: SearchSettings, space: Space, progress=True):
-    """Check the data, every reachable schedule against its token grid and every setting a trial may get
-    against the data (``checks.check_against_data``, as ``Run`` does), and extract every (frame shift,
-    length) a trial may read, once, in the driver."""
-    from ..data import Data
-    from ..checks import check_against_data
-    from ..compress import get_method
-    from ..errors import ConfigError, ScheduleError
-    from ..geometry import Geometry
-    from ..models import get_family
-    from ..schedule import parse_schedule
-    from ..validate import validate
+    """Every check a trial would make, once, in the driver, before Ray starts: the models' settings, each
+    method against its model, the data, the token grid of every reachable schedule, every setting a trial
+    may get against the data (``validate.check_against_data``, as ``Run`` does) and a pretraining search's
+    fine-tune. Extracts every (frame shift, length) a trial may read. Returns the data."""
     models = sorted({m for m, _, _ in space.variants()})
-    for model in models:  # e.g. --depth for a model without depth: refused here, not in every trial
+    _check_models(settings, space, models)
+    quantum = max(get_family(m).quantum([space.max_C()]) for m in models)
+    data = settings.data.load(quantum=quantum, progress=progress, test=settings.test)  # a bad --test fails here too
+    _check_grids(space, models, data)
+    _extract(space, data)
+    _check_trial_configs(settings, space, data)
+    if settings.finetune:
+        _check_finetune(settings, space, models, progress)
+    return data
+
+
+def _check_models(settings: SearchSettings, space: Space, models: list[str]) -> None:
+    """The model settings given fit every model (e.g. --depth for a model without depth), and every method
+    of the space is one its model can train: refused here, not in every trial."""
+    for model in models:
         try:
             validate(TrainConfig("none:1x1", model=model, model_kwargs=settings.model_kwargs))
         except ConfigError as e:
-            raise SpaceError(f"--{e.field.replace('_', '-')}: {e.problem}") from None
+            raise SpaceError(f"{flag(e.field)}: {e.problem}") from None
     for model, method, _ in sorted(space.variants()):
         try:
             get_family(model).check_method(model, get_method(method))
         except C2FError as e:
             key = "schedules" if space.is_grid else "space.method" if method in space.methods else "space.later_method"
             raise SpaceError(f"{space.path}: key '{key}': {e}") from None
-    quantum = max(space.max_C() * get_family(m).time_granularity for m in models)
-    data = Data.from_specs(**settings.data, quantum=quantum, progress=progress,
-                           test=settings.test)  # a bad --test split fails here too, before any trial
+
+
+def _check_grids(space: Space, models: list[str], data) -> None:
+    """Every C a model may train at (but a token-dropping phase's) divides its full-resolution time tokens."""
     fe = data.fe
     for model in models:
+        Cs = sorted({C for m, meth, C in space.variants() if m == model and not get_method(meth).drops_tokens})
         try:
-            get_family(model).check_geometry(model, Geometry(fe.num_mel_bins, fe.target_length),
-                                             sorted({C for m, meth, C in space.variants()
-                                                     if m == model and not get_method(meth).drops_tokens}))
+            get_family(model).check_geometry(model, Geometry(fe.num_mel_bins, fe.target_length), Cs)
         except C2FError as e:
             key = "schedules" if space.is_grid else "space.C_values"
             raise SpaceError(f"{space.path}: key '{key}' ({model}): {e}") from None
+
+
+def _extract(space: Space, data) -> None:
+    """The features of every (method, C) a trial may train at, extracted once here, not in each trial."""
+    fe = data.fe
     for method, C in sorted(space.phase_variants()):
         m = get_method(method)
         for split in ("train", "val"):
             data.features(split, m.frame_shift(fe.frame_shift_ms, C), m.feature_length(fe.target_length, C))
+
+
+def _check_trial_configs(settings: SearchSettings, space: Space, data) -> None:
     for keys, cfg in space.trial_configs(settings.model_kwargs):  # what fails in every trial fails here, once
         try:
             check_against_data(cfg, data)
         except ConfigError as e:
             raise SpaceError(f"{space.path}: key '{keys.get(e.field, f'fixed.{e.field}')}' ({cfg.model}): "
                              f"{e.problem}") from None
-    if settings.finetune:  # the fixed fine-tune of a pretraining search reads its own data
-        ft = Data.from_specs(**settings.finetune["data"], progress=progress)
-        for model in models:
-            family = get_family(model)
-            try:
-                cfg = TrainConfig(settings.finetune["schedule"], model=model, **settings.finetune["fixed"],
-                                  model_kwargs={k: v for k, v in settings.model_kwargs.items()
-                                                if k in {st.name for st in family.settings}})
-                family.check_geometry(model, Geometry(ft.fe.num_mel_bins, ft.fe.target_length),
-                                      parse_schedule(cfg.schedule).grid_Cs)
-                check_against_data(cfg, ft)
-            except ConfigError as e:
-                raise SpaceError(f"{space.path}: key 'finetune.fixed.{e.field}' ({model}): {e.problem}") from None
-            except ScheduleError as e:
-                raise SpaceError(f"{space.path}: key 'finetune.schedule' ({model}): {e}") from None
-        settings.finetune["data"].update(norm=[ft.mean, ft.std], target_length=ft.fe.target_length,
-                                         num_mel_bins=ft.fe.num_mel_bins)
-    return data
 
 
-def resolve_data_args(data_spec: str, val, labels, task, skip_bad, norm, cache_dir, num_mel_bins,
-                      target_length, features: str = "fp32", workers: int | None = None) -> dict:
-    """Absolute paths and an explicit front end, so trials on any node and any cwd read the same data."""
-    from .. import builtin
-    reason = None
-    if data_spec.startswith("builtin:"):
-        root = builtin.materialize(data_spec)
-        declared = builtin.FRONTEND
-        if target_length is None:
-            reason = f"the front end declared by {data_spec.split('?')[0]}"
-        num_mel_bins = num_mel_bins or declared["num_mel_bins"]
-        target_length = target_length or declared["target_length"]
-        data_spec, val, labels = str(root / "train.json"), val or str(root / "val.json"), str(root / "class_labels_indices.csv")
-    absp = lambda p: None if p is None else str(Path(p).resolve())  # noqa: E731
-    return {"train": absp(data_spec), "val": absp(val), "labels": absp(labels), "task": task,
-            "skip_bad": skip_bad, "norm": norm, "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None,
-            "num_mel_bins": num_mel_bins, "target_length": target_length, "target_reason": reason,
-            "features": features, "workers": workers}
-
-
-def resolve_test_arg(spec: str | None) -> str | None:
-    """--test as an absolute path (a built-in spec becomes its generated validation file)."""
-    from .. import builtin
-    if spec is None:
-        return None
-    if spec.startswith("builtin:"):
-        return str(builtin.materialize(spec) / "val.json")
-    return str(Path(spec).resolve())
+def _check_finetune(settings: SearchSettings, space: Space, models: list[str], progress: bool) -> None:
+    """The fixed fine-tune of a pretraining search reads its own data: every model's fine-tune fits it."""
+    spec = settings.finetune
+    ft = spec["data"].load(progress=progress)
+    for model in models:
+        family = get_family(model)
+        try:
+            cfg = TrainConfig(spec["schedule"], model=model, **spec["fixed"],
+                              model_kwargs={k: v for k, v in settings.model_kwargs.items()
+                                            if k in {st.name for st in family.settings}})
+            family.check_geometry(model, Geometry(ft.fe.num_mel_bins, ft.fe.target_length),
+                                  cfg.schedule.grid_Cs)
+            check_against_data(cfg, ft)
+        except ConfigError as e:
+            raise SpaceError(f"{space.path}: key 'finetune.fixed.{e.field}' ({model}): {e.problem}") from None
+        except ScheduleError as e:
+            raise SpaceError(f"{space.path}: key 'finetune.schedule' ({model}): {e}") from None
+    spec["data"] = spec["data"].with_data(ft)
 
 
 def _unreachable(address: str, why) -> SpaceError:
     return SpaceError(f"--address {address}: cannot reach a Ray cluster ({why}); start one with 'ray start --head' "
                       f"or 'ray up cluster.yaml', or drop --address to run locally")
+
+
+@contextmanager
+def ray_session():
+    """One command's use of Ray: the local instance it started (or its connection to a cluster) ends with
+    the command, not at interpreter exit."""
+    import ray
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def connect_ray(address: str | None) -> None:
@@ -216,89 +217,110 @@ def check_storage(out: Path, storage: str | None, filesystem=None) -> None:
             raise SpaceError(f"--storage {storage}: cannot write there ({e}); check the URI and credentials") from None
 
 
-def experiment_dir(settings: SearchSettings) -> str:
-    return f"{(settings.storage or str(Path(settings.out).resolve())).rstrip('/')}/{EXPERIMENT}"
-
-
 def run_search(settings: SearchSettings, resume: bool = False, address: str | None = None,
                progress_stream=None, storage_filesystem=None):
-    """Run (or resume) a search; returns Tune's ResultGrid."""
+    """Run (or resume) a search: preflight (every check, before Ray starts and before anything is written),
+    connect, build the Tuner (or restore it), fit, summarize. Returns Tune's ResultGrid."""
     import ray
-    from ray import tune
 
     space = load_space(settings.space)
-    out = Path(settings.out).resolve()
-    exp_dir = experiment_dir(settings)
-    can_restore = tune.Tuner.can_restore(exp_dir, storage_filesystem=storage_filesystem)  # reads only
-    if resume and not can_restore:
-        raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
-    if not resume and can_restore:
-        raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
-    if resume:
-        _check_tuner_file(settings, exp_dir, storage_filesystem)
-        if settings.scheduler != "pbt":  # the sampler's study must be there to go on
-            load_study(out / "optuna.db")
-    data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
-    check_storage(out, settings.storage, storage_filesystem)
-    settings.data.update(norm=[data.mean, data.std], target_length=data.fe.target_length,
-                         num_mel_bins=data.fe.num_mel_bins)  # every trial reads the same
-    settings.target_length_reason = settings.target_length_reason or data.target_reason
-    epochs = settings.epochs or space.epochs
+    folder = SearchDir(Path(settings.out).resolve())
+    data = _preflight(settings, space, folder, resume, storage_filesystem)
     if not ray.is_initialized():
         connect_ray(address)
     trainable = make_trainable(settings, space, trial_resources(settings, space, joined=address is not None))
-    out.mkdir(parents=True, exist_ok=True)
-    searcher = None
+    folder.path.mkdir(parents=True, exist_ok=True)
     if resume:
-        try:
-            tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
-                                       storage_filesystem=storage_filesystem)
-        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as e:
-            raise SpaceError(f"{exp_dir}/tuner.pkl: Tune's state of the search cannot be read ({e}), so the search "
-                             f"cannot be resumed; 'c2f-search pareto {out}' still reads its results, or start a new "
-                             f"search in another --out") from None
-        C2FSearchGenerator.resume_as = {"study": _study_storage(out), "trials": num_trials(settings, space),
-                                        "experiment": _filesystem(settings.storage or str(out), storage_filesystem)}
+        tuner, searcher = _restore(settings, space, folder, trainable, storage_filesystem), None
     else:
-        sched = make_scheduler(settings.scheduler, max_flops(data, space, epochs, settings.model_kwargs), space,
-                               epochs, settings.seed)
-        if settings.scheduler == "pbt":  # Ray runs no search algorithm with PBT: members draw their values once
-            from ray.tune.search import BasicVariantGenerator
-            searcher, n, param_space = None, num_trials(settings, space), population(space, epochs)
-            search_alg = BasicVariantGenerator(random_state=settings.seed)
-        else:
-            searcher = make_searcher(space, settings.sampler, settings.seed, epochs, _study_storage(out))
-            n = num_trials(settings, space)
-            param_space, search_alg = None, C2FSearchGenerator(searcher)
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=sched, num_samples=n,
-                                        reuse_actors=settings.reuse_actors),
-            run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=settings.storage or str(out), storage_filesystem=storage_filesystem,
-                # PBT clones a donor's checkpoint of its own choosing, maybe an older one: keep them all
-                verbose=0, callbacks=[TrialLines(progress_stream)] + (
-                    [KeepCheckpoints(settings.keep_checkpoints)]
-                    if settings.keep_checkpoints and settings.scheduler != "pbt" else []),
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
-        # Ray restores a search by unpickling DIR/search/tuner.pkl, which could run code: --resume checks
-        # first that the file is the one written here
-        settings.tuner_sha256 = _tuner_hash(exp_dir, storage_filesystem)
+        tuner, searcher = _build(settings, space, folder, trainable, data, progress_stream, storage_filesystem)
     settings.save()
     try:
         with _stop_cleanly():
             results = tuner.fit()
     finally:
         C2FSearchGenerator.resume_as = None
-    _close_stale_trials(out / "optuna.db")
-    exhausted = not resume and searcher is not None and searcher.exhausted
-    if not resume and searcher is not None and searcher.repeats:
+    _close_stale_trials(folder.study)
+    _summarize(results, searcher)
+    return results
+
+
+def _preflight(settings: SearchSettings, space: Space, folder: SearchDir, resume: bool, filesystem):
+    """What must hold before Ray starts: a search to resume (its Tune state the one written here, its study
+    there) or none in the way, the data and every trial's settings, a writable output. Returns the data, and
+    records what it resolved (normalization, front end) so that every trial reads the same."""
+    from ray import tune
+    exp_dir = folder.experiment(settings.storage)
+    can_restore = tune.Tuner.can_restore(exp_dir, storage_filesystem=filesystem)  # reads only
+    if resume and not can_restore:
+        raise SpaceError(f"{exp_dir}: no search to resume; run without --resume")
+    if not resume and can_restore:
+        raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
+    if resume:
+        _check_tuner_file(settings, folder, filesystem)
+        if settings.scheduler != "pbt":  # the sampler's study must be there to go on
+            load_study(folder.study)
+    data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
+    check_storage(folder.path, settings.storage, filesystem)
+    settings.data = settings.data.with_data(data)
+    settings.target_length_reason = settings.target_length_reason or data.target_reason
+    return data
+
+
+def _restore(settings: SearchSettings, space: Space, folder: SearchDir, trainable, filesystem):
+    from ray import tune
+    exp_dir = folder.experiment(settings.storage)
+    try:
+        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=filesystem)
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as e:
+        raise SpaceError(f"{folder.tuner_file(exp_dir)}: Tune's state of the search cannot be read ({e}), so the "
+                         f"search cannot be resumed; 'c2f-search pareto {folder.path}' still reads its results, or "
+                         f"start a new search in another --out") from None
+    C2FSearchGenerator.resume_as = {"study": _study_storage(folder), "trials": num_trials(settings, space),
+                                    "experiment": _filesystem(settings.storage or str(folder.path), filesystem)}
+    return tuner
+
+
+def _build(settings: SearchSettings, space: Space, folder: SearchDir, trainable, data, progress_stream, filesystem):
+    """A new Tuner: the scheduler, the searcher (none with PBT), the callbacks; (tuner, searcher)."""
+    from ray import tune
+    epochs = settings.epochs or space.epochs
+    sched = make_scheduler(settings.scheduler, max_flops(data, space, epochs, settings.model_kwargs), space,
+                           epochs, settings.seed)
+    n = num_trials(settings, space)
+    if settings.scheduler == "pbt":  # Ray runs no search algorithm with PBT: members draw their values once
+        from ray.tune.search import BasicVariantGenerator
+        searcher, param_space = None, population(space, epochs)
+        search_alg = BasicVariantGenerator(random_state=settings.seed)
+    else:
+        searcher = make_searcher(space, settings.sampler, settings.seed, epochs, _study_storage(folder))
+        param_space, search_alg = None, C2FSearchGenerator(searcher)
+    callbacks = [TrialLines(progress_stream)]
+    if settings.keep_checkpoints and settings.scheduler != "pbt":
+        # PBT clones a donor's checkpoint of its own choosing, maybe an older one: it keeps them all
+        callbacks.append(KeepCheckpoints(settings.keep_checkpoints))
+    tuner = tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=sched, num_samples=n,
+                                    reuse_actors=settings.reuse_actors),
+        run_config=tune.RunConfig(name=SearchDir.EXPERIMENT, storage_path=settings.storage or str(folder.path),
+                                  storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
+    # Ray restores a search by unpickling its tuner.pkl, which could run code: --resume checks first that the
+    # file is the one written here
+    settings.tuner_sha256 = _tuner_hash(folder, folder.experiment(settings.storage), filesystem)
+    return tuner, searcher
+
+
+def _summarize(results, searcher) -> None:
+    """What the searcher left out: configurations that repeated one already trained, an exhausted space."""
+    if searcher is not None and searcher.repeats:
         print(f"{searcher.repeats} sampled configurations repeated one already trained (same schedule and "
               f"hyperparameters): not trained again, Optuna was told the first one's result", flush=True)
-    if exhausted:
+    if searcher is not None and searcher.exhausted:
         print(f"the space holds only {len(results)} distinct configurations: all trained, the search ends here",
               flush=True)
-    return results
 
 
 def num_trials(settings: SearchSettings, space: Space) -> int:
@@ -310,8 +332,8 @@ def num_trials(settings: SearchSettings, space: Space) -> int:
     return settings.trials or 12
 
 
-def _study_storage(out: Path):
-    return optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+def _study_storage(folder: SearchDir):
+    return optuna.storages.RDBStorage(folder.study_url())
 
 
 def _filesystem(path: str, filesystem=None):
@@ -320,24 +342,26 @@ def _filesystem(path: str, filesystem=None):
     return (filesystem, path) if filesystem is not None else pafs.FileSystem.from_uri(path)
 
 
-def _tuner_hash(exp_dir: str, filesystem=None) -> str:
+def _tuner_hash(folder: SearchDir, exp_dir: str, filesystem=None) -> str:
     fs, root = _filesystem(exp_dir, filesystem)
-    with fs.open_input_stream(f"{root.rstrip('/')}/{TUNER_FILE}") as f:
+    with fs.open_input_stream(folder.tuner_file(root)) as f:
         return hashlib.sha256(f.readall()).hexdigest()
 
 
-def _check_tuner_file(settings: SearchSettings, exp_dir: str, filesystem=None) -> None:
+def _check_tuner_file(settings: SearchSettings, folder: SearchDir, filesystem=None) -> None:
     """Refuse to unpickle a tuner.pkl that c2f-search did not write (its hash is in search.json). The
     other state files Ray reads on a resume change as the search runs and are not checked: a search
     folder is trusted like code (checkpoints are not: they load with weights_only=True)."""
-    actual = _tuner_hash(exp_dir, filesystem)
+    exp_dir = folder.experiment(settings.storage)
+    actual = _tuner_hash(folder, exp_dir, filesystem)
     if settings.tuner_sha256 is None:
-        raise SpaceError(f"{settings.out}/search.json: records no hash of {exp_dir}/{TUNER_FILE} (a folder of an "
+        raise SpaceError(f"{folder.settings}: records no hash of {folder.tuner_file(exp_dir)} (a folder of an "
                          f"older c2f-search, or not written by c2f-search); resuming unpickles that file, which can "
-                         f"run code. If you made this folder, add \"tuner_sha256\": \"{actual}\" to search.json")
+                         f"run code. If you made this folder, add \"tuner_sha256\": \"{actual}\" to "
+                         f"{folder.settings.name}")
     if actual != settings.tuner_sha256:
-        raise SpaceError(f"{exp_dir}/{TUNER_FILE}: not the file c2f-search wrote (its SHA-256 differs from the one in "
-                         f"{settings.out}/search.json); resuming would unpickle it, which can run code, so it is "
+        raise SpaceError(f"{folder.tuner_file(exp_dir)}: not the file c2f-search wrote (its SHA-256 differs from the "
+                         f"one in {folder.settings}); resuming would unpickle it, which can run code, so it is "
                          f"refused. Resume only search folders you made")
 
 
@@ -447,7 +471,7 @@ def max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
     may run over the epoch budget (each model, each end of a searched range), as the run's own ledger
     counts them: its objective, full batches only."""
     from ..compress import baseline_method
-    from ..ledger import FlopsLedger
+    from ..train.ledger import FlopsLedger
     return max(FlopsLedger.for_config(replace(cfg, schedule=f"{baseline_method()}:1x1"), data).epoch_flops(1) * epochs
                for _, cfg in space.trial_configs(model_kwargs))
 

@@ -10,7 +10,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ..config import SEARCHABLE
 from ..errors import SpaceError
-from ..spaces import Space
+from .space import Space
 
 STUDY = "c2f-search"
 METRICS, MODES = ["val_metric", "train_flops"], ["max", "min"]

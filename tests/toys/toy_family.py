@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from c2f_search import Geometry, ModelFamily, register_model
 from c2f_search.geometry import Capability
-from c2f_search.models._layers import resample_grid_embed
+from c2f_search.models.layers import resample_grid_embed
 
 
 class ToyNet(nn.Module):

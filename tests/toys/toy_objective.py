@@ -2,7 +2,7 @@
 (Brier score), scored by accuracy."""
 import torch.nn.functional as F
 
-from c2f_search.flops import eval_flops, train_flops
+from c2f_search.models.flops import eval_flops, train_flops
 from c2f_search.objectives import Objective, Scorer, register_objective
 
 

@@ -1,0 +1,25 @@
+"""Phase transitions: carry a model to the next phase's geometry. The model's family does the
+work (``ModelFamily.transfer``); this module only dispatches."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..compress import Method, get_method
+from ..geometry import Geometry
+from .base import create_model, get_family
+
+
+def _method(method) -> Method:
+    return get_method(method) if isinstance(method, str) else method
+
+
+def build_for_phase(model_name: str, model_kwargs: dict, method, C: int, full: Geometry, device=None) -> nn.Module:
+    """A fresh model whose geometry fits phase C of `method`, for full-resolution input `full`."""
+    return create_model(model_name, geometry=_method(method).geometry(C, full), device=device, **model_kwargs)
+
+
+def transfer_weights(model: nn.Module, geometry: Geometry, method) -> nn.Module:
+    """A model for `geometry` carrying every weight of `model`, moved by its family's adapter
+    (for AST: position embeddings resampled bilinearly, a stretched patch kernel moved by
+    the method's PI or bilinear resize)."""
+    return get_family(model).transfer(model, geometry, _method(method))
