@@ -3,6 +3,7 @@ the baseline's best accuracy, and how loaded the machine was (load average sampl
 other work on the same cores slows every trial).
 Usage: python bench/demo.py [--out DIR]
 """
+
 import argparse
 import os
 import subprocess
@@ -25,21 +26,29 @@ def main():
     def sample():
         while not done.wait(10):
             loads.append(os.getloadavg()[0])
+
     threading.Thread(target=sample, daemon=True).start()
     t = time.perf_counter()
     with open(tmp / "demo.log", "w") as log:
-        rc = subprocess.run([sys.executable, "-m", "c2f_search.cli", "demo", "--out", str(out)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(
+            [sys.executable, "-m", "c2f_search.cli", "demo", "--out", str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        ).returncode
     wall = time.perf_counter() - t
     done.set()
     if rc:
         sys.exit(f"demo failed (exit {rc}); see {tmp / 'demo.log'}")
     import pyarrow.parquet as pq
+
     table = pq.read_table(out / "table.parquet").to_pylist()
     base = max((q for q in table if q["schedule"].startswith("none:")), key=lambda q: q["best_final_metric"])
-    print(f"demo: {wall / 60:.1f} min wall, {len(table)} finished trials, baseline best accuracy "
-          f"{base['best_final_metric']:.3f}, {os.cpu_count()} CPUs, 1-min load average during the run "
-          f"{min(loads, default=0):.1f}..{max(loads, default=0):.1f} (mean {sum(loads) / max(1, len(loads)):.1f})")
+    print(
+        f"demo: {wall / 60:.1f} min wall, {len(table)} finished trials, baseline best accuracy "
+        f"{base['best_final_metric']:.3f}, {os.cpu_count()} CPUs, 1-min load average during the run "
+        f"{min(loads, default=0):.1f}..{max(loads, default=0):.1f} (mean {sum(loads) / max(1, len(loads)):.1f})"
+    )
 
 
 if __name__ == "__main__":

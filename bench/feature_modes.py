@@ -7,6 +7,7 @@ that a user can size a node: 10 s clips, 16 kHz mono FLAC, 128 mel x 1024 frames
 The clips are synthetic (noise and tones), so FLAC compresses them less than speech or music.
 Usage: python bench/feature_modes.py [--clips 256] [--seconds 10]
 """
+
 import argparse
 import json
 import os
@@ -55,32 +56,47 @@ def main():
         d = Path(d)
         spec = make_clips(d, a.clips, a.seconds)
         audio = sum(f.stat().st_size for f in d.glob("*.flac")) / a.clips
-        Data.from_specs(str(spec), cache_dir=None, num_mel_bins=128, target_length=T,
-                        norm=(0.0, 1.0)).features("train", 10.0, T)  # warm-up: imports, page cache
+        Data.from_specs(str(spec), cache_dir=None, num_mel_bins=128, target_length=T, norm=(0.0, 1.0)).features(
+            "train", 10.0, T
+        )  # warm-up: imports, page cache
         for mode in ("fp32", "fp16"):
-            data = Data.from_specs(str(spec), features=mode, cache_dir=d / mode, num_mel_bins=128, target_length=T,
-                                   norm=(0.0, 1.0))
+            data = Data.from_specs(
+                str(spec), features=mode, cache_dir=d / mode, num_mel_bins=128, target_length=T, norm=(0.0, 1.0)
+            )
             t = time.perf_counter()
             feats = data.features("train", 10.0, T)
             extract = a.clips / (time.perf_counter() - t)
             size = sum(f.stat().st_size for f in (d / mode).glob("*.arrow")) / a.clips
             read_rate(feats, a.clips)  # page cache warm, as in a training epoch after the first
-            rows.append((f"{mode} store", size, audio, f"{extract:.0f} (once)",
-                         f"{read_rate(feats, a.clips, epochs=20):.0f}"))
+            rows.append(
+                (f"{mode} store", size, audio, f"{extract:.0f} (once)", f"{read_rate(feats, a.clips, epochs=20):.0f}")
+            )
         for workers in (1, 2):
-            data = Data.from_specs(str(spec), features="stream", workers=workers, num_mel_bins=128, target_length=T,
-                                   norm=(0.0, 1.0))
+            data = Data.from_specs(
+                str(spec), features="stream", workers=workers, num_mel_bins=128, target_length=T, norm=(0.0, 1.0)
+            )
             feats = data.features("train", 10.0, T)
             read_rate(feats, 16)  # workers warm
             rate = read_rate(feats, a.clips)
-            rows.append((f"stream, {workers} worker{'s' * (workers > 1)}", 0, audio, "none",
-                         f"{rate:.0f} ({rate / workers:.0f} per worker)"))
+            rows.append(
+                (
+                    f"stream, {workers} worker{'s' * (workers > 1)}",
+                    0,
+                    audio,
+                    "none",
+                    f"{rate:.0f} ({rate / workers:.0f} per worker)",
+                )
+            )
             data._executor.shutdown()
     cpu = platform.processor() or platform.machine()
-    print(f"{a.clips} clips of {a.seconds:g} s, 16 kHz mono FLAC (PCM_16), 128 mel x {T} frames at 10 ms; "
-          f"{os.cpu_count()} CPU cores ({cpu}), one torch thread per process.\n")
-    print("| mode | store bytes per clip (per frame shift) | audio bytes per clip | extraction clips/s per core | "
-          "training-time clips/s per core |")
+    print(
+        f"{a.clips} clips of {a.seconds:g} s, 16 kHz mono FLAC (PCM_16), 128 mel x {T} frames at 10 ms; "
+        f"{os.cpu_count()} CPU cores ({cpu}), one torch thread per process.\n"
+    )
+    print(
+        "| mode | store bytes per clip (per frame shift) | audio bytes per clip | extraction clips/s per core | "
+        "training-time clips/s per core |"
+    )
     print("|---|---|---|---|---|")
     for mode, size, audio_b, ext, rate in rows:
         print(f"| {mode} | {size / 1024:.0f} KiB | {audio_b / 1024:.0f} KiB | {ext} | {rate} |")

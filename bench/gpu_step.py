@@ -25,6 +25,7 @@ Usage: python bench/gpu_step.py --quick [--out gpu.md]
        python bench/gpu_step.py [--models ast-tiny ast-base] [--precisions ...] [--methods ...] [--chunk K/N]
        python bench/gpu_step.py --quick --device cpu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,12 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 import c2f_search
 from c2f_search import Run, TrainConfig
-from c2f_search.train.callbacks.base import Callback
 from c2f_search.compress import get_method
-from c2f_search.data.sets import Data
 from c2f_search.data.frontend import DATASET_STATS
-from c2f_search.files import atomic_write, load_checkpoint, save_checkpoint
 from c2f_search.data.prefetch import Prefetcher
+from c2f_search.data.sets import Data
+from c2f_search.files import atomic_write, load_checkpoint, save_checkpoint
+from c2f_search.train.callbacks.base import Callback
 from c2f_search.train.pipeline import InputPipeline
 from c2f_search.train.rng import RunRNG
 from c2f_search.train.step import TrainStep
@@ -74,7 +75,12 @@ EXPECTED_SYNCS = [
     ("c2f_search/train/run.py", "_train_until", None, "the interval's mean loss, after its last NaN check"),
     ("c2f_search/train/precision.py", "synchronize", "records", "the interval clock"),
     ("c2f_search/train/precision.py", "synchronize", "_train_until", "timing a compiled step's warm-up"),
-    ("c2f_search/data/prefetch.py", "__call__", None, "PinnedRing: a buffer reused once its copy is done (prefetch thread)"),
+    (
+        "c2f_search/data/prefetch.py",
+        "__call__",
+        None,
+        "PinnedRing: a buffer reused once its copy is done (prefetch thread)",
+    ),
 ]
 
 
@@ -103,17 +109,23 @@ class Setup:
 def quick_parts(model: str, cpu: bool) -> list[Part]:
     """Budget on an H200: about 30 s of data, then these limits, 6 minutes in all."""
     p = "fp32" if cpu else "bf16"
-    return [Part("avgpool", model, "avgpool:4x{E},2x{E},1x{E}", p, 120),
-            Part("fshift", model, "fshift:4x{E},coarse-only", p, 50),
-            Part("patch-pi", model, "patch-pi:4x{E},coarse-only", p, 50),
-            # one epoch per phase: fewer steps for kernels with atomic adds to drift apart in
-            Part("fp16-resume", model, "avgpool:2x1,1x1", "fp16", 110, resume=True)]
+    return [
+        Part("avgpool", model, "avgpool:4x{E},2x{E},1x{E}", p, 120),
+        Part("fshift", model, "fshift:4x{E},coarse-only", p, 50),
+        Part("patch-pi", model, "patch-pi:4x{E},coarse-only", p, 50),
+        # one epoch per phase: fewer steps for kernels with atomic adds to drift apart in
+        Part("fp16-resume", model, "avgpool:2x1,1x1", "fp16", 110, resume=True),
+    ]
 
 
 def full_parts(a) -> list[Part]:
     """One run per model, precision and method at C = 4, 2, 1; ast-base's phases compile in about 20 s each."""
-    return [Part(f"{m}/{p}/{meth}", m, f"{meth}:4x{{E}},2x{{E}},1x{{E}}", p, 140 if "base" in m else 80)
-            for m in a.models for p in a.precisions for meth in a.methods]
+    return [
+        Part(f"{m}/{p}/{meth}", m, f"{meth}:4x{{E}},2x{{E}},1x{{E}}", p, 140 if "base" in m else 80)
+        for m in a.models
+        for p in a.precisions
+        for meth in a.methods
+    ]
 
 
 def chunk(parts: list[Part], k: int, n: int) -> list[Part]:
@@ -131,10 +143,19 @@ def train_config(part: Part, s: Setup) -> TrainConfig:
     """AudioSet's SpecAugment (scaled to the input) and mixup, so the device-side preparation is a real one;
     AST's Speech Commands noise in the resumed part. One record per phase (evaluated at its end)."""
     noise = {"noise": True} if part.resume else {}
-    return TrainConfig(part.schedule.format(E=s.epochs), model=part.model, batch_size=s.batch,
-                       model_kwargs={"depth": s.depth} if s.depth else {}, precision=part.precision,
-                       compile=s.compile, eval_every=f"{s.epochs}epoch", freqm=s.mel * 48 // 128,
-                       timem=s.frames * 192 // 1024, mixup=0.5, **noise)
+    return TrainConfig(
+        part.schedule.format(E=s.epochs),
+        model=part.model,
+        batch_size=s.batch,
+        model_kwargs={"depth": s.depth} if s.depth else {},
+        precision=part.precision,
+        compile=s.compile,
+        eval_every=f"{s.epochs}epoch",
+        freqm=s.mel * 48 // 128,
+        timem=s.frames * 192 // 1024,
+        mixup=0.5,
+        **noise,
+    )
 
 
 # ------------------------------------------------------------------ data
@@ -148,7 +169,8 @@ def write_clips(d: Path, s: Setup, files: int = 16, classes: int = 10) -> dict:
         y = 0.05 * rng.standard_normal(len(t)) + 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)
         sf.write(str(d / f"{i}.wav"), y.astype("float32"), sr, subtype="PCM_16")
     (d / "class_labels_indices.csv").write_text(
-        "index,mid,display_name\n" + "".join(f"{k},/m/c{k},c{k}\n" for k in range(classes)))
+        "index,mid,display_name\n" + "".join(f"{k},/m/c{k},c{k}\n" for k in range(classes))
+    )
     out = {"labels": str(d / "class_labels_indices.csv"), "cache": str(d / "cache")}
     for split, n in (("train", s.clips), ("val", 2 * s.batch)):
         entries = [{"wav": str(d / f"{i % files}.wav"), "labels": f"/m/c{i % files % classes}"} for i in range(n)]
@@ -158,8 +180,15 @@ def write_clips(d: Path, s: Setup, files: int = 16, classes: int = 10) -> dict:
 
 
 def load_data(files: dict, s: Setup) -> Data:
-    return Data.from_specs(files["train"], files["val"], labels=files["labels"], norm=DATASET_STATS["audioset"],
-                           cache_dir=files["cache"], num_mel_bins=s.mel, target_length=s.frames)
+    return Data.from_specs(
+        files["train"],
+        files["val"],
+        labels=files["labels"],
+        norm=DATASET_STATS["audioset"],
+        cache_dir=files["cache"],
+        num_mel_bins=s.mel,
+        target_length=s.frames,
+    )
 
 
 def extract_stores(parts: list[Part], files: dict, s: Setup) -> None:
@@ -177,10 +206,14 @@ def extract_stores(parts: list[Part], files: dict, s: Setup) -> None:
 # ------------------------------------------------------------------ inside a part: what the probe counts
 def dynamo_counts() -> dict:
     from torch._dynamo.utils import counters
-    return {"frames": counters["frames"]["total"], "graphs": counters["stats"]["unique_graphs"],
-            "graph_breaks": sum(counters["graph_break"].values()),
-            "fallbacks": sum(n for msg, n in counters["unimplemented"].items() if "recompile limit" in msg),
-            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+
+    return {
+        "frames": counters["frames"]["total"],
+        "graphs": counters["stats"]["unique_graphs"],
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "fallbacks": sum(n for msg, n in counters["unimplemented"].items() if "recompile limit" in msg),
+        "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
+    }
 
 
 def _source(path: str) -> str | None:
@@ -212,8 +245,10 @@ class LoaderClock:
 
     def summary(self, batch: int) -> dict:
         steady = self.waits[1:]  # the first get waits for the thread to start
-        return {"loader_sps": self.batches * batch / self.busy_s if self.busy_s else None,
-                "wait_ms": 1e3 * sum(steady) / len(steady) if steady else None}
+        return {
+            "loader_sps": self.batches * batch / self.busy_s if self.busy_s else None,
+            "wait_ms": 1e3 * sum(steady) / len(steady) if steady else None,
+        }
 
 
 class Probe(Callback):
@@ -245,8 +280,11 @@ class Probe(Callback):
         for name in self.READS:
             self._wrap(torch.Tensor, name, self._read_counter)
         if self.device_type == "cuda":
-            for owner, name in ((torch.cuda, "torch.cuda.synchronize"), (torch.cuda.Stream, "Stream.synchronize"),
-                                (torch.cuda.Event, "Event.synchronize")):
+            for owner, name in (
+                (torch.cuda, "torch.cuda.synchronize"),
+                (torch.cuda.Stream, "Stream.synchronize"),
+                (torch.cuda.Event, "Event.synchronize"),
+            ):
                 self._wrap(owner, "synchronize", lambda orig, name=name: self._sync_counter(orig, name))
         self._wrap(TrainStep, "__call__", self._step_flag)
         self._wrap(InputPipeline, "train_batches", self._interval_flag)
@@ -260,6 +298,7 @@ class Probe(Callback):
             if probe.active and t.device.type == probe.device_type and not isinstance(t, FakeTensor):
                 probe.count(f"Tensor.{orig.__name__}")
             return orig(t, *a, **k)
+
         return read
 
     def _sync_counter(self, orig, name):
@@ -269,6 +308,7 @@ class Probe(Callback):
             if probe.active:
                 probe.count(name)
             return orig(*a, **k)
+
         return sync
 
     def _step_flag(self, orig):
@@ -280,6 +320,7 @@ class Probe(Callback):
                 return orig(ts, *a, **k)
             finally:
                 probe.warm = None
+
         return step
 
     def _interval_flag(self, orig):
@@ -293,6 +334,7 @@ class Probe(Callback):
                     yield batches
             finally:
                 probe.training = False
+
         return train_batches
 
     def _timed_producer(self, orig):
@@ -301,6 +343,7 @@ class Probe(Callback):
         def init(pf, batches, *a, **k):
             pf.bench_clock = probe.loader if probe.training else None
             orig(pf, pf.bench_clock.produce(batches) if pf.bench_clock else batches, *a, **k)
+
         return init
 
     def _timed_consumer(self, orig):
@@ -311,6 +354,7 @@ class Probe(Callback):
             finally:
                 if pf.bench_clock is not None:
                     pf.bench_clock.waits.append(time.perf_counter() - t)
+
         return next_batch
 
     # -- counting
@@ -338,7 +382,11 @@ class Probe(Callback):
         if self.warm == threading.get_ident():
             return site, "expected: inside a warm-up step (compilation, CUDA graph capture)"
         for src, fn, caller, what in EXPECTED_SYNCS:
-            if frames and frames[0][::2] == (src, fn) and (caller is None or len(frames) > 1 and frames[1][2] == caller):
+            if (
+                frames
+                and frames[0][::2] == (src, fn)
+                and (caller is None or len(frames) > 1 and frames[1][2] == caller)
+            ):
                 return site, f"expected: {what}"
         if self.training:
             return site, "UNEXPECTED: inside the training steps"
@@ -359,10 +407,20 @@ class Probe(Callback):
         # once Dynamo gives up on the step function, later phases run it eagerly without counting again
         eager = run.compiled and (phase["fallbacks"] > 0 or self.fell_back and phase["frames"] == 0)
         self.fell_back = self.fell_back or eager
-        self.rows.append({"phase": rec["phase"], "C": rec["C"], "samples_per_s": rec["samples_per_s"], "mfu": rec["mfu"],
-                          "flops_per_sample": run.ledger.step_flops(rec["C"]) / run.cfg.batch_size,
-                          "compile_s": counters["compile_time_s"] - c0["compile_time_s"], "eager": eager,
-                          "resumed": self.resumed, **clock.summary(run.cfg.batch_size), **phase})
+        self.rows.append(
+            {
+                "phase": rec["phase"],
+                "C": rec["C"],
+                "samples_per_s": rec["samples_per_s"],
+                "mfu": rec["mfu"],
+                "flops_per_sample": run.ledger.step_flops(rec["C"]) / run.cfg.batch_size,
+                "compile_s": counters["compile_time_s"] - c0["compile_time_s"],
+                "eager": eager,
+                "resumed": self.resumed,
+                **clock.summary(run.cfg.batch_size),
+                **phase,
+            }
+        )
 
     def on_fit_end(self, run):
         self.active = False
@@ -371,8 +429,10 @@ class Probe(Callback):
         order = {"UNEXPECTED": 0, "expected": 1}  # then the waits outside the training steps
         with self.lock:
             counts = list(self.syncs.items())
-        return [{"site": site, "call": call, "kind": kind, "count": n} for (site, call, kind), n in
-                sorted(counts, key=lambda kv: (order.get(kv[0][2].split(":")[0], 2), -kv[1]))]
+        return [
+            {"site": site, "call": call, "kind": kind, "count": n}
+            for (site, call, kind), n in sorted(counts, key=lambda kv: (order.get(kv[0][2].split(":")[0], 2), -kv[1]))
+        ]
 
 
 class ReadsAValueBack(Callback):
@@ -388,11 +448,13 @@ def inject_eager_fallback() -> None:
     import torch._dynamo.config as dc
 
     import c2f_search.train.step as step
+
     raise_limits = step.allow_recompiles
 
     def one_entry(entries: int = 64) -> None:
         raise_limits(entries)
         dc.recompile_limit = 1
+
     step.allow_recompiles = one_entry
 
 
@@ -408,10 +470,23 @@ def compare_resume(full: list[dict], resumed: list[dict], after: int) -> dict:
     later, mine = [r for r in full if r["step"] > after], {r["step"]: r for r in resumed}
     if not later or any(r["step"] not in mine for r in later):
         return {"rows": [], "max_rel": float("inf"), "ok": False}
-    rows = [{"step": a["step"], "C": a["C"], **{f"{k}_{w}": r[k] for w, r in (("full", a), ("resumed", mine[a["step"]]))
-                                              for k in ("train_loss", "val_loss", "val_metric")}} for a in later]
-    rel = max(abs(x[f"{k}_full"] - x[f"{k}_resumed"]) / max(abs(x[f"{k}_full"]), 1e-12)
-              for x in rows for k in ("train_loss", "val_loss"))
+    rows = [
+        {
+            "step": a["step"],
+            "C": a["C"],
+            **{
+                f"{k}_{w}": r[k]
+                for w, r in (("full", a), ("resumed", mine[a["step"]]))
+                for k in ("train_loss", "val_loss", "val_metric")
+            },
+        }
+        for a in later
+    ]
+    rel = max(
+        abs(x[f"{k}_full"] - x[f"{k}_resumed"]) / max(abs(x[f"{k}_full"]), 1e-12)
+        for x in rows
+        for k in ("train_loss", "val_loss")
+    )
     return {"rows": rows, "max_rel": rel, "ok": rel <= RESUME_RTOL}
 
 
@@ -424,18 +499,30 @@ def child_main(spec_path: str) -> int:
     data, cfg, probe = load_data(spec["files"], s), train_config(part, s), Probe(device)
     callbacks = [probe] + ([ReadsAValueBack()] if "host-sync" in INJECT else [])
     run = Run(cfg, data, device, callbacks=callbacks)
-    result = {"part": part.name, "model": part.model, "method": run.method.name, "precision": run.precision,
-              "device": run.device_name, "compiled": run.compiled, "rows": probe.rows}
+    result = {
+        "part": part.name,
+        "model": part.model,
+        "method": run.method.name,
+        "precision": run.precision,
+        "device": run.device_name,
+        "compiled": run.compiled,
+        "rows": probe.rows,
+    }
 
     def save(done: bool) -> None:  # after every record: a part cut short by its time limit keeps what it measured
         peak, kind = peak_memory(device)
         result.update(syncs=probe.sync_table(), steps=probe.steps, peak_bytes=peak, peak_kind=kind, done=done)
         atomic_write(out, json.dumps(result))
+
     checkpoint = None
     for rec in run.records():
         r = probe.rows[-1]
-        print(f"  [{part.name}] phase {r['phase']} C={r['C']}: {r['samples_per_s']:.0f} samples/s, compile "
-              f"{r['compile_s']:.1f} s, loader {r['loader_sps'] or 0:.0f} samples/s", file=sys.stderr, flush=True)
+        print(
+            f"  [{part.name}] phase {r['phase']} C={r['C']}: {r['samples_per_s']:.0f} samples/s, compile "
+            f"{r['compile_s']:.1f} s, loader {r['loader_sps'] or 0:.0f} samples/s",
+            file=sys.stderr,
+            flush=True,
+        )
         if part.resume and rec["phase_end"] and not rec["schedule_done"]:
             checkpoint = save_checkpoint(run.state_dict(), out.with_suffix(".phase1.pt"))
         save(done=False)
@@ -496,9 +583,12 @@ def _f(v, fmt="{:.0f}", none="") -> str:
 
 
 def phase_table(results: list[dict]) -> list[str]:
-    lines = ["| part | C | precision | samples/s | MFU | GFLOPs/sample | time saved / FLOPs saved | compile s | "
-             "loader samples/s | loader / model | waits ms/step | frames compiled | graphs | graph breaks | "
-             "eager | cudagraph skips |", "|" + "---|" * 16]
+    lines = [
+        "| part | C | precision | samples/s | MFU | GFLOPs/sample | time saved / FLOPs saved | compile s | "
+        "loader samples/s | loader / model | waits ms/step | frames compiled | graphs | graph breaks | "
+        "eager | cudagraph skips |",
+        "|" + "---|" * 16,
+    ]
     for r in results:
         for x in r["rows"]:
             ratio = x["loader_sps"] / x["samples_per_s"] if x["loader_sps"] and x["samples_per_s"] else None
@@ -507,17 +597,23 @@ def phase_table(results: list[dict]) -> list[str]:
                 f"{_f(x['samples_per_s'])} | {_f(x['mfu'], '{:.1%}')} | {x['flops_per_sample'] / 1e9:.2f} | "
                 f"{_f(saved_ratio(x, reference(r, results)), '{:.2f}')} | {x['compile_s']:.1f} | "
                 f"{_f(x['loader_sps'])} | {_f(ratio, '{:.1f}x')} | {_f(x['wait_ms'], '{:.2f}')} | {x['frames']} | "
-                f"{x['graphs']} | {x['graph_breaks']} | {'YES' if x['eager'] else 'no'} | {x['cudagraph_skips']} |")
+                f"{x['graphs']} | {x['graph_breaks']} | {'YES' if x['eager'] else 'no'} | {x['cudagraph_skips']} |"
+            )
     return lines
 
 
 def part_table(results: list[dict]) -> list[str]:
-    lines = ["| part | result | wall s (limit) | steps | peak memory | unexpected syncs per step |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| part | result | wall s (limit) | steps | peak memory | unexpected syncs per step |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         bad = sum(x["count"] for x in r.get("syncs", []) if x["kind"].startswith("UNEXPECTED"))
         peak = f"{r['peak_bytes'] / 2**30:.2f} GiB ({r['peak_kind']})" if "peak_bytes" in r else ""
-        lines.append(f"| {r['part']} | {r['status']} | {r['wall_s']:.0f} ({r['limit_s']:.0f}) | {r.get('steps', '')} | "
-                     f"{peak} | {_f(bad / r['steps'] if r.get('steps') else None, '{:.3f}')} |")
+        lines.append(
+            f"| {r['part']} | {r['status']} | {r['wall_s']:.0f} ({r['limit_s']:.0f}) | {r.get('steps', '')} | "
+            f"{peak} | {_f(bad / r['steps'] if r.get('steps') else None, '{:.3f}')} |"
+        )
     return lines
 
 
@@ -525,8 +621,10 @@ def sync_table(results: list[dict]) -> list[str]:
     lines = ["| part | call site | call | what it is | count | per step |", "|---|---|---|---|---|---|"]
     for r in results:
         for x in r.get("syncs", []):
-            lines.append(f"| {r['part']} | `{x['site']}` | {x['call']} | {x['kind']} | {x['count']} | "
-                         f"{_f(x['count'] / r['steps'] if r['steps'] else None, '{:.3f}')} |")
+            lines.append(
+                f"| {r['part']} | `{x['site']}` | {x['call']} | {x['kind']} | {x['count']} | "
+                f"{_f(x['count'] / r['steps'] if r['steps'] else None, '{:.3f}')} |"
+            )
     return lines
 
 
@@ -535,13 +633,20 @@ def resume_table(results: list[dict]) -> list[str]:
     for r in results:
         if "resume" in r:
             v = r["resume"]
-            lines += [f"{r['part']} ({r['precision']}, GradScaler, noise): resumed from the phase-1 checkpoint, largest "
-                      f"relative difference in a loss {v['max_rel']:.2e} (tolerance {RESUME_RTOL:g}): "
-                      f"{'equal' if v['ok'] else 'DIFFERENT'}.", "",
-                      "| step | C | train loss: uninterrupted / resumed | val loss | val metric |", "|---|---|---|---|---|"]
-            lines += [f"| {x['step']} | {x['C']} | {x['train_loss_full']:.6f} / {x['train_loss_resumed']:.6f} | "
-                      f"{x['val_loss_full']:.6f} / {x['val_loss_resumed']:.6f} | "
-                      f"{x['val_metric_full']:.4f} / {x['val_metric_resumed']:.4f} |" for x in v["rows"]]
+            lines += [
+                f"{r['part']} ({r['precision']}, GradScaler, noise): resumed from the phase-1 checkpoint, largest "
+                f"relative difference in a loss {v['max_rel']:.2e} (tolerance {RESUME_RTOL:g}): "
+                f"{'equal' if v['ok'] else 'DIFFERENT'}.",
+                "",
+                "| step | C | train loss: uninterrupted / resumed | val loss | val metric |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {x['step']} | {x['C']} | {x['train_loss_full']:.6f} / {x['train_loss_resumed']:.6f} | "
+                f"{x['val_loss_full']:.6f} / {x['val_loss_resumed']:.6f} | "
+                f"{x['val_metric_full']:.4f} / {x['val_metric_resumed']:.4f} |"
+                for x in v["rows"]
+            ]
     return lines
 
 
@@ -554,17 +659,32 @@ def targets(results: list[dict]) -> list[str]:
 
     def line(what: str, value: float, goal: float, fmt: str) -> str:
         return f"- {what} at least {goal:g}: {fmt.format(value)}: {'met' if value >= goal else 'NOT met'}"
+
     out = []
     if 1 in by_C:
-        out.append(line("samples/s at C = 1", by_C[1]["samples_per_s"], TARGETS["samples_per_s"], "{:.0f}")
-                   + f" (MFU {_f(by_C[1]['mfu'], '{:.1%}', 'unknown')})")
+        out.append(
+            line("samples/s at C = 1", by_C[1]["samples_per_s"], TARGETS["samples_per_s"], "{:.0f}")
+            + f" (MFU {_f(by_C[1]['mfu'], '{:.1%}', 'unknown')})"
+        )
     for C in (2, 4):
         if C in by_C and 1 in by_C:
-            out.append(line(f"time saved / FLOPs saved at C = {C}", saved_ratio(by_C[C], by_C[1]),
-                            TARGETS["time_over_flops"], "{:.2f}"))
+            out.append(
+                line(
+                    f"time saved / FLOPs saved at C = {C}",
+                    saved_ratio(by_C[C], by_C[1]),
+                    TARGETS["time_over_flops"],
+                    "{:.2f}",
+                )
+            )
     if by_C.get(4, {}).get("loader_sps"):
-        out.append(line("loader / model at C = 4", by_C[4]["loader_sps"] / by_C[4]["samples_per_s"],
-                        TARGETS["loader_over_model"], "{:.1f}x"))
+        out.append(
+            line(
+                "loader / model at C = 4",
+                by_C[4]["loader_sps"] / by_C[4]["samples_per_s"],
+                TARGETS["loader_over_model"],
+                "{:.1f}x",
+            )
+        )
     return out
 
 
@@ -582,51 +702,83 @@ def failures(results: list[dict]) -> list[str]:
                 fails.append(f"{where}: {x['cudagraph_skips']} CUDA graph skip(s)")
         for x in r.get("syncs", []):
             if x["kind"].startswith("UNEXPECTED"):
-                fails.append(f"{name}: {x['count']} host sync(s) inside the training steps at {x['site']} ({x['call']})")
+                fails.append(
+                    f"{name}: {x['count']} host sync(s) inside the training steps at {x['site']} ({x['call']})"
+                )
         if "resume" in r and not r["resume"]["ok"]:
-            fails.append(f"{name}: the resumed run differs from the uninterrupted one (largest relative difference "
-                         f"{r['resume']['max_rel']:.2e} > {RESUME_RTOL:g})")
+            fails.append(
+                f"{name}: the resumed run differs from the uninterrupted one (largest relative difference "
+                f"{r['resume']['max_rel']:.2e} > {RESUME_RTOL:g})"
+            )
     return fails
 
 
 def document(results: list[dict], a, s: Setup, data_s: float, planned: int) -> str:
     dev = next((r["device"] for r in results if "device" in r), s.device)
     how = ("compiled (CUDA graphs)" if s.device == "cuda" else "compiled") if s.compile else "eager"
-    smoke = ("**CPU smoke run**: it checks that the script and its counters work; its figures are not "
-             "performance figures. " if s.device == "cpu" else "")
+    smoke = (
+        "**CPU smoke run**: it checks that the script and its counters work; its figures are not performance figures. "
+        if s.device == "cpu"
+        else ""
+    )
     depth = f"depth {s.depth}, " if s.depth else ""
-    lines = [f"{smoke}Device: {dev}; torch {torch.__version__}; {depth}{s.mel} mel x "
-             f"{s.frames} frames, batch {s.batch}, {how}, fused Adam; {s.clips} training clips, {s.epochs} epoch(s) per "
-             f"phase, SpecAugment and mixup 0.5 on the device; each part a `Run` in its own process; data set "
-             f"written and its stores extracted in {data_s:.0f} s. MFU is against the dense peak "
-             f"(c2f_search/train/precision.py PEAK_TFLOPS); samples/s, MFU and the ratios leave compilation and warm-up "
-             f"out (the records' compile_time_s).", "", *phase_table(results), "", *part_table(results), "",
-             "Host syncs by call site (every wait the parts' runs made, in all threads):", "", *sync_table(results)]
+    lines = [
+        f"{smoke}Device: {dev}; torch {torch.__version__}; {depth}{s.mel} mel x "
+        f"{s.frames} frames, batch {s.batch}, {how}, fused Adam; {s.clips} training clips, {s.epochs} epoch(s) per "
+        f"phase, SpecAugment and mixup 0.5 on the device; each part a `Run` in its own process; data set "
+        f"written and its stores extracted in {data_s:.0f} s. MFU is against the dense peak "
+        f"(c2f_search/train/precision.py PEAK_TFLOPS); samples/s, MFU and the ratios leave compilation and warm-up "
+        f"out (the records' compile_time_s).",
+        "",
+        *phase_table(results),
+        "",
+        *part_table(results),
+        "",
+        "Host syncs by call site (every wait the parts' runs made, in all threads):",
+        "",
+        *sync_table(results),
+    ]
     resume = resume_table(results)
     lines += ["", *resume] if resume else []
     if a.quick:
         lines += ["", "Targets (ast-base, 128 x 1024, batch 16, bf16, on an H100/H200):", ""]
         lines += targets(results) if s.device == "cuda" else ["- not evaluated: a CPU smoke run"]
     fails = failures(results)
-    lines += ["", f"Checks ({len(results)} of {planned} parts run):", "", *(f"FAIL: {f}" for f in fails),
-              f"{len(fails)} check(s) failed" if fails else "all checks passed"]
+    lines += [
+        "",
+        f"Checks ({len(results)} of {planned} parts run):",
+        "",
+        *(f"FAIL: {f}" for f in fails),
+        f"{len(fails)} check(s) failed" if fails else "all checks passed",
+    ]
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------ command line
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the short run: ast-base, bf16, through Run; at most 6 minutes "
-                                                         "on one H200")
-    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
-                    help="cpu: a smoke run of the script (depth 1, small input, fp32, eager)")
-    ap.add_argument("--models", nargs="+", help="default: ast-base for --quick, ast-tiny and ast-base otherwise "
-                                                 "(ast-tiny on the CPU)")
+    ap.add_argument(
+        "--quick", action="store_true", help="the short run: ast-base, bf16, through Run; at most 6 minutes on one H200"
+    )
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cpu: a smoke run of the script (depth 1, small input, fp32, eager)",
+    )
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        help="default: ast-base for --quick, ast-tiny and ast-base otherwise (ast-tiny on the CPU)",
+    )
     ap.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS, help="the full run's")
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="the full run's")
     ap.add_argument("--parts", nargs="+", help="run only these parts (names as the table prints them)")
-    ap.add_argument("--chunk", help="K/N: run the K-th of N contiguous slices of the parts, with about equal sums of "
-                                    "time limits (the default full run: K/10, each within a 10-minute call)")
+    ap.add_argument(
+        "--chunk",
+        help="K/N: run the K-th of N contiguous slices of the parts, with about equal sums of "
+        "time limits (the default full run: K/10, each within a 10-minute call)",
+    )
     ap.add_argument("--depth", type=int, help="transformer depth (default: the model's; 1 on the CPU)")
     ap.add_argument("--mel", type=int, help="mel bins (default 128; 64 on the CPU)")
     ap.add_argument("--frames", type=int, help="frames at full resolution (default 1024; 128 on the CPU)")
@@ -642,8 +794,16 @@ def parse(argv=None):
 def setup_from(a) -> Setup:
     cpu = a.device == "cpu"
     pick = lambda v, gpu, on_cpu: v if v is not None else (on_cpu if cpu else gpu)  # noqa: E731
-    return Setup(a.device, pick(a.depth, None, 1), pick(a.mel, 128, 64), pick(a.frames, 1024, 128),
-                 pick(a.batch, 16, 8), pick(a.clips, 1024, 32), pick(a.epochs, 3, 1), pick(a.compile, True, False))
+    return Setup(
+        a.device,
+        pick(a.depth, None, 1),
+        pick(a.mel, 128, 64),
+        pick(a.frames, 1024, 128),
+        pick(a.batch, 16, 8),
+        pick(a.clips, 1024, 32),
+        pick(a.epochs, 3, 1),
+        pick(a.compile, True, False),
+    )
 
 
 def plan(a) -> list[Part]:
@@ -653,7 +813,9 @@ def plan(a) -> list[Part]:
     if a.parts:
         unknown = sorted(set(a.parts) - {p.name for p in parts})
         if unknown:
-            raise SystemExit(f"gpu_step.py: --parts {unknown[0]}: no such part; known: {', '.join(p.name for p in parts)}")
+            raise SystemExit(
+                f"gpu_step.py: --parts {unknown[0]}: no such part; known: {', '.join(p.name for p in parts)}"
+            )
         parts = [p for p in parts if p.name in a.parts]
     if a.chunk:
         k, _, n = a.chunk.partition("/")
@@ -670,8 +832,10 @@ def main(argv=None) -> int:
     if a.child:
         return child_main(a.child)
     if a.device == "cuda" and not torch.cuda.is_available():
-        print("no CUDA GPU here: bench/gpu_step.py measures training on a GPU, so nothing was measured "
-              "(--device cpu runs it as a smoke test)")
+        print(
+            "no CUDA GPU here: bench/gpu_step.py measures training on a GPU, so nothing was measured "
+            "(--device cpu runs it as a smoke test)"
+        )
         return 0
     try:
         parts = plan(a)
@@ -679,8 +843,10 @@ def main(argv=None) -> int:
         print(e, file=sys.stderr)
         return 2
     if INJECT - set(INJECTIONS):
-        print(f"gpu_step.py: C2F_BENCH_INJECT={','.join(sorted(INJECT))}: known faults are {', '.join(INJECTIONS)}",
-              file=sys.stderr)
+        print(
+            f"gpu_step.py: C2F_BENCH_INJECT={','.join(sorted(INJECT))}: known faults are {', '.join(INJECTIONS)}",
+            file=sys.stderr,
+        )
         return 2
     s = setup_from(a)
     results = []
@@ -689,12 +855,18 @@ def main(argv=None) -> int:
         files = write_clips(Path(d), s)
         extract_stores(parts, files, s)
         data_s = time.perf_counter() - t
-        print(f"data: {s.clips} clips, stores extracted in {data_s:.0f} s; parts: {', '.join(p.name for p in parts)} "
-              f"(time limits {sum(p.limit_s for p in parts) if s.device == 'cuda' else CPU_LIMIT_S * len(parts):.0f} s "
-              f"in all)", file=sys.stderr, flush=True)
+        print(
+            f"data: {s.clips} clips, stores extracted in {data_s:.0f} s; parts: {', '.join(p.name for p in parts)} "
+            f"(time limits {sum(p.limit_s for p in parts) if s.device == 'cuda' else CPU_LIMIT_S * len(parts):.0f} s "
+            f"in all)",
+            file=sys.stderr,
+            flush=True,
+        )
         for part in parts:
             results.append(run_part(part, s, files, Path(d)))
-            print(f"[{part.name}] {results[-1]['status']} in {results[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"[{part.name}] {results[-1]['status']} in {results[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True
+            )
             if a.out:
                 atomic_write(a.out, document(results, a, s, data_s, len(parts)))
     print(document(results, a, s, data_s, len(parts)))

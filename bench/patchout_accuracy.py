@@ -3,7 +3,8 @@
 Contenders, each trained for the same E epochs (ast-tiny at depth 2, batch 16, lr 3e-4, evaluations every half
 epoch): the baseline ``none:1xE``; three avgpool schedules, of which the table's "best avgpool" is the one with
 the largest mean budget-mode saving (chosen on the same seeds, which favours it); two tpatchout schedules;
-(group "other patchout") fpatchout and patchout at C = 2; and two mixed schedules (pool by 4, then drop tokens at C = 2, then full resolution).
+(group "other patchout") fpatchout and patchout at C = 2; and two mixed schedules (pool by 4, then drop tokens at
+C = 2, then full resolution).
 
 Per contender and seed, the quantities `c2f-search pareto` prints (``pareto.trial_quantities``) against the
 same-seed baseline's best epoch: budget-mode FLOPs saving (the earliest final-phase evaluation at or above the
@@ -16,6 +17,7 @@ tried first, and its baseline was still near chance after 12 epochs of 800 clips
 Usage: python bench/patchout_accuracy.py [--data events orders] [--groups ...] [--seeds 3] [--epochs 10] [--train 600]
        [--val 200] [--out results.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,19 +33,23 @@ import torch
 from c2f_search.analysis.formatting import format_values
 
 
-
 def schedules(E: float) -> dict[str, list[str]]:
     """Contender groups at E epochs: coarse phases take 25% (one phase) or 15% each (two), as in the paper."""
     one, two = round(0.25 * E, 3), round(0.15 * E, 3)
     rest1, rest2 = round(E - one, 3), round(E - 2 * two, 3)
     return {
         "baseline": [f"none:1x{E:g}"],
-        "avgpool": [f"avgpool:2x{one:g},1x{rest1:g}", f"avgpool:4x{one:g},1x{rest1:g}",
-                    f"avgpool:4x{two:g},2x{two:g},1x{rest2:g}"],
+        "avgpool": [
+            f"avgpool:2x{one:g},1x{rest1:g}",
+            f"avgpool:4x{one:g},1x{rest1:g}",
+            f"avgpool:4x{two:g},2x{two:g},1x{rest2:g}",
+        ],
         "tpatchout": [f"tpatchout:4x{one:g},1x{rest1:g}", f"tpatchout:4x{two:g},2x{two:g},1x{rest2:g}"],
         "other patchout": [f"fpatchout:2x{one:g},1x{rest1:g}", f"patchout:2x{one:g},1x{rest1:g}"],
-        "mixed": [f"avgpool:4x{two:g},tpatchout:2x{two:g},1x{rest2:g}",
-                  f"avgpool:4x{two:g},patchout:2x{two:g},1x{rest2:g}"],
+        "mixed": [
+            f"avgpool:4x{two:g},tpatchout:2x{two:g},1x{rest2:g}",
+            f"avgpool:4x{two:g},patchout:2x{two:g},1x{rest2:g}",
+        ],
     }
 
 
@@ -55,6 +61,7 @@ def run(schedule: str, data, seed: int, cfg_kw: dict, done: Path) -> list[dict]:
     from c2f_search import Run, TrainConfig
     from c2f_search.analysis.rows import with_schedule_columns
     from c2f_search.files import atomic_write
+
     f = done / f"{schedule.replace(':', '_').replace(',', '__')}#{seed}.json"
     if f.is_file():
         return with_schedule_columns(json.loads(f.read_text()))
@@ -70,6 +77,7 @@ def mean_sd(xs: list[float], scale: float = 1.0, digits: int = 3, sign: str = ""
 
 def bench(name: str, data, seeds: int, E: float, cfg_kw: dict, only: list[str], done: Path) -> dict:
     from c2f_search.analysis.pareto import baseline_reference, trial_quantities
+
     groups, t0 = {g: s for g, s in schedules(E).items() if g in only or g == "baseline"}, time.time()
     done.mkdir(parents=True, exist_ok=True)
     quantities: dict[str, list[dict]] = {}
@@ -80,10 +88,20 @@ def bench(name: str, data, seeds: int, E: float, cfg_kw: dict, only: list[str], 
             for s in group:
                 rows = base if s == groups["baseline"][0] else run(s, data, seed, cfg_kw, done)
                 quantities.setdefault(s, []).append(trial_quantities(rows, ref))
-                print(f"{name} seed {seed} {s}: best {quantities[s][-1]['best_final_metric']:.3f} saving "
-                      f"{quantities[s][-1]['flops_saving']}", flush=True)
-    return {"data": name, "clips": [len(data.train), len(data.val)], "epochs": E, "seeds": seeds,
-            "groups": groups, "quantities": quantities, "wall_s": time.time() - t0}
+                print(
+                    f"{name} seed {seed} {s}: best {quantities[s][-1]['best_final_metric']:.3f} saving "
+                    f"{quantities[s][-1]['flops_saving']}",
+                    flush=True,
+                )
+    return {
+        "data": name,
+        "clips": [len(data.train), len(data.val)],
+        "epochs": E,
+        "seeds": seeds,
+        "groups": groups,
+        "quantities": quantities,
+        "wall_s": time.time() - t0,
+    }
 
 
 def table(res: dict) -> list[str]:
@@ -92,18 +110,24 @@ def table(res: dict) -> list[str]:
     def mean_saving(s):
         got = [x["flops_saving"] for x in q[s] if x["budget_reached"]]
         return (len(got), statistics.mean(got) if got else float("-inf"))
+
     best_avg = max(groups["avgpool"], key=mean_saving)
-    lines = ["| contender | schedule | best final-phase metric | convergence delta | reached the baseline's best "
-             "(seeds) | budget-mode FLOPs saving | GFLOPs (whole schedule) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| contender | schedule | best final-phase metric | convergence delta | reached the baseline's best "
+        "(seeds) | budget-mode FLOPs saving | GFLOPs (whole schedule) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for group, items in groups.items():
         for s in items:
             rows = q[s]
             label = group + (" (best)" if s == best_avg else "")
             reached = [x for x in rows if x["budget_reached"]]
-            lines.append(f"| {label} | `{s}` | {mean_sd([x['best_final_metric'] for x in rows])} | "
-                         f"{mean_sd([x['convergence_delta'] for x in rows], sign='+')} | {len(reached)}/{len(rows)} | "
-                         f"{mean_sd([x['flops_saving'] for x in reached], 100, 1)}{'%' if reached else ''} | "
-                         f"{mean_sd([x['total_flops'] for x in rows], 1e-9, 0)} |")
+            lines.append(
+                f"| {label} | `{s}` | {mean_sd([x['best_final_metric'] for x in rows])} | "
+                f"{mean_sd([x['convergence_delta'] for x in rows], sign='+')} | {len(reached)}/{len(rows)} | "
+                f"{mean_sd([x['flops_saving'] for x in reached], 100, 1)}{'%' if reached else ''} | "
+                f"{mean_sd([x['total_flops'] for x in rows], 1e-9, 0)} |"
+            )
     return lines
 
 
@@ -132,6 +156,7 @@ def make_orders(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
     background noise. A bag of patches cannot tell noise-then-tone from tone-then-noise: the classes need the
     time axis, which token dropping over time thins."""
     import soundfile as sf
+
     if (root / "train").is_dir():
         return root
     for split, n in (("train", n_train), ("test", n_val)):
@@ -144,7 +169,7 @@ def make_orders(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
             t0 = int(rng.uniform(0.0, max(0.01, dur - a - b - gap)) * SR)
             for kind, length, at in ((first, a, t0), (second, b, t0 + int((a + gap) * SR))):
                 seg = _texture(kind, int(length * SR), rng) * rng.uniform(0.3, 0.6)
-                y[at:at + len(seg)] += seg[: max(0, len(y) - at)]
+                y[at : at + len(seg)] += seg[: max(0, len(y) - at)]
             d = root / split / f"{first}_then_{second}"
             d.mkdir(parents=True, exist_ok=True)
             sf.write(str(d / f"{i:04d}.wav"), (y / (np.abs(y).max() + 1e-9) * 0.9).astype("float32"), SR)
@@ -153,6 +178,7 @@ def make_orders(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
 
 def load(name: str, n_train: int, n_val: int, work: Path):
     from c2f_search.data.sets import Data
+
     if name == "events":
         return Data.from_specs(f"builtin:events?train={n_train}&val={n_val}", quantum=64)
     root = make_orders(work / f"orders-{n_train}-{n_val}", n_train, n_val)
@@ -175,15 +201,32 @@ def main():
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    cfg_kw = {"model_kwargs": {"depth": a.depth}, "lr": 3e-4, "batch_size": 16, "warmup_steps": 5,
-              "eval_every": "0.5epoch"}
+    cfg_kw = {
+        "model_kwargs": {"depth": a.depth},
+        "lr": 3e-4,
+        "batch_size": 16,
+        "warmup_steps": 5,
+        "eval_every": "0.5epoch",
+    }
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    results = [bench(name, load(name, a.train, a.val, work), a.seeds, a.epochs, cfg_kw, a.groups,
-                     work / f"runs-{name}-{a.train}-{a.val}-{a.epochs:g}") for name in a.data]
+    results = [
+        bench(
+            name,
+            load(name, a.train, a.val, work),
+            a.seeds,
+            a.epochs,
+            cfg_kw,
+            a.groups,
+            work / f"runs-{name}-{a.train}-{a.val}-{a.epochs:g}",
+        )
+        for name in a.data
+    ]
     Path(a.out).write_text(json.dumps(results, indent=1, default=str))
     for res in results:
-        print(f"\n### {res['data']} ({res['clips'][0]} train / {res['clips'][1]} val clips, {res['epochs']:g} epochs, "
-              f"{res['seeds']} seeds, {res['wall_s'] / 60:.0f} min)\n")
+        print(
+            f"\n### {res['data']} ({res['clips'][0]} train / {res['clips'][1]} val clips, {res['epochs']:g} epochs, "
+            f"{res['seeds']} seeds, {res['wall_s'] / 60:.0f} min)\n"
+        )
         print("\n".join(table(res)))
 
 

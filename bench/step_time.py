@@ -10,6 +10,7 @@ machine is shared:
 Also measures the data path (feature batch -> compress -> SpecAugment -> normalize) in samples/s.
 Usage: python bench/step_time.py [--tables methods families] [--methods ...] [--repeats 5] [--batch 8] [--threads N]
 """
+
 import argparse
 import platform
 import statistics
@@ -19,18 +20,20 @@ import numpy as np
 import torch
 
 from c2f_search.compress import compress, get_method
-from c2f_search.models.flops import kept_tokens, masked_patch_flops, train_flops
 from c2f_search.data.frontend import normalize, spec_augment
 from c2f_search.geometry import Geometry
-from c2f_search.objectives.masked_patch import cluster_masks
+from c2f_search.models.flops import kept_tokens, masked_patch_flops, train_flops
 from c2f_search.models.phase import build_for_phase
+from c2f_search.objectives.masked_patch import cluster_masks
 
 METHODS = ["fshift", "avgpool", "maxpool", "patch-bl", "patch-pi", "tpatchout", "fpatchout", "patchout"]
 # family: (model, mel bins, frames at C=1, method, objective)
-FAMILIES = {"ast": ("ast-tiny", 128, 1024, "avgpool", "supervised"),
-            "htsat": ("htsat", 64, 1024, "avgpool", "supervised"),
-            "cnn14": ("cnn14", 64, 1024, "avgpool", "supervised"),
-            "ssast": ("ssast-tiny", 128, 1024, "fshift", "pretrain")}
+FAMILIES = {
+    "ast": ("ast-tiny", 128, 1024, "avgpool", "supervised"),
+    "htsat": ("htsat", 64, 1024, "avgpool", "supervised"),
+    "cnn14": ("cnn14", 64, 1024, "avgpool", "supervised"),
+    "ssast": ("ssast-tiny", 128, 1024, "fshift", "pretrain"),
+}
 
 
 def supervised_step(model, x, y, opt):
@@ -39,9 +42,11 @@ def supervised_step(model, x, y, opt):
 
 def patchout_step(method, C):
     """The supervised step of a token-dropping phase: the kept tokens drawn per batch, as Run draws them."""
+
     def loss(model, x, y, opt):
         keep = method.keep_index(C, model.token_grid, x.shape[0], x.device)
         return torch.nn.functional.cross_entropy(model(x, keep=keep), y)
+
     return loss
 
 
@@ -49,6 +54,7 @@ def pretrain_step(n_masked):
     def loss(model, x, y, opt):
         masks = cluster_masks(model.token_grid, n_masked, x.shape[0], x.device, torch.Generator().manual_seed(0))
         return model.masked_patch_loss(x, masks)[0]
+
     return loss
 
 
@@ -95,12 +101,18 @@ def methods_table(models, methods, F, T, B, repeats) -> list[str]:
             t = measure({C: s for C, (s, _) in built.items()}, B, repeats)
             for C in (2, 4):
                 fs, ts = 1 - built[C][1] / built[1][1], 1 - t[C] / t[1]
-                rows.append(f"| {name} | {method} | {C} | {t[1] * 1e3:.2f} | {t[C] * 1e3:.2f} | {100 * fs:.1f}% | "
-                            f"{100 * ts:.1f}% | {ts / fs:.2f} |")
-    return [f"Step time per sample (forward+backward+Adam, batch {B}, {F} mel x {T} frames, median of {repeats} "
-            f"interleaved repeats).", "",
-            "| model | method | C | ms/sample C=1 | ms/sample C | FLOPs saving | time saving | time/FLOPs saving |",
-            "|---|---|---|---|---|---|---|---|", *rows]
+                rows.append(
+                    f"| {name} | {method} | {C} | {t[1] * 1e3:.2f} | {t[C] * 1e3:.2f} | {100 * fs:.1f}% | "
+                    f"{100 * ts:.1f}% | {ts / fs:.2f} |"
+                )
+    return [
+        f"Step time per sample (forward+backward+Adam, batch {B}, {F} mel x {T} frames, median of {repeats} "
+        f"interleaved repeats).",
+        "",
+        "| model | method | C | ms/sample C=1 | ms/sample C | FLOPs saving | time saving | time/FLOPs saving |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def families_table(families, B, repeats) -> list[str]:
@@ -111,13 +123,20 @@ def families_table(families, B, repeats) -> list[str]:
         t = measure({C: s for C, (s, _) in built.items()}, B, repeats)
         for C in (1, 2, 4):
             fs, ts = 1 - built[C][1] / built[1][1], 1 - t[C] / t[1]
-            rows.append(f"| {fam} | {name} | {'pretraining' if objective == 'pretrain' else 'supervised'} | "
-                        f"{F}x{T} | {method if C > 1 else 'none'} | {C} | {built[C][1] / 1e9:.2f} | {t[C] * 1e3:.1f} | "
-                        + (f"{100 * fs:.1f}% | {100 * ts:.1f}% | {ts / fs:.2f} |" if C > 1 else "- | - | - |"))
-    return [f"Each family at C = 1, 2, 4 (forward+backward+Adam, batch {B}, median of {repeats} interleaved repeats; "
-            f"GFLOPs per sample from the FLOPs counter).", "",
-            "| family | model | step | input (mel x frames) | method | C | GFLOPs/sample | ms/sample | FLOPs saving | "
-            "time saving | time/FLOPs saving |", "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
+            rows.append(
+                f"| {fam} | {name} | {'pretraining' if objective == 'pretrain' else 'supervised'} | "
+                f"{F}x{T} | {method if C > 1 else 'none'} | {C} | {built[C][1] / 1e9:.2f} | {t[C] * 1e3:.1f} | "
+                + (f"{100 * fs:.1f}% | {100 * ts:.1f}% | {ts / fs:.2f} |" if C > 1 else "- | - | - |")
+            )
+    return [
+        f"Each family at C = 1, 2, 4 (forward+backward+Adam, batch {B}, median of {repeats} interleaved repeats; "
+        f"GFLOPs per sample from the FLOPs counter).",
+        "",
+        "| family | model | step | input (mel x frames) | method | C | GFLOPs/sample | ms/sample | FLOPs saving | "
+        "time saving | time/FLOPs saving |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def data_path_rate(F, T, B) -> float:
@@ -126,14 +145,16 @@ def data_path_rate(F, T, B) -> float:
     n = np.full(512, T)
     t = time.perf_counter()
     for i in range(0, 512, B):
-        xb = compress("avgpool", 2, torch.from_numpy(x[i:i + B]), torch.from_numpy(n[i:i + B]))
+        xb = compress("avgpool", 2, torch.from_numpy(x[i : i + B]), torch.from_numpy(n[i : i + B]))
         normalize(spec_augment(xb, 24, 48), -4.27, 4.57)
     return 512 / (time.perf_counter() - t)
 
 
 def data_path(F, T, B) -> str:
-    return (f"Data path (feature batch -> avgpool C=2 -> SpecAugment -> normalize, {F} mel x {T} frames): "
-            f"{data_path_rate(F, T, B):.0f} samples/s.")
+    return (
+        f"Data path (feature batch -> avgpool C=2 -> SpecAugment -> normalize, {F} mel x {T} frames): "
+        f"{data_path_rate(F, T, B):.0f} samples/s."
+    )
 
 
 def main():

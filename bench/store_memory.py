@@ -7,9 +7,11 @@ store has one row per entry); 128 mel x 176 frames (88 KiB per clip in fp32: 0.9
 100k). Each build runs in a fresh process that reports its peak resident memory (VmHWM, which also counts
 pages of a memory-mapped file it has touched) and its memory after imports; then the normalization stats
 of the store (`norm_stats`), the peak after them and how much of it is the store's memory-mapped pages
-(file-backed: page cache the kernel may drop, not memory the process allocated). The stores are deleted after each build.
+(file-backed: page cache the kernel may drop, not memory the process allocated). The stores are deleted after
+each build.
 Usage: python bench/store_memory.py [--sizes 1000 10000 100000] [--old-sizes 1000 10000] [--dir DIR]
 """
+
 import argparse
 import json
 import platform
@@ -25,9 +27,9 @@ import pyarrow as pa
 import soundfile as sf
 import torch
 
-from c2f_search.data.store import clip_fbank, extract, norm_stats
-from c2f_search.data.sets import load_datafile
 from c2f_search.data.frontend import FrontEnd
+from c2f_search.data.sets import load_datafile
+from c2f_search.data.store import clip_fbank, extract, norm_stats
 from c2f_search.files import atomic_write
 
 MEL, FRAMES, FILES = 128, 176, 16
@@ -43,8 +45,9 @@ def make_datafiles(d: Path, sizes) -> dict[int, Path]:
     out = {}
     for n in sizes:
         out[n] = d / f"train-{n}.json"
-        out[n].write_text(json.dumps({"data": [{"wav": str(d / f"{i % FILES}.wav"), "labels": "/m/a"}
-                                               for i in range(n)]}))
+        out[n].write_text(
+            json.dumps({"data": [{"wav": str(d / f"{i % FILES}.wav"), "labels": "/m/a"} for i in range(n)]})
+        )
     return out
 
 
@@ -72,6 +75,7 @@ def old_extract(clips, fe, path):
     def write(tmp):
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
             w.write_table(table)
+
     atomic_write(path, write)
     return x, n_frames
 
@@ -106,8 +110,13 @@ def child(writer: str, datafile: Path, cache: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--old-sizes", type=int, nargs="*", default=[1000, 10000],
-                    help="sizes at which the old writer also runs (at 100k it needs about 27 GB)")
+    ap.add_argument(
+        "--old-sizes",
+        type=int,
+        nargs="*",
+        default=[1000, 10000],
+        help="sizes at which the old writer also runs (at 100k it needs about 27 GB)",
+    )
     ap.add_argument("--dir", help="where the clips and stores go (default: a temporary folder)")
     ap.add_argument("--child", nargs=3, metavar=("WRITER", "DATAFILE", "CACHE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -124,30 +133,41 @@ def main():
                 continue
             cache = root / f"cache-{writer}-{n}"
             cache.mkdir()
-            p = subprocess.run([sys.executable, __file__, "--child", writer, str(datafiles[n]), str(cache)],
-                               capture_output=True, text=True)
+            p = subprocess.run(
+                [sys.executable, __file__, "--child", writer, str(datafiles[n]), str(cache)],
+                capture_output=True,
+                text=True,
+            )
             shutil.rmtree(cache)
             r = json.loads(p.stdout) if p.returncode == 0 else {"rc": p.returncode, "err": p.stderr[-300:]}
             print(n, writer, r, file=sys.stderr, flush=True)
             rows.append((n, writer, r))
     gb = lambda b: f"{b / 1e9:.2f}"  # noqa: E731
-    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, pyarrow {pa.__version__}; "
-          f"{MEL} mel x {FRAMES} frames fp32, 1 thread; GB = 10^9 bytes\n")
-    print("| clips | writer | store GB | peak RSS build GB | RSS after imports GB | build s | "
-          "peak RSS after norm_stats GB (of it file-backed, since imports) | norm_stats s | mean, std |")
+    print(
+        f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, pyarrow {pa.__version__}; "
+        f"{MEL} mel x {FRAMES} frames fp32, 1 thread; GB = 10^9 bytes\n"
+    )
+    print(
+        "| clips | writer | store GB | peak RSS build GB | RSS after imports GB | build s | "
+        "peak RSS after norm_stats GB (of it file-backed, since imports) | norm_stats s | mean, std |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n, writer, r in rows:
         if "rc" in r:
             print(f"| {n} | {writer} | failed: rc {r['rc']} | | | | | | |")
             continue
-        print(f"| {n} | {writer} | {gb(r['store_bytes'])} | {gb(r['build_peak'])} | {gb(r['rss_after_imports'])} | "
-              f"{r['build_s']:.0f} | {gb(r['norm_peak'])} ({gb(r['norm_file'])}) | {r['norm_s']:.1f} | "
-              f"{r['norm'][0]:.6f}, {r['norm'][1]:.6f} |")
+        print(
+            f"| {n} | {writer} | {gb(r['store_bytes'])} | {gb(r['build_peak'])} | {gb(r['rss_after_imports'])} | "
+            f"{r['build_s']:.0f} | {gb(r['norm_peak'])} ({gb(r['norm_file'])}) | {r['norm_s']:.1f} | "
+            f"{r['norm'][0]:.6f}, {r['norm'][1]:.6f} |"
+        )
     both = {n: {w: r["norm"] for m, w, r in rows if m == n and "norm" in r} for n, _, _ in rows}
     for n, r in both.items():
         if len(r) == 2:
-            print(f"\n{n} clips: norm_stats chunked - old: mean {r['chunked'][0] - r['old'][0]:+.2e}, "
-                  f"std {r['chunked'][1] - r['old'][1]:+.2e}")
+            print(
+                f"\n{n} clips: norm_stats chunked - old: mean {r['chunked'][0] - r['old'][0]:+.2e}, "
+                f"std {r['chunked'][1] - r['old'][1]:+.2e}"
+            )
     if not a.dir:
         shutil.rmtree(root)
 

@@ -7,6 +7,7 @@ first compiled step of a trial costs in a new process (empty, then warm node cac
 Usage: python bench/tune_overhead.py [--schedule fshift:2x1,1x2] [--data builtin:events?train=200&val=50]
        python bench/tune_overhead.py --startup [--trials 4]
 """
+
 import argparse
 import json
 import os
@@ -33,13 +34,16 @@ def main():
     if a.startup:
         return startup(a)
     import ray
+
     from c2f_search import Data, Run, TrainConfig
     from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
 
     tmp = Path(tempfile.mkdtemp())
     space = tmp / "space.yaml"
-    space.write_text(f"epochs: 3\nschedules: ['{a.schedule}']\nresources: {{cpu: 2}}\n"
-                     "fixed: {lr: 1.0e-4, batch_size: 16, warmup_steps: 20}\n")
+    space.write_text(
+        f"epochs: 3\nschedules: ['{a.schedule}']\nresources: {{cpu: 2}}\n"
+        "fixed: {lr: 1.0e-4, batch_size: 16, warmup_steps: 20}\n"
+    )
     data_args = resolve_data_args(a.data, None, None, "auto", False, None, str(tmp / "cache"), None, None)
     t = time.perf_counter()
     data = Data.from_specs(**data_args)
@@ -58,56 +62,95 @@ def main():
     # Tune's time_total_s: the trainable function's own run (data open, Run, reports, checkpoints);
     # the rest of the search (actor start, imports, driver data check, experiment sync) is setup
     trial = res[0].metrics["time_total_s"]
-    print(f"| schedule | bare Run s | Tune trial s | extra per trial | search setup s (excluded) | ray.init s |"
-          f" driver data s |\n|---|---|---|---|---|---|---|\n"
-          f"| {a.schedule} | {t_bare:.1f} | {trial:.1f} | {100 * (trial - t_bare) / t_bare:+.1f}% | "
-          f"{t_tune - trial:.1f} | {t_ray:.1f} | {t_data:.1f} |")
+    print(
+        f"| schedule | bare Run s | Tune trial s | extra per trial | search setup s (excluded) | ray.init s |"
+        f" driver data s |\n|---|---|---|---|---|---|---|\n"
+        f"| {a.schedule} | {t_bare:.1f} | {trial:.1f} | {100 * (trial - t_bare) / t_bare:+.1f}% | "
+        f"{t_tune - trial:.1f} | {t_ray:.1f} | {t_data:.1f} |"
+    )
     print(f"bare final metric {bare[-1]['val_metric']:.3f}, tune final metric {res[0].metrics['val_metric']:.3f}")
 
 
-STARTUP_SCHEDULES = ["fshift:2x1,1x1", "avgpool:2x1,1x1", "maxpool:2x1,1x1", "none:1x2", "fshift:4x1,1x1",
-                     "avgpool:4x1,1x1"]
+STARTUP_SCHEDULES = [
+    "fshift:2x1,1x1",
+    "avgpool:2x1,1x1",
+    "maxpool:2x1,1x1",
+    "none:1x2",
+    "fshift:4x1,1x1",
+    "avgpool:4x1,1x1",
+]
 
 
 def startup(a):
     import ray
+
     from c2f_search.search.runner import SearchSettings, resolve_data_args, run_search
+
     tmp = Path(tempfile.mkdtemp())
     space = tmp / "space.yaml"
-    space.write_text(f"epochs: 2\nschedules: {STARTUP_SCHEDULES[:a.trials]}\nresources: {{cpu: 2}}\n"
-                     "fixed: {lr: 1.0e-4, batch_size: 16, warmup_steps: 5, compile: true}\n")
-    data_args = resolve_data_args("builtin:events?train=96&val=32", None, None, "auto", False, None,
-                                  str(tmp / "cache"), None, None)
+    space.write_text(
+        f"epochs: 2\nschedules: {STARTUP_SCHEDULES[: a.trials]}\nresources: {{cpu: 2}}\n"
+        "fixed: {lr: 1.0e-4, batch_size: 16, warmup_steps: 5, compile: true}\n"
+    )
+    data_args = resolve_data_args(
+        "builtin:events?train=96&val=32", None, None, "auto", False, None, str(tmp / "cache"), None, None
+    )
     rows = {}
     for reuse in (False, True):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / f"inductor-{reuse}")  # empty; trial workers inherit it
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-        st = SearchSettings(space=str(space), out=str(tmp / f"s-{reuse}"), data=data_args, keep_checkpoints=None,
-                            model_kwargs={"depth": 1}, reuse_actors=reuse)
+        st = SearchSettings(
+            space=str(space),
+            out=str(tmp / f"s-{reuse}"),
+            data=data_args,
+            keep_checkpoints=None,
+            model_kwargs={"depth": 1},
+            reuse_actors=reuse,
+        )
         t = time.perf_counter()
         run_search(st, progress_stream=open(os.devnull, "w"))
         wall = time.perf_counter() - t
         ray.shutdown()
-        trials = [[json.loads(x) for x in (d / "result.json").read_text().splitlines()]
-                  for d in (tmp / f"s-{reuse}" / "search").iterdir() if (d / "result.json").is_file()]
+        trials = [
+            [json.loads(x) for x in (d / "result.json").read_text().splitlines()]
+            for d in (tmp / f"s-{reuse}" / "search").iterdir()
+            if (d / "result.json").is_file()
+        ]
         inside = sum(t[-1]["time_total_s"] for t in trials)
-        rows[reuse] = (wall, inside, len({r["pid"] for t in trials for r in t}),
-                       {t[0]["schedule"]: [r["val_metric"] for r in t] for t in trials})
+        rows[reuse] = (
+            wall,
+            inside,
+            len({r["pid"] for t in trials for r in t}),
+            {t[0]["schedule"]: [r["val_metric"] for r in t] for t in trials},
+        )
     n = a.trials
-    print("| reuse_actors | trials | processes | search wall s | per trial s | trainables' own time s "
-          "(time_total_s) | outside the trainables s | outside, per trial s |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| reuse_actors | trials | processes | search wall s | per trial s | trainables' own time s "
+        "(time_total_s) | outside the trainables s | outside, per trial s |\n|---|---|---|---|---|---|---|---|"
+    )
     for reuse, (wall, inside, procs, _) in rows.items():
-        print(f"| {'on' if reuse else 'off'} | {n} | {procs} | {wall:.1f} | {wall / n:.1f} | {inside:.1f} | "
-              f"{wall - inside:.1f} | {(wall - inside) / n:.1f} |")
+        print(
+            f"| {'on' if reuse else 'off'} | {n} | {procs} | {wall:.1f} | {wall / n:.1f} | {inside:.1f} | "
+            f"{wall - inside:.1f} | {(wall - inside) / n:.1f} |"
+        )
     print(f"same validation metrics at every evaluation, off and on: {rows[False][3] == rows[True][3]}")
     cache = tmp / "probe-cache"
-    probes = [json.loads(subprocess.run([sys.executable, __file__, "--compile-probe", str(cache)], check=True,
-                                        capture_output=True, text=True).stdout.splitlines()[-1]) for _ in range(2)]
-    print(f"\n| the first compiled step of a trial (forward, backward, Adam) | s |\n|---|---|\n"
-          f"| new process, empty Inductor cache | {probes[0]['first']:.1f} |\n"
-          f"| new process, the node's cache warm (reuse_actors off) | {probes[1]['first']:.1f} |\n"
-          f"| same process after torch._dynamo.reset() (reuse_actors on, as trials run now) | {probes[1]['reset']:.1f} |\n"
-          f"| same process, compiled entry kept (no reset) | {probes[1]['kept']:.1f} |")
+    probes = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--compile-probe", str(cache)], check=True, capture_output=True, text=True
+            ).stdout.splitlines()[-1]
+        )
+        for _ in range(2)
+    ]
+    print(
+        f"\n| the first compiled step of a trial (forward, backward, Adam) | s |\n|---|---|\n"
+        f"| new process, empty Inductor cache | {probes[0]['first']:.1f} |\n"
+        f"| new process, the node's cache warm (reuse_actors off) | {probes[1]['first']:.1f} |\n"
+        f"| same process after torch._dynamo.reset() (reuse_actors on, as trials run now) | "
+        f"{probes[1]['reset']:.1f} |\n"
+        f"| same process, compiled entry kept (no reset) | {probes[1]['kept']:.1f} |"
+    )
 
 
 def compile_probe(cache_dir):
@@ -115,10 +158,12 @@ def compile_probe(cache_dir):
     model of the same shape with the compiled entry kept, then after torch._dynamo.reset(). Prints JSON."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
     import torch
+
     from c2f_search.geometry import Geometry
+    from c2f_search.models.phase import build_for_phase
     from c2f_search.objectives.supervised import ClassificationLoss
     from c2f_search.train.step import TrainStep, adam
-    from c2f_search.models.phase import build_for_phase
+
     cpu = torch.device("cpu")
 
     def first_step():
@@ -128,6 +173,7 @@ def compile_probe(cache_dir):
         t = time.perf_counter()
         step(x, y, adam(model.parameters(), 1e-4, 0.0, (0.9, 0.999), cpu))
         return time.perf_counter() - t
+
     out = {"first": first_step(), "kept": first_step()}
     torch._dynamo.reset()
     out["reset"] = first_step()

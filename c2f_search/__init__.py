@@ -15,31 +15,68 @@ Public API (everything else is private):
     pareto_front, hypervolume_2d              - Pareto analysis of search results
     C2FError                                  - the base of every error a user can fix
 """
+
 from .compress import Method, compress, get_method, list_methods, register_method
 from .config import TrainConfig
 from .errors import C2FError, ScheduleError
-from .models.flops import eval_flops, train_flops
-from .geometry import Geometry
 from .files import atomic_write, load_checkpoint, save_checkpoint
+from .geometry import Geometry
 from .models import ModelFamily, create_model, get_family, list_models, register_model
-from .schedule import Phase, Schedule, parse_schedule
+from .models.flops import eval_flops, train_flops
 from .models.phase import build_for_phase, transfer_weights
+from .schedule import Phase, Schedule, parse_schedule
 
 __version__ = "0.2.0"
 
-_LAZY = {"Data": "data", "Run": "train", "PhaseController": "controllers", "FixedSchedule": "controllers",
-         "fork_point": "controllers", "pareto_front": "analysis.pareto", "hypervolume_2d": "analysis.pareto"}
+_LAZY = {
+    "Data": "data",
+    "Run": "train",
+    "PhaseController": "controllers",
+    "FixedSchedule": "controllers",
+    "fork_point": "controllers",
+    "pareto_front": "analysis.pareto",
+    "hypervolume_2d": "analysis.pareto",
+}
 
 
 def __getattr__(name):  # training, data and Pareto modules pull in more; load them on first use
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(name)
 
 
-__all__ = ["Schedule", "Phase", "parse_schedule", "ScheduleError", "Geometry", "Method", "get_method",
-           "list_methods", "register_method", "compress", "ModelFamily", "create_model", "list_models",
-           "register_model", "get_family", "transfer_weights", "build_for_phase", "train_flops", "eval_flops",
-           "TrainConfig", "Data", "Run", "PhaseController", "FixedSchedule", "fork_point", "save_checkpoint",
-           "load_checkpoint", "atomic_write", "pareto_front", "hypervolume_2d", "C2FError"]
+__all__ = [
+    "Schedule",
+    "Phase",
+    "parse_schedule",
+    "ScheduleError",
+    "Geometry",
+    "Method",
+    "get_method",
+    "list_methods",
+    "register_method",
+    "compress",
+    "ModelFamily",
+    "create_model",
+    "list_models",
+    "register_model",
+    "get_family",
+    "transfer_weights",
+    "build_for_phase",
+    "train_flops",
+    "eval_flops",
+    "TrainConfig",
+    "Data",
+    "Run",
+    "PhaseController",
+    "FixedSchedule",
+    "fork_point",
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write",
+    "pareto_front",
+    "hypervolume_2d",
+    "C2FError",
+]

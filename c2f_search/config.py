@@ -2,6 +2,7 @@
 files and the Ray trainable all read their defaults from here. It parses the schedule (once: every later
 reader takes ``cfg.schedule``, a ``Schedule``) and checks types and ranges only; the checks that need a
 registry (model, method, transition, objective, averaging, model settings) are ``validate.validate``'s."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,21 @@ from .errors import ConfigError
 from .schedule import Schedule, parse_schedule
 
 # settings a search space may search or fix (`fixed:` and `space:` keys)
-SEARCHABLE = ("lr", "batch_size", "warmup_steps", "weight_decay", "freqm", "timem", "mixup", "lr_gamma",
-              "lr_schedule", "seed", "mask_patches", "transition", "eval_every")
+SEARCHABLE = (
+    "lr",
+    "batch_size",
+    "warmup_steps",
+    "weight_decay",
+    "freqm",
+    "timem",
+    "mixup",
+    "lr_gamma",
+    "lr_schedule",
+    "seed",
+    "mask_patches",
+    "transition",
+    "eval_every",
+)
 # settings a space may fix but not search: they change speed and numerics, not FLOPs
 FIXED_ONLY = ("precision", "compile")
 # how a run executes rather than what it trains: a resumed run may change it (precision changes the
@@ -22,7 +36,7 @@ EXECUTION = ("compile", "precision")
 LR_SCHEDULES = ("step", "cosine")
 LOSSES = ("auto", "ce", "bce")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
-MAX_SEED = 2 ** 32 - 1  # numpy's legacy seeding and Optuna's samplers take 32 bits
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and Optuna's samplers take 32 bits
 
 
 @dataclass
@@ -71,7 +85,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -92,8 +106,11 @@ class TrainConfig:
 
 def defaults() -> dict:
     """Field -> default value."""
-    return {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
-            for f in fields(TrainConfig) if f.name != "schedule"}
+    return {
+        f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+        for f in fields(TrainConfig)
+        if f.name != "schedule"
+    }
 
 
 def _number(v) -> bool:
@@ -149,7 +166,7 @@ def _check(c: TrainConfig) -> None:
         raise ConfigError("metric_target", f"accuracy and mAP lie in [0, 1], got {c.metric_target!r}")
     if c.eval_every is not None:
         c.eval_every = str(c.eval_every)
-        parse_eval_every(c.eval_every, 10 ** 6)
+        parse_eval_every(c.eval_every, 10**6)
     if c.precision not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     if c.compile is not None and not isinstance(c.compile, bool):
@@ -175,6 +192,9 @@ def parse_averaging(text: str) -> tuple[str, float]:
     except ValueError:
         value = None
     if mode not in AVERAGING_MODES or value is None or value < (0 if mode == "from" else 1):
-        raise ConfigError("weight_averaging", f"{text!r}: write from:E (every final-phase evaluation from epoch E "
-                                              f"on, AST) or top:K (the K best, HTS-AT uses top:15)")
+        raise ConfigError(
+            "weight_averaging",
+            f"{text!r}: write from:E (every final-phase evaluation from epoch E "
+            f"on, AST) or top:K (the K best, HTS-AT uses top:15)",
+        )
     return mode, value

@@ -4,6 +4,7 @@ The CLI prints a ``C2FError`` as one line on stderr and exits with code 2; a lib
 caller catches ``C2FError`` (or the ``ValueError`` most of them also are). Every error keeps all
 its constructor's arguments in ``args``, so it pickles: Ray carries a trial's error to the driver.
 """
+
 from __future__ import annotations
 
 

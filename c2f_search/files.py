@@ -1,6 +1,7 @@
 """Files that must never be half-written: one ``atomic_write`` for every output, checkpoint files
 that load without running code (``torch.load(weights_only=True)``), and one command at a time per
 output folder (``folder_lock``)."""
+
 from __future__ import annotations
 
 import errno
@@ -12,14 +13,22 @@ import socket
 import tempfile
 import time
 import types
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, get_args
+from typing import get_args
 
 from .errors import C2FError, CheckpointError, WriteError
 
-JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a JSON object",
-              list: "a list", type(None): "null"}
+JSON_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "a JSON object",
+    list: "a list",
+    type(None): "null",
+}
 FULL_BELOW = 1 << 20  # a write that fails with less than this free on its file system failed for lack of space
 LOCK_FILE = ".c2f-search.lock"
 HOST = socket.gethostname()
@@ -88,8 +97,10 @@ def write_problem(e: Exception, path: Path) -> tuple[str, str] | None:
         free = None
     code = getattr(e, "errno", None)  # None: a library's own error (torch's zip writer), so ask the disk
     if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and free is not None and free < FULL_BELOW):
-        return (f"not enough disk space on the file system of {folder}, {(free or 0) / 2 ** 20:.1f} MiB free",
-                "free some space or write to another disk")
+        return (
+            f"not enough disk space on the file system of {folder}, {(free or 0) / 2**20:.1f} MiB free",
+            "free some space or write to another disk",
+        )
     if isinstance(e, OSError):
         return str(e.strerror or e), "choose a writable folder"
     return None
@@ -103,9 +114,10 @@ def read_text(path, error: type[C2FError] = C2FError) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise error(f"{path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8 "
-                    f"text") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise error(
+            f"{path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8 text"
+        ) from None
 
 
 def read_json(path, fields: dict | None = None, error: type[C2FError] = C2FError) -> dict:
@@ -122,8 +134,10 @@ def read_json(path, fields: dict | None = None, error: type[C2FError] = C2FError
 
 def _check_fields(path, doc, fields: dict, where: str, error) -> None:
     if not isinstance(doc, dict):
-        raise error(f"{path}: {f'key {where!r} ' if where else ''}must be a JSON object, not "
-                    f"{json.dumps(doc)[:40]}; restore the file or start again")
+        raise error(
+            f"{path}: {f'key {where!r} ' if where else ''}must be a JSON object, not "
+            f"{json.dumps(doc)[:40]}; restore the file or start again"
+        )
     for key, typ in fields.items():
         if key not in doc:
             continue
@@ -139,8 +153,9 @@ def _check_fields(path, doc, fields: dict, where: str, error) -> None:
             ok = True
         if not ok:
             want = " or ".join(JSON_NAMES.get(t, t.__name__) for t in allowed)
-            raise error(f"{path}: key {name!r} must be {want}, got {json.dumps(v)[:40]}; restore the file or "
-                        f"start again")
+            raise error(
+                f"{path}: key {name!r} must be {want}, got {json.dumps(v)[:40]}; restore the file or start again"
+            )
 
 
 def _umask() -> int:
@@ -153,6 +168,7 @@ def save_checkpoint(state: dict, path) -> Path:
     """Write a training state atomically. It holds only tensors and plain Python values, so
     ``load_checkpoint`` reads it with ``weights_only=True``."""
     import torch
+
     return atomic_write(path, lambda p: torch.save(state, p))
 
 
@@ -163,6 +179,7 @@ def load_checkpoint(path) -> dict:
     import zipfile
 
     import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -174,11 +191,14 @@ def load_checkpoint(path) -> dict:
         # name only the global: torch's own text suggests allow-listing it, which is the unsafe way out
         found = re.search(r"GLOBAL (\S+)", str(e))
         what = f"it calls {found.group(1)}" if found else "it holds objects that are not tensors"
-        raise CheckpointError(f"{path}: refused to load it, since loading would run code from it ({what}); "
-                              f"c2f-search and timm checkpoints hold only tensors and plain values") from None
+        raise CheckpointError(
+            f"{path}: refused to load it, since loading would run code from it ({what}); "
+            f"c2f-search and timm checkpoints hold only tensors and plain values"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot be read, it is truncated or not a torch checkpoint "
-                              f"({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: cannot be read, it is truncated or not a torch checkpoint ({str(e).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a checkpoint (a {type(state).__name__}, expected a dict)")
     return state
@@ -197,8 +217,10 @@ def read_yaml(path, error: type[C2FError] = C2FError):
                     continue
                 key, line = self.construct_object(key_node), key_node.start_mark.line + 1
                 if isinstance(key, str | int | float | bool) and key in seen:
-                    raise error(f"{path}: line {line}: key {key!r} is given twice in one mapping (first on line "
-                                f"{seen[key]}); keep one")
+                    raise error(
+                        f"{path}: line {line}: key {key!r} is given twice in one mapping (first on line "
+                        f"{seen[key]}); keep one"
+                    )
                 seen[key] = line
             return super().construct_mapping(node, deep)
 
@@ -206,6 +228,8 @@ def read_yaml(path, error: type[C2FError] = C2FError):
         return yaml.load(read_text(path, error), Loader=UniqueKeys)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML ({e})") from None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -242,6 +266,7 @@ def folder_lock(folder, what: str, command: str):
     call creates are removed again if nothing else was written to them. `what` names the folder as the
     user gave it (``--out runs/x``)."""
     import fcntl
+
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise C2FError(f"{what}: is a file; give a folder")
@@ -268,8 +293,12 @@ def folder_lock(folder, what: str, command: str):
         _remove_empty(created)
         raise C2FError(f"{what}: cannot write there ({e.strerror or e}); choose a writable folder") from None
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": HOST, "command": command,
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    os.write(
+        fd,
+        json.dumps(
+            {"pid": os.getpid(), "host": HOST, "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        ).encode(),
+    )
     try:
         yield
     finally:
@@ -284,8 +313,10 @@ def _held(path: Path, what: str) -> str:
     except (OSError, ValueError):  # the holder has not written its name yet
         return f"{what}: in use by another c2f-search command; wait for it to end or choose another folder"
     where = "this machine" if h["host"] == HOST else f"host {h['host']}"
-    line = (f"{what}: in use by c2f-search {h['command']} (pid {h['pid']} on {where}, since {h['since']}); wait "
-            f"for it to end or choose another folder")
+    line = (
+        f"{what}: in use by c2f-search {h['command']} (pid {h['pid']} on {where}, since {h['since']}); wait "
+        f"for it to end or choose another folder"
+    )
     if h["host"] != HOST:
         line += f"; if it no longer runs there, delete {path}"
     return line

@@ -1,4 +1,5 @@
 """The input geometry of one phase, and the capabilities a compression method asks of a model family."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ class Geometry:
     Fshift and pooling shorten the input (``frames = T / C``); the patch methods keep it and
     stretch the patch (``time_stretch = C``). A model family turns this into its own layers.
     """
+
     num_mel_bins: int
     frames: int
     time_stretch: int = 1
@@ -26,6 +28,7 @@ class Geometry:
 
 class Capability(str, Enum):
     """What a compression method needs from a model family, and what a family provides."""
+
     SHORTER_INPUT = "a shorter time axis (a new token grid)"
     STRETCHED_PATCH = "a patch kernel stretched along time"
     TOKEN_DROP = "dropping tokens after the position embedding"

@@ -2,11 +2,13 @@
 controllers, objectives): entries are added by a decorator, and the package that holds the built-in
 ones is imported module by module on first use, so a new built-in is one file and an outside one is
 one ``register`` call."""
+
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from .errors import C2FError
 
@@ -17,13 +19,15 @@ class Registry(Generic[T]):
     """Name -> entry. `package` is discovered on first lookup; `unknown(name, names)` builds the
     error for a name that is not registered (each kind words it for its own flag)."""
 
-    def __init__(self, kind: str, package: str | None = None,
-                 unknown: Callable[[str, list[str]], Exception] | None = None):
+    def __init__(
+        self, kind: str, package: str | None = None, unknown: Callable[[str, list[str]], Exception] | None = None
+    ):
         self.kind, self.package = kind, package
         self._entries: dict[str, T] = {}
         self._discovered = package is None
-        self._unknown = unknown or (lambda name, names: C2FError(
-            f"unknown {kind} {name!r}; choose one of {', '.join(names)}"))
+        self._unknown = unknown or (
+            lambda name, names: C2FError(f"unknown {kind} {name!r}; choose one of {', '.join(names)}")
+        )
 
     def register(self, name: str, entry: T | None = None):
         """``register(name, entry)``, or ``@register(name)`` over a class or function."""
@@ -34,6 +38,7 @@ class Registry(Generic[T]):
         def deco(obj):
             self._entries[name] = obj
             return obj
+
         return deco
 
     def unregister(self, name: str) -> None:

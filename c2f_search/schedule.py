@@ -5,10 +5,12 @@ last phase runs at full resolution (C = 1). A method prefix may start any coarse
 the phases after it until the next one: ``avgpool:4x2,tpatchout:2x2,1x6`` pools by 4 for 2 epochs, then
 keeps half the time columns for 2, then trains at full resolution (C = 1 is the same for every method,
 so the final phase takes no prefix of its own). An adaptive schedule leaves coarse phase lengths to a
-phase controller: ``fshift:4xauto,2xauto,1x12`` (the last phase always has a length). Table 1's ablation that never returns to full
+phase controller: ``fshift:4xauto,2xauto,1x12`` (the last phase always has a length). Table 1's ablation that
+never returns to full
 resolution ("Pool2") has its own spelling, ``METHOD:CxE,coarse-only`` (e.g. ``avgpool:2x20,coarse-only``),
 so that a forgotten ``1xE`` is still an error.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,13 +59,15 @@ class Schedule:
         _validate(self)
 
     @classmethod
-    def parse(cls, text: str) -> "Schedule":
+    def parse(cls, text: str) -> Schedule:
         return parse_schedule(text)
 
     def __str__(self) -> str:
         """A method prefix only where the method changes."""
-        parts = [f"{p.method}:{p}" if k == 0 or p.method != self.phases[k - 1].method else str(p)
-                 for k, p in enumerate(self.phases)]
+        parts = [
+            f"{p.method}:{p}" if k == 0 or p.method != self.phases[k - 1].method else str(p)
+            for k, p in enumerate(self.phases)
+        ]
         return ",".join(parts) + (f",{COARSE_ONLY}" if self.coarse_only else "")
 
     @property
@@ -88,6 +92,7 @@ class Schedule:
         """The C of every phase whose method changes the token grid (a token-dropping one keeps it, and its C
         need not divide anything)."""
         from .compress import get_method
+
         return [p.C for p in self.phases if not get_method(p.method).drops_tokens]
 
     @property
@@ -113,11 +118,16 @@ class Schedule:
         """One phase at full resolution: the reference every saving is measured against."""
         return self.Cs == [1]
 
-    def scaled(self, factor: float) -> "Schedule":
+    def scaled(self, factor: float) -> Schedule:
         """The same shape over `factor` times the epochs: every fixed phase's length times `factor` (six
         significant digits, so a short phase never rounds to nothing); auto phases stay auto."""
-        return Schedule(self.method, tuple(replace(p, epochs=None if p.epochs is None else float(f"{p.epochs * factor:.6g}"))
-                                           for p in self.phases), self.coarse_only)
+        return Schedule(
+            self.method,
+            tuple(
+                replace(p, epochs=None if p.epochs is None else float(f"{p.epochs * factor:.6g}")) for p in self.phases
+            ),
+            self.coarse_only,
+        )
 
     def phase_steps(self, steps_per_epoch: int) -> list[int]:
         """Optimizer steps per phase; fractional epochs round to whole steps (at least 1).
@@ -147,37 +157,48 @@ class Schedule:
 
 def _validate(s: Schedule) -> None:
     from .compress import get_method
+
     method = get_method(s.method)  # raises ScheduleError naming the registered methods
     if not s.phases:
         raise ScheduleError(f"schedule has no phases; write e.g. {EXAMPLE}")
     for k, p in enumerate(s.phases):
         if not isinstance(p.C, int) or isinstance(p.C, bool) or p.C < 1:
             raise ScheduleError(f"phase {k + 1}: C must be a positive integer, got {p.C!r} (e.g. {EXAMPLE})")
-        if p.epochs is not None and not (isinstance(p.epochs, (int, float)) and not isinstance(p.epochs, bool)
-                                         and math.isfinite(p.epochs) and p.epochs > 0):
+        if p.epochs is not None and not (
+            isinstance(p.epochs, (int, float))
+            and not isinstance(p.epochs, bool)
+            and math.isfinite(p.epochs)
+            and p.epochs > 0
+        ):
             raise ScheduleError(f"phase {k + 1}: epochs must be a finite number > 0, got {p.epochs!r} (e.g. {EXAMPLE})")
         if k and p.method != s.phases[k - 1].method:
             _check_switch(s, k)
     cs = s.Cs
     if s.phases[-1].epochs is None:
-        raise ScheduleError(f"the last phase needs a length, e.g. fshift:4xauto,2xauto,1x12; only coarse phases "
-                            f"may be '{AUTO}'")
+        raise ScheduleError(
+            f"the last phase needs a length, e.g. fshift:4xauto,2xauto,1x12; only coarse phases may be '{AUTO}'"
+        )
     if any(a <= b for a, b in zip(cs, cs[1:])):
         raise ScheduleError(f"C must strictly decrease across phases, got {'->'.join(map(str, cs))} (e.g. {EXAMPLE})")
     if not method.compresses and cs != [1]:
         raise ScheduleError(f"method {s.method!r} is the baseline and takes one phase at C=1, e.g. none:1x20")
     if s.coarse_only:
         if cs[-1] == 1:
-            raise ScheduleError(f"{s}: '{COARSE_ONLY}' is for schedules that never reach C=1; drop it, or drop "
-                                f"the 1xE phase (e.g. avgpool:2x20,{COARSE_ONLY})")
+            raise ScheduleError(
+                f"{s}: '{COARSE_ONLY}' is for schedules that never reach C=1; drop it, or drop "
+                f"the 1xE phase (e.g. avgpool:2x20,{COARSE_ONLY})"
+            )
     elif cs[-1] != 1:
-        raise ScheduleError(f"the last phase must have C=1 (full resolution), got C={cs[-1]} (e.g. {EXAMPLE}); "
-                            f"for Table 1's coarse-only ablation write {s.phases[-1].method}:{cs[-1]}xE,{COARSE_ONLY}")
+        raise ScheduleError(
+            f"the last phase must have C=1 (full resolution), got C={cs[-1]} (e.g. {EXAMPLE}); "
+            f"for Table 1's coarse-only ablation write {s.phases[-1].method}:{cs[-1]}xE,{COARSE_ONLY}"
+        )
 
 
 def _check_switch(s: Schedule, k: int) -> None:
     """Phase k (0-based) names a method other than the phase before it."""
     from .compress import get_method
+
     p = s.phases[k]
     where = f"phase {k + 1} ('{p.method}:{p}')"
     try:
@@ -185,11 +206,15 @@ def _check_switch(s: Schedule, k: int) -> None:
     except ScheduleError as e:
         raise ScheduleError(f"{where}: {e}") from None
     if not method.compresses:
-        raise ScheduleError(f"{where}: {p.method!r} is the baseline, a schedule of its own (e.g. none:1x20); "
-                            f"a later phase names a compression method (e.g. avgpool:4x2,tpatchout:2x2,1x6)")
+        raise ScheduleError(
+            f"{where}: {p.method!r} is the baseline, a schedule of its own (e.g. none:1x20); "
+            f"a later phase names a compression method (e.g. avgpool:4x2,tpatchout:2x2,1x6)"
+        )
     if p.C == 1:
-        raise ScheduleError(f"{where}: C=1 is full resolution for every method, so the final phase takes no method "
-                            f"of its own; write {p} (e.g. avgpool:4x2,tpatchout:2x2,1x6)")
+        raise ScheduleError(
+            f"{where}: C=1 is full resolution for every method, so the final phase takes no method "
+            f"of its own; write {p} (e.g. avgpool:4x2,tpatchout:2x2,1x6)"
+        )
 
 
 _PHASE = re.compile(r"^\s*([-+]?\d+)\s*x\s*(.+?)\s*$")
@@ -230,8 +255,10 @@ def _phase(part: str, text: str, method: str | None) -> Phase:
     if m.group(2) == AUTO:
         return Phase(int(m.group(1)), None, method)
     if not _NUMBER.match(m.group(2)):
-        raise ScheduleError(f"phase {part!r} in {text!r}: epochs {m.group(2)!r} is not a number "
-                            f"(e.g. {EXAMPLE}; fractions like 0.5 are fine, or '{AUTO}' for a controller)")
+        raise ScheduleError(
+            f"phase {part!r} in {text!r}: epochs {m.group(2)!r} is not a number "
+            f"(e.g. {EXAMPLE}; fractions like 0.5 are fine, or '{AUTO}' for a controller)"
+        )
     return Phase(int(m.group(1)), float(m.group(2)), method)
 
 

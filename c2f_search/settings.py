@@ -5,6 +5,7 @@ as ``config.json`` and ``search.json`` record it), ``given`` (which flags a comm
 (the layering) and ``check_agrees`` (a flag that contradicts what was recorded is refused, in one line).
 ``SearchSettings`` is what a search was started with, saved as ``DIR/search.json`` so that ``--resume``,
 ``pareto``, ``confirm`` and ``report`` read the same settings."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import get_type_hints
 
+from .data.store import FEATURE_MODES
 from .errors import C2FError, SpaceError
 from .files import atomic_write, read_json
-from .data.store import FEATURE_MODES
 from .layout import SearchDir
 
 
@@ -42,6 +43,7 @@ def train_config(*layers: dict):
     """The ``TrainConfig`` of `layers` (``merged``) over its defaults, once every setting is checked."""
     from .config import TrainConfig
     from .validate import validate
+
     return validate(TrainConfig.from_dict(merged(*layers)))
 
 
@@ -49,8 +51,16 @@ def _same(a, b) -> bool:
     return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
 
 
-def check_agrees(recorded: dict, flags: dict, was: str, go_on: str, may_change=(), defaults=None,
-                 names=None) -> None:
+def _as_flag(name: str, value) -> str:
+    """A setting's value as it would be given on the command line."""
+    if value is True:
+        return flag(name)
+    if value is False:
+        return f"--no-{flag(name)[2:]}"
+    return f"{flag(name)} {list(value) if isinstance(value, tuple) else value}"
+
+
+def check_agrees(recorded: dict, flags: dict, was: str, go_on: str, may_change=(), defaults=None, names=None) -> None:
     """Refuse the first setting in `flags` whose value differs from `recorded` (model settings compared one by
     one), naming its flag, what `was` recorded and how to `go_on`. Settings in `may_change` may differ;
     `defaults` gives the value of one the record does not hold; `names` maps a setting to its flag's name
@@ -65,9 +75,8 @@ def check_agrees(recorded: dict, flags: dict, was: str, go_on: str, may_change=(
         had = recorded.get(k, defaults.get(k))
         if not _same(had, v):
             name = names.get(k, k)
-            show = lambda x: flag(name) if x is True else f"--no-{flag(name)[2:]}" if x is False \
-                else f"{flag(name)} {list(x) if isinstance(x, tuple) else x}"  # noqa: E731
-            raise C2FError(f"{show(v)}: {was} {'without it' if had is None else f'with {show(had)}'}; {go_on}")
+            had_text = "without it" if had is None else f"with {_as_flag(name, had)}"
+            raise C2FError(f"{_as_flag(name, v)}: {was} {had_text}; {go_on}")
 
 
 @dataclass
@@ -89,9 +98,19 @@ class DataSettings:
     workers: int | None = None  # --stream-workers
     labelled: bool = True  # False: pretraining reads audio only
 
-    FLAGS = {"data": "train", "val": "val", "labels": "labels", "task": "task", "skip_bad": "skip_bad",
-             "norm": "norm", "no_cache": "cache_dir", "num_mel_bins": "num_mel_bins",
-             "target_length": "target_length", "features": "features", "stream_workers": "workers"}
+    FLAGS = {
+        "data": "train",
+        "val": "val",
+        "labels": "labels",
+        "task": "task",
+        "skip_bad": "skip_bad",
+        "norm": "norm",
+        "no_cache": "cache_dir",
+        "num_mel_bins": "num_mel_bins",
+        "target_length": "target_length",
+        "features": "features",
+        "stream_workers": "workers",
+    }
     # where features come from, not what they are: a resumed run may change them (Run checks the dtype)
     EXECUTION = ("cache_dir", "features", "workers")
 
@@ -99,6 +118,7 @@ class DataSettings:
     def from_flags(cls, a) -> dict:
         """The data flags `a` gives, as fields (``--norm`` parsed, ``--no-cache`` as ``cache_dir: None``)."""
         from .data.frontend import parse_norm
+
         out = {cls.FLAGS[k]: v for k, v in given(a, cls.FLAGS).items()}
         if "norm" in out:
             norm = parse_norm(out["norm"])
@@ -111,6 +131,7 @@ class DataSettings:
     def from_recipe(cls, recipe) -> dict:
         """A recipe's front end as fields (its normalization given by data set name or as numbers)."""
         from .data.frontend import parse_norm
+
         if recipe is None:
             return {}
         d = dict(recipe.data)
@@ -145,6 +166,7 @@ class DataSettings:
         """Absolute paths, a built-in data set generated and its front end written out, and the cache folder
         absolute, so that trials on any node and in any folder read the same data."""
         from .data import builtin_events
+
         d = replace(self)
         if d.train and d.train.startswith("builtin:"):
             root = builtin_events.materialize(d.train)
@@ -165,17 +187,24 @@ class DataSettings:
     def load(self, **kw):
         """The ``Data`` these settings describe (``Data.from_specs``; `kw`: quantum, progress, test, ...)."""
         from .data import Data
+
         return Data.from_specs(**asdict(self), **kw)
 
     def with_data(self, data) -> DataSettings:
         """These settings with what loading `data` resolved: its normalization and front end."""
-        return replace(self, norm=[data.mean, data.std], target_length=data.fe.target_length,
-                       num_mel_bins=data.fe.num_mel_bins, target_reason=self.target_reason or data.target_reason)
+        return replace(
+            self,
+            norm=[data.mean, data.std],
+            target_length=data.fe.target_length,
+            num_mel_bins=data.fe.num_mel_bins,
+            target_reason=self.target_reason or data.target_reason,
+        )
 
 
 def resolve_test(spec: str | None) -> str | None:
     """``--test`` as an absolute path (a built-in spec becomes its generated validation file)."""
     from .data import builtin_events
+
     if spec is None:
         return None
     if spec.startswith("builtin:"):
@@ -184,9 +213,21 @@ def resolve_test(spec: str | None) -> str | None:
 
 
 # the data arguments a search records, and their types (search.json's "data")
-DATA_FIELDS = {"train": str, "val": str | None, "labels": str | None, "task": str, "skip_bad": bool,
-               "norm": list | None, "cache_dir": str | None, "num_mel_bins": int | None, "target_length": int | None,
-               "target_reason": str | None, "features": str, "workers": int | None, "labelled": bool}
+DATA_FIELDS = {
+    "train": str,
+    "val": str | None,
+    "labels": str | None,
+    "task": str,
+    "skip_bad": bool,
+    "norm": list | None,
+    "cache_dir": str | None,
+    "num_mel_bins": int | None,
+    "target_length": int | None,
+    "target_reason": str | None,
+    "features": str,
+    "workers": int | None,
+    "labelled": bool,
+}
 
 
 @dataclass
@@ -222,21 +263,26 @@ class SearchSettings:
         atomic_write(SearchDir(self.out).settings, json.dumps(asdict(self), indent=1))
 
     @classmethod
-    def load(cls, out) -> "SearchSettings":
+    def load(cls, out) -> SearchSettings:
         """The settings of the search in `out`, wherever it was when it was written: a search folder can be
         moved or copied, and every command acts on the folder it is given."""
         from .layout import RunDir
+
         p = SearchDir(out).settings
         if not p.is_file():
             what = " (it holds a 'c2f-search train' run)" if RunDir(out).config.is_file() else ""
-            raise SpaceError(f"{p}: not found, so {out} is not the folder of a search{what}; give the --out DIR "
-                             f"of a 'c2f-search search'")
+            raise SpaceError(
+                f"{p}: not found, so {out} is not the folder of a search{what}; give the --out DIR "
+                f"of a 'c2f-search search'"
+            )
         hints = get_type_hints(cls)
         d = read_json(p, {**{f.name: hints[f.name] for f in fields(cls)}, "data": DATA_FIELDS}, SpaceError)
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-                   and f.name not in d]
+        missing = [
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in d
+        ]
         if missing:
-            raise SpaceError(f"{p}: key {missing[0]!r} is missing; restore the file or start a new search in another "
-                             f"--out")
+            raise SpaceError(
+                f"{p}: key {missing[0]!r} is missing; restore the file or start a new search in another --out"
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known} | {"out": str(Path(out).resolve())})

@@ -3,6 +3,7 @@ compression method, transition, objective, weight averaging). ``TrainConfig`` it
 and ranges only; every entry point (``Run``, the CLI, a search's driver, a recipe) calls this before
 any work starts. ``check_against_data`` adds what only the data decide, called by ``Run`` and, for every
 configuration a search may sample, by the search's driver before Ray starts."""
+
 from __future__ import annotations
 
 from .compress import get_method
@@ -23,8 +24,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     objective = get_objective(cfg.objective)
     for k, p in enumerate(schedule.phases):
         if get_method(p.method).drops_at(p.C) and not objective.takes_token_drop:
-            raise ScheduleError(f"phase {k + 1} ('{p.method}:{p}'): the {cfg.objective} objective cannot train with "
-                                f"dropped tokens; use a method that shortens the input, e.g. fshift:{p}")
+            raise ScheduleError(
+                f"phase {k + 1} ('{p.method}:{p}'): the {cfg.objective} objective cannot train with "
+                f"dropped tokens; use a method that shortens the input, e.g. fshift:{p}"
+            )
     if cfg.transition is not None:
         check_transition(cfg.transition)
     if cfg.weight_averaging is not None:
@@ -35,22 +38,29 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 def check_batch_size(batch_size: int, n_train: int) -> None:
     if n_train < batch_size:
-        raise ConfigError("batch_size", f"{batch_size} is more than the {n_train} training clips; every step "
-                                        f"trains a full batch, use at most {n_train}")
+        raise ConfigError(
+            "batch_size",
+            f"{batch_size} is more than the {n_train} training clips; every step "
+            f"trains a full batch, use at most {n_train}",
+        )
 
 
 def masked_patches(cfg, model_kwargs: dict, full: Geometry) -> tuple[int, int]:
     """(patches, masked patches) of a masked-patch pretraining run at full resolution."""
     from .models.ssast import MASK_FRACTION
+
     model = create_model(cfg.model, geometry=full, device="meta", **model_kwargs)
     if not hasattr(model, "masked_patch_loss"):
-        raise ConfigError("model", f"{cfg.model} cannot be pretrained by masked patch modeling; use ssast-tiny "
-                                   f"or ssast-base")
+        raise ConfigError(
+            "model", f"{cfg.model} cannot be pretrained by masked patch modeling; use ssast-tiny or ssast-base"
+        )
     f, t = model.token_grid
     masked = cfg.mask_patches or max(1, round(MASK_FRACTION * f * t))
     if masked > f * t:
-        raise ConfigError("mask_patches", f"{masked} is more than the {f * t} patches of the full-resolution "
-                                          f"input ({f}x{t}); use at most {f * t}")
+        raise ConfigError(
+            "mask_patches",
+            f"{masked} is more than the {f * t} patches of the full-resolution input ({f}x{t}); use at most {f * t}",
+        )
     return f * t, masked
 
 

@@ -23,6 +23,7 @@ def _cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data(_cache):
     from c2f_search.data.sets import Data
+
     return Data.from_specs(TINY_DATA)
 
 
@@ -41,15 +42,32 @@ def craft_search(root, trial_ids=("base", "c2f"), metric_name="accuracy", baseli
     finished (the baseline stopped early where not `baseline_done`), each a trial folder with its
     result.json holding its config (no Ray, no training)."""
     from c2f_search.schema import RECORD_FIELDS
-    for k, (tid, schedule, Cs) in enumerate([(trial_ids[0], "none:1x2", (1, 1)),
-                                             (trial_ids[1], "fshift:2x1,1x1", (2, 1))]):
+
+    for k, (tid, schedule, Cs) in enumerate(
+        [(trial_ids[0], "none:1x2", (1, 1)), (trial_ids[1], "fshift:2x1,1x1", (2, 1))]
+    ):
         trial = root / "search" / f"train_schedule_{k}"
         trial.mkdir(parents=True)
-        lines = [{**dict.fromkeys(RECORD_FIELDS), "schedule": schedule, "method": schedule.split(":")[0],
-                  "phase": step if Cs[0] > 1 else 1, "C": C, "epoch": float(step), "step": 10 * step,
-                  "val_metric": 0.3 * step, "metric_name": metric_name, "train_flops": 1e9 * step * (3 - C),
-                  "train_time_s": float(step), "phase_end": step == 2 or Cs[0] > 1,
-                  "schedule_done": step == 2 and (baseline_done or k > 0), "averaged": False, "trial_id": tid,
-                  "config": {"schedule": schedule}} for step, C in ((1, Cs[0]), (2, Cs[1]))]
+        lines = [
+            {
+                **dict.fromkeys(RECORD_FIELDS),
+                "schedule": schedule,
+                "method": schedule.split(":")[0],
+                "phase": step if Cs[0] > 1 else 1,
+                "C": C,
+                "epoch": float(step),
+                "step": 10 * step,
+                "val_metric": 0.3 * step,
+                "metric_name": metric_name,
+                "train_flops": 1e9 * step * (3 - C),
+                "train_time_s": float(step),
+                "phase_end": step == 2 or Cs[0] > 1,
+                "schedule_done": step == 2 and (baseline_done or k > 0),
+                "averaged": False,
+                "trial_id": tid,
+                "config": {"schedule": schedule},
+            }
+            for step, C in ((1, Cs[0]), (2, Cs[1]))
+        ]
         (trial / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return root

@@ -5,6 +5,7 @@ It records every op that touches a CPU tensor (a tensor made on the host, e.g. a
 ``device=``, or one copied to the device from pageable memory), every op that reads a device value back
 (``.item()``, ``nonzero``, ``masked_select``), and every call of ``torch.cuda.synchronize``. On CUDA each of
 these blocks the host or puts a copy on the step's path."""
+
 from __future__ import annotations
 
 from unittest import mock
@@ -14,8 +15,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 aten = torch.ops.aten
-READ_BACK = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-             aten.is_nonzero.default}
+READ_BACK = {
+    aten._local_scalar_dense.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.is_nonzero.default,
+}
 
 
 class HostTraffic(TorchDispatchMode):
@@ -28,7 +33,9 @@ class HostTraffic(TorchDispatchMode):
         if func in READ_BACK:  # recorded before the call: a meta tensor has no value to read
             self.events.append(f"{func}: reads a device value back to the host")
         out = func(*args, **kwargs)
-        on_host = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor) and t.device.type == "cpu"]
+        on_host = [
+            t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor) and t.device.type == "cpu"
+        ]
         if on_host:
             self.events.append(f"{func}: touches a CPU tensor of shape {tuple(on_host[0].shape)}")
         return out
@@ -39,6 +46,7 @@ class HostTraffic(TorchDispatchMode):
         def counted(*a, **k):
             self.events.append("torch.cuda.synchronize")
             return real(*a, **k)
+
         self._patch = mock.patch.object(torch.cuda, "synchronize", counted)
         self._patch.start()
         return super().__enter__()

@@ -11,8 +11,22 @@ from .conftest import TINY_DATA
 
 def test_train_writes_metrics_and_checkpoints(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--data", TINY_DATA, "--schedule", "fshift:2x1,1x1", "--depth", "1", "--batch-size", "8",
-               "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            TINY_DATA,
+            "--schedule",
+            "fshift:2x1,1x1",
+            "--depth",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     t = pq.read_table(out / "metrics.parquet").to_pylist()
     assert [r["epoch"] for r in t] == [1.0, 2.0] and [r["C"] for r in t] == [2, 1]
@@ -22,14 +36,47 @@ def test_train_writes_metrics_and_checkpoints(tmp_path, capsys):
     ck = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ck == ["final.pt", "last.pt", "phase1-C2.pt"]
     # resume of a finished run adds nothing and fails nothing
-    assert main(["train", "--data", TINY_DATA, "--schedule", "fshift:2x1,1x1", "--depth", "1", "--batch-size", "8",
-                 "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                TINY_DATA,
+                "--schedule",
+                "fshift:2x1,1x1",
+                "--depth",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert len(pq.read_table(out / "metrics.parquet")) == 2
 
 
 def test_flops_json_and_saving(capsys):
-    assert main(["flops", "--model", "ast-base", "--seconds", "10", "--schedule", "fshift:4x5,1x15",
-                 "--schedule", "none:1x20", "--json"]) == 0
+    assert (
+        main(
+            [
+                "flops",
+                "--model",
+                "ast-base",
+                "--seconds",
+                "10",
+                "--schedule",
+                "fshift:4x5,1x15",
+                "--schedule",
+                "none:1x20",
+                "--json",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["target_length"] == 1024
     fs, base = doc["schedules"]
@@ -46,8 +93,9 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path):
         (["search", "--space", str(tmp_path / "nope.yaml"), "--data", TINY_DATA], "no such search-space file"),
     ]
     for args, words in cases:
-        p = subprocess.run([sys.executable, "-m", "c2f_search.cli", *args], capture_output=True, text=True,
-                           cwd=tmp_path)
+        p = subprocess.run(
+            [sys.executable, "-m", "c2f_search.cli", *args], capture_output=True, text=True, cwd=tmp_path
+        )
         assert p.returncode == 2, p.stderr
         assert words in p.stderr and "Traceback" not in p.stderr, p.stderr
 
@@ -63,5 +111,6 @@ def test_demo_explains_its_sizes_and_its_space_checks():
     assert p.returncode == 0 and "depth 2" in text and "about 0.7 accuracy" in text
     from c2f_search.cli.demo import DEMO_DEPTH
     from c2f_search.search.space import load_space
+
     sp = load_space("demo")
     assert sp.coarse_phases[0] == 0 and not sp.hparams and DEMO_DEPTH == 2  # the baseline runs; only schedules vary

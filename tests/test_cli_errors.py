@@ -1,5 +1,6 @@
 """Every user mistake through the command line: exit code 2, one line on stderr naming the flag,
 file or key, no traceback, and nothing written for a run that never started."""
+
 import contextlib
 import hashlib
 import json
@@ -50,9 +51,11 @@ def bad(tmp_path):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
     for name, labels, datafile in [  # labels CSVs and datafiles that cannot be read as they are
-            ("dupmid", b"0,/m/a,a\n1,/m/b,b\n2,/m/a,c\n", None), ("nonint", b"0,/m/a,a\none,/m/b,b\n", None),
-            ("latin", "0,/m/a,caf\u00e9\n".encode("latin-1"), None),
-            ("latinjson", b"0,/m/a,a\n", b'{"data": [\n{"wav": "caf\xe9.wav", "labels": "/m/a"}]}')]:
+        ("dupmid", b"0,/m/a,a\n1,/m/b,b\n2,/m/a,c\n", None),
+        ("nonint", b"0,/m/a,a\none,/m/b,b\n", None),
+        ("latin", "0,/m/a,caf\u00e9\n".encode("latin-1"), None),
+        ("latinjson", b"0,/m/a,a\n", b'{"data": [\n{"wav": "caf\xe9.wav", "labels": "/m/a"}]}'),
+    ]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "class_labels_indices.csv").write_bytes(b"index,mid,display_name\n" + labels)
         (tmp_path / name / "train.json").write_bytes(datafile or b'{"data": [{"wav": "a.wav", "labels": "/m/a"}]}')
@@ -68,8 +71,16 @@ def bad(tmp_path):
     lost = tmp_path / "nostudy"  # a search whose Optuna study was deleted
     (lost / "search").mkdir(parents=True)
     (lost / "search" / "tuner.pkl").write_bytes(b"x")
-    (lost / "search.json").write_text(json.dumps({"space": "default", "out": str(lost), "data": {"train": "x"},
-                                                  "tuner_sha256": hashlib.sha256(b"x").hexdigest()}))
+    (lost / "search.json").write_text(
+        json.dumps(
+            {
+                "space": "default",
+                "out": str(lost),
+                "data": {"train": "x"},
+                "tuner_sha256": hashlib.sha256(b"x").hexdigest(),
+            }
+        )
+    )
     for name, done in (("found", True), ("nobase", False)):  # searches a confirm --target reads, as written
         _with_settings(craft_search(tmp_path / name, baseline_done=done))
     (tmp_path / "found" / "confirm" / "plain").mkdir(parents=True)  # not a target's folder
@@ -85,11 +96,12 @@ def _with_settings(d):
     """search.json beside a crafted search: the demo space on the tiny data."""
     from dataclasses import asdict
 
-    from c2f_search.settings import DataSettings
-    from c2f_search.settings import SearchSettings
+    from c2f_search.settings import DataSettings, SearchSettings
+
     data = DataSettings(TINY_DATA, None, None, "auto", False, [0.0, 1.0], None, None, None).resolved()
-    (d / "search.json").write_text(json.dumps(asdict(SearchSettings(space="demo", out=str(d), data=data,
-                                                                    model_kwargs={"depth": 1}))))
+    (d / "search.json").write_text(
+        json.dumps(asdict(SearchSettings(space="demo", out=str(d), data=data, model_kwargs={"depth": 1})))
+    )
 
 
 class _RunsCode:
@@ -109,10 +121,17 @@ def _search_folder(d, flags, trials=None, tuner_sha256=None):
     from dataclasses import asdict
 
     from c2f_search.settings import SearchSettings
+
     (d / "search").mkdir(parents=True)
     (d / "search" / "tuner.pkl").write_bytes(pickle.dumps(_RunsCode(d / "pwned")))
-    st = SearchSettings(space="demo", out="/elsewhere/s", data={"train": "/elsewhere/train.json"}, trials=trials, flags=flags,
-                        tuner_sha256=tuner_sha256)
+    st = SearchSettings(
+        space="demo",
+        out="/elsewhere/s",
+        data={"train": "/elsewhere/train.json"},
+        trials=trials,
+        flags=flags,
+        tuner_sha256=tuner_sha256,
+    )
     (d / "search.json").write_text(json.dumps(asdict(st)))
 
 
@@ -145,29 +164,53 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (TRAIN + S + ["--init", "{t}/nope.pth"], "nope.pth: no such checkpoint file"),
     (TRAIN + S + ["--out", "{t}/a_file"], "--out {t}/a_file: is a file"),
     (TRAIN + S + ["--out", "/proc/c2f-x"], "--out /proc/c2f-x: cannot write there"),
-    (["train", "--data", "{t}/d/train.json", "--no-progress"] + S, "gone.wav: file not found; fix the 'wav' path in the datafile (listed in {t}/d/train.json"),
+    (
+        ["train", "--data", "{t}/d/train.json", "--no-progress"] + S,
+        "gone.wav: file not found; fix the 'wav' path in the datafile (listed in {t}/d/train.json",
+    ),
     (["train", "--data", "{t}/missing.json"] + S, "datafile not found"),
     (["train", "--data", TINY_DATA], "--schedule is required"),
     (["train"] + S, "--data is required"),
     (["train", "--out", "{t}/nothing", "--resume"], "last.pt not found"),
-    (["train", "--data", TINY_DATA, "--model", "cnn14-tiny", "--schedule", "patch-pi:2x1,1x1", "--no-progress"],
-     "cnn14-tiny (cnn14) does not support the compression method 'patch-pi'"),
+    (
+        ["train", "--data", TINY_DATA, "--model", "cnn14-tiny", "--schedule", "patch-pi:2x1,1x1", "--no-progress"],
+        "cnn14-tiny (cnn14) does not support the compression method 'patch-pi'",
+    ),
     (TRAIN + S + ["--model", "cnn14-tiny"], "--depth: cnn14-tiny does not take this setting"),
     (TRAIN + S + ["--weight-averaging", "best:3"], "--weight-averaging: 'best:3'"),
     (TRAIN + ["--model", "htsat", "--schedule", "fshift:4x1,1x1"], "C=4 does not divide the 2 time tokens"),
     # token dropping needs a family that can drop tokens, and an objective that trains with it
-    (TRAIN + ["--model", "htsat-tiny", "--schedule", "avgpool:4x1,tpatchout:2x1,1x1"],
-     "htsat-tiny (htsat) does not support the compression method 'tpatchout': it needs dropping tokens"),
-    (["train", "--data", TINY_DATA, "--model", "cnn14-tiny", "--schedule", "patchout:2x1,1x1", "--no-progress"],
-     "cnn14-tiny (cnn14) does not support the compression method 'patchout'"),
-    (["pretrain", "--data", TINY_DATA, "--depth", "1", "--no-progress", "--schedule", "fshift:4x1,fpatchout:2x1,1x1"],
-     "phase 2 ('fpatchout:2x1'): the masked-patch objective cannot train with dropped tokens"),
+    (
+        TRAIN + ["--model", "htsat-tiny", "--schedule", "avgpool:4x1,tpatchout:2x1,1x1"],
+        "htsat-tiny (htsat) does not support the compression method 'tpatchout': it needs dropping tokens",
+    ),
+    (
+        ["train", "--data", TINY_DATA, "--model", "cnn14-tiny", "--schedule", "patchout:2x1,1x1", "--no-progress"],
+        "cnn14-tiny (cnn14) does not support the compression method 'patchout'",
+    ),
+    (
+        [
+            "pretrain",
+            "--data",
+            TINY_DATA,
+            "--depth",
+            "1",
+            "--no-progress",
+            "--schedule",
+            "fshift:4x1,fpatchout:2x1,1x1",
+        ],
+        "phase 2 ('fpatchout:2x1'): the masked-patch objective cannot train with dropped tokens",
+    ),
     (TRAIN + ["--schedule", "avgpool:4x1,tpatchout:1x1"], "phase 2 ('tpatchout:1x1'): C=1 is full resolution"),
-    (["flops", "--model", "htsat", "--schedule", "fpatchout:2x1,1x1"], "htsat (htsat) does not support the "
-     "compression method 'fpatchout'"),
+    (
+        ["flops", "--model", "htsat", "--schedule", "fpatchout:2x1,1x1"],
+        "htsat (htsat) does not support the compression method 'fpatchout'",
+    ),
     (["pretrain", "--data", TINY_DATA, "--model", "ast-tiny", "--no-progress"] + S, "ast-tiny cannot be pretrained"),
-    (["pretrain", "--data", TINY_DATA, "--mask-patches", "65", "--depth", "1", "--no-progress"] + S,
-     "--mask-patches: 65 is more than the 64 patches"),
+    (
+        ["pretrain", "--data", TINY_DATA, "--mask-patches", "65", "--depth", "1", "--no-progress"] + S,
+        "--mask-patches: 65 is more than the 64 patches",
+    ),
     (["pretrain", "--data", "{t}/a_file", "--no-progress"] + S, "a_file"),
     (["pareto", "{t}", "--out", "{t}/x.txt"], "x.txt: use a file name ending in .parquet"),
     (["pareto", "{t}", "--ref", "0,-5"], "--ref"),
@@ -176,44 +219,107 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (["search", "--data", TINY_DATA, "--epochs", "0"], "--epochs"),
     (["search", "--data", TINY_DATA, "--epochs", "-1"], "--epochs"),
     (["search", "--data", TINY_DATA, "--gpus-per-trial", "-1"], "--gpus-per-trial"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{}}\nresources: {{gpu: all}}\n"],
-     "key 'resources'"),
+    (
+        ["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{}}\nresources: {{gpu: all}}\n"],
+        "key 'resources'",
+    ),
     (["search", "--data", TINY_DATA, "--space", "{t}/nope.yaml"], "no such search-space file"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{}}\nfixed: {{batch_size: 0}}\n"],
-     "key 'fixed.batch_size'"),
+    (
+        ["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{}}\nfixed: {{batch_size: 0}}\n"],
+        "key 'fixed.batch_size'",
+    ),
     (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{lr: [0.1, -1.0]}}\n"], "key 'space.lr'"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{precision: [bf16, fp32]}}\n"],
-     "key 'space.precision': can be fixed (fixed.precision) but not searched"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{}}\nfixed: {{precision: fp8}}\n"],
-     "key 'fixed.precision': must be one of auto, fp32, tf32, bf16, fp16"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{C_values: [3], coarse_phases: {{low: 0, high: 1}}}}\n"], "key 'space.C_values'"),
+    (
+        ["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{precision: [bf16, fp32]}}\n"],
+        "key 'space.precision': can be fixed (fixed.precision) but not searched",
+    ),
+    (
+        ["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace: {{}}\nfixed: {{precision: fp8}}\n"],
+        "key 'fixed.precision': must be one of auto, fp32, tf32, bf16, fp16",
+    ),
+    (
+        [
+            "search",
+            "--data",
+            TINY_DATA,
+            "--space",
+            "@epochs: 2\nspace: {{C_values: [3], coarse_phases: {{low: 0, high: 1}}}}\n",
+        ],
+        "key 'space.C_values'",
+    ),
     (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nmetric_target: 1.5\nspace: {{}}\n"], "metric_target"),
     # settings that would fail inside every trial: refused against the data, before Ray starts
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{}}\nfixed: {{batch_size: 128}}\n"],
-     "key 'fixed.batch_size' (ast-tiny): 128 is more than the 40 training clips"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{batch_size: {{low: 8, high: 64, int: true}}}}\n"],
-     "key 'space.batch_size' (ast-tiny): 64 is more than the 40 training clips"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nschedules: [{{schedule: 'none:1x1', fixed: {{batch_size: "
-      "50}}}}]\n"], "key 'schedules.fixed.batch_size' (ast-tiny): 50 is more than the 40 training clips"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nobjective: masked-patch\nmodel: ssast-tiny\n"
-      "schedules: ['none:1x1']\nfixed: {{batch_size: 8, mask_patches: 65}}\n"],
-     "key 'fixed.mask_patches' (ssast-tiny): 65 is more than the 64 patches"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nobjective: masked-patch\nmodel: [ssast-tiny, ast-tiny]\n"
-      "schedules: ['none:1x1']\nfixed: {{batch_size: 8}}\n"], "key 'model' (ast-tiny): ast-tiny cannot be pretrained"),
+    (
+        ["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{}}\nfixed: {{batch_size: 128}}\n"],
+        "key 'fixed.batch_size' (ast-tiny): 128 is more than the 40 training clips",
+    ),
+    (
+        [
+            "search",
+            "--data",
+            TINY_DATA,
+            "--space",
+            "@epochs: 1\nspace: {{batch_size: {{low: 8, high: 64, int: true}}}}\n",
+        ],
+        "key 'space.batch_size' (ast-tiny): 64 is more than the 40 training clips",
+    ),
+    (
+        [
+            "search",
+            "--data",
+            TINY_DATA,
+            "--space",
+            "@epochs: 1\nschedules: [{{schedule: 'none:1x1', fixed: {{batch_size: 50}}}}]\n",
+        ],
+        "key 'schedules.fixed.batch_size' (ast-tiny): 50 is more than the 40 training clips",
+    ),
+    (
+        [
+            "search",
+            "--data",
+            TINY_DATA,
+            "--space",
+            "@epochs: 1\nobjective: masked-patch\nmodel: ssast-tiny\n"
+            "schedules: ['none:1x1']\nfixed: {{batch_size: 8, mask_patches: 65}}\n",
+        ],
+        "key 'fixed.mask_patches' (ssast-tiny): 65 is more than the 64 patches",
+    ),
+    (
+        [
+            "search",
+            "--data",
+            TINY_DATA,
+            "--space",
+            "@epochs: 1\nobjective: masked-patch\nmodel: [ssast-tiny, ast-tiny]\n"
+            "schedules: ['none:1x1']\nfixed: {{batch_size: 8}}\n",
+        ],
+        "key 'model' (ast-tiny): ast-tiny cannot be pretrained",
+    ),
     (TRAIN + S + ["--seed", "99999999999999999999999"], "--seed: '99999999999999999999999' is not an integer in"),
     (["search", "--data", TINY_DATA, "--seed", "99999999999999999999999"], "--seed"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{}}\nfixed: {{seed: 4294967296}}\n"],
-     "key 'fixed.seed': must be at most 4294967295"),
+    (
+        ["search", "--data", TINY_DATA, "--space", "@epochs: 1\nspace: {{}}\nfixed: {{seed: 4294967296}}\n"],
+        "key 'fixed.seed': must be at most 4294967295",
+    ),
     # files that cannot be read or written
     (["search", "--data", TINY_DATA, "--space", "{t}/binary.yaml"], "binary.yaml: line 2: byte 0x80 is not UTF-8"),
-    (["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace:\n  lr: [0.001]\n  lr: [5.0]\n"],
-     "line 4: key 'lr' is given twice in one mapping (first on line 3)"),
-    (["train", "--data", "{t}/dupmid/train.json", "--no-progress"] + S,
-     "class_labels_indices.csv: line 4: mid '/m/a' is already the class on line 2"),
+    (
+        ["search", "--data", TINY_DATA, "--space", "@epochs: 2\nspace:\n  lr: [0.001]\n  lr: [5.0]\n"],
+        "line 4: key 'lr' is given twice in one mapping (first on line 3)",
+    ),
+    (
+        ["train", "--data", "{t}/dupmid/train.json", "--no-progress"] + S,
+        "class_labels_indices.csv: line 4: mid '/m/a' is already the class on line 2",
+    ),
     (["train", "--data", "{t}/nonint/train.json", "--no-progress"] + S, "line 3: index 'one' is not an integer"),
-    (["train", "--data", "{t}/latin/train.json", "--no-progress"] + S,
-     "class_labels_indices.csv: line 2: byte 0xe9 is not UTF-8"),
-    (["train", "--data", "{t}/latinjson/train.json", "--no-progress"] + S, "train.json: line 2: byte 0xe9 is not UTF-8"),
+    (
+        ["train", "--data", "{t}/latin/train.json", "--no-progress"] + S,
+        "class_labels_indices.csv: line 2: byte 0xe9 is not UTF-8",
+    ),
+    (
+        ["train", "--data", "{t}/latinjson/train.json", "--no-progress"] + S,
+        "train.json: line 2: byte 0xe9 is not UTF-8",
+    ),
     (["train", "--out", "{t}/trainrun", "--resume"], "trainrun/config.json: must be a JSON object, not []"),
     (["pareto", "{t}/nulljson"], "search.json: must be a JSON object, not null"),
     (["search", "--out", "{t}/nulljson", "--resume"], "search.json: must be a JSON object, not null"),
@@ -231,14 +337,22 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (TRAIN + S + ["--out", "{t}/dangling"], "dangling is a symbolic link to {t}/nowhere, which does not exist"),
     (["search", "--data", TINY_DATA, "--out", "{t}/dangling"], "which does not exist"),
     # a resume continues the search as it was started: a contradicting flag is refused by name
-    (["search", "--resume", "--out", "{t}/s", "--space", "paper"],
-     "--space paper: the search in {t}/s was started with --space demo; drop the flag"),
-    (["search", "--resume", "--out", "{t}/s", "--epochs", "2"],
-     "--epochs 2.0: the search in {t}/s was started without it"),
-    (["search", "--resume", "--out", "{t}/s", "--scheduler", "asha"],
-     "--scheduler asha: the search in {t}/s was started with --scheduler fifo"),
-    (["search", "--resume", "--out", "{t}/s", "--trials", "1"],
-     "--trials 1: the search in {t}/s was started with 2 trials; a resume may raise that number, not lower it"),
+    (
+        ["search", "--resume", "--out", "{t}/s", "--space", "paper"],
+        "--space paper: the search in {t}/s was started with --space demo; drop the flag",
+    ),
+    (
+        ["search", "--resume", "--out", "{t}/s", "--epochs", "2"],
+        "--epochs 2.0: the search in {t}/s was started without it",
+    ),
+    (
+        ["search", "--resume", "--out", "{t}/s", "--scheduler", "asha"],
+        "--scheduler asha: the search in {t}/s was started with --scheduler fifo",
+    ),
+    (
+        ["search", "--resume", "--out", "{t}/s", "--trials", "1"],
+        "--trials 1: the search in {t}/s was started with 2 trials; a resume may raise that number, not lower it",
+    ),
     # Ray unpickles DIR/search/tuner.pkl: one c2f-search did not write (no hash recorded) is refused
     (["search", "--resume", "--out", "{t}/old"], "search.json: records no hash of"),
     (["confirm", "{t}/nothing"], "{t}/nothing: no such search folder"),
@@ -246,19 +360,31 @@ CASES = [  # (args, phrase in the one stderr line); {t} is the test's folder
     (["confirm", "{t}/found", "--target", "t", "--model", "ast-huge"], "--model: invalid choice: 'ast-huge'"),
     (["confirm", "{t}/found", "--target", "t", "--data", "{t}/missing.json"], "datafile not found"),
     (["confirm", "{t}/found", "--target", "t", "--data", "{t}/d/train.json"], "gone.wav: file not found"),
-    (["confirm", "{t}/found", "--target", "t", "--epochs-factor", "0"], "--epochs-factor: '0' is not a finite number > 0"),
-    (["confirm", "{t}/found", "--target", "t", "--epochs-factor", "-2"], "--epochs-factor: '-2' is not a finite number > 0"),
+    (
+        ["confirm", "{t}/found", "--target", "t", "--epochs-factor", "0"],
+        "--epochs-factor: '0' is not a finite number > 0",
+    ),
+    (
+        ["confirm", "{t}/found", "--target", "t", "--epochs-factor", "-2"],
+        "--epochs-factor: '-2' is not a finite number > 0",
+    ),
     (["confirm", "{t}/found", "--target", "t", "--epochs", "0"], "--epochs: '0' is not a finite number > 0"),
-    (["confirm", "{t}/found", "--target", "t", "--epochs", "4", "--epochs-factor", "2"],
-     "--epochs-factor: not allowed with argument --epochs"),
+    (
+        ["confirm", "{t}/found", "--target", "t", "--epochs", "4", "--epochs-factor", "2"],
+        "--epochs-factor: not allowed with argument --epochs",
+    ),
     (["confirm", "{t}/nobase", "--target", "t", "--depth", "2"], "confirm needs a finished baseline trial"),
     (["confirm", "{t}/found", "--depth", "2"], "--depth: changes the setting, so it needs --target NAME"),
     (["confirm", "{t}/found", "--target", "a/b"], "--target 'a/b': name it with letters"),
     (["confirm", "{t}/found", "--target", "plain"], "exists and is not a target's folder"),
-    (["confirm", "{t}/found", "--target", "t", "--model", "cnn14-tiny", "--depth", "2"],
-     "--depth: cnn14-tiny does not take this setting"),
-    (["confirm", "{t}/found", "--target", "t", "--recipe", "esc50"],
-     "confirm --target t: key 'fixed.batch_size' (ast-base): 48 is more than the 40 training clips"),
+    (
+        ["confirm", "{t}/found", "--target", "t", "--model", "cnn14-tiny", "--depth", "2"],
+        "--depth: cnn14-tiny does not take this setting",
+    ),
+    (
+        ["confirm", "{t}/found", "--target", "t", "--recipe", "esc50"],
+        "confirm --target t: key 'fixed.batch_size' (ast-base): 48 is more than the 40 training clips",
+    ),
 ]
 
 
@@ -281,6 +407,7 @@ def test_user_mistake_is_one_line(args, phrase, bad, capsys, monkeypatch):
 
 def test_a_crafted_tuner_file_is_refused_before_it_is_unpickled(tmp_path, capsys):
     import hashlib
+
     d = tmp_path / "s"
     _search_folder(d, flags={}, tuner_sha256=hashlib.sha256(b"the file c2f-search wrote").hexdigest())
     rc, lines = _cli(["search", "--resume", "--out", str(d)], capsys)
@@ -305,6 +432,7 @@ def test_cache_env_pointing_at_a_file(bad, capsys, monkeypatch):
 
 def _wait_for(path, proc, timeout=240):
     import time
+
     t = time.time()
     while time.time() - t < timeout and proc.poll() is None:
         if path.exists():
@@ -317,6 +445,7 @@ def _interruptible():
     """SIGINT as a terminal gives it: a suite started in the background (`cmd &`, nohup) passes SIGINT
     ignored to its children, and Python then installs no KeyboardInterrupt handler."""
     import signal
+
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -325,10 +454,16 @@ def test_ctrl_c_ends_train_with_130_and_a_resume_hint(tmp_path):
     import signal
     import subprocess
     import sys
+
     out = tmp_path / "r"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    p = subprocess.Popen([sys.executable, "-m", "c2f_search.cli", *TRAIN, "--schedule", "fshift:2x1,1x20",
-                          "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_interruptible)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "c2f_search.cli", *TRAIN, "--schedule", "fshift:2x1,1x20", "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_interruptible,
+    )
     assert _wait_for(out / "checkpoints" / "phase1-C2.pt", p), p.communicate()[1][-2000:]
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=120)[1]
@@ -344,6 +479,7 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     import signal
     import subprocess
     import sys
+
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     out = tmp_path / "s"
     bad = _space(tmp_path, "epochs: 1\nspace: {C_values: [3], coarse_phases: {low: 0, high: 1}}\n")
@@ -353,14 +489,21 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and "search.json: not found" in p.stderr
     good = tmp_path / "good.yaml"
-    good.write_text("epochs: 2\nschedules: ['fshift:2x1,1x1', 'none:1x2']\nfixed: {batch_size: 8, eval_every: 0.25epoch}\n")
+    good.write_text(
+        "epochs: 2\nschedules: ['fshift:2x1,1x1', 'none:1x2']\nfixed: {batch_size: 8, eval_every: 0.25epoch}\n"
+    )
     log = open(tmp_path / "log", "w")
-    p = subprocess.Popen(cmd + ["--space", str(good)], stdout=log, stderr=subprocess.PIPE, text=True, env=env,
-                         preexec_fn=_interruptible)
+    p = subprocess.Popen(
+        cmd + ["--space", str(good)], stdout=log, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_interruptible
+    )
     import time
+
     t = time.time()  # interrupt at a trial's first result: a fixed wait let both finish on a fast machine
-    while p.poll() is None and time.time() - t < 240 and not any(
-            f.stat().st_size for f in (out / "search").glob("*/result.json")):
+    while (
+        p.poll() is None
+        and time.time() - t < 240
+        and not any(f.stat().st_size for f in (out / "search").glob("*/result.json"))
+    ):
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=300)[1]
@@ -369,6 +512,7 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     import pyarrow.fs as pafs
 
     from c2f_search.analysis.rows import UNFINISHED, _tune_states
+
     states = _tune_states(pafs.LocalFileSystem(), str(out / "search"))  # Tune's own file, as Tune wrote it
     assert set(states.values()) & set(UNFINISHED), states  # what pareto calls running, not pruned
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
@@ -377,8 +521,9 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     # the same command again, without --resume: refused before any feature is extracted
     cache = tmp_path / "fresh-cache"
     cache.mkdir()
-    p = subprocess.run(cmd + ["--space", str(good)], capture_output=True, text=True, timeout=300,
-                       env={**env, "C2F_CACHE": str(cache)})
+    p = subprocess.run(
+        cmd + ["--space", str(good)], capture_output=True, text=True, timeout=300, env={**env, "C2F_CACHE": str(cache)}
+    )
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "a search is already there" in lines[0], p.stderr[-2000:]
     assert not list(cache.rglob("fbank-*"))
@@ -393,6 +538,7 @@ def test_every_error_pickles_to_an_equal_one():
 
     def subclasses(cls):
         return [cls] + [s for c in cls.__subclasses__() for s in subclasses(c)]
+
     classes = subclasses(errors.C2FError)
     assert {errors.ConfigError, errors.AudioError, errors.WriteError} <= set(classes)
     for cls in classes:
@@ -410,6 +556,7 @@ def _read_only(path):
     """`path` read-only for this process: chmod for a user, a read-only bind mount for root (whom modes
     do not stop); skipped where neither works."""
     import subprocess
+
     if os.geteuid() != 0:
         os.chmod(path, 0o555)
         try:
@@ -439,6 +586,7 @@ def test_read_only_cache_points_at_a_writable_one_or_no_cache(tmp_path, capsys, 
     cache.mkdir()
     monkeypatch.setenv("C2F_CACHE", str(cache))
     from c2f_search.data.builtin_events import materialize
+
     materialize(TINY_DATA)  # the clips are there, a feature store is not
     with _read_only(cache):
         rc, lines = _cli(TRAIN + ["--schedule", "none:1x1", "--out", str(tmp_path / "run")], capsys)
@@ -462,6 +610,7 @@ def test_a_full_disk_is_named(tmp_path, capsys):
     """A real full disk: a 1 MiB tmpfs, which a run's first checkpoint does not fit (torch's zip writer
     reports it as 'enforce fail at inline_container.cc')."""
     import subprocess
+
     small = tmp_path / "small"
     small.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
@@ -481,9 +630,12 @@ def test_a_full_disk_reported_at_fsync_is_named(tmp_path, capsys, monkeypatch):
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     monkeypatch.setattr(os, "fsync", full)
     rc, lines = _cli(TRAIN + S + ["--out", str(tmp_path / "run")], capsys)
-    assert rc == 2 and len(lines) == 1 and "cannot write it (not enough disk space on the file system" in lines[0], lines
+    assert rc == 2 and len(lines) == 1 and "cannot write it (not enough disk space on the file system" in lines[0], (
+        lines
+    )
 
 
 @pytest.mark.slow
@@ -493,24 +645,46 @@ def test_a_search_whose_trials_all_fail_ends_with_the_first_error(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     out = tmp_path / "s"
     space = _space(tmp_path, "epochs: 1\nschedules: ['fshift:2x0.5,1x0.5']\nfixed: {batch_size: 8}\n")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "C2F_INJECT_NAN": "fshift:2x0.5,1x0.5"}
     cli = [sys.executable, "-m", "c2f_search.cli"]
     with open(tmp_path / "log", "w") as log:  # Ray's daemons inherit pipes and can hold them open
-        rc = subprocess.run(cli + ["search", "--space", space, "--data", TINY_DATA, "--depth", "1", "--out", str(out),
-                                   "--max-failures", "0"], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            timeout=600).returncode
+        rc = subprocess.run(
+            cli
+            + [
+                "search",
+                "--space",
+                space,
+                "--data",
+                TINY_DATA,
+                "--depth",
+                "1",
+                "--out",
+                str(out),
+                "--max-failures",
+                "0",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=600,
+        ).returncode
     text = Path(tmp_path / "log").read_text()
     last = text.strip().splitlines()[-1]
-    assert rc == 2 and "every trial of the search failed before its first report, the first with: loss is nan" \
-        in last and "--resume runs the failed trials again" in last, text[-3000:]
+    assert (
+        rc == 2
+        and "every trial of the search failed before its first report, the first with: loss is nan" in last
+        and "--resume runs the failed trials again" in last
+    ), text[-3000:]
     assert "TypeError" not in text and "FAILED: loss is nan" in text
     p = subprocess.run(cli + ["report", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and "the first with: loss is nan" in p.stderr and len(p.stderr.splitlines()) == 1
     (out / "search" / "tuner.pkl").write_bytes((out / "search" / "tuner.pkl").read_bytes()[:100])
     with open(tmp_path / "log2", "w") as log:
-        rc = subprocess.run(cli + ["search", "--out", str(out), "--resume"], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, timeout=600).returncode
+        rc = subprocess.run(
+            cli + ["search", "--out", str(out), "--resume"], stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600
+        ).returncode
     last = Path(tmp_path / "log2").read_text().strip().splitlines()[-1]
     assert rc == 2 and "tuner.pkl: not the file c2f-search wrote" in last, last  # a truncated file: refused unread

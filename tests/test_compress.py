@@ -4,8 +4,8 @@ import torch.nn.functional as F
 from c2f_search import compress
 from c2f_search.compress import get_method, list_methods
 from c2f_search.compress._pool import pool_time
-from c2f_search.geometry import Geometry
 from c2f_search.data.frontend import FrontEnd, fbank, fit_length
+from c2f_search.geometry import Geometry
 
 
 def test_pool_equals_pooling_each_clip_before_padding():
@@ -49,13 +49,23 @@ def test_geometry_per_method():
 
 
 def test_method_contract_per_method():
-    assert list_methods() == ["avgpool", "fpatchout", "fshift", "maxpool", "none", "patch-bl", "patch-pi", "patchout",
-                              "tpatchout"]
+    assert list_methods() == [
+        "avgpool",
+        "fpatchout",
+        "fshift",
+        "maxpool",
+        "none",
+        "patch-bl",
+        "patch-pi",
+        "patchout",
+        "tpatchout",
+    ]
     fs, ap, pb = get_method("fshift"), get_method("avgpool"), get_method("patch-pi")
     assert (fs.frame_shift(10.0, 4), fs.feature_length(1024, 4), fs.time_mask_scale(4)) == (40.0, 256, 4)
     assert (ap.frame_shift(10.0, 4), ap.feature_length(1024, 4), ap.time_mask_scale(4)) == (10.0, 1024, 4)
     assert (pb.frame_shift(10.0, 4), pb.feature_length(1024, 4), pb.time_mask_scale(4)) == (10.0, 1024, 1)
     from c2f_search.geometry import Capability
+
     assert pb.needs == {Capability.STRETCHED_PATCH} and fs.needs == ap.needs == {Capability.SHORTER_INPUT}
     assert get_method("none").needs == frozenset()
     assert not get_method("none").compresses and fs.compresses

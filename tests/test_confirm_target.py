@@ -1,6 +1,7 @@
 """confirm --target: a front confirmed on another setting (issue 20). The pieces by hand (scaling, the rank
 correlation, the target's settings, the transfer sentence and cost line), then the whole command in real Ray
 on tiny settings: a learned search with a baseline, a plain confirm, and a target that reuses its seeds."""
+
 import json
 import math
 import os
@@ -8,9 +9,9 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
+from c2f_search.analysis.transfer import cost_numbers, cost_text, rank_agreement, rank_correlation, transfer_sentence
 from c2f_search.controllers import scale_transition
 from c2f_search.schedule import parse_schedule
-from c2f_search.analysis.transfer import cost_numbers, cost_text, rank_agreement, rank_correlation, transfer_sentence
 
 from .conftest import TINY_DATA
 
@@ -28,8 +29,12 @@ def test_scaled_schedule_keeps_its_shape():
 
 
 def test_a_controllers_budget_and_max_scale_and_its_counts_do_not():
-    assert scale_transition("plateau:patience=2,delta=0.002,budget=6", 1.6) == "plateau:patience=2,delta=0.002,budget=9.6"
-    assert scale_transition("probe:steps=4,score=flops,max=1.5,budget=6", 2) == "probe:steps=4,score=flops,max=3,budget=12"
+    assert (
+        scale_transition("plateau:patience=2,delta=0.002,budget=6", 1.6) == "plateau:patience=2,delta=0.002,budget=9.6"
+    )
+    assert (
+        scale_transition("probe:steps=4,score=flops,max=1.5,budget=6", 2) == "probe:steps=4,score=flops,max=3,budget=12"
+    )
 
 
 def test_kendall_tau_on_orders_known_by_hand():
@@ -46,17 +51,33 @@ def test_kendall_tau_on_orders_known_by_hand():
 def _row(schedule, proxy, target, form="fixed"):
     """A transfer row: (saving mean, reached, seeds, holds, best metric) per side."""
     s = parse_schedule(schedule)
-    out = {"source_trial": schedule, "form": form, "metric_name": "accuracy", "proxy_schedule": schedule,
-           "target_schedule": str(s.scaled(2)), "proxy_is_baseline": s.is_baseline, "target_is_baseline": s.is_baseline}
+    out = {
+        "source_trial": schedule,
+        "form": form,
+        "metric_name": "accuracy",
+        "proxy_schedule": schedule,
+        "target_schedule": str(s.scaled(2)),
+        "proxy_is_baseline": s.is_baseline,
+        "target_is_baseline": s.is_baseline,
+    }
     for side, (saving, reached, seeds, holds, metric, saved) in (("proxy", proxy), ("target", target)):
-        out.update({f"{side}_flops_saving_mean": saving, f"{side}_flops_saving_sd": 0.01, f"{side}_reached": reached,
-                    f"{side}_seeds": seeds, f"{side}_holds_every_seed": holds, f"{side}_best_final_metric_mean": metric,
-                    f"{side}_flops_saved_mean": saved})
+        out.update(
+            {
+                f"{side}_flops_saving_mean": saving,
+                f"{side}_flops_saving_sd": 0.01,
+                f"{side}_reached": reached,
+                f"{side}_seeds": seeds,
+                f"{side}_holds_every_seed": holds,
+                f"{side}_best_final_metric_mean": metric,
+                f"{side}_flops_saved_mean": saved,
+            }
+        )
     return out
 
 
 def test_one_seed_shows_no_spread_rather_than_a_zero_one():
     from c2f_search.analysis.formatting import format_values, mean_sd
+
     assert mean_sd([0.3]) == (0.3, None) and mean_sd([0.2, 0.4])[1] == pytest.approx(math.sqrt(0.02))
     assert format_values([0.3], 100, 1, "%", "+") == "+30.0% ± n/a" and format_values([]) == "n/a"
     row = _row("fshift:2x1,1x3", (0.30, 2, 2, True, 0.70, 3e12), (0.10, 1, 1, True, 0.80, 2e12))
@@ -66,10 +87,12 @@ def test_one_seed_shows_no_spread_rather_than_a_zero_one():
 
 
 def test_rank_agreement_orders_by_reach_then_saving_and_leaves_out_the_baseline():
-    rows = [_row("none:1x4", (0.0, 3, 3, False, 0.7, 0.0), (0.0, 3, 3, False, 0.8, 0.0)),
-            _row("fshift:2x1,1x3", (0.30, 3, 3, True, 0.70, 3e12), (0.10, 3, 3, True, 0.80, 2e12)),
-            _row("fshift:4x1,1x3", (0.20, 3, 3, True, 0.69, 2e12), (None, 0, 3, False, 0.70, None)),
-            _row("avgpool:2x2,1x2", (0.40, 1, 3, False, 0.65, 4e12), (0.05, 3, 3, True, 0.75, 1e12))]
+    rows = [
+        _row("none:1x4", (0.0, 3, 3, False, 0.7, 0.0), (0.0, 3, 3, False, 0.8, 0.0)),
+        _row("fshift:2x1,1x3", (0.30, 3, 3, True, 0.70, 3e12), (0.10, 3, 3, True, 0.80, 2e12)),
+        _row("fshift:4x1,1x3", (0.20, 3, 3, True, 0.69, 2e12), (None, 0, 3, False, 0.70, None)),
+        _row("avgpool:2x2,1x2", (0.40, 1, 3, False, 0.65, 4e12), (0.05, 3, 3, True, 0.75, 1e12)),
+    ]
     ranks = rank_agreement(rows)
     assert ranks["schedules"] == 3
     # by saving: proxy fshift2 > fshift4 > avgpool (reached 1/3 only); target fshift2 > avgpool > fshift4 (never)
@@ -82,16 +105,24 @@ def test_rank_agreement_orders_by_reach_then_saving_and_leaves_out_the_baseline(
     assert "saved +30.0% ± 1.0 on the proxy (3/3 seeds reached) and saved +10.0% ± 1.0 at the target" in text
     assert "too few" in text
     c = cost_numbers(rows, search_flops=9e12, search_trials=12, target_flops=30e12, proxy_flops=1e12)
-    assert (c["chosen"], c["chosen_saved_flops"], c["break_even"], c["break_even_with_confirm"]) == \
-        ("fshift:2x2,1x6", 2e12, 5, 20)  # ceil(9 / 2), ceil(40 / 2)
+    assert (c["chosen"], c["chosen_saved_flops"], c["break_even"], c["break_even_with_confirm"]) == (
+        "fshift:2x2,1x6",
+        2e12,
+        5,
+        20,
+    )  # ceil(9 / 2), ceil(40 / 2)
     assert "pays for itself after 5 target trainings (20 counting this confirmation)" in cost_text(c)
 
 
 def test_a_saving_that_does_not_hold_at_the_target_is_said_not_to_pay():
-    rows = [_row("none:1x4", (0.0, 3, 3, False, 0.7, 0.0), (0.0, 3, 3, False, 0.8, 0.0)),
-            _row("fshift:2x1,1x3", (0.30, 3, 3, True, 0.70, 3e12), (0.10, 2, 3, False, 0.80, 2e12))]
+    rows = [
+        _row("none:1x4", (0.0, 3, 3, False, 0.7, 0.0), (0.0, 3, 3, False, 0.8, 0.0)),
+        _row("fshift:2x1,1x3", (0.30, 3, 3, True, 0.70, 3e12), (0.10, 2, 3, False, 0.80, 2e12)),
+    ]
     text = transfer_sentence(rows, rank_agreement(rows))
-    assert "0 of 1 confirmed schedules" in text and "tau between the proxy's and the target's orders is undefined" in text
+    assert (
+        "0 of 1 confirmed schedules" in text and "tau between the proxy's and the target's orders is undefined" in text
+    )
     assert "do not carry over to this target" in text
     c = cost_numbers(rows, 9e12, 12, 30e12, 0.0)
     assert c["break_even"] is None and "does not pay for itself" in cost_text(c)
@@ -104,23 +135,26 @@ def test_a_saving_that_does_not_hold_at_the_target_is_said_not_to_pay():
 
 
 def _settings(tmp_path):
-    from c2f_search.settings import DataSettings
-    from c2f_search.settings import SearchSettings
+    from c2f_search.settings import DataSettings, SearchSettings
+
     data = DataSettings(TINY_DATA, None, None, "auto", False, [1.0, 2.0], None, None, None).resolved()
-    return SearchSettings(space="demo", out=str(tmp_path), data=data, model_kwargs={"depth": 1}, epochs=4.0,
-                          test="/proxy/test.json")
+    return SearchSettings(
+        space="demo", out=str(tmp_path), data=data, model_kwargs={"depth": 1}, epochs=4.0, test="/proxy/test.json"
+    )
 
 
 def test_the_targets_settings_come_from_the_search_but_for_what_it_changes(tmp_path):
     from c2f_search.search.confirm import Target, at_target, target_setting
     from c2f_search.search.space import load_space
+
     settings, space = _settings(tmp_path), load_space("demo")
     st, sp, factor, recipe = target_setting(settings, space, Target("t", model_kwargs={"depth": 3}, epochs=6.0))
     assert (st.model_kwargs, st.epochs, factor, recipe, st.test) == ({"depth": 3}, 6.0, 1.5, None, "/proxy/test.json")
     assert st.data == settings.data and sp.fixed == space.fixed and sp.models == space.models
     # another data set: its own splits and statistics, no test split unless given
-    st, _, factor, _ = target_setting(settings, space, Target("t", data="builtin:events?train=48&val=20&seed=4",
-                                                              epochs_factor=2.0))
+    st, _, factor, _ = target_setting(
+        settings, space, Target("t", data="builtin:events?train=48&val=20&seed=4", epochs_factor=2.0)
+    )
     assert factor == 2.0 and st.data.norm is None and st.test is None and st.model_kwargs == {"depth": 1}
     assert st.data.train != settings.data.train and st.data.val.endswith("val.json")
     # another family: the search's depth is not one of its settings
@@ -131,17 +165,27 @@ def test_the_targets_settings_come_from_the_search_but_for_what_it_changes(tmp_p
     assert sp.fixed["batch_size"] == 48 and sp.fixed["lr"] == 1e-4 and sp.fixed["warmup_steps"] == 0
     assert (st.data.target_length, st.data.num_mel_bins, st.data.norm) == (512, 128, [-6.6268077, 5.358466])
     run = {"schedule": "fshift:2x1,1x3", "lr": 3e-4, "seed": 7, "source_trial": "a"}
-    assert at_target(run, factor, "ast-base", recipe)[0] == {"schedule": "fshift:2x6.25,1x18.75", "seed": 7,
-                                                           "source_trial": "a", "model": "ast-base"}
+    assert at_target(run, factor, "ast-base", recipe)[0] == {
+        "schedule": "fshift:2x6.25,1x18.75",
+        "seed": 7,
+        "source_trial": "a",
+        "model": "ast-base",
+    }
 
 
 def _cli(args, log, timeout=900):
     import subprocess
     import sys
+
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     with open(log, "w") as f:
-        r = subprocess.run([sys.executable, "-m", "c2f_search.cli", *args], stdout=f, stderr=subprocess.STDOUT,
-                           env=env, timeout=timeout)
+        r = subprocess.run(
+            [sys.executable, "-m", "c2f_search.cli", *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=timeout,
+        )
     return r.returncode, log.read_text()
 
 
@@ -160,14 +204,34 @@ TARGET_DATA = "builtin:events?train=48&val=20&seed=4"
 
 @pytest.mark.slow
 def test_confirm_target_reruns_the_front_at_the_target_both_forms_of_a_learned_schedule(tmp_path):
+    import ray
+
     from c2f_search.analysis.rows import load_rows
     from c2f_search.analysis.seeds import analyse_seeds
-    import ray
+
     ray.shutdown()
     out = tmp_path / "s"
     (tmp_path / "learned.yaml").write_text(LEARNED_SPACE)
-    rc, log = _cli(["search", "--space", str(tmp_path / "learned.yaml"), "--data", TINY_DATA, "--depth", "1",
-                    "--trials", "3", "--sampler", "random", "--seed", "1", "--out", str(out)], tmp_path / "search.log")
+    rc, log = _cli(
+        [
+            "search",
+            "--space",
+            str(tmp_path / "learned.yaml"),
+            "--data",
+            TINY_DATA,
+            "--depth",
+            "1",
+            "--trials",
+            "3",
+            "--sampler",
+            "random",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ],
+        tmp_path / "search.log",
+    )
     assert rc == 0, log[-3000:]
     final = [t for t in load_rows(out).to_pylist() if t["schedule_done"]]
     assert {t["controller"] for t in final} == {"fixed", "plateau"}, "the sampler's seed gave no baseline or no learned"
@@ -176,9 +240,27 @@ def test_confirm_target_reruns_the_front_at_the_target_both_forms_of_a_learned_s
     assert rc == 0, log[-3000:]
     plain = pq.read_table(out / "confirm_seeds.parquet").to_pylist()
     assert len(plain) == 4 and "form" not in plain[0]  # the plain confirm as before: no forms
-    rc, log = _cli(["confirm", str(out), "--top", "1", "--seeds", "2", "--target", "big", "--depth", "2",
-                    "--data", TARGET_DATA, "--epochs-factor", "2", "--test", "builtin:events?train=10&val=20&seed=5"],
-                   tmp_path / "target.log")
+    rc, log = _cli(
+        [
+            "confirm",
+            str(out),
+            "--top",
+            "1",
+            "--seeds",
+            "2",
+            "--target",
+            "big",
+            "--depth",
+            "2",
+            "--data",
+            TARGET_DATA,
+            "--epochs-factor",
+            "2",
+            "--test",
+            "builtin:events?train=10&val=20&seed=5",
+        ],
+        tmp_path / "target.log",
+    )
     assert rc == 0, log[-3000:]
     folder = out / "confirm" / "big"
     assert "proxy side: 4 runs reused from the plain confirm" in log and ", 2 run here" in log
@@ -191,28 +273,40 @@ def test_confirm_target_reruns_the_front_at_the_target_both_forms_of_a_learned_s
     exported = str(parse_schedule(learned["trained"]).scaled(2))
     controller = str(parse_schedule(learned["schedule"].split(" [")[0]).scaled(2))
     transition = scale_transition(json.loads(learned["config"])["transition"], 2)
-    assert got == sorted([("fixed", "none:1x4", "", s) for s in seeds] + [("controller", controller, transition, s)
-                                                                            for s in seeds]
-                         + [("exported", exported, "", s) for s in seeds]), got
+    assert got == sorted(
+        [("fixed", "none:1x4", "", s) for s in seeds]
+        + [("controller", controller, transition, s) for s in seeds]
+        + [("exported", exported, "", s) for s in seeds]
+    ), got
     assert "budget=4" in transition and {t["model"] for t in target} == {"ast-tiny"}
     # phase lengths scale: each phase of the exported schedule trains twice the proxy's epochs (steps per
     # epoch: 48 // 8 at the target)
-    ends = sorted({(t["phase"], t["epoch"]) for t in target if configs[t["trial_id"]]["form"] == "exported"
-                   and t["phase_end"]})
-    assert [e for _, e in ends] == pytest.approx([sum(p.epochs for p in parse_schedule(exported).phases[:k + 1])
-                                                   for k in range(len(ends))], abs=1 / 6)
+    ends = sorted(
+        {(t["phase"], t["epoch"]) for t in target if configs[t["trial_id"]]["form"] == "exported" and t["phase_end"]}
+    )
+    assert [e for _, e in ends] == pytest.approx(
+        [sum(p.epochs for p in parse_schedule(exported).phases[: k + 1]) for k in range(len(ends))], abs=1 / 6
+    )
     # savings against the target's own baseline at the same seed
     per_seed = pq.read_table(folder / "confirm_seeds.parquet").to_pylist()
     for q in (q for q in per_seed if q["side"] == "target" and q["budget_reached"]):
-        base = [t for t in target if configs[t["trial_id"]]["form"] == "fixed" and configs[t["trial_id"]]["seed"] == q["seed"]]
+        base = [
+            t
+            for t in target
+            if configs[t["trial_id"]]["form"] == "fixed" and configs[t["trial_id"]]["seed"] == q["seed"]
+        ]
         ref = max(base, key=lambda t: (t["val_metric"], -t["step"]))
         assert q["flops_saving"] == pytest.approx(1 - q["budget_flops"] / ref["train_flops"])
         assert q["flops_saved"] == pytest.approx(ref["train_flops"] - q["budget_flops"])
     assert analyse_seeds(load_rows(folder, name="target"))[0] == [
-        {k: v for k, v in q.items() if k not in ("side", "test_metric")} for q in per_seed if q["side"] == "target"]
+        {k: v for k, v in q.items() if k not in ("side", "test_metric")} for q in per_seed if q["side"] == "target"
+    ]
     rows = pq.read_table(folder / "confirm.parquet").to_pylist()
     assert [(r["form"], r["target_seeds"], r["proxy_seeds"]) for r in rows] == [
-        ("fixed", 2, 2), ("controller", 2, 2), ("exported", 2, 2)]
+        ("fixed", 2, 2),
+        ("controller", 2, 2),
+        ("exported", 2, 2),
+    ]
     # --test: each target run's final model on the test split, 20 clips (a multiple of 1/20)
     tests = [q["test_metric"] for q in per_seed if q["side"] == "target"]
     assert len(tests) == 6 and all(0 <= x <= 1 and round(20 * x, 6).is_integer() for x in tests)

@@ -6,9 +6,9 @@ import pytest
 import soundfile as sf
 
 from c2f_search.data import store
+from c2f_search.data.frontend import FrontEnd
 from c2f_search.data.sets import Data, DataError, load_datafile, load_folder, resolve
 from c2f_search.data.store import clip_fbank, extract, norm_stats
-from c2f_search.data.frontend import FrontEnd
 
 FE = FrontEnd(num_mel_bins=32, target_length=64)
 
@@ -39,8 +39,10 @@ def test_label_missing_from_csv_names_file_and_label(tmp_path):
     f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/zzz"}])
     with pytest.raises(DataError, match=r"train.json: entry 0 .*'/m/zzz' is not in .*class_labels_indices.csv"):
         load_datafile(f, csv)
-    f2, _ = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/zzz"},
-                                 {"wav": _wav(tmp_path / "b.wav"), "labels": "/m/a"}])
+    f2, _ = _datafile(
+        tmp_path,
+        [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/zzz"}, {"wav": _wav(tmp_path / "b.wav"), "labels": "/m/a"}],
+    )
     cs = load_datafile(f2, csv, skip_bad=True)
     assert len(cs) == 1 and cs.bad[0][1].startswith("label '/m/zzz'")
 
@@ -62,12 +64,15 @@ def test_labels_csv_with_a_byte_order_mark_loads(tmp_path):
     assert cs.classes == ["a", "b"] and cs.targets.tolist() == [[0, 1]]
 
 
-@pytest.mark.parametrize("rows, encoding, problem", [
-    # a mid twice would make a class no clip is ever labelled with
-    ("0,/m/a,a\n1,/m/b,b\n2,/m/a,c\n", "utf-8", r"line 4: mid '/m/a' is already the class on line 2"),
-    ("0,/m/a,a\none,/m/b,b\n", "utf-8", r"line 3: index 'one' is not an integer"),
-    ("0,/m/a,caf\u00e9\n", "latin-1", r"line 2: byte 0xe9 is not UTF-8; save the file as UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "rows, encoding, problem",
+    [
+        # a mid twice would make a class no clip is ever labelled with
+        ("0,/m/a,a\n1,/m/b,b\n2,/m/a,c\n", "utf-8", r"line 4: mid '/m/a' is already the class on line 2"),
+        ("0,/m/a,a\none,/m/b,b\n", "utf-8", r"line 3: index 'one' is not an integer"),
+        ("0,/m/a,caf\u00e9\n", "latin-1", r"line 2: byte 0xe9 is not UTF-8; save the file as UTF-8 text"),
+    ],
+)
 def test_bad_labels_csv_names_the_file_the_line_and_the_key(tmp_path, rows, encoding, problem):
     f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/a"}])
     csv.write_bytes(("index,mid,display_name\n" + rows).encode(encoding))
@@ -82,12 +87,15 @@ def test_datafile_in_latin1_names_the_line(tmp_path):
         load_datafile(f, csv)
 
 
-@pytest.mark.parametrize("make, problem", [
-    (lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage"), "cannot decode"),
-    (lambda p: _wav(p, n=0, value=np.zeros(0, "float32")), "zero-length"),
-    (lambda p: _wav(p, value=np.full(8000, np.nan, "float32")), "NaN"),
-    (lambda p: None, "file not found"),
-])
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage"), "cannot decode"),
+        (lambda p: _wav(p, n=0, value=np.zeros(0, "float32")), "zero-length"),
+        (lambda p: _wav(p, value=np.full(8000, np.nan, "float32")), "NaN"),
+        (lambda p: None, "file not found"),
+    ],
+)
 def test_bad_audio_is_named_or_skipped_and_reported(tmp_path, make, problem):
     bad = tmp_path / "bad.wav"
     make(bad)
@@ -103,7 +111,7 @@ def test_bad_audio_is_named_or_skipped_and_reported(tmp_path, make, problem):
 def test_truncated_flac_is_an_error(tmp_path):
     p = tmp_path / "t.flac"
     sf.write(str(p), np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
-    p.write_bytes(p.read_bytes()[: 200])
+    p.write_bytes(p.read_bytes()[:200])
     f, csv = _datafile(tmp_path, [{"wav": str(p), "labels": "/m/a"}])
     with pytest.raises(DataError, match="t.flac"):
         extract(load_datafile(f, csv), FE, 10.0, 64)
@@ -159,8 +167,11 @@ def test_chunked_store_holds_each_clips_fbank(tmp_path, monkeypatch, dtype):
     (path,) = cache.glob("fbank-*.arrow")
     assert pa.ipc.open_file(str(path)).num_record_batches > 2  # several chunks, then the closing batch
     assert len(feats.x.chunks) > 1 and feats.x.dtype == dtype and len(set(n)) > 2
-    for f in (feats, extract(cs, FE, 10.0, 64, skip_bad=True, cache_dir=cache, dtype=dtype),  # read back
-              extract(cs, FE, 10.0, 64, skip_bad=True, dtype=dtype)):  # no cache: chunks in memory
+    for f in (
+        feats,
+        extract(cs, FE, 10.0, 64, skip_bad=True, cache_dir=cache, dtype=dtype),  # read back
+        extract(cs, FE, 10.0, 64, skip_bad=True, dtype=dtype),
+    ):  # no cache: chunks in memory
         assert f.kept.tolist() == good and f.n_frames.tolist() == n
         assert len(f.bad) == 1 and f.bad[0][0] == cs.paths[3] and "NaN" in f.bad[0][1]
         assert np.array_equal(np.asarray(f.x), x)
@@ -180,10 +191,11 @@ def test_a_crash_mid_write_leaves_no_store_and_a_rerun_builds_it(tmp_path, monke
         if len(seen) == 5:
             raise RuntimeError("injected crash")
         return clip_fbank(*args)
+
     monkeypatch.setattr(store, "clip_fbank", crash_at_fifth_clip)
     with pytest.raises(RuntimeError, match="injected crash"):
         extract(cs, FE, 10.0, 64, cache_dir=cache)
-    (tmp, size), = seen[-1]
+    ((tmp, size),) = seen[-1]
     assert tmp.startswith(".tmp-") and "~fbank-" in tmp and size >= 4 * 32 * 64 * 4  # chunks went to a temporary file
     assert list(cache.iterdir()) == []  # neither a store nor the temporary file is left
     monkeypatch.setattr(store, "clip_fbank", clip_fbank)
@@ -194,8 +206,13 @@ def test_a_crash_mid_write_leaves_no_store_and_a_rerun_builds_it(tmp_path, monke
 
 def test_a_store_written_before_chunking_is_read(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 32, 64)).astype("float32")
-    table = pa.table({"fbank": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32 * 64),
-                      "n_frames": np.array([64, 10, 3], np.int32), "index": np.array([0, 2, 3])})
+    table = pa.table(
+        {
+            "fbank": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32 * 64),
+            "n_frames": np.array([64, 10, 3], np.int32),
+            "index": np.array([0, 2, 3]),
+        }
+    )
     table = table.replace_schema_metadata({"bad": '[["b.wav", "NaN"]]', "shape": "[32, 64]", "n": "3"})
     with pa.OSFile(str(tmp_path / "old.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
         w.write_table(table)  # the layout of stores before issue 19: one batch, metadata in the schema

@@ -1,6 +1,7 @@
 """The GPU-speed paths, exercised on the CPU as far as it allows: mixed precision and its resume,
 the compiled step, the delayed non-finite check, the prefetching loader, static batches, the
 feature modes and the throughput fields of each record."""
+
 import subprocess
 import sys
 
@@ -10,11 +11,11 @@ import pytest
 import torch
 
 from c2f_search import Run, TrainConfig, load_checkpoint, save_checkpoint
+from c2f_search.data.prefetch import Prefetcher, host_batches
 from c2f_search.errors import CheckpointError, ConfigError, DataError, NonFiniteLoss
 from c2f_search.models.flops import train_flops
-from c2f_search.data.prefetch import Prefetcher, host_batches
-from c2f_search.train.precision import mfu, peak_flops, resolve_precision
 from c2f_search.schema import record_table
+from c2f_search.train.precision import mfu, peak_flops, resolve_precision
 
 from .conftest import TINY_DATA
 
@@ -59,14 +60,36 @@ def test_bf16_autocast_on_cpu_trains_and_resumes_exactly(tiny_data, tmp_path):
 def test_a_fp32_checkpoint_continues_in_the_precision_asked_for_and_says_so(tmp_path):
     """A checkpoint made on a CPU (fp32) resumed where bf16 is asked for (on a GPU: auto) trains on in bf16."""
     from c2f_search.cli import main
+
     out = tmp_path / "r"
     common = ["--out", str(out), "--no-progress"]
-    assert main(["train", "--data", TINY_DATA, "--schedule", "fshift:2x1,1x1", "--depth", "1", "--batch-size", "8",
-                 "--precision", "fp32", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                TINY_DATA,
+                "--schedule",
+                "fshift:2x1,1x1",
+                "--depth",
+                "1",
+                "--batch-size",
+                "8",
+                "--precision",
+                "fp32",
+                *common,
+            ]
+        )
+        == 0
+    )
     import shutil
+
     shutil.copy(out / "checkpoints" / "phase1-C2.pt", out / "checkpoints" / "last.pt")
-    p = subprocess.run([sys.executable, "-m", "c2f_search.cli", "train", "--resume", "--precision", "bf16", *common],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "c2f_search.cli", "train", "--resume", "--precision", "bf16", *common],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert "the checkpoint trained in fp32; it continues in bf16 (--precision bf16)" in p.stderr
     rows = pq.read_table(out / "metrics.parquet").to_pylist()
@@ -91,10 +114,14 @@ def test_delayed_nonfinite_check_names_the_step_and_phase(tiny_data):
             if run.step == 6:
                 with torch.no_grad():
                     run.model.head[1].weight.fill_(float("nan"))
+
     run = Run(_cfg("fshift:2x1,1x1", mixup=0.0), tiny_data, "cpu", callbacks=[Poison()])  # 5 steps per epoch
     run.check_every = 3
-    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 6 \(phase 2, C=1; found at step 7 by the check "
-                                            r"that runs every 3 steps\); lower --lr"):
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"loss is nan at step 6 \(phase 2, C=1; found at step 7 by the check "
+        r"that runs every 3 steps\); lower --lr",
+    ):
         list(run.records())
 
 
@@ -121,6 +148,7 @@ def test_prefetcher_raises_the_threads_error_and_stops_early(tiny_data):
                 if k == 2:
                     raise DataError("clip 2 is broken")
                 yield feats.batch(idx)
+
     order = [np.arange(i, i + 4) for i in range(0, 24, 4)]
     got = []
     with pytest.raises(DataError, match="clip 2 is broken"):
@@ -167,13 +195,19 @@ def test_peak_table_and_mfu():
     assert mfu(291e9 * 1200, 1.0, 989.4e12) == pytest.approx(0.353, abs=1e-3)
     assert mfu(1e12, 1.0, None) is None
     cpu = torch.device("cpu")
-    assert [resolve_precision(p, cpu) for p in ("auto", "fp32", "tf32", "bf16", "fp16")] == \
-        ["fp32", "fp32", "fp32", "bf16", "fp16"]
+    assert [resolve_precision(p, cpu) for p in ("auto", "fp32", "tf32", "bf16", "fp16")] == [
+        "fp32",
+        "fp32",
+        "fp32",
+        "bf16",
+        "fp16",
+    ]
 
 
 @pytest.mark.slow
 def test_compiled_step_matches_eager_and_compiles_once_per_phase(tiny_data):
     import torch._dynamo.utils as du
+
     eager = _metrics(Run(_cfg("avgpool:2x2,1x1"), tiny_data, "cpu").records())
     run = Run(_cfg("avgpool:2x2,1x1", compile=True), tiny_data, "cpu")
     compiled, graphs = [], []
@@ -190,6 +224,7 @@ def test_compiled_step_matches_eager_and_compiles_once_per_phase(tiny_data):
 
 def test_fp16_store_and_stream_give_the_fp32_stores_features(tiny_data, tmp_path):
     from c2f_search.data.sets import Data
+
     half = Data.from_specs(TINY_DATA, features="fp16", cache_dir=tmp_path / "f16")
     full = Data.from_specs(TINY_DATA, cache_dir=tmp_path / "f32")
     stream = Data.from_specs(TINY_DATA, features="stream", workers=1)
@@ -213,6 +248,7 @@ def test_streaming_names_a_clip_that_fails_at_decode_time_and_scans_headers_up_f
     from c2f_search.data.sets import Data
 
     from .test_data import _datafile, _wav
+
     good = [{"wav": _wav(tmp_path / f"{i}.wav"), "labels": "/m/a"} for i in range(3)]
     nan = {"wav": _wav(tmp_path / "nan.wav", value=np.full(8000, np.nan, "float32")), "labels": "/m/b"}
     gone = {"wav": str(tmp_path / "gone.wav"), "labels": "/m/a"}
@@ -234,6 +270,7 @@ def test_compile_time_is_kept_out_of_training_time(tiny_data, monkeypatch):
     import types
 
     import c2f_search.train.run as train_mod
+
     skipped = [0.0]
     monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + skipped[0]))
 
@@ -245,7 +282,9 @@ def test_compile_time_is_kept_out_of_training_time(tiny_data, monkeypatch):
                 skipped[0] += 1000.0
             calls.append(1)
             return fn(*args)
+
         return compiled
+
     monkeypatch.setattr(torch, "compile", slow_compile)
     recs = list(Run(_cfg("avgpool:2x1,1x1", compile=True), tiny_data, "cpu").records())
     first, both = recs[0]["compile_time_s"], recs[1]["compile_time_s"]

@@ -8,6 +8,7 @@ other draws); its steps, phases and FLOPs are unchanged.
 Regenerate only for an intended change of behaviour, and say which in the commit:
     python -m tests.test_golden --write
 """
+
 import json
 import math
 import sys
@@ -17,27 +18,58 @@ import pytest
 
 GOLDEN = Path(__file__).with_name("golden.json")
 DATA = "builtin:events?train=40&val=20&seed=3"  # conftest's TINY_DATA: 5 steps of 8 per epoch
-TEST = "builtin:events?train=10&val=12&seed=5"   # another set's clips: a held-out test split
-FIELDS = ("step", "C", "phase", "epoch", "train_loss", "val_loss", "val_metric", "train_flops", "eval_flops",
-          "controller_flops", "phase_end", "schedule_done", "target_reached", "reason", "trained", "schedule",
-          "controller", "averaged", "metric_name")
+TEST = "builtin:events?train=10&val=12&seed=5"  # another set's clips: a held-out test split
+FIELDS = (
+    "step",
+    "C",
+    "phase",
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_metric",
+    "train_flops",
+    "eval_flops",
+    "controller_flops",
+    "phase_end",
+    "schedule_done",
+    "target_reached",
+    "reason",
+    "trained",
+    "schedule",
+    "controller",
+    "averaged",
+    "metric_name",
+)
 KW = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2)
 
 # name -> (TrainConfig kwargs, controller spec or None)
 CASES = {
     "ast-fshift-augment": (dict(schedule="fshift:2x1,1x1", freqm=8, timem=32, mixup=0.5), None),
-    "ast-avgpool-noise-balanced-bce-top2": (dict(schedule="avgpool:4x1,2x1,1x1", noise=True, balanced_sampling=True,
-                                                 loss="bce", weight_averaging="top:2", timem=16), None),
-    "ast-patchpi-cosine-from1": (dict(schedule="patch-pi:2x1,1x2", lr_schedule="cosine", weight_averaging="from:1"),
-                                 None),
+    "ast-avgpool-noise-balanced-bce-top2": (
+        dict(
+            schedule="avgpool:4x1,2x1,1x1",
+            noise=True,
+            balanced_sampling=True,
+            loss="bce",
+            weight_averaging="top:2",
+            timem=16,
+        ),
+        None,
+    ),
+    "ast-patchpi-cosine-from1": (
+        dict(schedule="patch-pi:2x1,1x2", lr_schedule="cosine", weight_averaging="from:1"),
+        None,
+    ),
     "ast-patchbl-evalevery": (dict(schedule="patch-bl:2x1,1x1", eval_every="2", lr_milestones=(1,)), None),
     "ast-maxpool-target": (dict(schedule="maxpool:2x1,1x2", metric_target=0.0), None),
     "ast-none": (dict(schedule="none:1x2", mixup=1.0), None),
     "htsat-fshift": (dict(schedule="fshift:2x1,1x1", model="htsat-tiny", freqm=4, timem=16), None),
     "cnn14-avgpool": (dict(schedule="avgpool:2x1,1x1", model="cnn14-tiny", model_kwargs={}, lr=1e-3), None),
     "ssast-maxpool-supervised": (dict(schedule="maxpool:2x1,1x1", model="ssast-tiny"), None),
-    "ssast-pretrain": (dict(schedule="fshift:2x1,1x1", model="ssast-tiny", objective="masked-patch",
-                            mask_patches=20), None),
+    "ssast-pretrain": (
+        dict(schedule="fshift:2x1,1x1", model="ssast-tiny", objective="masked-patch", mask_patches=20),
+        None,
+    ),
     "plateau": (dict(schedule="fshift:2xauto,1x1", transition="plateau:patience=1,max=2", eval_every="2"), None),
     "probe": (dict(schedule="maxpool:4xauto,2xauto,1x1", transition="probe:steps=2,max=2", eval_every="3"), None),
     "population": (dict(schedule="avgpool:4xauto,2xauto,1x1"), "population"),
@@ -47,6 +79,7 @@ CASES = {
 def _data():
     from c2f_search.data import builtin_events as builtin
     from c2f_search.data.sets import Data
+
     return Data.from_specs(DATA, test=str(builtin.materialize(TEST) / "val.json"))
 
 
@@ -58,6 +91,7 @@ def run_case(name: str, data) -> dict:
     from c2f_search import Run, TrainConfig
     from c2f_search.controllers import Population
     from c2f_search.train.evaluator import evaluate_state
+
     kw, ctrl = CASES[name]
     cfg = TrainConfig(**{**KW, **kw})
     controller = None
@@ -72,7 +106,9 @@ def run_case(name: str, data) -> dict:
         if controller is not None and len(records) == 1:
             controller.C = 2
     out = {"records": records, "phases": [[p["C"], p["steps"], p["reason"]] for p in run.phases]}
-    if cfg.objective == "supervised" and controller is None:  # the --test report: the final state scored on the held-out split
+    if (
+        cfg.objective == "supervised" and controller is None
+    ):  # the --test report: the final state scored on the held-out split
         out["test_metric"] = _round(evaluate_state(state, data, "test"))
     return out
 
@@ -102,6 +138,7 @@ def test_golden_run(name, golden_data):
 if __name__ == "__main__" and "--write" in sys.argv:
     import os
     import tempfile
+
     os.environ.setdefault("C2F_CACHE", tempfile.mkdtemp(prefix="c2f-golden-"))
     d = _data()
     GOLDEN.write_text(json.dumps({n: run_case(n, d) for n in sorted(CASES)}, indent=1) + "\n")

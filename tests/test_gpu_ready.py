@@ -2,10 +2,10 @@
 pipeline (on the meta device, standing in for a GPU), the TF32 settings (reachable without CUDA), the device
 a Ray trial picks, the prefetcher's stream path (torch.cpu's no-op streams), fused Adam under a GradScaler,
 the recompile-limit warning, and a search's default GPUs on a Ray cluster with a fake GPU."""
-import os
-from pathlib import Path
 
+import os
 import unittest.mock as unittest_mock
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +14,8 @@ import torch
 from c2f_search.compress import get_method, list_methods
 from c2f_search.data.frontend import add_noise, normalize, spec_augment
 from c2f_search.data.prefetch import Prefetcher, host_batches
-from c2f_search.train.precision import TF32_SWITCHES, matmul_mode
 from c2f_search.objectives.supervised import ClassificationLoss
+from c2f_search.train.precision import TF32_SWITCHES, matmul_mode
 from c2f_search.train.step import TrainStep, adam, allow_recompiles
 
 from .host_traffic import HostTraffic
@@ -63,6 +63,7 @@ def test_token_dropping_draws_and_gathers_with_no_host_traffic(method):
     static shape per phase."""
     from c2f_search.geometry import Geometry
     from c2f_search.models.phase import build_for_phase
+
     model = build_for_phase("ast-tiny", {"num_classes": 10, "depth": 1}, method, 2, Geometry(64, 256), device="meta")
     x = torch.empty(8, 64, 256, device=DEVICE)
     shapes = set()
@@ -97,7 +98,7 @@ def test_tf32_settings_use_the_new_api_and_are_restored(tf32_restored):
     # another library has set the new API: from here on torch refuses reads of the legacy flag
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     with pytest.raises(RuntimeError, match="legacy and new APIs"):
-        torch.backends.cuda.matmul.allow_tf32
+        _ = torch.backends.cuda.matmul.allow_tf32
     before = tuple(s.fp32_precision for s in TF32_SWITCHES)
     for precision, want in (("fp32", "ieee"), ("tf32", "tf32"), ("bf16", "ieee")):
         with matmul_mode(precision, cuda):
@@ -109,6 +110,7 @@ def test_tf32_settings_use_the_new_api_and_are_restored(tf32_restored):
 
 def test_a_trial_uses_the_gpu_ray_granted():
     from trainables.c2f import trial_device
+
     assert trial_device([], None, True) == "cpu"
     assert trial_device(["3"], "3", True) == "cuda:0"  # Ray set CUDA_VISIBLE_DEVICES to the granted GPU
     assert trial_device([2], None, True) == "cuda:2"  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, all visible
@@ -122,6 +124,7 @@ def test_each_trial_starts_a_clean_compiler_bounded_by_its_cpus(monkeypatch):
     from torch._dynamo.utils import counters
 
     from trainables.c2f import _fresh_compiler
+
     monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
     monkeypatch.setattr(ic, "compile_threads", 32)
     g = torch.compile(lambda x: x + 1, backend="eager")
@@ -142,7 +145,9 @@ def test_prefetcher_side_stream_path_with_cpu_streams(tiny_data, monkeypatch):
     over. (Pinning and record_stream need CUDA: the GPU benchmark runs them.)"""
     log = []
     record, wait = torch.cpu.Event.record, torch.cpu.Stream.wait_event
-    monkeypatch.setattr(torch.cpu.Event, "record", lambda e, stream=None: log.append(("record", e, stream)) or record(e, stream))
+    monkeypatch.setattr(
+        torch.cpu.Event, "record", lambda e, stream=None: log.append(("record", e, stream)) or record(e, stream)
+    )
     monkeypatch.setattr(torch.cpu.Stream, "wait_event", lambda s, e: log.append(("wait", e, s)) or wait(s, e))
     feats = tiny_data.features("train", 20.0, 128)
     targets = tiny_data.targets("train", feats)
@@ -164,6 +169,7 @@ def test_rows_are_gathered_into_reused_buffers_freed_by_their_copy(tiny_data):
     """Issue 18's loader: one host copy per batch, into a ring of buffers, each handed out again only
     after the event of the copy that read it (CPU stand-ins for pinned memory, streams and events)."""
     from c2f_search.data.prefetch import PinnedRing
+
     feats = tiny_data.features("train", 10.0, 256)
     targets = tiny_data.targets("train", feats)
     order = [np.arange(k, k + 4) for k in range(0, 36, 4)]  # 9 batches of 4
@@ -173,8 +179,9 @@ def test_rows_are_gathered_into_reused_buffers_freed_by_their_copy(tiny_data):
     real = torch.cpu.Event.synchronize
     got = []
     with unittest_mock.patch.object(torch.cpu.Event, "synchronize", lambda e: synced.append(e) or real(e)):
-        with Prefetcher(host_batches(feats, targets, order, ring), torch.device("cpu"), depth=1, side_stream=True,
-                        ring=ring) as p:
+        with Prefetcher(
+            host_batches(feats, targets, order, ring), torch.device("cpu"), depth=1, side_stream=True, ring=ring
+        ) as p:
             got = [tuple(t.clone() for t in b) for b in p]
     assert all(torch.equal(u, v) for a, b in zip(plain, got) for u, v in zip(a, b)) and len(got) == 9
     assert ring.allocated == 3 and len(synced) == 9 - 3  # every reuse waited for its buffer's last copy
@@ -188,7 +195,7 @@ def test_fused_adam_under_a_grad_scaler_skips_an_overflowing_step():
     cpu = torch.device("cpu")
     opt = adam(model.parameters(), 1e-2, 0.0, (0.9, 0.999), cpu)
     assert opt.defaults["fused"]
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     step = TrainStep(model, ClassificationLoss(False), "fp16", cpu, False, scaler)
     x, y = torch.randn(4, 8, 8), torch.tensor([0, 1, 2, 3])
     before = [p.detach().clone() for p in model.parameters()]
@@ -196,10 +203,10 @@ def test_fused_adam_under_a_grad_scaler_skips_an_overflowing_step():
     bad[0, 0, 0] = float("inf")
     step(bad, y, opt)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    assert scaler.get_scale() == 2.0 ** 9
+    assert scaler.get_scale() == 2.0**9
     loss = step(x, y, opt)
     assert torch.isfinite(loss) and not torch.equal(before[1], model[1].weight)
-    assert scaler.get_scale() == 2.0 ** 9  # growth waits 2000 good steps
+    assert scaler.get_scale() == 2.0**9  # growth waits 2000 good steps
 
 
 def test_falling_back_to_eager_is_said_in_one_line(capfd):
@@ -215,6 +222,7 @@ def test_falling_back_to_eager_is_said_in_one_line(capfd):
 
 def test_allow_recompiles_only_raises_the_limits():
     import torch._dynamo.config as dc
+
     with dc.patch(recompile_limit=8, accumulated_recompile_limit=256):
         allow_recompiles(300)
         assert (dc.recompile_limit, dc.accumulated_recompile_limit) == (300, 300)
@@ -229,35 +237,46 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def fresh_ray():
     import ray
+
     ray.shutdown()
     yield ray
     ray.shutdown()
 
 
 def _settings(tmp_path, schedules, **kw):
-    from c2f_search.settings import DataSettings
-    from c2f_search.settings import SearchSettings
+    from c2f_search.settings import DataSettings, SearchSettings
 
     from .conftest import TINY_DATA
+
     space = tmp_path / "space.yaml"
-    space.write_text("epochs: 2\nschedules: [" + ", ".join(f'"{s}"' for s in schedules) + "]\n"
-                     "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n")
-    return SearchSettings(space=str(space), out=str(tmp_path / "s"), keep_checkpoints=None, model_kwargs={"depth": 1},
-                          data=DataSettings(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "c"),
-                                                 None, None).resolved(), **kw)
+    space.write_text(
+        "epochs: 2\nschedules: [" + ", ".join(f'"{s}"' for s in schedules) + "]\n"
+        "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n"
+    )
+    return SearchSettings(
+        space=str(space),
+        out=str(tmp_path / "s"),
+        keep_checkpoints=None,
+        model_kwargs={"depth": 1},
+        data=DataSettings(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "c"), None, None).resolved(),
+        **kw,
+    )
 
 
 @pytest.mark.slow
 def test_gpus_per_trial_follow_the_cluster(tmp_path, fresh_ray, capsys):
     from c2f_search.search.runner import trial_resources
     from c2f_search.search.space import load_space
+
     st = _settings(tmp_path, ["none:1x1"])
     space = load_space(st.space)
     assert space.resources == {"cpu": 1, "gpu": "auto"}
     fresh_ray.init(num_cpus=1, num_gpus=2, include_dashboard=False)  # a fake GPU: a resource label, no card
     assert trial_resources(st, space, joined=False) == {"cpu": 1, "gpu": 1}
-    assert "trials get 1 GPU and 1 CPU each (resources.gpu auto: the cluster has 2 GPUs; change it with " \
-           "--gpus-per-trial N)" in capsys.readouterr().out
+    assert (
+        "trials get 1 GPU and 1 CPU each (resources.gpu auto: the cluster has 2 GPUs; change it with "
+        "--gpus-per-trial N)" in capsys.readouterr().out
+    )
     st.resources = {"cpu": None, "gpu": 0.0}  # --gpus-per-trial 0: CPUs only, on a GPU cluster
     assert trial_resources(st, space, joined=False) == {"cpu": 1, "gpu": 0}
     assert "(--gpus-per-trial;" in capsys.readouterr().out
@@ -283,6 +302,7 @@ def test_on_a_gpu_cluster_trials_get_a_gpu_and_a_reused_process_carries_nothing(
 
     from c2f_search import Run, TrainConfig
     from c2f_search.search.runner import run_search
+
     scheds = ["fshift:2x1,1x1", "avgpool:2x1,1x1"]
     st = _settings(tmp_path, scheds)
     fresh_ray.init(num_cpus=1, num_gpus=1, include_dashboard=False)
@@ -299,13 +319,15 @@ def test_on_a_gpu_cluster_trials_get_a_gpu_and_a_reused_process_carries_nothing(
     data = st.data.load()
     for sched, rs in rows.items():
         ref = Run(TrainConfig(sched, model_kwargs={"depth": 1}, lr=3e-4, batch_size=8, warmup_steps=2), data, "cpu")
-        assert [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in rs] == \
-               [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in ref.records()]
+        assert [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in rs] == [
+            (r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in ref.records()
+        ]
 
 
 def test_ssast_masks_are_drawn_on_the_device_without_host_traffic():
     """SSAST pretraining's per-step masks (MaskedPatch.extra): clusters drawn with torch ops on the device."""
     from c2f_search.objectives.masked_patch import cluster_masks
+
     with HostTraffic() as h:
         m = cluster_masks((8, 32), 200, 16, DEVICE)
     assert h.events == [] and m.shape == (16, 200) and m.device == DEVICE
@@ -313,6 +335,7 @@ def test_ssast_masks_are_drawn_on_the_device_without_host_traffic():
 
 def test_ssast_masks_come_in_clusters_and_take_exactly_n_distinct_patches():
     from c2f_search.objectives.masked_patch import cluster_masks
+
     g = torch.Generator().manual_seed(0)
     f, t, n = 12, 101, 300
     masks = cluster_masks((f, t), n, 8, "cpu", g)
@@ -322,9 +345,17 @@ def test_ssast_masks_come_in_clusters_and_take_exactly_n_distinct_patches():
         out = []
         for r in rows:
             s = set(r.tolist())
-            out.append(sum((i // t + a) * t + i % t + b in s for i in s for a, b in ((0, 1), (1, 0), (0, -1), (-1, 0))
-                           if 0 <= i // t + a < f and 0 <= i % t + b < t) / len(s))
+            out.append(
+                sum(
+                    (i // t + a) * t + i % t + b in s
+                    for i in s
+                    for a, b in ((0, 1), (1, 0), (0, -1), (-1, 0))
+                    if 0 <= i // t + a < f and 0 <= i % t + b < t
+                )
+                / len(s)
+            )
         return sum(out) / len(out)
+
     random = torch.stack([torch.randperm(f * t, generator=g)[:n] for _ in range(8)])
     assert neighbours(masks) > 2.5 > 1.2 > neighbours(random)
     assert cluster_masks((4, 4), 16, 2, "cpu", g).tolist() == [list(range(16))] * 2  # every patch

@@ -1,6 +1,7 @@
 """Folders made by c2f-search 0.2.0, before the package was restructured (tests/fixtures/legacy-0.2.0):
 its checkpoints still resume and fork, its run folder's config.json still gives every setting, and its
 search folder still exports, reports and resumes (Ray unpickles classes that have moved since)."""
+
 import json
 import shutil
 from pathlib import Path
@@ -35,8 +36,21 @@ def test_a_legacy_run_resumes_and_ends_where_the_uninterrupted_run_ended(tmp_pat
 
 def test_a_legacy_checkpoint_forks_a_longer_schedule(tmp_path):
     out = tmp_path / "longer"
-    assert main(["train", "--resume-from", str(FIXTURE / "run" / "checkpoints" / "phase1-C2.pt"),
-                 "--schedule", "fshift:2x1,1x2", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume-from",
+                str(FIXTURE / "run" / "checkpoints" / "phase1-C2.pt"),
+                "--schedule",
+                "fshift:2x1,1x2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = pq.read_table(out / "metrics.parquet").to_pylist()
     assert rows[0]["step"] == 5 and rows[-1]["epoch"] == 3.0 and rows[-1]["schedule_done"]
 
@@ -44,15 +58,19 @@ def test_a_legacy_checkpoint_forks_a_longer_schedule(tmp_path):
 def _search(tmp_path) -> Path:
     """The legacy search, its recorded paths pointed at this checkout and at the regenerated data."""
     from c2f_search.data import builtin_events
+
     root = tmp_path / "legacy"
     shutil.copytree(FIXTURE, root)
     search = root / "search"
     s = json.loads((search / "search.json").read_text())
     data = builtin_events.materialize(DATA)
     s["space"] = str(root / "tiny.yaml")
-    s["data"].update(train=str(data / "train.json"), val=str(data / "val.json"),
-                     labels=str(data / "class_labels_indices.csv"),
-                     cache_dir=str(builtin_events.cache_root() / "features"))
+    s["data"].update(
+        train=str(data / "train.json"),
+        val=str(data / "val.json"),
+        labels=str(data / "class_labels_indices.csv"),
+        cache_dir=str(builtin_events.cache_root() / "features"),
+    )
     (search / "search.json").write_text(json.dumps(s, indent=1))
     return search
 

@@ -1,14 +1,24 @@
 import pyarrow as pa
 import pytest
 
-from c2f_search.analysis.rows import ROW_COLUMNS, with_schedule_columns
 from c2f_search.analysis.pareto import analyse, hypervolume_2d, pareto_front, summary_text
+from c2f_search.analysis.rows import ROW_COLUMNS, with_schedule_columns
 from c2f_search.schema import keep_checkpoint
 
 
 def test_front_with_ties_and_duplicates():
-    pts = [(0.5, 10.0), (0.6, 20.0), (0.55, 20.0), (0.6, 20.0), (0.4, 5.0), (0.7, 40.0), (0.65, 50.0),
-           (0.5, 10.0), (float("nan"), 1.0), (0.4, 5.0)]
+    pts = [
+        (0.5, 10.0),
+        (0.6, 20.0),
+        (0.55, 20.0),
+        (0.6, 20.0),
+        (0.4, 5.0),
+        (0.7, 40.0),
+        (0.65, 50.0),
+        (0.5, 10.0),
+        (float("nan"), 1.0),
+        (0.4, 5.0),
+    ]
     assert pareto_front(pts) == [4, 0, 1, 5]
     assert pareto_front([(0.5, 1.0), (0.5, 2.0)]) == [0]  # equal metric, more FLOPs: dominated
     assert pareto_front([]) == []
@@ -25,9 +35,23 @@ def test_hypervolume_by_hand():
 
 def _row(tid, step, m, f, done, method="fshift", status="finished", phase=1, C=1, schedule=None, seed=0):
     r = dict.fromkeys(ROW_COLUMNS)
-    r.update(trial_id=tid, schedule=schedule or ("none:1x3" if method == "none" else f"{method}:2x1,1x2"),
-             method=method, step=step, epoch=float(step), phase=phase, C=C, val_metric=m, train_flops=f * 1e9,
-             train_time_s=f / 10, schedule_done=done, status=status, metric_name="accuracy", phase_end=done, seed=seed)
+    r.update(
+        trial_id=tid,
+        schedule=schedule or ("none:1x3" if method == "none" else f"{method}:2x1,1x2"),
+        method=method,
+        step=step,
+        epoch=float(step),
+        phase=phase,
+        C=C,
+        val_metric=m,
+        train_flops=f * 1e9,
+        train_time_s=f / 10,
+        schedule_done=done,
+        status=status,
+        metric_name="accuracy",
+        phase_end=done,
+        seed=seed,
+    )
     return r
 
 
@@ -39,16 +63,20 @@ def _table(rows: list[dict]) -> pa.Table:
 def _histories():
     return [
         # the baseline peaks at epoch 2 and falls at epoch 3: the reference is epoch 2, not the last one
-        _row("base", 1, 0.50, 10, False, "none"), _row("base", 2, 0.62, 20, False, "none"),
+        _row("base", 1, 0.50, 10, False, "none"),
+        _row("base", 2, 0.62, 20, False, "none"),
         _row("base", 3, 0.58, 30, True, "none"),
         # a weaker baseline trial (another learning rate): not the reference
-        _row("base2", 1, 0.40, 10, False, "none"), _row("base2", 2, 0.61, 20, False, "none"),
+        _row("base2", 1, 0.40, 10, False, "none"),
+        _row("base2", 2, 0.61, 20, False, "none"),
         _row("base2", 3, 0.61, 30, True, "none"),
         # its coarse phase (C=2) beats the baseline at 5 GFLOPs; that evaluation never counts
-        _row("a", 1, 0.70, 5, False, phase=1, C=2), _row("a", 2, 0.60, 12, False, phase=2),
+        _row("a", 1, 0.70, 5, False, phase=1, C=2),
+        _row("a", 2, 0.60, 12, False, phase=2),
         _row("a", 3, 0.63, 19, True, phase=2),
         # never reaches 0.62 in its final phase
-        _row("b", 1, 0.30, 4, False, phase=1, C=2), _row("b", 2, 0.55, 11, False, phase=2),
+        _row("b", 1, 0.30, 4, False, phase=1, C=2),
+        _row("b", 2, 0.55, 11, False, phase=2),
         _row("b", 3, 0.60, 18, True, phase=2),
         _row("p", 1, 0.90, 3, False, status="pruned", phase=1, C=2),  # stopped early: anytime only
     ]
@@ -89,9 +117,21 @@ def test_fronts_final_and_anytime():
 
 
 def test_anytime_front_marks_token_dropping_checkpoints_as_full_models():
-    rows = _histories() + [_row("t", 1, 0.95, 2, False, "tpatchout", status="pruned", phase=1, C=2),
-                           _row("m", 1, 0.97, 2.5, False, "avgpool+tpatchout", status="pruned", phase=1, C=4,
-                                schedule="avgpool:4x1,tpatchout:2x1,1x1")]
+    rows = _histories() + [
+        _row("t", 1, 0.95, 2, False, "tpatchout", status="pruned", phase=1, C=2),
+        _row(
+            "m",
+            1,
+            0.97,
+            2.5,
+            False,
+            "avgpool+tpatchout",
+            status="pruned",
+            phase=1,
+            C=4,
+            schedule="avgpool:4x1,tpatchout:2x1,1x1",
+        ),
+    ]
     res = analyse(_table(rows), ref=(0.0, 40e9))
     assert [(r["trial_id"], r["C"], r["full_model"]) for r in res["anytime_front"]] == [("t", 2, True), ("m", 4, False)]
     text = summary_text(res)
@@ -108,10 +148,15 @@ def test_no_baseline_no_saving():
 
 
 def test_checkpoints_the_front_needs_are_marked():
-    h = [dict(phase=1, C=2, val_metric=0.7, phase_end=False), dict(phase=1, C=2, val_metric=0.5, phase_end=True),
-         dict(phase=2, C=1, val_metric=0.4, phase_end=False), dict(phase=2, C=1, val_metric=0.6, phase_end=False),
-         dict(phase=2, C=1, val_metric=0.6, phase_end=False), dict(phase=2, C=1, val_metric=0.65, phase_end=True)]
-    assert [keep_checkpoint(h[:k + 1], 1) for k in range(len(h))] == [False, True, True, True, False, True]
+    h = [
+        dict(phase=1, C=2, val_metric=0.7, phase_end=False),
+        dict(phase=1, C=2, val_metric=0.5, phase_end=True),
+        dict(phase=2, C=1, val_metric=0.4, phase_end=False),
+        dict(phase=2, C=1, val_metric=0.6, phase_end=False),
+        dict(phase=2, C=1, val_metric=0.6, phase_end=False),
+        dict(phase=2, C=1, val_metric=0.65, phase_end=True),
+    ]
+    assert [keep_checkpoint(h[: k + 1], 1) for k in range(len(h))] == [False, True, True, True, False, True]
 
 
 def test_reports_that_result_json_lost_are_read_from_progress_csv(tmp_path):
@@ -121,13 +166,27 @@ def test_reports_that_result_json_lost_are_read_from_progress_csv(tmp_path):
 
     from c2f_search.analysis.rows import load_rows
     from c2f_search.schema import RECORD_FIELDS
+
     trial = tmp_path / "search" / "train_schedule_0"
     trial.mkdir(parents=True)
 
     def report(step, done):
-        return {**{k: None for k in RECORD_FIELDS}, "schedule": "fshift:2x1,1x1", "C": 1, "step": step,
-                "epoch": step / 5, "val_metric": 0.1 * step, "metric_name": "accuracy", "train_flops": 1e9 * step,
-                "phase_end": done, "schedule_done": done, "averaged": False, "trial_id": "t0", "lr": 1e-4}
+        return {
+            **{k: None for k in RECORD_FIELDS},
+            "schedule": "fshift:2x1,1x1",
+            "C": 1,
+            "step": step,
+            "epoch": step / 5,
+            "val_metric": 0.1 * step,
+            "metric_name": "accuracy",
+            "train_flops": 1e9 * step,
+            "phase_end": done,
+            "schedule_done": done,
+            "averaged": False,
+            "trial_id": "t0",
+            "lr": 1e-4,
+        }
+
     reports = [report(s, s == 15) for s in (5, 10, 15)]
     (trial / "result.json").write_text(json.dumps({**reports[0], "config": {"lr": 1e-4}}) + "\n")  # two lost
     with open(trial / "progress.csv", "w", newline="") as f:
@@ -150,24 +209,43 @@ def test_a_running_trial_is_not_called_pruned(tmp_path):
     from c2f_search.schema import RECORD_FIELDS
 
     from .conftest import craft_search
+
     craft_search(tmp_path)
     for tid in ("run1", "stop1"):
         trial = tmp_path / "search" / f"train_schedule_{tid}"
         trial.mkdir()
-        rec = {**dict.fromkeys(RECORD_FIELDS), "schedule": "fshift:2x1,1x1", "method": "fshift", "phase": 1, "C": 2,
-               "epoch": 1.0, "step": 10, "val_metric": 0.2, "metric_name": "accuracy", "train_flops": 1e9,
-               "train_time_s": 1.0, "phase_end": True, "schedule_done": False, "averaged": False, "trial_id": tid}
+        rec = {
+            **dict.fromkeys(RECORD_FIELDS),
+            "schedule": "fshift:2x1,1x1",
+            "method": "fshift",
+            "phase": 1,
+            "C": 2,
+            "epoch": 1.0,
+            "step": 10,
+            "val_metric": 0.2,
+            "metric_name": "accuracy",
+            "train_flops": 1e9,
+            "train_time_s": 1.0,
+            "phase_end": True,
+            "schedule_done": False,
+            "averaged": False,
+            "trial_id": tid,
+        }
         (trial / "result.json").write_text(json.dumps(rec) + "\n")
     # Tune's layout: trial_data holds [trial state as JSON text, runtime metadata] per trial
-    state = {"trial_data": [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in
-                            (("base", "TERMINATED"), ("c2f", "TERMINATED"), ("run1", "RUNNING"),
-                             ("stop1", "TERMINATED"))]}
+    state = {
+        "trial_data": [
+            [json.dumps({"trial_id": t, "status": s}), "{}"]
+            for t, s in (("base", "TERMINATED"), ("c2f", "TERMINATED"), ("run1", "RUNNING"), ("stop1", "TERMINATED"))
+        ]
+    }
     (tmp_path / "search" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
     status = {r["trial_id"]: r["status"] for r in load_rows(tmp_path).to_pylist()}
     assert status == {"base": "finished", "c2f": "finished", "run1": "running", "stop1": "pruned"}
     res = analyse(load_rows(tmp_path))
-    assert summary_text(res).splitlines()[0] == ("trials: 2 finished, 1 pruned/stopped, 1 running or interrupted "
-                                                 "(--resume continues them), 0 failed")
+    assert summary_text(res).splitlines()[0] == (
+        "trials: 2 finished, 1 pruned/stopped, 1 running or interrupted (--resume continues them), 0 failed"
+    )
 
 
 def test_a_step_reported_again_by_a_dropped_lineage_keeps_the_row_that_ends_the_schedule(tmp_path):
@@ -178,6 +256,7 @@ def test_a_step_reported_again_by_a_dropped_lineage_keeps_the_row_that_ends_the_
     from c2f_search.analysis.rows import load_rows
 
     from .conftest import craft_search
+
     craft_search(tmp_path)
     f = tmp_path / "search" / "train_schedule_1" / "result.json"
     lines = [json.loads(x) for x in f.read_text().splitlines()]
@@ -186,5 +265,7 @@ def test_a_step_reported_again_by_a_dropped_lineage_keeps_the_row_that_ends_the_
     f.write_text(f.read_text() + json.dumps({**end, "C": 2, "schedule_done": False, "val_metric": 0.1}) + "\n")
     mine = [r for r in load_rows(tmp_path).to_pylist() if r["trial_id"] == end["trial_id"]]
     last = [r for r in mine if r["step"] == end["step"]]
-    assert len(last) == 1 and last[0]["schedule_done"] and last[0]["C"] == 1 and last[0]["val_metric"] == end["val_metric"]
+    assert (
+        len(last) == 1 and last[0]["schedule_done"] and last[0]["C"] == 1 and last[0]["val_metric"] == end["val_metric"]
+    )
     assert {r["status"] for r in mine} == {"finished"}

@@ -1,13 +1,14 @@
 """Token-dropping phases (PaSST's patchout) and schedules whose phases mix methods, through ``Run``."""
+
 import pytest
 import torch
 
 from c2f_search import Run, TrainConfig
-from c2f_search.train.callbacks.base import Callback
 from c2f_search.controllers import fork_point
 from c2f_search.errors import CheckpointError
 from c2f_search.models.flops import train_flops
 from c2f_search.schedule import parse_schedule
+from c2f_search.train.callbacks.base import Callback
 
 from .conftest import last_state
 
@@ -20,8 +21,23 @@ def _cfg(schedule, **kw):
 
 
 def _metrics(records):
-    return [(r["step"], r["C"], r["phase"], r["method"], r["train_loss"], r["val_metric"], r["train_flops"],
-             r["eval_flops"], r["phase_end"], r["schedule_done"], r["schedule"], r["trained"]) for r in records]
+    return [
+        (
+            r["step"],
+            r["C"],
+            r["phase"],
+            r["method"],
+            r["train_loss"],
+            r["val_metric"],
+            r["train_flops"],
+            r["eval_flops"],
+            r["phase_end"],
+            r["schedule_done"],
+            r["schedule"],
+            r["trained"],
+        )
+        for r in records
+    ]
 
 
 def _tokens_seen(run):
@@ -47,6 +63,7 @@ def test_training_sees_the_kept_tokens_and_evaluation_every_token(tiny_data):
 
 def test_a_full_resolution_phase_starts_from_exactly_the_weights_patchout_left(tiny_data, monkeypatch):
     import c2f_search.train.run as train_mod
+
     moved, starts = [], {}
     real_transfer, real_step = train_mod.transfer_weights, train_mod.TrainStep
 
@@ -118,4 +135,6 @@ def test_a_learned_schedule_switches_method_with_its_C(tiny_data, rule):
     assert recs[-1]["trained"].startswith("avgpool:4x") and {r["method"] for r in recs} == {"avgpool+tpatchout"}
     if (2, "tpatchout") in phases:
         assert ",tpatchout:2x" in recs[-1]["trained"]
-    assert run.progress.step_flops(2) == run.ledger.step_flops(2, "tpatchout") < run.ledger.step_flops(2, "avgpool") * 1.2
+    assert (
+        run.progress.step_flops(2) == run.ledger.step_flops(2, "tpatchout") < run.ledger.step_flops(2, "avgpool") * 1.2
+    )

@@ -1,15 +1,16 @@
 """The phase loop's rooms: the evaluator scores the split it is asked for (pretraining included), a
 saved state is scored without a Run, and the FLOPs ledger is the one count that training, ASHA's
 max_t and the benchmarks share."""
+
 import pytest
 
 from c2f_search import Run, TrainConfig
 from c2f_search.data import builtin_events as builtin
 from c2f_search.data.sets import Data
-from c2f_search.train.evaluator import evaluate_state
-from c2f_search.train.ledger import FlopsLedger
 from c2f_search.search.runner import max_flops
 from c2f_search.search.space import load_space
+from c2f_search.train.evaluator import evaluate_state
+from c2f_search.train.ledger import FlopsLedger
 
 from .conftest import TINY_DATA
 
@@ -22,8 +23,15 @@ def with_test(_cache):
 
 
 def test_pretraining_scores_the_split_it_is_asked_for(with_test):
-    cfg = TrainConfig("fshift:2x1,1x1", model="ssast-tiny", model_kwargs={"depth": 1}, objective="masked-patch",
-                      mask_patches=20, batch_size=8, warmup_steps=0)
+    cfg = TrainConfig(
+        "fshift:2x1,1x1",
+        model="ssast-tiny",
+        model_kwargs={"depth": 1},
+        objective="masked-patch",
+        mask_patches=20,
+        batch_size=8,
+        warmup_steps=0,
+    )
     run = Run(cfg, with_test, "cpu")
     run.fit()
     eval_flops = run.counters["eval_flops"]
@@ -47,12 +55,21 @@ def test_a_state_is_scored_reading_only_the_split_it_scores(with_test):
     assert [k[0] for k in fresh._feats] == ["test"]  # no training or validation features were read
 
 
-@pytest.mark.parametrize("space_yaml, model", [
-    ("epochs: 2\nfixed: {batch_size: 12}\nspace:\n  method: [avgpool]\n  C_values: [2]\n"
-     "  coarse_phases: {low: 0, high: 1}\n", "ast-tiny"),
-    ("epochs: 2\nmodel: ssast-tiny\nobjective: masked-patch\nfixed: {batch_size: 12, mask_patches: 30}\n"
-     "space:\n  method: [fshift]\n  C_values: [2]\n  coarse_phases: {low: 0, high: 1}\n", "ssast-tiny"),
-])
+@pytest.mark.parametrize(
+    "space_yaml, model",
+    [
+        (
+            "epochs: 2\nfixed: {batch_size: 12}\nspace:\n  method: [avgpool]\n  C_values: [2]\n"
+            "  coarse_phases: {low: 0, high: 1}\n",
+            "ast-tiny",
+        ),
+        (
+            "epochs: 2\nmodel: ssast-tiny\nobjective: masked-patch\nfixed: {batch_size: 12, mask_patches: 30}\n"
+            "space:\n  method: [fshift]\n  C_values: [2]\n  coarse_phases: {low: 0, high: 1}\n",
+            "ssast-tiny",
+        ),
+    ],
+)
 def test_asha_max_t_is_what_the_baseline_trains(tiny_data, tmp_path, space_yaml, model):
     """40 clips at batch 12: 3 steps per epoch, the last 4 clips dropped; a masked-patch space counts
     its own objective's FLOPs."""
@@ -60,8 +77,11 @@ def test_asha_max_t_is_what_the_baseline_trains(tiny_data, tmp_path, space_yaml,
     path.write_text(space_yaml)
     space = load_space(str(path))
     kw = {"depth": 1}
-    baseline = Run(TrainConfig("none:1x2", model=model, model_kwargs=kw, objective=space.objective,
-                               **space.fixed), tiny_data, "cpu")
+    baseline = Run(
+        TrainConfig("none:1x2", model=model, model_kwargs=kw, objective=space.objective, **space.fixed),
+        tiny_data,
+        "cpu",
+    )
     assert baseline.steps_per_epoch == 3
     baseline.fit()
     assert max_flops(tiny_data, space, 2, kw) == baseline.counters["train_flops"]

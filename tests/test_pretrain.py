@@ -1,4 +1,5 @@
 """`c2f-search pretrain` on unlabelled audio, then `train --init` from its checkpoint."""
+
 import json
 
 import numpy as np
@@ -24,14 +25,33 @@ def test_pretrain_then_finetune_from_its_checkpoint(tmp_path):
     state = load_checkpoint(pre / "checkpoints" / "final.pt")
     assert state["model_name"] == "ssast-tiny" and state["config"]["objective"] == "masked-patch"
     assert json.loads((pre / "config.json").read_text())["classes"] == ["unlabelled"]
-    assert main(["train", "--data", TINY_DATA, "--model", "ssast-tiny", "--schedule", "patch-pi:2x1,1x1",
-                 "--init", str(pre / "checkpoints" / "final.pt"), "--out", str(ft), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                TINY_DATA,
+                "--model",
+                "ssast-tiny",
+                "--schedule",
+                "patch-pi:2x1,1x1",
+                "--init",
+                str(pre / "checkpoints" / "final.pt"),
+                "--out",
+                str(ft),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     rows = pq.read_table(ft / "metrics.parquet").to_pylist()
     assert [(r["C"], r["metric_name"]) for r in rows] == [(2, "accuracy"), (1, "accuracy")]
     # the supervised run started from the encoder: its first checkpoint still holds the untouched heads
     tuned = load_checkpoint(ft / "checkpoints" / "phase1-C2.pt")
     assert torch.equal(tuned["model"]["cpred.0.weight"], state["model"]["cpred.0.weight"])
-    assert not torch.equal(tuned["model"]["vit.blocks.0.attn.qkv.weight"], state["model"]["vit.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        tuned["model"]["vit.blocks.0.attn.qkv.weight"], state["model"]["vit.blocks.0.attn.qkv.weight"]
+    )
     # a pretraining run continues only as one
     assert main(["train", "--out", str(pre), "--resume", "--no-progress"]) == 2
 
@@ -50,8 +70,25 @@ def test_a_folder_of_audio_pretrains_with_a_held_out_tenth(tmp_path):
     assert (len(tr), len(va)) == (18, 2) and not set(tr.paths) & set(va.paths)
     assert tr.targets.shape == (18, 1) and tr.classes == ["unlabelled"]
     out = tmp_path / "pre"
-    assert main(["pretrain", "--data", str(tmp_path / "audio"), "--schedule", "avgpool:2x1,1x1", "--target-length",
-                 "128", "--num-mel-bins", "64", "--out", str(out), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(tmp_path / "audio"),
+                "--schedule",
+                "avgpool:2x1,1x1",
+                "--target-length",
+                "128",
+                "--num-mel-bins",
+                "64",
+                "--out",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert len(pq.read_table(out / "metrics.parquet")) == 2
 
 

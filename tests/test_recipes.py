@@ -1,4 +1,5 @@
 """Recipes set what docs/recipes.md says; the balanced sampler and weight averaging they use."""
+
 import json
 from pathlib import Path
 
@@ -7,12 +8,12 @@ import pytest
 import torch
 
 from c2f_search import Run, TrainConfig
-from c2f_search.train.callbacks.averaging import WeightAverage
-from c2f_search.validate import validate
 from c2f_search.cli import main
 from c2f_search.data.sets import balanced_weights
 from c2f_search.errors import ConfigError
 from c2f_search.recipes import list_recipes, load_recipe
+from c2f_search.train.callbacks.averaging import WeightAverage
+from c2f_search.validate import validate
 
 from .conftest import TINY_DATA
 
@@ -27,18 +28,32 @@ def _doc_rows() -> dict:
 
 def test_every_recipe_loads_and_sets_what_the_docs_say():
     rows = _doc_rows()
-    assert sorted(rows) == list_recipes() == ["audioset", "audioset-balanced", "esc50", "kinetics-sounds",
-                                              "speechcommands", "vggsound", "voxceleb"]
+    assert (
+        sorted(rows)
+        == list_recipes()
+        == ["audioset", "audioset-balanced", "esc50", "kinetics-sounds", "speechcommands", "vggsound", "voxceleb"]
+    )
     for name, row in rows.items():
         r = load_recipe(name)
         c = TrainConfig(r.schedule, **r.config())
         start, step, gamma = (float(v) for v in row["LR decay (start, step, gamma)"].split(","))
         got = {
-            "epochs": r.epochs, "target length": r.data["target_length"], "mel": r.data["num_mel_bins"],
-            "norm": r.data["norm"], "lr": c.lr, "batch": c.batch_size, "freqm": c.freqm, "timem": c.timem,
-            "mixup": c.mixup, "loss": c.loss, "warmup steps": c.warmup_steps,
-            "balanced sampler": "yes" if c.balanced_sampling else "no", "weight averaging": c.weight_averaging or "-",
-            "noise": "yes" if c.noise else "no", "model": c.model, "patch stride": c.model_kwargs.get("stride", 16),
+            "epochs": r.epochs,
+            "target length": r.data["target_length"],
+            "mel": r.data["num_mel_bins"],
+            "norm": r.data["norm"],
+            "lr": c.lr,
+            "batch": c.batch_size,
+            "freqm": c.freqm,
+            "timem": c.timem,
+            "mixup": c.mixup,
+            "loss": c.loss,
+            "warmup steps": c.warmup_steps,
+            "balanced sampler": "yes" if c.balanced_sampling else "no",
+            "weight averaging": c.weight_averaging or "-",
+            "noise": "yes" if c.noise else "no",
+            "model": c.model,
+            "patch stride": c.model_kwargs.get("stride", 16),
         }
         for col, value in got.items():
             want = row[col]
@@ -55,18 +70,55 @@ def test_every_recipe_loads_and_sets_what_the_docs_say():
 
 def test_recipe_flags_override_it_and_config_json_records_both(tmp_path):
     out = tmp_path / "run"
-    rc = main(["train", "--recipe", "audioset", "--data", TINY_DATA, "--model", "ast-tiny", "--depth", "1",
-               "--schedule", "none:1x2", "--target-length", "256", "--num-mel-bins", "64", "--batch-size", "8",
-               "--warmup-steps", "2", "--lr", "3e-4", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--recipe",
+            "audioset",
+            "--data",
+            TINY_DATA,
+            "--model",
+            "ast-tiny",
+            "--depth",
+            "1",
+            "--schedule",
+            "none:1x2",
+            "--target-length",
+            "256",
+            "--num-mel-bins",
+            "64",
+            "--batch-size",
+            "8",
+            "--warmup-steps",
+            "2",
+            "--lr",
+            "3e-4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "config.json").read_text())
     cfg = doc["config"]
     assert doc["recipe"] == "audioset"
-    assert doc["overrides"] == {"model": "ast-tiny", "lr": 3e-4, "batch_size": 8, "warmup_steps": 2, "depth": 1,
-                                "num_mel_bins": 64, "target_length": 256}
+    assert doc["overrides"] == {
+        "model": "ast-tiny",
+        "lr": 3e-4,
+        "batch_size": 8,
+        "warmup_steps": 2,
+        "depth": 1,
+        "num_mel_bins": 64,
+        "target_length": 256,
+    }
     # the rest is the recipe's: same family, so its model settings stay
-    assert (cfg["freqm"], cfg["timem"], cfg["mixup"], cfg["loss"], cfg["balanced_sampling"]) == (48, 192, 0.5, "bce",
-                                                                                                  True)
+    assert (cfg["freqm"], cfg["timem"], cfg["mixup"], cfg["loss"], cfg["balanced_sampling"]) == (
+        48,
+        192,
+        0.5,
+        "bce",
+        True,
+    )
     assert cfg["model_kwargs"] == {"dist_token": True, "stride": 10, "depth": 1}
     assert cfg["weight_averaging"] == "from:1" and cfg["lr_milestones"][:2] == [2, 3]
     assert doc["data"]["norm"] == [-4.2677393, 4.5689974]  # the recipe's, by its data set's name
@@ -77,9 +129,32 @@ def test_recipe_flags_override_it_and_config_json_records_both(tmp_path):
 
 def test_a_model_of_another_family_drops_the_recipe_model_settings(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--recipe", "esc50", "--data", TINY_DATA, "--model", "cnn14-tiny", "--schedule",
-                 "avgpool:2x0.5,1x0.5", "--target-length", "256", "--num-mel-bins", "64", "--batch-size", "8",
-                 "--no-balanced-sampling", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "esc50",
+                "--data",
+                TINY_DATA,
+                "--model",
+                "cnn14-tiny",
+                "--schedule",
+                "avgpool:2x0.5,1x0.5",
+                "--target-length",
+                "256",
+                "--num-mel-bins",
+                "64",
+                "--batch-size",
+                "8",
+                "--no-balanced-sampling",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "config.json").read_text())
     assert doc["config"]["model_kwargs"] == {} and doc["config"]["lr"] == 1e-4 and doc["config"]["loss"] == "ce"
     assert doc["overrides"]["model"] == "cnn14-tiny" and "balanced_sampling" not in doc["overrides"]  # esc50: off
@@ -88,7 +163,7 @@ def test_a_model_of_another_family_drops_the_recipe_model_settings(tmp_path, cap
 
 # ---------------------------------------------------------------------------------- balanced sampler
 def test_balanced_weights_are_asts():
-    y = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1.]])
+    y = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1.0]])
     w = balanced_weights(y)
     a, b, c = 1000 / 3.01, 1000 / 1.01, 1000 / 1.01
     assert torch.allclose(w, torch.tensor([a, a, a + b, c], dtype=torch.float64))
@@ -98,6 +173,7 @@ def test_balanced_order_is_a_function_of_seed_and_epoch(tiny_data):
     def order(**kw):
         run = Run(TrainConfig("none:1x1", model_kwargs={"depth": 1}, batch_size=8, **kw), tiny_data, "cpu")
         return [run.pipeline.batch_indices(s, run.steps_per_epoch).tolist() for s in range(2 * run.steps_per_epoch)]
+
     a, b = order(balanced_sampling=True), order(balanced_sampling=True)
     assert a == b and a != order(balanced_sampling=False)
     first_epoch = sum(a[:5], [])
@@ -128,8 +204,9 @@ def test_weight_average_from_and_top():
 
 
 def test_averaged_record_comes_last_and_resumes_exactly(tiny_data):
-    cfg = TrainConfig("fshift:2x1,1x2", model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2,
-                      weight_averaging="from:2")
+    cfg = TrainConfig(
+        "fshift:2x1,1x2", model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2, weight_averaging="from:2"
+    )
     run = Run(cfg, tiny_data, "cpu")
     weights, recs, before_avg = [], [], None
     for rec in run.records():
@@ -137,8 +214,12 @@ def test_averaged_record_comes_last_and_resumes_exactly(tiny_data):
         if not rec["averaged"]:
             weights.append({k: v.clone() for k, v in run.model.state_dict().items()})
             before_avg = run.state_dict()
-    assert [(r["C"], r["epoch"], r["averaged"]) for r in recs] == [(2, 1, False), (1, 2, False), (1, 3, False),
-                                                                   (1, 3, True)]
+    assert [(r["C"], r["epoch"], r["averaged"]) for r in recs] == [
+        (2, 1, False),
+        (1, 2, False),
+        (1, 3, False),
+        (1, 3, True),
+    ]
     avg = run.averaging.averaged()
     k = "vit.blocks.0.mlp.fc1.weight"
     assert torch.allclose(avg[k], (weights[1][k] + weights[2][k]) / 2)

@@ -1,5 +1,6 @@
 """The test split, kept checkpoints, confirm, the HTML report in a real headless browser (Debian's
 chromium), and optuna-dashboard on the study a search leaves: real Ray, Optuna, Parquet."""
+
 import json
 import os
 import shutil
@@ -16,8 +17,16 @@ from c2f_search.analysis.rows import load_rows
 from .conftest import TINY_DATA, craft_search
 from .test_search import _run_cli, _space
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def _browser(tmp_path):
@@ -28,6 +37,7 @@ def _browser(tmp_path):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for f in CHROMIUM_FLAGS + (f"--user-data-dir={tmp_path / 'chromium-profile'}",):
@@ -58,13 +68,33 @@ def test_the_browser_check_sees_broken_pages(tmp_path):
 @pytest.mark.slow
 def test_test_split_confirm_report_and_dashboard(tmp_path):
     import ray
+
     ray.shutdown()
     out = tmp_path / "s"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     test_spec = "builtin:events?train=10&val=20&seed=5"
-    r = _run_cli(["search", "--space", str(_space(tmp_path, ["none:1x2", "avgpool:2x3,1x1"])),
-                  "--data", TINY_DATA, "--test", test_spec, "--depth", "1", "--keep-checkpoints", "1",
-                  "--epochs", "3", "--out", str(out)], tmp_path / "search.log", env, 400)
+    r = _run_cli(
+        [
+            "search",
+            "--space",
+            str(_space(tmp_path, ["none:1x2", "avgpool:2x3,1x1"])),
+            "--data",
+            TINY_DATA,
+            "--test",
+            test_spec,
+            "--depth",
+            "1",
+            "--keep-checkpoints",
+            "1",
+            "--epochs",
+            "3",
+            "--out",
+            str(out),
+        ],
+        tmp_path / "search.log",
+        env,
+        400,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     rows = load_rows(out).to_pylist()
     # --keep-checkpoints 1: what the front may need (phase ends, final-phase evaluations better than every
@@ -86,22 +116,34 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     assert front and all(x["test_metric"] is not None and x["val_metric"] is not None for x in front)
     # the test metric is the checkpoint's metric on the test split, computed by the core alone
     from c2f_search import Data
-    from c2f_search.train.evaluator import evaluate_state
     from c2f_search.files import load_checkpoint
+    from c2f_search.train.evaluator import evaluate_state
+
     settings = json.loads((out / "search.json").read_text())
     data = Data.from_specs(**settings["data"], test=settings["test"])
     state = load_checkpoint(f"{front[0]['checkpoint_path']}/state.pt")
     assert front[0]["test_metric"] == evaluate_state(state, data, "test")
     assert "test=" in (out / "summary.txt").read_text()
-    assert _run_cli(["pareto", str(out), "--metric", "test", "--plot", str(tmp_path / "test.png")],
-                    tmp_path / "pareto.log", env, 200).returncode == 0
+    assert (
+        _run_cli(
+            ["pareto", str(out), "--metric", "test", "--plot", str(tmp_path / "test.png")],
+            tmp_path / "pareto.log",
+            env,
+            200,
+        ).returncode
+        == 0
+    )
 
     # seeds: the baseline and the top schedule, two new seeds each, as one Tune run
     r = _run_cli(["confirm", str(out), "--top", "1", "--seeds", "2"], tmp_path / "confirm.log", env, 400)
     assert r.returncode == 0, r.stdout[-3000:]
     seeds = pq.read_table(out / "confirm_seeds.parquet").to_pylist()
     assert sorted((x["schedule"], x["seed"]) for x in seeds) == [
-        ("avgpool:2x2.25,1x0.75", 1), ("avgpool:2x2.25,1x0.75", 2), ("none:1x3", 1), ("none:1x3", 2)]
+        ("avgpool:2x2.25,1x0.75", 1),
+        ("avgpool:2x2.25,1x0.75", 2),
+        ("none:1x3", 1),
+        ("none:1x3", 2),
+    ]
     summary = pq.read_table(out / "confirm.parquet").to_pylist()
     assert [x["seeds"] for x in summary] == [2, 2] and (out / "confirm.png").stat().st_size > 10_000
     assert "holds at every seed" in r.stdout
@@ -123,8 +165,11 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dash = subprocess.Popen([shutil.which("optuna-dashboard"), f"sqlite:///{out / 'optuna.db'}", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dash = subprocess.Popen(
+        [shutil.which("optuna-dashboard"), f"sqlite:///{out / 'optuna.db'}", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         studies, deadline = None, time.time() + 60
         while studies is None and time.time() < deadline and dash.poll() is None:
@@ -151,20 +196,35 @@ def _hostile_target(d):
     import pyarrow as pa
 
     from c2f_search.analysis.transfer import SIDE_KEYS, cost_numbers, rank_agreement
+
     folder = d / "confirm" / "evil"
     folder.mkdir(parents=True)
     (folder / "target.json").write_text("{}")
-    rows = [{"source_trial": HOSTILE_ID, "form": HOSTILE_METRIC, "metric_name": HOSTILE_METRIC,
-             **{f"{side}_{k}": 1 for side in ("proxy", "target") for k in SIDE_KEYS},
-             "proxy_schedule": "none:1x2", "target_schedule": schedule} for schedule in ("none:1x4", "fshift:2x2,1x2")]
-    meta = {"rank_correlation": rank_agreement(rows), "cost": cost_numbers(rows, 1e12, 2, 1e12, 0.0),
-            "header": [f"target {HOSTILE_ID}"]}
-    pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata({k: json.dumps(v) for k, v in meta.items()}),
-                   folder / "confirm.parquet")
+    rows = [
+        {
+            "source_trial": HOSTILE_ID,
+            "form": HOSTILE_METRIC,
+            "metric_name": HOSTILE_METRIC,
+            **{f"{side}_{k}": 1 for side in ("proxy", "target") for k in SIDE_KEYS},
+            "proxy_schedule": "none:1x2",
+            "target_schedule": schedule,
+        }
+        for schedule in ("none:1x4", "fshift:2x2,1x2")
+    ]
+    meta = {
+        "rank_correlation": rank_agreement(rows),
+        "cost": cost_numbers(rows, 1e12, 2, 1e12, 0.0),
+        "header": [f"target {HOSTILE_ID}"],
+    }
+    pq.write_table(
+        pa.Table.from_pylist(rows).replace_schema_metadata({k: json.dumps(v) for k, v in meta.items()}),
+        folder / "confirm.parquet",
+    )
 
 
 def test_report_shows_hostile_text_literally_and_runs_no_script(tmp_path):
     from c2f_search.analysis.report import write_report
+
     craft_search(tmp_path, (HOSTILE_ID, "t<b>2</b>"), HOSTILE_METRIC)  # as a stranger could share one
     _hostile_target(tmp_path)
     write_report(tmp_path)

@@ -1,5 +1,6 @@
 """Run folders: derived target length, refused reuse, --overwrite, resume with the recorded
 configuration, damaged checkpoints and caches, safe checkpoint loading, atomic writes."""
+
 import json
 
 import numpy as np
@@ -9,11 +10,11 @@ import soundfile as sf
 import torch
 
 from c2f_search import TrainConfig, atomic_write, load_checkpoint
-from c2f_search.cli.args import Parser, add_model_args, given_config
-from c2f_search.settings import train_config
 from c2f_search.cli import main
+from c2f_search.cli.args import Parser, add_model_args, given_config
 from c2f_search.config import defaults
 from c2f_search.errors import CheckpointError
+from c2f_search.settings import train_config
 
 from .conftest import TINY_DATA
 
@@ -32,10 +33,30 @@ def test_three_second_clips_get_about_320_frames(tmp_path, capsys):
         for c in ("a", "b"):
             (tmp_path / "d" / split / c).mkdir(parents=True)
             for i in range(4):
-                sf.write(str(tmp_path / "d" / split / c / f"{i}.wav"),
-                         rng.standard_normal(48000).astype("float32") * 0.1, 16000)
-    rc, err = _cli(["train", "--data", str(tmp_path / "d"), "--schedule", "avgpool:2x1,1x1", "--depth", "1",
-                    "--batch-size", "4", "--num-mel-bins", "32", "--out", str(tmp_path / "r"), "--no-progress"], capsys)
+                sf.write(
+                    str(tmp_path / "d" / split / c / f"{i}.wav"),
+                    rng.standard_normal(48000).astype("float32") * 0.1,
+                    16000,
+                )
+    rc, err = _cli(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "d"),
+            "--schedule",
+            "avgpool:2x1,1x1",
+            "--depth",
+            "1",
+            "--batch-size",
+            "4",
+            "--num-mel-bins",
+            "32",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "target length 320 frames" in err and "95% of the 8 training clips have at most 298 frames" in err
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
@@ -61,12 +82,14 @@ def test_reuse_overwrite_resume_and_conflicting_flags(tmp_path, capsys):
     rc, err = _cli(["train", "--out", out, "--resume", "--no-progress"], capsys)  # recorded settings, finished run
     assert rc == 0 and len(pq.read_table(tmp_path / "r" / "metrics.parquet")) == 2
     assert _cli(BASE + ["--schedule", "fshift:2x1,1x1", "--out", out, "--overwrite"], capsys)[0] == 0
-    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["final.pt", "last.pt",
-                                                                                   "phase1-C2.pt"]
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["final.pt", "last.pt", "phase1-C2.pt"]
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["config"]["schedule"] == "fshift:2x1,1x1" and cfg["config"]["model_kwargs"] == {"depth": 1}
-    assert cfg["config"]["precision"] == "auto" and cfg["resolved"] == {"device": "cpu", "precision": "fp32",
-                                                                        "compile": False}
+    assert cfg["config"]["precision"] == "auto" and cfg["resolved"] == {
+        "device": "cpu",
+        "precision": "fp32",
+        "compile": False,
+    }
 
 
 def test_damaged_last_checkpoint_names_the_intact_one_and_resume_from_it(tmp_path, capsys):
@@ -88,14 +111,40 @@ def test_damaged_last_checkpoint_names_the_intact_one_and_resume_from_it(tmp_pat
 def test_fork_from_another_runs_checkpoint(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _cli(BASE + ["--schedule", "maxpool:2x1,1x1", "--out", str(a)], capsys)[0] == 0
-    rc, err = _cli(["train", "--schedule", "maxpool:2x1,1x2", "--resume-from", str(a / "checkpoints" / "final.pt"),
-                    "--out", str(b), "--no-progress"], capsys)
+    rc, err = _cli(
+        [
+            "train",
+            "--schedule",
+            "maxpool:2x1,1x2",
+            "--resume-from",
+            str(a / "checkpoints" / "final.pt"),
+            "--out",
+            str(b),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     rows = pq.read_table(b / "metrics.parquet").to_pylist()
     assert [r["step"] for r in rows] == [5, 10, 15] and {r["schedule"] for r in rows} == {"maxpool:2x1,1x2"}
-    rc, err = _cli(["train", "--schedule", "avgpool:2x1,1x2", "--resume-from", str(a / "checkpoints" / "final.pt"),
-                    "--out", str(tmp_path / "c"), "--no-progress"], capsys)
-    assert rc == 2 and "cannot continue avgpool:2x1,1x2" in err and "trained C=2 by maxpool, this run trains C=2 by avgpool" in err
+    rc, err = _cli(
+        [
+            "train",
+            "--schedule",
+            "avgpool:2x1,1x2",
+            "--resume-from",
+            str(a / "checkpoints" / "final.pt"),
+            "--out",
+            str(tmp_path / "c"),
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert (
+        rc == 2
+        and "cannot continue avgpool:2x1,1x2" in err
+        and "trained C=2 by maxpool, this run trains C=2 by avgpool" in err
+    )
 
 
 def test_truncated_feature_cache_is_moved_aside_and_rebuilt(tmp_path, capsys, monkeypatch):
@@ -117,13 +166,17 @@ def test_a_crafted_checkpoint_cannot_run_code(tmp_path, capsys):
     class Evil:
         def __reduce__(self):
             return (open, (str(marker), "w"))
+
     torch.save({"model": Evil(), "model_name": "ast-tiny"}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="refused to load it") as e:
         load_checkpoint(tmp_path / "evil.pt")
     assert "add_safe_globals" not in str(e.value)  # torch's hint to allow-list the call is the unsafe way out
     for flag in ("--init", "--resume-from"):  # and through the command line
-        rc, err = _cli(BASE + ["--schedule", "none:1x1", flag, str(tmp_path / "evil.pt"),
-                               "--out", str(tmp_path / flag.strip("-"))], capsys)
+        rc, err = _cli(
+            BASE
+            + ["--schedule", "none:1x1", flag, str(tmp_path / "evil.pt"), "--out", str(tmp_path / flag.strip("-"))],
+            capsys,
+        )
         assert rc == 2 and "refused to load it" in err and "Traceback" not in err, err
     assert not marker.exists()
 
@@ -135,6 +188,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     def broken(tmp):
         tmp.write_text("half")
         raise OSError("disk full")
+
     with pytest.raises(OSError):
         atomic_write(p, broken)
     assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["x.json"]
@@ -145,6 +199,7 @@ def test_defaults_have_one_source():
     add_model_args(p)
     assert train_config(given_config(p.parse_args([])), {"schedule": "none:1x1"}) == TrainConfig("none:1x1")
     from trainables import trial_config
+
     assert trial_config({"schedule": "none:1x1"}, {"model": "ast-tiny"}) == TrainConfig("none:1x1")
     d = defaults()
     assert (d["batch_size"], d["warmup_steps"]) == (16, 20)
@@ -161,13 +216,30 @@ def test_skip_bad_header_counts_the_clips_used(tmp_path, capsys):
     (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt junk")
     entries.append({"wav": str(tmp_path / "broken.wav"), "labels": "/m/a"})
     (tmp_path / "train.json").write_text(json.dumps({"data": entries}))
-    rc, err = _cli(["train", "--data", str(tmp_path / "train.json"), "--schedule", "none:1x1", "--depth", "1",
-                    "--batch-size", "2", "--skip-bad", "--out", str(tmp_path / "r"), "--no-progress"], capsys)
+    rc, err = _cli(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "train.json"),
+            "--schedule",
+            "none:1x1",
+            "--depth",
+            "1",
+            "--batch-size",
+            "2",
+            "--skip-bad",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "| 6 train / 6 val clips |" in err and "skipped 1 clips" in err
 
 
 def test_record_and_row_schemas_name_each_field_once():
     from c2f_search.schema import RECORD_FIELDS, ROW_FIELDS
+
     for fields in (RECORD_FIELDS, ROW_FIELDS):
         assert len(set(fields)) == len(fields), [f for f in fields if fields.count(f) > 1]

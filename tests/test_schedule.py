@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from c2f_search import Phase, Schedule, ScheduleError, parse_schedule
 from c2f_search.compress import list_methods
@@ -49,24 +50,27 @@ def test_parser_raises_only_schedule_error(text):
         assert s.phases[-1].C == 1
 
 
-@pytest.mark.parametrize("text, words", [
-    ("fsift:4x5,1x15", "unknown method"),
-    ("fshift:2x5,4x5,1x10", "strictly decrease"),
-    ("fshift:4x5,2x15", "last phase must have C=1"),
-    ("fshift:4x0,1x15", "epochs must be a finite number > 0"),
-    ("fshift:4x-2,1x15", "epochs must be a finite number > 0"),
-    ("fshift:2xnan,1x1", "epochs 'nan' is not a number"),
-    ("avgpool:2x5", "coarse-only"),
-    ("avgpool:2x5,1x5,coarse-only", "never reach C=1"),
-    ("fshift:4,1x15", "missing the 'x'"),
-    ("fshift", "METHOD:CxEPOCHS"),
-    ("none:2x5,1x5", "baseline"),
-    ("avgpool:4x2,tpachout:2x2,1x6", "phase 2 ('tpachout:2x2'): unknown method"),
-    ("avgpool:4x2,none:2x2,1x6", "phase 2 ('none:2x2'): 'none' is the baseline"),
-    ("avgpool:4x2,tpatchout:1x6", "phase 2 ('tpatchout:1x6'): C=1 is full resolution for every method"),
-    ("avgpool:4x2,:2x2,1x6", "phase 2 (':2x2')"),
-    ("avgpool:2x2,tpatchout:4x2,1x6", "strictly decrease"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("fsift:4x5,1x15", "unknown method"),
+        ("fshift:2x5,4x5,1x10", "strictly decrease"),
+        ("fshift:4x5,2x15", "last phase must have C=1"),
+        ("fshift:4x0,1x15", "epochs must be a finite number > 0"),
+        ("fshift:4x-2,1x15", "epochs must be a finite number > 0"),
+        ("fshift:2xnan,1x1", "epochs 'nan' is not a number"),
+        ("avgpool:2x5", "coarse-only"),
+        ("avgpool:2x5,1x5,coarse-only", "never reach C=1"),
+        ("fshift:4,1x15", "missing the 'x'"),
+        ("fshift", "METHOD:CxEPOCHS"),
+        ("none:2x5,1x5", "baseline"),
+        ("avgpool:4x2,tpachout:2x2,1x6", "phase 2 ('tpachout:2x2'): unknown method"),
+        ("avgpool:4x2,none:2x2,1x6", "phase 2 ('none:2x2'): 'none' is the baseline"),
+        ("avgpool:4x2,tpatchout:1x6", "phase 2 ('tpatchout:1x6'): C=1 is full resolution for every method"),
+        ("avgpool:4x2,:2x2,1x6", "phase 2 (':2x2')"),
+        ("avgpool:2x2,tpatchout:4x2,1x6", "strictly decrease"),
+    ],
+)
 def test_bad_specs_say_what_is_wrong_with_an_example(text, words):
     with pytest.raises(ScheduleError) as e:
         parse_schedule(text)
@@ -89,22 +93,36 @@ def test_fractional_epochs_become_whole_steps():
 
 def test_mixed_schedule_names_each_phases_method_and_prints_a_prefix_only_where_it_changes():
     s = parse_schedule("avgpool:4x2,tpatchout:2x2,1x6")
-    assert [(p.C, p.epochs, p.method) for p in s.phases] == [(4, 2, "avgpool"), (2, 2, "tpatchout"), (1, 6, "tpatchout")]
+    assert [(p.C, p.epochs, p.method) for p in s.phases] == [
+        (4, 2, "avgpool"),
+        (2, 2, "tpatchout"),
+        (1, 6, "tpatchout"),
+    ]
     assert s.method == "avgpool" and s.methods == ["avgpool", "tpatchout"] and s.label == "avgpool+tpatchout"
     assert s.method_at(2) == "tpatchout" and s.grid_Cs == [4]
     assert str(s) == "avgpool:4x2,tpatchout:2x2,1x6"
     assert str(parse_schedule("avgpool:4x2,avgpool:2x2,1x6")) == "avgpool:4x2,2x2,1x6"  # no change, no prefix
-    assert parse_schedule("fshift:4x5,1x15").label == "fshift" and str(parse_schedule("fshift:4x5,1x15")) == "fshift:4x5,1x15"
+    assert (
+        parse_schedule("fshift:4x5,1x15").label == "fshift"
+        and str(parse_schedule("fshift:4x5,1x15")) == "fshift:4x5,1x15"
+    )
     with pytest.raises(ScheduleError, match="has no phase at C=8"):
         s.method_at(8)
 
 
 def test_trained_schedule_writes_each_phases_method():
     from c2f_search.schedule import trained_schedule
+
     phases = [{"C": 4, "method": "avgpool", "steps": 10}, {"C": 2, "method": "tpatchout", "steps": 5}]
     assert trained_schedule(phases, 10) == "avgpool:4x1,tpatchout:2x0.5,coarse-only"
-    assert trained_schedule(phases + [{"C": 1, "method": "tpatchout", "steps": 20}], 10) == \
-        "avgpool:4x1,tpatchout:2x0.5,1x2"
+    assert (
+        trained_schedule(phases + [{"C": 1, "method": "tpatchout", "steps": 20}], 10)
+        == "avgpool:4x1,tpatchout:2x0.5,1x2"
+    )
     # a learned run that skipped tpatchout's C=2: its C=1 phase, the same for every method, continues avgpool
-    assert trained_schedule([phases[0], {"C": 2, "method": "tpatchout", "steps": 0},
-                             {"C": 1, "method": "tpatchout", "steps": 20}], 10) == "avgpool:4x1,1x2"
+    assert (
+        trained_schedule(
+            [phases[0], {"C": 2, "method": "tpatchout", "steps": 0}, {"C": 1, "method": "tpatchout", "steps": 20}], 10
+        )
+        == "avgpool:4x1,1x2"
+    )

@@ -1,10 +1,11 @@
 """Real Ray, real Optuna (SQLite), real Parquet: searches at a tiny scale."""
+
 import os
-from dataclasses import replace
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -21,22 +22,30 @@ SCHED = "avgpool:2x1,1x1"
 
 def _space(tmp_path, schedules):
     f = tmp_path / "space.yaml"
-    f.write_text("epochs: 2\nschedules: [" + ", ".join(f'"{x}"' for x in schedules) + "]\n"
-                 "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n")
+    f.write_text(
+        "epochs: 2\nschedules: [" + ", ".join(f'"{x}"' for x in schedules) + "]\n"
+        "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n"
+    )
     return f
 
 
 def _run_cli(args, log, env, timeout):
     """Run the CLI with output to a file: Ray's daemons inherit pipes and can hold them open."""
     with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "c2f_search.cli", *args], stdout=f, stderr=subprocess.STDOUT,
-                            env=env, timeout=timeout).returncode
+        rc = subprocess.run(
+            [sys.executable, "-m", "c2f_search.cli", *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=timeout,
+        ).returncode
     return subprocess.CompletedProcess(args, rc, stdout=Path(log).read_text())
 
 
 @pytest.fixture
 def fresh_ray():
     import ray
+
     ray.shutdown()
     yield
     ray.shutdown()
@@ -50,18 +59,27 @@ def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fr
     marker = tmp_path / "fault"
     monkeypatch.setenv("C2F_INJECT_FAULT", f"{marker}:1")  # crash once, after epoch 1 (a phase transition)
     data_args = DataSettings(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "cache"), None, None).resolved()
-    st = SearchSettings(space=str(_space(tmp_path, [SCHED])), out=str(tmp_path / "s"), data=data_args, trials=1,
-                        max_failures=2, model_kwargs={"depth": 1}, keep_checkpoints=None)
+    st = SearchSettings(
+        space=str(_space(tmp_path, [SCHED])),
+        out=str(tmp_path / "s"),
+        data=data_args,
+        trials=1,
+        max_failures=2,
+        model_kwargs={"depth": 1},
+        keep_checkpoints=None,
+    )
     results = run_search(st)
     assert marker.exists(), "the fault was not injected"
     assert not results.errors
     rows = load_rows(tmp_path / "s").to_pylist()
     # the uninterrupted reference: the bare core, no Ray
     data = replace(data_args, norm=st.data.norm).load()
-    ref = list(Run(TrainConfig(SCHED, model_kwargs={"depth": 1}, lr=3e-4, batch_size=8, warmup_steps=2), data,
-                   "cpu").records())
-    assert [(r["step"], r["C"], r["val_metric"], r["train_flops"]) for r in rows] == \
-           [(r["step"], r["C"], r["val_metric"], r["train_flops"]) for r in ref]
+    ref = list(
+        Run(TrainConfig(SCHED, model_kwargs={"depth": 1}, lr=3e-4, batch_size=8, warmup_steps=2), data, "cpu").records()
+    )
+    assert [(r["step"], r["C"], r["val_metric"], r["train_flops"]) for r in rows] == [
+        (r["step"], r["C"], r["val_metric"], r["train_flops"]) for r in ref
+    ]
     assert all(r["checkpoint_path"] for r in rows)
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{tmp_path / 's' / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
@@ -87,8 +105,22 @@ def _kill_ray_session_of(driver_pid: int) -> None:
 def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fresh_ray):
     space = _space(tmp_path, ["none:1x2", SCHED, "fshift:2x1,1x1", "maxpool:2x1,1x1"])
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "c2f_search.cli", "search", "--space", str(space), "--data", TINY_DATA,
-           "--trials", "4", "--depth", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "c2f_search.cli",
+        "search",
+        "--space",
+        str(space),
+        "--data",
+        TINY_DATA,
+        "--trials",
+        "4",
+        "--depth",
+        "1",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     log = open(tmp_path / "driver.log", "w")
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -132,9 +164,16 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
 def test_unfinished_schedules_are_pruned_not_complete(tmp_path):
     from c2f_search.search.searcher import C2FOptunaSearch
     from c2f_search.search.space import load_space
+
     sp = load_space("paper")
-    s = C2FOptunaSearch(space=sp.define_by_run(4), metric=["val_metric", "train_flops"], mode=["max", "min"],
-                        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"), study_name="t", seed=0)
+    s = C2FOptunaSearch(
+        space=sp.define_by_run(4),
+        metric=["val_metric", "train_flops"],
+        mode=["max", "min"],
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"),
+        study_name="t",
+        seed=0,
+    )
     for tid in ("a", "b", "c"):
         assert "schedule" in s.suggest(tid)
     s.on_trial_complete("a", {"val_metric": 0.9, "train_flops": 1.0, "schedule_done": False})  # ASHA stopped it
@@ -148,9 +187,26 @@ def test_unfinished_schedules_are_pruned_not_complete(tmp_path):
 
 def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
     out = tmp_path / "paper"
-    r = _run_cli(["search", "--space", "paper", "--data", TINY_DATA, "--epochs", "1", "--depth", "1",
-                  "--scheduler", "asha", "--out", str(out)], tmp_path / "paper.log",
-                 {**os.environ, "RAY_AUTH_MODE": "disabled"}, 600)
+    r = _run_cli(
+        [
+            "search",
+            "--space",
+            "paper",
+            "--data",
+            TINY_DATA,
+            "--epochs",
+            "1",
+            "--depth",
+            "1",
+            "--scheduler",
+            "asha",
+            "--out",
+            str(out),
+        ],
+        tmp_path / "paper.log",
+        {**os.environ, "RAY_AUTH_MODE": "disabled"},
+        600,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{out / 'optuna.db'}")
     S = optuna.trial.TrialState
@@ -166,6 +222,7 @@ def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
 def test_open_space_runs_the_baseline_first():
     from c2f_search.search.searcher import make_searcher
     from c2f_search.search.space import load_space
+
     sp = load_space("default")
     s = make_searcher(sp, "auto", 0, 4, None)
     first, second = s.suggest("a"), s.suggest("b")
@@ -175,9 +232,28 @@ def test_open_space_runs_the_baseline_first():
 def test_repeated_configurations_are_not_trained_again(tmp_path, fresh_ray):
     """Two configurations and four trials: the sampler must repeat, and no repeat is trained."""
     out = tmp_path / "s"
-    r = _run_cli(["search", "--space", str(_space(tmp_path, ["none:1x1", "avgpool:2x0.5,1x0.5"])), "--data",
-                  TINY_DATA, "--sampler", "random", "--trials", "4", "--epochs", "1", "--depth", "1",
-                  "--out", str(out)], tmp_path / "log", {**os.environ, "RAY_AUTH_MODE": "disabled"}, 400)
+    r = _run_cli(
+        [
+            "search",
+            "--space",
+            str(_space(tmp_path, ["none:1x1", "avgpool:2x0.5,1x0.5"])),
+            "--data",
+            TINY_DATA,
+            "--sampler",
+            "random",
+            "--trials",
+            "4",
+            "--epochs",
+            "1",
+            "--depth",
+            "1",
+            "--out",
+            str(out),
+        ],
+        tmp_path / "log",
+        {**os.environ, "RAY_AUTH_MODE": "disabled"},
+        400,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     rows = load_rows(out).to_pylist()
     trained = {x["trial_id"]: x["schedule"] for x in rows}
@@ -197,6 +273,7 @@ def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, monkeypatch)
     from c2f_search.search import searcher
     from c2f_search.search.searcher import make_searcher
     from c2f_search.search.space import load_space
+
     monkeypatch.setattr(searcher, "MAX_REPEATS", 5)  # every sample repeats here; fewer SQLite round trips
     sp = load_space(str(_space(tmp_path, ["none:1x1"])))
     s = make_searcher(sp, "tpe", 0, 1, optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"))
@@ -212,11 +289,17 @@ def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, monkeypatch)
 
 def test_a_search_over_two_model_families(tmp_path, fresh_ray):
     space = tmp_path / "models.yaml"
-    space.write_text("epochs: 2\nmodel: [ast-tiny, htsat-tiny]\nschedules: ['fshift:2x1,1x1']\n"
-                     "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n")
+    space.write_text(
+        "epochs: 2\nmodel: [ast-tiny, htsat-tiny]\nschedules: ['fshift:2x1,1x1']\n"
+        "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n"
+    )
     out = tmp_path / "s"
-    r = _run_cli(["search", "--space", str(space), "--data", TINY_DATA, "--depth", "1", "--out", str(out)],
-                 tmp_path / "models.log", {**os.environ, "RAY_AUTH_MODE": "disabled"}, 600)
+    r = _run_cli(
+        ["search", "--space", str(space), "--data", TINY_DATA, "--depth", "1", "--out", str(out)],
+        tmp_path / "models.log",
+        {**os.environ, "RAY_AUTH_MODE": "disabled"},
+        600,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     rows = load_rows(out).to_pylist()
     assert {(x["model"], x["C"]) for x in rows} == {(m, C) for m in ("ast-tiny", "htsat-tiny") for C in (2, 1)}
@@ -229,20 +312,34 @@ def test_a_search_over_two_model_families(tmp_path, fresh_ray):
 def test_a_pretraining_search_is_scored_by_its_fine_tune(tmp_path, fresh_ray):
     from c2f_search.search.runner import SearchSettings, run_search
     from c2f_search.settings import DataSettings
+
     space = tmp_path / "pre.yaml"
-    space.write_text("epochs: 2\nmodel: ssast-tiny\nobjective: masked-patch\nschedules: ['fshift:2x1,1x1']\n"
-                     "fixed: {lr: 1.0e-3, batch_size: 8, warmup_steps: 0}\n"
-                     f"finetune: {{data: '{TINY_DATA}', schedule: 'none:1x1', fixed: {{batch_size: 8}}}}\n")
+    space.write_text(
+        "epochs: 2\nmodel: ssast-tiny\nobjective: masked-patch\nschedules: ['fshift:2x1,1x1']\n"
+        "fixed: {lr: 1.0e-3, batch_size: 8, warmup_steps: 0}\n"
+        f"finetune: {{data: '{TINY_DATA}', schedule: 'none:1x1', fixed: {{batch_size: 8}}}}\n"
+    )
     cache = str(tmp_path / "cache")
     data = DataSettings(TINY_DATA, None, None, "auto", False, None, cache, None, None).resolved()
-    st = SearchSettings(space=str(space), out=str(tmp_path / "s"), data=replace(data, labelled=False), trials=1,
-                        model_kwargs={"depth": 1},
-                        finetune={"data": DataSettings(TINY_DATA, None, None, "auto", False, None, cache, None,
-                                                            None).resolved(), "schedule": "none:1x1", "fixed": {"batch_size": 8}})
+    st = SearchSettings(
+        space=str(space),
+        out=str(tmp_path / "s"),
+        data=replace(data, labelled=False),
+        trials=1,
+        model_kwargs={"depth": 1},
+        finetune={
+            "data": DataSettings(TINY_DATA, None, None, "auto", False, None, cache, None, None).resolved(),
+            "schedule": "none:1x1",
+            "fixed": {"batch_size": 8},
+        },
+    )
     run_search(st)
     rows = load_rows(tmp_path / "s").to_pylist()
     assert [(x["C"], x["metric_name"], x["schedule_done"]) for x in rows] == [
-        (2, "masked_patch_accuracy", False), (1, "masked_patch_accuracy", False), (1, "accuracy", True)]
+        (2, "masked_patch_accuracy", False),
+        (1, "masked_patch_accuracy", False),
+        (1, "accuracy", True),
+    ]
     assert rows[2]["train_flops"] == rows[1]["train_flops"]  # the pretraining's FLOPs
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{tmp_path / 's' / 'optuna.db'}")
     assert [t.values for t in study.trials] == [[rows[2]["val_metric"], rows[2]["train_flops"]]]
@@ -255,6 +352,7 @@ def test_the_private_ray_state_this_module_uses_is_still_there():
 
     from c2f_search.search import searcher as mod
     from c2f_search.search.space import load_space
+
     searcher = mod.make_searcher(load_space("default"), "random", 0, 4, None)
     config = searcher.suggest("trial-a")
     trials, study = mod.optuna_state(searcher)
@@ -268,8 +366,15 @@ def test_the_private_ray_state_this_module_uses_is_still_there():
     # and every private Ray attribute the module reads is listed
     ours = {n for names in mod.RAY_PRIVATE.values() for n in names}
     tree = ast.parse(Path(mod.__file__).read_text())
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
-            and not n.attr.startswith("__") and isinstance(n.value, ast.Name) and n.value.id in ("self", "search")}
+    used = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and n.attr.startswith("_")
+        and not n.attr.startswith("__")
+        and isinstance(n.value, ast.Name)
+        and n.value.id in ("self", "search")
+    }
     own = {"_first", "_key", "_outcome", "_waiting", "_tell"}  # this module's own
     assert used - own <= ours, used - own - ours
 
@@ -278,9 +383,30 @@ def test_a_search_over_the_patchout_space_names_its_methods(tmp_path, fresh_ray)
     """The shipped patchout.yaml on built-in data: patchout alone and mixed schedules train in real Ray, and
     the summary and the front tell their methods apart."""
     out = tmp_path / "p"
-    r = _run_cli(["search", "--space", "patchout", "--data", TINY_DATA, "--sampler", "random", "--seed", "0",
-                  "--trials", "5", "--epochs", "2", "--depth", "1", "--out", str(out)], tmp_path / "p.log",
-                 {**os.environ, "RAY_AUTH_MODE": "disabled"}, 900)
+    r = _run_cli(
+        [
+            "search",
+            "--space",
+            "patchout",
+            "--data",
+            TINY_DATA,
+            "--sampler",
+            "random",
+            "--seed",
+            "0",
+            "--trials",
+            "5",
+            "--epochs",
+            "2",
+            "--depth",
+            "1",
+            "--out",
+            str(out),
+        ],
+        tmp_path / "p.log",
+        {**os.environ, "RAY_AUTH_MODE": "disabled"},
+        900,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     rows = load_rows(out).to_pylist()
     assert {x["status"] for x in rows} == {"finished"}

@@ -7,13 +7,16 @@ KW = {"depth": 1}
 
 
 def _cfg(schedule, **kw):
-    return TrainConfig(schedule, model_kwargs=KW, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32,
-                       mixup=0.5, **kw)
+    return TrainConfig(
+        schedule, model_kwargs=KW, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32, mixup=0.5, **kw
+    )
 
 
 def _metrics(run):
-    return [(r["step"], r["C"], round(r["train_loss"], 6), round(r["val_metric"], 6), r["train_flops"])
-            for r in run.records()]
+    return [
+        (r["step"], r["C"], round(r["train_loss"], 6), round(r["val_metric"], 6), r["train_flops"])
+        for r in run.records()
+    ]
 
 
 @pytest.mark.parametrize("schedule", ["fshift:2x1,1x1", "maxpool:4x0.5,2x0.5,1x1", "patch-pi:2x1,1x0.5"])
@@ -60,6 +63,7 @@ def test_phase_transition_resets_optimizer_state(tiny_data):
         def on_step_end(self, run):
             p = next(run.model.parameters())
             self.seen.append((run.C, int(run.opt.state[p]["step"]), run.lr_sched.last_epoch, id(run.opt)))
+
     run = Run(_cfg("fshift:2x1,1x1"), tiny_data, "cpu", callbacks=[Steps()])
     run.fit()
     first, second = [s for s in Steps.seen if s[0] == 2], [s for s in Steps.seen if s[0] == 1]
@@ -70,6 +74,7 @@ def test_phase_transition_resets_optimizer_state(tiny_data):
 
 def test_nan_loss_is_a_clear_error(tiny_data):
     from c2f_search.errors import NonFiniteLoss
+
     run = Run(_cfg("none:1x1"), tiny_data, "cpu")
     with torch.no_grad():
         run.model.head[1].weight.fill_(float("nan"))

@@ -72,6 +72,7 @@ def test_pi_resize_preserves_tokens_of_an_upsampled_patch():
 
 def test_init_from_a_local_deit_checkpoint(tmp_path):
     import timm
+
     src = timm.create_model("deit_tiny_patch16_224", pretrained=False)  # random weights, built locally
     torch.save(src.state_dict(), tmp_path / "deit.pth")
     m = build_for_phase("ast-tiny", {"num_classes": 5}, "fshift", 2, FULL)
@@ -86,17 +87,34 @@ def test_init_from_a_local_deit_checkpoint(tmp_path):
 
 def test_init_from_a_c2f_checkpoint_of_another_geometry(tmp_path):
     from c2f_search import save_checkpoint
+
     src = build_for_phase("ast-tiny", {"num_classes": 7, "depth": 2}, "patch-pi", 2, Geometry(64, 128))
-    save_checkpoint({"model": src.state_dict(), "model_name": "ast-tiny", "model_kwargs": src.model_kwargs,
-                     "geometry": src.geometry.as_dict()}, tmp_path / "final.pt")
+    save_checkpoint(
+        {
+            "model": src.state_dict(),
+            "model_name": "ast-tiny",
+            "model_kwargs": src.model_kwargs,
+            "geometry": src.geometry.as_dict(),
+        },
+        tmp_path / "final.pt",
+    )
     m = build_for_phase("ast-tiny", {"num_classes": 5, "depth": 2}, "none", 1, FULL)  # other classes, grid, patch
     head_before = m.head[1].weight.clone()
     get_family(m).load_init(m, tmp_path / "final.pt")
     assert torch.equal(m.vit.blocks[1].attn.qkv.weight, src.vit.blocks[1].attn.qkv.weight)
-    assert torch.allclose(m.vit.patch_embed.proj.weight, get_method("patch-pi").resize_kernel(
-        src.vit.patch_embed.proj.weight, (16, 16)))
-    ref = F.interpolate(src.vit.pos_embed[:, 1:].reshape(1, 4, 4, 192).permute(0, 3, 1, 2), size=(4, 16),
-                        mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(1, 64, 192)
+    assert torch.allclose(
+        m.vit.patch_embed.proj.weight, get_method("patch-pi").resize_kernel(src.vit.patch_embed.proj.weight, (16, 16))
+    )
+    ref = (
+        F.interpolate(
+            src.vit.pos_embed[:, 1:].reshape(1, 4, 4, 192).permute(0, 3, 1, 2),
+            size=(4, 16),
+            mode="bilinear",
+            align_corners=False,
+        )
+        .permute(0, 2, 3, 1)
+        .reshape(1, 64, 192)
+    )
     assert torch.allclose(m.vit.pos_embed[:, 1:], ref, atol=1e-6)
     assert torch.equal(m.head[0].weight, src.head[0].weight) and torch.equal(m.head[1].weight, head_before)
     wide = build_for_phase("ast-small", {"num_classes": 5, "depth": 2}, "none", 1, FULL)
@@ -107,8 +125,9 @@ def test_init_from_a_c2f_checkpoint_of_another_geometry(tmp_path):
 def test_init_from_the_official_ast_format(tmp_path):
     """module.v.* keys, 2 prefix tokens, a 12 x 101 grid (128 mel, 1024 frames, stride 10), 527 classes."""
     torch.manual_seed(0)
-    ref = build_for_phase("ast-tiny", {"num_classes": 527, "depth": 1, "dist_token": True}, "none", 1,
-                          Geometry(128, 1024))
+    ref = build_for_phase(
+        "ast-tiny", {"num_classes": 527, "depth": 1, "dist_token": True}, "none", 1, Geometry(128, 1024)
+    )
     sd = {f"module.v.{k[4:]}": v for k, v in ref.state_dict().items() if k.startswith("vit.")}
     sd["module.v.pos_embed"] = torch.randn(1, 2 + 12 * 101, 192)
     sd.update({f"module.mlp_head.{k[5:]}": v for k, v in ref.state_dict().items() if k.startswith("head.")})
@@ -116,7 +135,9 @@ def test_init_from_the_official_ast_format(tmp_path):
     m = build_for_phase("ast-tiny", {"num_classes": 10, "depth": 1}, "fshift", 2, Geometry(128, 512))
     get_family(m).load_init(m, tmp_path / "audioset_10_10_0.4593.pth")
     body = sd["module.v.pos_embed"][:, 2:].reshape(1, 12, 101, 192).permute(0, 3, 1, 2)
-    want = F.interpolate(body, size=(8, 16), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(1, 128, 192)
+    want = (
+        F.interpolate(body, size=(8, 16), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(1, 128, 192)
+    )
     assert torch.allclose(m.vit.pos_embed[:, 1:], want, atol=1e-5)
     assert torch.equal(m.vit.pos_embed[:, :1], sd["module.v.pos_embed"][:, :1])  # the cls position
     assert torch.equal(m.vit.blocks[0].mlp.fc2.weight, sd["module.v.blocks.0.mlp.fc2.weight"])

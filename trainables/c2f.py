@@ -5,6 +5,7 @@ Tune's checkpoint when there is one (or, for a PBT member, from the better membe
 its ``TuneReporter`` callback reports every record (each epoch and each phase end,
 ``c2f_search.records``) with a checkpoint holding the full training state.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,16 @@ import ray
 import torch
 from ray import tune
 
-from c2f_search.train.callbacks.base import Callback
 from c2f_search.config import SEARCHABLE, TrainConfig
 from c2f_search.controllers import Population
 from c2f_search.errors import DataError
 from c2f_search.files import atomic_write, load_checkpoint, save_checkpoint
-from c2f_search.train.optim import apply_hyperparameters
-from c2f_search.train.finetune import finetune_record
 from c2f_search.schema import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
-from c2f_search.train.state import exploit
+from c2f_search.train.callbacks.base import Callback
+from c2f_search.train.finetune import finetune_record
+from c2f_search.train.optim import apply_hyperparameters
 from c2f_search.train.run import Run
+from c2f_search.train.state import exploit
 
 OWNER_FILE = "trial_id"  # which trial wrote a checkpoint: PBT hands a member a better member's
 
@@ -64,6 +65,7 @@ def _fresh_compiler(cpus: float) -> None:
     import torch._dynamo
     import torch._functorch.config as fc
     import torch._inductor.config as ic
+
     ic.compile_threads = max(1, int(cpus))
     ic.fx_graph_cache = fc.enable_autograd_cache = True
     torch._dynamo.reset()
@@ -86,9 +88,14 @@ def trial_config(config: dict, setup: dict) -> TrainConfig:
     """The trial's TrainConfig: TrainConfig's defaults, the space's fixed settings, then the sampled ones
     (the model too, where the space searches it or a grid entry names it)."""
     hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in SEARCHABLE}}
-    return TrainConfig(schedule=config["schedule"], model=config.get("model", setup["model"]),
-                       model_kwargs=setup.get("model_kwargs", {}), metric_target=setup.get("metric_target"),
-                       objective=setup.get("objective", "supervised"), **hp)
+    return TrainConfig(
+        schedule=config["schedule"],
+        model=config.get("model", setup["model"]),
+        model_kwargs=setup.get("model_kwargs", {}),
+        metric_target=setup.get("metric_target"),
+        objective=setup.get("objective", "supervised"),
+        **hp,
+    )
 
 
 def copy_member(run: Run, donor_state: dict) -> Run:
@@ -136,8 +143,11 @@ class TuneReporter(Callback):
         if self.finetune and rec["schedule_done"]:  # the trial ends with its fine-tune's record
             rec = {**rec, "schedule_done": False}
         # the driver's runner.KeepCheckpoints never deletes a checkpoint the front may need
-        metrics = {k: rec.get(k) for k in RECORD_FIELDS} | self.attempt | {
-            "checkpoint_needed": keep_checkpoint(run.history, run.controller.final_C())}
+        metrics = (
+            {k: rec.get(k) for k in RECORD_FIELDS}
+            | self.attempt
+            | {"checkpoint_needed": keep_checkpoint(run.history, run.controller.final_C())}
+        )
         if self.member:
             _record_member(run, self.inherited)
         with tempfile.TemporaryDirectory() as d:
@@ -155,9 +165,11 @@ def train_schedule(config: dict, setup: dict) -> None:
     try:
         data = setup["data"].load()
     except (DataError, OSError) as e:
-        raise DataError(f"node {socket.gethostname()} cannot read the data: {e}. Every node needs the same "
-                        f"paths: put the data on a shared mount (NFS/EFS) or sync it with cluster.yaml's "
-                        f"file_mounts") from None
+        raise DataError(
+            f"node {socket.gethostname()} cannot read the data: {e}. Every node needs the same "
+            f"paths: put the data on a shared mount (NFS/EFS) or sync it with cluster.yaml's "
+            f"file_mounts"
+        ) from None
     state, started, donor = None, time.time(), None
     me = tune.get_context().get_trial_id()
     ckpt = tune.get_checkpoint()
@@ -168,14 +180,22 @@ def train_schedule(config: dict, setup: dict) -> None:
             donor = owner.read_text() if owner.is_file() and owner.read_text() != me else None
     controller = None
     if "C" in config:  # a population member: PBT sets its C (and lowers it when it copies a better member)
-        controller = Population(cfg.schedule, "population", C=config["C"], budget=setup["budget"],
-                                eval_every=cfg.eval_every)
+        controller = Population(
+            cfg.schedule, "population", C=config["C"], budget=setup["budget"], eval_every=cfg.eval_every
+        )
     device = _device()
     # where this attempt runs and resumed from: node-loss recovery is measured from these
-    attempt = {"node_id": ray.get_runtime_context().get_node_id(), "attempt_started_at": started,
-               "resumed_from_step": state["step"] if state else -1, "lr": cfg.lr, "batch_size": cfg.batch_size,
-               "seed": cfg.seed, "model": cfg.model, "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
-               "exploited_from": donor}
+    attempt = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "attempt_started_at": started,
+        "resumed_from_step": state["step"] if state else -1,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "model": cfg.model,
+        "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+        "exploited_from": donor,
+    }
     reporter = TuneReporter(attempt, me, bool(setup.get("finetune")), controller is not None)
     if donor is None:
         run = Run(cfg, data, device, state, controller=controller, callbacks=[reporter])

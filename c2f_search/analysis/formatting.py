@@ -1,6 +1,7 @@
 """How every summary writes a mean over seeds and a percentage: ``confirm.txt``, the transfer table, the
 report, ``pareto``'s tables and the benchmark scripts. One seed has no spread to show, so its sd is None
 and is written ``n/a``, never ``0``."""
+
 from __future__ import annotations
 
 import statistics
@@ -14,8 +15,9 @@ def mean_sd(xs) -> tuple[float | None, float | None]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
-def format_mean_sd(mean, sd, scale: float = 1.0, digits: int = 4, unit: str = "", sign: str = "",
-                   missing: str = "n/a") -> str:
+def format_mean_sd(
+    mean, sd, scale: float = 1.0, digits: int = 4, unit: str = "", sign: str = "", missing: str = "n/a"
+) -> str:
     """``mean ± sd``, each times `scale` with `digits` decimals; `unit` after the mean (``%``), `sign` ``+`` to
     sign it; `missing` where there is no mean."""
     if mean is None:
@@ -24,8 +26,7 @@ def format_mean_sd(mean, sd, scale: float = 1.0, digits: int = 4, unit: str = ""
     return f"{scale * mean:{sign}.{digits}f}{unit} ± {spread}"
 
 
-def format_values(xs, scale: float = 1.0, digits: int = 4, unit: str = "", sign: str = "",
-                  missing: str = "n/a") -> str:
+def format_values(xs, scale: float = 1.0, digits: int = 4, unit: str = "", sign: str = "", missing: str = "n/a") -> str:
     """``format_mean_sd`` of the values in `xs`."""
     return format_mean_sd(*mean_sd(xs), scale=scale, digits=digits, unit=unit, sign=sign, missing=missing)
 

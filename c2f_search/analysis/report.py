@@ -1,5 +1,6 @@
 """``report``: one self-contained HTML page of a search (plots embedded as data URIs, no scripts, no
 server): the front, every trial's learning curve coloured by C, the Table 2/3 tables, the seeds, the settings."""
+
 from __future__ import annotations
 
 import base64
@@ -15,8 +16,8 @@ import pyarrow.parquet as pq
 from ..errors import C2FError
 from ..files import atomic_write
 from ..layout import SearchDir
-from .pareto import analyse, counts_line, front_sentence, plot, save_figure, test_metrics
 from .formatting import pct
+from .pareto import analyse, counts_line, front_sentence, plot, save_figure, test_metrics
 from .rows import by_trial, load_rows, search_settings
 
 
@@ -30,8 +31,10 @@ def plot_curves(rows: list[dict], baseline: dict | None, path):
     """Every trial's validation metric against epochs and against GFLOPs; each segment coloured by the
     C it trained at, each phase transition marked."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     Cs = sorted({r["C"] for r in rows})
     color = {C: plt.get_cmap("plasma")(0.8 * k / max(1, len(Cs) - 1)) for k, C in enumerate(Cs)}  # no pale yellow
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=110, sharey=True)
@@ -41,8 +44,9 @@ def plot_curves(rows: list[dict], baseline: dict | None, path):
             for a, b in zip(t, t[1:]):
                 ax.plot([a[x] / k, b[x] / k], [a["val_metric"], b["val_metric"]], color=color[b["C"]], lw=1, alpha=0.8)
             ends = [r for r in t if r["phase_end"] and not r["schedule_done"]]
-            ax.scatter([r[x] / k for r in ends], [r["val_metric"] for r in ends], marker="|", s=120, color="C3",
-                       zorder=3)
+            ax.scatter(
+                [r[x] / k for r in ends], [r["val_metric"] for r in ends], marker="|", s=120, color="C3", zorder=3
+            )
         if baseline:
             ax.axhline(baseline["val_metric"], color="k", ls="--", lw=0.8)
         ax.set_xlabel(label)
@@ -60,12 +64,14 @@ def plot_curves(rows: list[dict], baseline: dict | None, path):
 
 def _table(records: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """columns: (key, heading, format) with format '' for text, 'pct' for a fraction as %, or a format spec."""
+
     def cell(v, f):
         if v is None or v != v:
             return ""
         if not f or not isinstance(v, int | float):  # text, or what a damaged file holds instead of a number
             return html.escape(str(v))
         return pct(v) if f == "pct" else format(v, f)
+
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(k), f)}</td>" for k, _, f in columns) + "</tr>" for r in records)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -75,21 +81,26 @@ def _read_table(path: Path, d: Path, again: str):
     try:
         return pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        raise C2FError(f"{path}: cannot be read ({str(e).splitlines()[0]}); run 'c2f-search confirm {d}{again} "
-                       f"--overwrite' again, or remove the file") from None
+        raise C2FError(
+            f"{path}: cannot be read ({str(e).splitlines()[0]}); run 'c2f-search confirm {d}{again} "
+            f"--overwrite' again, or remove the file"
+        ) from None
 
 
 def _target_dirs(d: Path) -> list:
     """The folders of the targets confirmed (each marked by its target file)."""
     folder = SearchDir(d)
-    return sorted((folder.target(p.name) for p in folder.confirm_dir.glob("*") if folder.target(p.name).marker.is_file()),
-                  key=lambda t: t.path)
+    return sorted(
+        (folder.target(p.name) for p in folder.confirm_dir.glob("*") if folder.target(p.name).marker.is_file()),
+        key=lambda t: t.path,
+    )
 
 
 def _targets(d: Path, name: str) -> list[str]:
     """A section per confirmed target (DIR/confirm/NAME): the transfer table, the rank correlation, the cost
     line and the sentence, and the plot."""
     from .transfer import cost_text, tau_text, transfer_sentence
+
     esc, parts = html.escape, []
     for target in _target_dirs(d):
         folder, f = target.path, target.table
@@ -102,27 +113,44 @@ def _targets(d: Path, name: str) -> list[str]:
             meta = {k.decode(): json.loads(v) for k, v in (table.schema.metadata or {}).items()}
             lines = [*meta["header"], cost_text(meta["cost"]), transfer_sentence(rows, meta["rank_correlation"])]
             tau = meta["rank_correlation"]
-            tau_line = (f"Kendall's tau (proxy order against target order, {tau['schedules']} schedules): by saving "
-                        f"{tau_text(tau['tau_saving'])}, by final metric {tau_text(tau['tau_metric'])}.")
+            tau_line = (
+                f"Kendall's tau (proxy order against target order, {tau['schedules']} schedules): by saving "
+                f"{tau_text(tau['tau_saving'])}, by final metric {tau_text(tau['tau_metric'])}."
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise C2FError(f"{f}: cannot be read (its transfer summary: {e!r}); run 'c2f-search confirm {d}{again} "
-                           f"--overwrite' again, or remove the file") from None
-        cols = [("proxy_schedule", "schedule at the proxy", ""), ("target_schedule", "at the target", ""),
-                ("form", "form", ""), ("proxy_flops_saving_mean", "proxy: FLOPs saved", "pct"),
-                ("proxy_flops_saving_sd", "sd", "pct"), ("proxy_convergence_delta_mean", f"vs baseline {name}", "+.4f"),
-                ("proxy_holds_every_seed", "holds", ""), ("target_flops_saving_mean", "target: FLOPs saved", "pct"),
-                ("target_flops_saving_sd", "sd", "pct"), ("target_convergence_delta_mean", f"vs baseline {name}", "+.4f"),
-                ("target_holds_every_seed", "holds", ""), ("target_reached", "reached", "d"), ("target_seeds", "seeds", "d")]
+            raise C2FError(
+                f"{f}: cannot be read (its transfer summary: {e!r}); run 'c2f-search confirm {d}{again} "
+                f"--overwrite' again, or remove the file"
+            ) from None
+        cols = [
+            ("proxy_schedule", "schedule at the proxy", ""),
+            ("target_schedule", "at the target", ""),
+            ("form", "form", ""),
+            ("proxy_flops_saving_mean", "proxy: FLOPs saved", "pct"),
+            ("proxy_flops_saving_sd", "sd", "pct"),
+            ("proxy_convergence_delta_mean", f"vs baseline {name}", "+.4f"),
+            ("proxy_holds_every_seed", "holds", ""),
+            ("target_flops_saving_mean", "target: FLOPs saved", "pct"),
+            ("target_flops_saving_sd", "sd", "pct"),
+            ("target_convergence_delta_mean", f"vs baseline {name}", "+.4f"),
+            ("target_holds_every_seed", "holds", ""),
+            ("target_reached", "reached", "d"),
+            ("target_seeds", "seeds", "d"),
+        ]
         if rows and "target_test_metric_mean" in rows[0]:
             cols.append(("target_test_metric_mean", f"target: test {name}", ".4f"))
-        parts += [f"<h2>Transfer to target {esc(folder.name)} (confirm --target)</h2>",
-                  *(f"<p>{esc(str(x))}</p>" for x in lines[:-2]),
-                  _table(rows, cols),
-                  f"<p>{esc(tau_line)}</p>",
-                  *(f"<p>{esc(x)}</p>" for x in lines[-2:])]
+        parts += [
+            f"<h2>Transfer to target {esc(folder.name)} (confirm --target)</h2>",
+            *(f"<p>{esc(str(x))}</p>" for x in lines[:-2]),
+            _table(rows, cols),
+            f"<p>{esc(tau_line)}</p>",
+            *(f"<p>{esc(x)}</p>" for x in lines[-2:]),
+        ]
         if target.plot.is_file():
-            parts.append(f'<img alt="transfer" src="data:image/png;base64,'
-                         f'{base64.b64encode(target.plot.read_bytes()).decode()}">')
+            parts.append(
+                f'<img alt="transfer" src="data:image/png;base64,'
+                f'{base64.b64encode(target.plot.read_bytes()).decode()}">'
+            )
     return parts
 
 
@@ -142,49 +170,92 @@ def write_report(search_dir, path=None) -> Path:
     for r in res["final_front"]:
         r["gflops"] = r["train_flops"] / 1e9
     esc = html.escape  # every text from a file: trial folders may come from anyone who shares the search
-    parts = [f"<h1>c2f-search: {esc(str(d.resolve()))}</h1>", f"<p>{esc(counts_line(res))}</p>",
-             f"<p>{esc(front_sentence(res))}</p>"]
+    parts = [
+        f"<h1>c2f-search: {esc(str(d.resolve()))}</h1>",
+        f"<p>{esc(counts_line(res))}</p>",
+        f"<p>{esc(front_sentence(res))}</p>",
+    ]
     if b:
-        parts.append(f"<p>Baseline reference (its best epoch): {esc(b['schedule'])}, trial {esc(b['trial_id'])}, "
-                     f"{esc(name)} {b['val_metric']:.4f} at epoch {b['epoch']:.2f}, {b['train_flops'] / 1e9:.4g} "
-                     f"GFLOPs.</p>")
+        parts.append(
+            f"<p>Baseline reference (its best epoch): {esc(b['schedule'])}, trial {esc(b['trial_id'])}, "
+            f"{esc(name)} {b['val_metric']:.4f} at epoch {b['epoch']:.2f}, {b['train_flops'] / 1e9:.4g} "
+            f"GFLOPs.</p>"
+        )
     parts += ["<h2>Pareto front</h2>", _png(lambda f: plot(rows, res, f))]
     if tests:
         parts.append(_png(lambda f: plot(rows, res, f, metric="test")))
-    parts += ["<h2>Learning curves</h2>", _png(lambda f: plot_curves(R, b, f)),
-              "<h2>Table 2/3: every finished trial</h2>",
-              "<p>Budget mode (Table 2): the earliest evaluation of a schedule's final phase at or above the baseline "
-              "reference; its FLOPs and time saving against the reference. Convergence mode (Table 3): the best "
-              "final-phase metric minus the baseline's best. Definitions: docs/results.md.</p>",
-              _table(res["table"], [("schedule", "schedule", ""), ("trial_id", "trial", ""),
-                                    ("final_metric", f"end {name}", ".4f"), ("gflops", "GFLOPs", ".4g"),
-                                    ("budget", "budget mode", ""), ("budget_epoch", "epoch", ".2f"),
-                                    ("budget_metric", name, ".4f"), ("budget_gflops", "GFLOPs", ".4g"),
-                                    ("flops_saving", "FLOPs saved", "pct"),
-                                    ("time_saving", "time saved", "pct"), ("best_final_metric", f"best final {name}", ".4f"),
-                                    ("convergence_delta", "vs baseline best", "+.4f")]),
-              "<h2>Final front</h2>",
-              _table(sorted(res["final_front"], key=lambda r: r["train_flops"]),
-                     [("schedule", "schedule", ""), ("trial_id", "trial", ""), ("val_metric", f"val {name}", ".4f"),
-                      ("test_metric", f"test {name}", ".4f"), ("gflops", "GFLOPs", ".4g")])]
+    parts += [
+        "<h2>Learning curves</h2>",
+        _png(lambda f: plot_curves(R, b, f)),
+        "<h2>Table 2/3: every finished trial</h2>",
+        "<p>Budget mode (Table 2): the earliest evaluation of a schedule's final phase at or above the baseline "
+        "reference; its FLOPs and time saving against the reference. Convergence mode (Table 3): the best "
+        "final-phase metric minus the baseline's best. Definitions: docs/results.md.</p>",
+        _table(
+            res["table"],
+            [
+                ("schedule", "schedule", ""),
+                ("trial_id", "trial", ""),
+                ("final_metric", f"end {name}", ".4f"),
+                ("gflops", "GFLOPs", ".4g"),
+                ("budget", "budget mode", ""),
+                ("budget_epoch", "epoch", ".2f"),
+                ("budget_metric", name, ".4f"),
+                ("budget_gflops", "GFLOPs", ".4g"),
+                ("flops_saving", "FLOPs saved", "pct"),
+                ("time_saving", "time saved", "pct"),
+                ("best_final_metric", f"best final {name}", ".4f"),
+                ("convergence_delta", "vs baseline best", "+.4f"),
+            ],
+        ),
+        "<h2>Final front</h2>",
+        _table(
+            sorted(res["final_front"], key=lambda r: r["train_flops"]),
+            [
+                ("schedule", "schedule", ""),
+                ("trial_id", "trial", ""),
+                ("val_metric", f"val {name}", ".4f"),
+                ("test_metric", f"test {name}", ".4f"),
+                ("gflops", "GFLOPs", ".4g"),
+            ],
+        ),
+    ]
     confirm = SearchDir(d).confirm
     if confirm.table.is_file():
         seeds = _read_table(confirm.table, d, "").to_pylist()
-        parts += ["<h2>Seeds (confirm)</h2>", _table(seeds, [
-            ("schedule", "schedule", ""), ("seeds", "seeds", "d"), ("best_final_metric_mean", f"best final {name}", ".4f"),
-            ("best_final_metric_sd", "sd", ".4f"), ("reached", "reached", "d"), ("flops_saving_mean", "FLOPs saved", "pct"),
-            ("flops_saving_sd", "sd", "pct"), ("holds_every_seed", "holds at every seed", "")])]
+        parts += [
+            "<h2>Seeds (confirm)</h2>",
+            _table(
+                seeds,
+                [
+                    ("schedule", "schedule", ""),
+                    ("seeds", "seeds", "d"),
+                    ("best_final_metric_mean", f"best final {name}", ".4f"),
+                    ("best_final_metric_sd", "sd", ".4f"),
+                    ("reached", "reached", "d"),
+                    ("flops_saving_mean", "FLOPs saved", "pct"),
+                    ("flops_saving_sd", "sd", "pct"),
+                    ("holds_every_seed", "holds at every seed", ""),
+                ],
+            ),
+        ]
         if confirm.plot.is_file():
-            parts.append(f'<img alt="confirm" src="data:image/png;base64,'
-                         f'{base64.b64encode(confirm.plot.read_bytes()).decode()}">')
+            parts.append(
+                f'<img alt="confirm" src="data:image/png;base64,'
+                f'{base64.b64encode(confirm.plot.read_bytes()).decode()}">'
+            )
     parts += _targets(d, name)
     settings = search_settings(d)
     if settings:
-        parts += ["<h2>Search settings</h2>",
-                  f"<pre>{html.escape(json.dumps(asdict(settings), indent=1), quote=False)}</pre>"]
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>c2f-search report</title><style>"
-            "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}img{max-width:100%}"
-            "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
-            "text-align:right}td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:1em}"
-            "</style></head><body>" + "\n".join(parts) + "</body></html>")
+        parts += [
+            "<h2>Search settings</h2>",
+            f"<pre>{html.escape(json.dumps(asdict(settings), indent=1), quote=False)}</pre>",
+        ]
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>c2f-search report</title><style>"
+        "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}img{max-width:100%}"
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:1em}"
+        "</style></head><body>" + "\n".join(parts) + "</body></html>"
+    )
     return atomic_write(Path(path) if path else SearchDir(d).report, page)

@@ -1,5 +1,6 @@
 """A search's rows: every report of every trial, read back from Tune's experiment folder (local, a shared
 filesystem or a URI, through pyarrow filesystems), one row per (trial, step), with its status."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import NoResults, ScheduleError
-from ..schedule import record_schedule
 from ..layout import SearchDir
-from ..settings import SearchSettings
+from ..schedule import record_schedule
 from ..schema import RECORD_FIELDS, ROW_FIELDS, ROW_SCHEMA, row_table
-
+from ..settings import SearchSettings
 
 ROW_COLUMNS = list(ROW_FIELDS)
 
@@ -37,6 +37,7 @@ def experiment_location(search_dir, filesystem=None, name="search"):
     a filesystem object given here is used with the path as it is.
     """
     import pyarrow.fs as pafs
+
     if filesystem is not None:
         return filesystem, f"{str(search_dir).rstrip('/')}/{name}"
     settings = search_settings(search_dir)
@@ -51,6 +52,7 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
     """Every report of every trial, one row per (trial, step), last write wins. Reads local
     folders, shared filesystems and URIs (s3://, gs://) alike through pyarrow filesystems."""
     import pyarrow.fs as pafs
+
     fs, root = experiment_location(search_dir, filesystem, name)
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory:
@@ -91,8 +93,10 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
                 rows[key] = x
     if not rows and failed:
         path = min(failed)[1]
-        raise NoResults(f"{search_dir}: every trial of the {name} failed before its first report, the first with: "
-                        f"{trial_error(fs, path)} (traceback: {path}/error.txt)")
+        raise NoResults(
+            f"{search_dir}: every trial of the {name} failed before its first report, the first with: "
+            f"{trial_error(fs, path)} (traceback: {path}/error.txt)"
+        )
     if not rows:
         raise NoResults(f"{search_dir}: the {name} has no reported results yet")
     ordered = sorted(rows.values(), key=lambda x: (str(x["trial_id"]), x["step"] or 0))
@@ -107,6 +111,7 @@ def with_schedule_columns(rows: list[dict], where="rows") -> list[dict]:
     learned run may skip phases, so its final phase is known by C) and ``full_model`` (a checkpoint of C = 1,
     or of a phase that drops tokens, whose grid and weights are the full model's)."""
     from ..compress import get_method
+
     parsed: dict[str, object] = {}
     for r in rows:
         text = r["schedule"]
@@ -114,19 +119,27 @@ def with_schedule_columns(rows: list[dict], where="rows") -> list[dict]:
             try:
                 parsed[text] = record_schedule(text)
             except (ScheduleError, AttributeError) as e:
-                raise NoResults(f"{where}: trial {r['trial_id']} reports the schedule {text!r}, which is not one "
-                                f"({e})") from None
+                raise NoResults(
+                    f"{where}: trial {r['trial_id']} reports the schedule {text!r}, which is not one ({e})"
+                ) from None
         s = parsed[text]
-        r.update(is_baseline=s.is_baseline, final_C=s.phases[-1].C,
-                 full_model=r["C"] == 1 or r["C"] in s.Cs and get_method(s.method_at(r["C"])).drops_tokens)
+        r.update(
+            is_baseline=s.is_baseline,
+            final_C=s.phases[-1].C,
+            full_model=r["C"] == 1 or r["C"] in s.Cs and get_method(s.method_at(r["C"])).drops_tokens,
+        )
     return rows
 
 
 def _tune_states(fs, root: str) -> dict[str, str]:
     """{trial id: Tune's status} from the newest experiment state Tune saved ({} when there is none)."""
     import pyarrow.fs as pafs
-    saved = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root))
-                   if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
+
+    saved = sorted(
+        i.path
+        for i in fs.get_file_info(pafs.FileSelector(root))
+        if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")
+    )
     if not saved:
         return {}
     try:
@@ -152,10 +165,16 @@ def trial_error(fs, path: str) -> str:
 def _row(r: dict, path: str, names, dir_name: str, config: str | None) -> dict:
     """One row of `load_rows` from one Tune report."""
     ck = r.get("checkpoint_dir_name")
-    return {**{k: r.get(k) for k in RECORD_FIELDS}, "trial_id": r.get("trial_id") or dir_name,
-            "checkpoint_path": f"{path}/{ck}" if ck and ck in names else None,
-            "lr": r.get("lr"), "batch_size": r.get("batch_size"), "seed": r.get("seed"), "config": config,
-            "model": r.get("model")}
+    return {
+        **{k: r.get(k) for k in RECORD_FIELDS},
+        "trial_id": r.get("trial_id") or dir_name,
+        "checkpoint_path": f"{path}/{ck}" if ck and ck in names else None,
+        "lr": r.get("lr"),
+        "batch_size": r.get("batch_size"),
+        "seed": r.get("seed"),
+        "config": config,
+        "model": r.get("model"),
+    }
 
 
 def _csv_reports(fs, path: str, names) -> tuple[list[dict], str | None]:
@@ -164,6 +183,7 @@ def _csv_reports(fs, path: str, names) -> tuple[list[dict], str | None]:
     back from storage and drops the reports not yet synced there; its CSV logger keeps them."""
     import csv
     import io
+
     config = None
     if "params.json" in names:
         with fs.open_input_stream(f"{path}/params.json") as f:
@@ -171,8 +191,11 @@ def _csv_reports(fs, path: str, names) -> tuple[list[dict], str | None]:
     with fs.open_input_stream(f"{path}/progress.csv") as f:
         table = csv.DictReader(io.StringIO(f.read().decode()))
         types = {fld.name: fld.type for fld in ROW_SCHEMA}
-        reports = [{k: _csv_value(v, types[k]) if k in types else v for k, v in r.items()}
-                   for r in table if r.get("val_metric")]
+        reports = [
+            {k: _csv_value(v, types[k]) if k in types else v for k, v in r.items()}
+            for r in table
+            if r.get("val_metric")
+        ]
     return reports, config
 
 

@@ -1,6 +1,7 @@
 """``main``: the parser (each command module adds its own) and how every command ends: a user's mistake is
 one line and exit code 2, Ctrl-C and SIGTERM exit 130 and 143 with how to resume. Ray is imported only
 when a command runs a search."""
+
 from __future__ import annotations
 
 import os
@@ -9,18 +10,21 @@ import sys
 import threading
 from pathlib import Path
 
-from .args import EPILOG_SCHEDULE, Parser, config_error_line
 from ..errors import C2FError, ConfigError, Interrupted
 from ..layout import RunDir, SearchDir
 from . import confirm, demo, flops, pareto, report, search, train
+from .args import EPILOG_SCHEDULE, Parser, config_error_line
 
 COMMANDS = (train, flops, search, pareto, confirm, report, demo)  # each adds its parser(s)
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="c2f-search",
-               description="Search coarse-to-fine training schedules for audio spectrogram transformers "
-                           "(Feng et al., 'From Coarse to Fine', ICASSP 2024).", epilog=EPILOG_SCHEDULE)
+    p = Parser(
+        prog="c2f-search",
+        description="Search coarse-to-fine training schedules for audio spectrogram transformers "
+        "(Feng et al., 'From Coarse to Fine', ICASSP 2024).",
+        epilog=EPILOG_SCHEDULE,
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     for command in COMMANDS:
@@ -56,12 +60,12 @@ def main(argv=None) -> int:
 def _handle_sigterm():
     """SIGTERM (a cluster scheduler, a spot reclaim) stops a command as Ctrl-C does: cleanly, with the
     resume hint, exit code 143. Returns the handler it replaced."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         return None
 
     def term(signum, frame):
         raise Interrupted(signum)
+
     return signal.signal(signal.SIGTERM, term)
 
 
@@ -70,8 +74,12 @@ def _resume_hint(a) -> str:
     if a.command == "confirm" and SearchDir(a.dir).confirm_dir.is_dir():
         return "; start it again: the same command with --overwrite"
     out = Path(getattr(a, "out", None) or "")
-    marker = {"train": RunDir(out).config, "pretrain": RunDir(out).config, "search": SearchDir(out).settings,
-              "demo": SearchDir(out).settings}
+    marker = {
+        "train": RunDir(out).config,
+        "pretrain": RunDir(out).config,
+        "search": SearchDir(out).settings,
+        "demo": SearchDir(out).settings,
+    }
     if a.command not in marker:
         return ""
     if not marker[a.command].is_file():

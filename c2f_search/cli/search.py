@@ -1,76 +1,143 @@
 """``search``: settings from the flags (or, on ``--resume``, from ``search.json``, which the flags given must
 agree with), the run, the export. Ray and Optuna are imported only when it runs."""
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .args import add_data_args, add_model_setting_args, finite_float, nonneg_float, nonneg_int, out_path, positive_float, positive_int, seed_int
 from ..errors import C2FError, NoResults, SpaceError
 from ..settings import DataSettings, SearchSettings, check_agrees, given, resolve_test
+from .args import (
+    add_data_args,
+    add_model_setting_args,
+    finite_float,
+    nonneg_float,
+    nonneg_int,
+    out_path,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from .pareto import _export
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
 # flags without a value default to "not given" (None), so that a resume can tell what was given
-SEARCH_DEFAULTS = {"space": "default", "sampler": "auto", "scheduler": "fifo", "max_failures": 1,
-                   "keep_checkpoints": 2, "seed": 0, "reuse_actors": True}
+SEARCH_DEFAULTS = {
+    "space": "default",
+    "sampler": "auto",
+    "scheduler": "fifo",
+    "max_failures": 1,
+    "keep_checkpoints": 2,
+    "seed": 0,
+    "reuse_actors": True,
+}
 RESUME_MAY_CHANGE = ("out", "resume", "address", "trials")  # where it runs; trials may be raised
 # the search's own flags (add_search_args); with the data flags and the model settings, what a search records
-SEARCH_FLAGS = ("space", "trials", "sampler", "scheduler", "epochs", "address", "storage", "cpus_per_trial",
-                "gpus_per_trial", "reuse_actors", "max_failures", "keep_checkpoints", "metric_target", "seed", "test")
+SEARCH_FLAGS = (
+    "space",
+    "trials",
+    "sampler",
+    "scheduler",
+    "epochs",
+    "address",
+    "storage",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "reuse_actors",
+    "max_failures",
+    "keep_checkpoints",
+    "metric_target",
+    "seed",
+    "test",
+)
 
 
 def add_search_args(s) -> None:
-    s.add_argument("--space", help="search-space YAML: a path, or a shipped one: default (the default), paper, "
-                                   "table1, pretrain, adaptive, patchout, demo")
-    s.add_argument("--trials", type=positive_int, help="number of trials (default 12; grid mode: the whole grid); with "
-                                                         "--resume it may raise the number the search was started with")
+    s.add_argument(
+        "--space",
+        help="search-space YAML: a path, or a shipped one: default (the default), paper, "
+        "table1, pretrain, adaptive, patchout, demo",
+    )
+    s.add_argument(
+        "--trials",
+        type=positive_int,
+        help="number of trials (default 12; grid mode: the whole grid); with "
+        "--resume it may raise the number the search was started with",
+    )
     s.add_argument("--out", default="runs/search", metavar="DIR", type=out_path)
-    s.add_argument("--sampler", choices=SAMPLERS,
-                   help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise")
-    s.add_argument("--scheduler", choices=("fifo", "asha", "pbt"),
-                   help="fifo (the default) runs every trial to its end; asha stops weak trials early, comparing "
-                        "them at equal cumulative train FLOPs; pbt runs a population (--trials members) of a learned "
-                        "space (e.g. --space adaptive) under Ray's population-based training, which may lower a "
-                        "member's C (never raise it)")
-    s.add_argument("--epochs", type=positive_float, help="epoch budget per trial (overrides the space's 'epochs'; "
-                                                           "grid schedules are rescaled to it)")
-    s.add_argument("--resume", action="store_true",
-                   help="continue the interrupted search in DIR with the settings it was started with (a flag that "
-                        "contradicts them is refused; DIR may have been moved or copied)")
+    s.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise",
+    )
+    s.add_argument(
+        "--scheduler",
+        choices=("fifo", "asha", "pbt"),
+        help="fifo (the default) runs every trial to its end; asha stops weak trials early, comparing "
+        "them at equal cumulative train FLOPs; pbt runs a population (--trials members) of a learned "
+        "space (e.g. --space adaptive) under Ray's population-based training, which may lower a "
+        "member's C (never raise it)",
+    )
+    s.add_argument(
+        "--epochs",
+        type=positive_float,
+        help="epoch budget per trial (overrides the space's 'epochs'; grid schedules are rescaled to it)",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted search in DIR with the settings it was started with (a flag that "
+        "contradicts them is refused; DIR may have been moved or copied)",
+    )
     s.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
     s.add_argument("--storage", help="Tune storage path or URI (s3://..., gs://..., shared folder); default DIR")
     s.add_argument("--cpus-per-trial", type=positive_float, help="overrides the space's resources.cpu")
-    s.add_argument("--gpus-per-trial", type=nonneg_float,
-                   help="overrides the space's resources.gpu (fractional allowed; 0: train on CPUs); by default "
-                        "(auto) one GPU per trial where the cluster has GPUs, none where it has none")
-    s.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction,
-                   help="run the next trial in a finished trial's worker process (default on: no process start, "
-                        "imports or compile-worker start per trial; each trial still starts from a clean "
-                        "compiler state)")
-    s.add_argument("--max-failures", type=nonneg_int,
-                   help="retries of a crashed trial from its last checkpoint (default 1)")
-    s.add_argument("--keep-checkpoints", type=nonneg_int,
-                   help="checkpoints kept per trial (default 2; 0 = all) besides those the front may need, which are "
-                        "never deleted: phase ends and final-phase evaluations that beat every earlier one "
-                        "(the paper's selected epochs are among them); each holds weights and optimizer state")
+    s.add_argument(
+        "--gpus-per-trial",
+        type=nonneg_float,
+        help="overrides the space's resources.gpu (fractional allowed; 0: train on CPUs); by default "
+        "(auto) one GPU per trial where the cluster has GPUs, none where it has none",
+    )
+    s.add_argument(
+        "--reuse-actors",
+        action=argparse.BooleanOptionalAction,
+        help="run the next trial in a finished trial's worker process (default on: no process start, "
+        "imports or compile-worker start per trial; each trial still starts from a clean "
+        "compiler state)",
+    )
+    s.add_argument(
+        "--max-failures", type=nonneg_int, help="retries of a crashed trial from its last checkpoint (default 1)"
+    )
+    s.add_argument(
+        "--keep-checkpoints",
+        type=nonneg_int,
+        help="checkpoints kept per trial (default 2; 0 = all) besides those the front may need, which are "
+        "never deleted: phase ends and final-phase evaluations that beat every earlier one "
+        "(the paper's selected epochs are among them); each holds weights and optimizer state",
+    )
     s.add_argument("--metric-target", type=finite_float, help="budget mode for every trial")
     s.add_argument("--seed", type=seed_int, help="sampler seed (default 0)")
     add_data_args(s, required=False)
-    s.add_argument("--test", metavar="DATA",
-                   help="held-out test split (same forms as --data; a built-in spec gives its val clips, e.g. "
-                        "'builtin:events?train=10&val=400&seed=1'): no search decision sees it; after the search "
-                        "every final-front point and the baseline reference are evaluated on it")
+    s.add_argument(
+        "--test",
+        metavar="DATA",
+        help="held-out test split (same forms as --data; a built-in spec gives its val clips, e.g. "
+        "'builtin:events?train=10&val=400&seed=1'): no search decision sees it; after the search "
+        "every final-front point and the baseline reference are evaluated on it",
+    )
     add_model_setting_args(s.add_argument_group("model settings (every trial)"))
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser(
-        "search", help="search schedules with Ray Tune + Optuna (multi-objective: metric up, FLOPs down)",
+        "search",
+        help="search schedules with Ray Tune + Optuna (multi-objective: metric up, FLOPs down)",
         description="Search coarse-to-fine schedules. Starts a local Ray instance and an Optuna study in "
-                    "DIR/optuna.db unless --address joins a cluster. Writes DIR/search (Tune), DIR/front.parquet, "
-                    "DIR/front.png and DIR/summary.txt. Every setting, the data and every reachable schedule are "
-                    "checked before Ray starts.")
+        "DIR/optuna.db unless --address joins a cluster. Writes DIR/search (Tune), DIR/front.parquet, "
+        "DIR/front.png and DIR/summary.txt. Every setting, the data and every reachable schedule are "
+        "checked before Ray starts.",
+    )
     add_search_args(s)
     s.set_defaults(fn=cmd_search)
 
@@ -79,10 +146,12 @@ def search_settings(flags: dict, out) -> SearchSettings:
     """A new search's settings from the flags given (a dict: the command line's, or the demo's)."""
     from ..models import model_settings
     from ..search.space import load_space
+
     f = {**SEARCH_DEFAULTS, **flags}
     space = load_space(f["space"])
-    data = DataSettings.from_dict({**DataSettings.from_flags(argparse.Namespace(**flags)),
-                                   "labelled": space.objective != "masked-patch"})  # pretraining reads audio only
+    data = DataSettings.from_dict(
+        {**DataSettings.from_flags(argparse.Namespace(**flags)), "labelled": space.objective != "masked-patch"}
+    )  # pretraining reads audio only
     data.train = data.train or space.data
     if not data.train:
         raise SpaceError(f"{space.path}: no data set; pass --data or set 'data' in the space file")
@@ -90,13 +159,25 @@ def search_settings(flags: dict, out) -> SearchSettings:
     if space.finetune:  # a pretraining search's fine-tune reads its own labelled data
         finetune = {**space.finetune, "data": DataSettings(space.finetune["data"], cache_dir=data.cache_dir).resolved()}
     return SearchSettings(
-        space=str(Path(space.path).resolve()), out=str(Path(out).resolve()), data=data.resolved(), finetune=finetune,
-        trials=f.get("trials"), sampler=f["sampler"], scheduler=f["scheduler"], epochs=f.get("epochs"),
-        seed=f["seed"], max_failures=f["max_failures"], keep_checkpoints=f["keep_checkpoints"] or None,
-        resources={"cpu": f.get("cpus_per_trial"), "gpu": f.get("gpus_per_trial")}, reuse_actors=f["reuse_actors"],
-        metric_target=f.get("metric_target"), storage=f.get("storage"),
-        model_kwargs={k: v for k, v in flags.items() if k in model_settings()}, test=resolve_test(f.get("test")),
-        flags={k: v for k, v in flags.items() if k not in RESUME_MAY_CHANGE})
+        space=str(Path(space.path).resolve()),
+        out=str(Path(out).resolve()),
+        data=data.resolved(),
+        finetune=finetune,
+        trials=f.get("trials"),
+        sampler=f["sampler"],
+        scheduler=f["scheduler"],
+        epochs=f.get("epochs"),
+        seed=f["seed"],
+        max_failures=f["max_failures"],
+        keep_checkpoints=f["keep_checkpoints"] or None,
+        resources={"cpu": f.get("cpus_per_trial"), "gpu": f.get("gpus_per_trial")},
+        reuse_actors=f["reuse_actors"],
+        metric_target=f.get("metric_target"),
+        storage=f.get("storage"),
+        model_kwargs={k: v for k, v in flags.items() if k in model_settings()},
+        test=resolve_test(f.get("test")),
+        flags={k: v for k, v in flags.items() if k not in RESUME_MAY_CHANGE},
+    )
 
 
 def resumed_settings(out, flags: dict) -> SearchSettings:
@@ -104,17 +185,26 @@ def resumed_settings(out, flags: dict) -> SearchSettings:
     --trials, which may raise the number of trials."""
     from ..search.runner import num_trials
     from ..search.space import load_space
+
     settings = SearchSettings.load(out)
-    check_agrees(settings.flags, flags, f"the search in {out} was started", "drop the flag to resume it, or start a "
-                 "new search in another --out", may_change=RESUME_MAY_CHANGE, defaults=SEARCH_DEFAULTS)
+    check_agrees(
+        settings.flags,
+        flags,
+        f"the search in {out} was started",
+        "drop the flag to resume it, or start a new search in another --out",
+        may_change=RESUME_MAY_CHANGE,
+        defaults=SEARCH_DEFAULTS,
+    )
     trials = flags.get("trials")
     if trials is not None:
         had = num_trials(settings, load_space(settings.space))
         settings.trials = trials
         now = num_trials(settings, load_space(settings.space))
         if now < had:
-            raise C2FError(f"--trials {trials}: the search in {out} was started with {had} trials; a resume may "
-                           f"raise that number, not lower it")
+            raise C2FError(
+                f"--trials {trials}: the search in {out} was started with {had} trials; a resume may "
+                f"raise that number, not lower it"
+            )
         if settings.scheduler == "pbt" and now != had:
             raise C2FError(f"--trials {trials}: a PBT population keeps its {had} members; drop the flag")
         if now > had:
@@ -124,18 +214,24 @@ def resumed_settings(out, flags: dict) -> SearchSettings:
 
 def cmd_search(a) -> int:
     from ..models import model_settings
+
     return run(given(a, (*SEARCH_FLAGS, *DataSettings.FLAGS, *model_settings())), a.out, a.resume, a.address)
 
 
 def run(flags: dict, out, resume: bool = False, address: str | None = None) -> int:
     """Run (or resume) the search in `out` with the flags given; then export its fronts."""
     from ..files import folder_lock, remove_stale_temporaries
+
     with folder_lock(Path(out), f"--out {out}", "search"):
         remove_stale_temporaries(Path(out))
         settings = resumed_settings(out, flags) if resume else search_settings(flags, out)
-        print(f"search: {settings.space} | {settings.trials or 'default number of'} trials | sampler "
-              f"{settings.sampler} | scheduler {settings.scheduler} | out {settings.out}", flush=True)
+        print(
+            f"search: {settings.space} | {settings.trials or 'default number of'} trials | sampler "
+            f"{settings.sampler} | scheduler {settings.scheduler} | out {settings.out}",
+            flush=True,
+        )
         from ..search.runner import ray_session, run_search
+
         with ray_session():
             run_search(settings, resume=resume, address=address)
             if settings.target_length_reason:
@@ -143,5 +239,6 @@ def run(flags: dict, out, resume: bool = False, address: str | None = None) -> i
             try:
                 return _export(settings.out)
             except NoResults as e:  # the folder holds the failed search: say how to go on from it
-                raise NoResults(f"{e}; fix the cause, then --resume runs the failed trials again (or choose a new "
-                                f"--out)") from None
+                raise NoResults(
+                    f"{e}; fix the cause, then --resume runs the failed trials again (or choose a new --out)"
+                ) from None

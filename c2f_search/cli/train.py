@@ -2,6 +2,7 @@
 continues. The steps: where the run starts (``_start``: fresh, a checkpoint, or a run stopped before its
 first one), its settings (``run_settings``: the one merge of ``settings``), the data, the ``Run`` with the
 command's callbacks (the header, the progress bar, the folder, the summary), the record in ``config.json``."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ from ..train.callbacks import Callback
 from .args import EPILOG_SCHEDULE, add_data_args, add_model_args, finite_float, given_config, out_path, positive_int
 
 # what a resume reads from DIR/config.json, and its types
-RECORDED = {"config": dict, "recipe": str | None, "overrides": dict, "data": dict, "resolved": dict,
-            "norm": list | None, "target_length_reason": str | None}
+RECORDED = {
+    "config": dict,
+    "recipe": str | None,
+    "overrides": dict,
+    "data": dict,
+    "resolved": dict,
+    "norm": list | None,
+    "target_length_reason": str | None,
+}
 PRETRAINING = {"objective": "masked-patch", "model": "ssast-tiny"}  # what `pretrain` sets before a recipe
 GO_ON = "drop the flag to continue it, or start a new --out"
 
@@ -35,6 +43,7 @@ def _train_alone(a, pretrain: bool) -> int:
     """Train with --out held against every other c2f-search command, after clearing the temporary files a
     killed run left there."""
     from ..files import folder_lock, remove_stale_temporaries
+
     folder = RunDir(a.out)
     with folder_lock(folder.path, f"--out {a.out}", "pretrain" if pretrain else "train"):
         remove_stale_temporaries(folder.path, folder.checkpoints)
@@ -46,6 +55,7 @@ class Start:
     """Where a run starts: from scratch (no `source`), from a checkpoint (`state`: a resume or a fork), or,
     for a run stopped before its first checkpoint, from the start with its recorded settings (`unstarted`).
     `recorded` is the config.json of the folder the state comes from."""
+
     source: Path | None = None
     state: dict | None = None
     recorded: dict | None = None
@@ -62,31 +72,41 @@ def _start(a, folder: RunDir) -> Start:
         raise C2FError("--overwrite and --resume contradict each other; give one")
     if not resume:
         if folder.holds_run() and not a.overwrite:
-            raise C2FError(f"--out {folder.path}: holds a run already; pass --resume to continue it, --overwrite to "
-                           f"replace it, or choose another --out")
+            raise C2FError(
+                f"--out {folder.path}: holds a run already; pass --resume to continue it, --overwrite to "
+                f"replace it, or choose another --out"
+            )
         return Start()
     source = Path(a.resume_from) if a.resume_from else folder.last
     if not a.resume_from and not source.is_file() and folder.config.is_file():
         return Start(source, None, _recorded(folder), unstarted=True)
     if not source.is_file():
-        raise C2FError(f"--resume-from {source}: no such checkpoint file" if a.resume_from
-                       else f"--resume: {source} not found; run without --resume to start")
+        raise C2FError(
+            f"--resume-from {source}: no such checkpoint file"
+            if a.resume_from
+            else f"--resume: {source} not found; run without --resume to start"
+        )
     return Start(source, _read_state(source), _recorded(RunDir(source.parent.parent)))
 
 
 def _read_state(path: Path) -> dict:
     from ..files import load_checkpoint
+
     try:
         return load_checkpoint(path)
     except CheckpointError as e:
         alt = _newest_intact(path.parent, exclude=path)
-        hint = (f"; the newest intact checkpoint is {alt}: continue from it with --resume-from {alt}" if alt
-                else "; no intact checkpoint is left beside it, start again with --overwrite")
+        hint = (
+            f"; the newest intact checkpoint is {alt}: continue from it with --resume-from {alt}"
+            if alt
+            else "; no intact checkpoint is left beside it, start again with --overwrite"
+        )
         raise CheckpointError(f"{e}{hint}") from None
 
 
 def _newest_intact(ckdir: Path, exclude: Path) -> Path | None:
     from ..files import is_temporary, load_checkpoint
+
     for p in sorted(ckdir.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
         if p != exclude and not is_temporary(p):  # a write in progress, or one a killed writer left
             try:
@@ -99,6 +119,7 @@ def _newest_intact(ckdir: Path, exclude: Path) -> Path | None:
 
 def _recorded(folder: RunDir) -> dict:
     from ..files import read_json
+
     return read_json(folder.config, RECORDED) if folder.config.is_file() else {}
 
 
@@ -107,6 +128,7 @@ def run_settings(a, start: Start, pretrain: bool):
     flags given. A flag that contradicts what a resumed run was trained with is refused (how it executes,
     and the metric target, may change)."""
     from ..recipes import load_recipe
+
     recorded = start.recorded or {}
     if start.resumed and a.recipe and recorded.get("recipe") != a.recipe:
         raise C2FError(f"--recipe {a.recipe}: the run was trained with recipe {recorded.get('recipe')}; {GO_ON}")
@@ -118,8 +140,14 @@ def run_settings(a, start: Start, pretrain: bool):
     if trained is not None:  # a resume: the recorded settings, which the flags given must agree with
         check_agrees(trained, flags, "the run was trained", GO_ON, may_change=("metric_target", *EXECUTION))
         rec_data = DataSettings.from_run_record(recorded) if recorded else data
-        check_agrees(rec_data.to_dict(), data_flags, "the run was trained", GO_ON, may_change=DataSettings.EXECUTION,
-                     names={v: k for k, v in DataSettings.FLAGS.items()})
+        check_agrees(
+            rec_data.to_dict(),
+            data_flags,
+            "the run was trained",
+            GO_ON,
+            may_change=DataSettings.EXECUTION,
+            names={v: k for k, v in DataSettings.FLAGS.items()},
+        )
         data, base = rec_data, trained
     else:
         base = {**(PRETRAINING if pretrain else {}), **_recipe_base(a, recipe)}
@@ -128,20 +156,27 @@ def run_settings(a, start: Start, pretrain: bool):
         raise C2FError("--schedule is required (e.g. --schedule fshift:2x2,1x4, or a --recipe)")
     data = DataSettings.from_dict({**data.to_dict(), **data_flags, "labelled": not pretrain})
     if not data.train:
-        raise C2FError("--data is required: the checkpoint's run folder has no config.json to read it from"
-                       if trained is not None else "--data is required (e.g. --data builtin:events)")
+        raise C2FError(
+            "--data is required: the checkpoint's run folder has no config.json to read it from"
+            if trained is not None
+            else "--data is required (e.g. --data builtin:events)"
+        )
     return train_config(base, flags, {"schedule": schedule}), data, recipe
 
 
 def _recipe_base(a, recipe) -> dict:
     """The TrainConfig fields a recipe sets before the flags given."""
     from ..models import get_family
+
     if recipe is None:
         return {}
     base = recipe.config()
     if a.model and get_family(a.model) is not get_family(recipe.model):  # its model settings are another family's
-        print(f"--recipe {recipe.name}: --model {a.model} replaces {recipe.model}; the recipe's model settings "
-              f"{recipe.model_kwargs} are not used", file=sys.stderr)
+        print(
+            f"--recipe {recipe.name}: --model {a.model} replaces {recipe.model}; the recipe's model settings "
+            f"{recipe.model_kwargs} are not used",
+            file=sys.stderr,
+        )
         base["model_kwargs"] = {}
     return base
 
@@ -151,8 +186,10 @@ def _overrides(a, recipe) -> dict:
     if recipe is None:
         return {}
     rec = {**recipe.config(), **recipe.data}
-    flags = {**given_config(a), **given(a, ("val", "labels", "task", "skip_bad", "norm", "num_mel_bins",
-                                            "target_length", "features"))}
+    flags = {
+        **given_config(a),
+        **given(a, ("val", "labels", "task", "skip_bad", "norm", "num_mel_bins", "target_length", "features")),
+    }
     if "model_kwargs" in flags:
         flags.update(flags.pop("model_kwargs"))
         rec.update(rec.pop("model_kwargs"))
@@ -167,19 +204,30 @@ def _train(a, folder: RunDir, pretrain: bool) -> int:
     start = _start(a, folder)
     cfg, data_settings, recipe = run_settings(a, start, pretrain)
     if pretrain != (cfg.objective == "masked-patch"):
-        raise C2FError(f"{start.source}: a {'pretraining' if not pretrain else 'supervised'} run; continue it with "
-                       f"c2f-search {'pretrain' if not pretrain else 'train'}")
+        raise C2FError(
+            f"{start.source}: a {'pretraining' if not pretrain else 'supervised'} run; continue it with "
+            f"c2f-search {'pretrain' if not pretrain else 'train'}"
+        )
     schedule = cfg.schedule
     family = get_family(cfg.model)
     family.check_schedule(cfg.model, schedule)
-    data = data_settings.load(quantum=family.quantum(schedule.grid_Cs),
-                              progress=not a.no_progress)
-    callbacks = [RunHeader(pretrain, recipe, start, folder), ProgressBar(disable=a.no_progress), RunFolder(folder.path),
-                 RunSummary(folder)]
+    data = data_settings.load(quantum=family.quantum(schedule.grid_Cs), progress=not a.no_progress)
+    callbacks = [
+        RunHeader(pretrain, recipe, start, folder),
+        ProgressBar(disable=a.no_progress),
+        RunFolder(folder.path),
+        RunSummary(folder),
+    ]
     run = Run(cfg, data, a.device, start.state, callbacks=callbacks)
     _make_folder(folder, a.overwrite)
-    _write_record(folder, run, data_settings.with_data(data), recipe,
-                  (start.recorded or {}).get("overrides", {}) if start.resumed else _overrides(a, recipe), start)
+    _write_record(
+        folder,
+        run,
+        data_settings.with_data(data),
+        recipe,
+        (start.recorded or {}).get("overrides", {}) if start.resumed else _overrides(a, recipe),
+        start,
+    )
     run.fit()
     _bad_report(data, folder)
     return 0
@@ -192,19 +240,33 @@ def _make_folder(folder: RunDir, overwrite: bool) -> None:
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise C2FError(f"--out {folder.path}: cannot write there ({e.strerror or e}); choose a writable "
-                       f"folder") from None
+        raise C2FError(
+            f"--out {folder.path}: cannot write there ({e.strerror or e}); choose a writable folder"
+        ) from None
 
 
 def _write_record(folder: RunDir, run, data: DataSettings, recipe, overrides: dict, start: Start) -> None:
     """config.json: what the run trains with, so that --resume needs no flags."""
     from ..files import atomic_write
-    atomic_write(folder.config, json.dumps(
-        {"config": run.cfg.to_dict(), "data": data.to_dict(), "frontend": run.data.fe.key(),
-         "target_length_reason": data.target_reason, "norm": data.norm, "classes": run.data.train.classes,
-         "recipe": recipe.name if recipe else None, "overrides": overrides,
-         "resumed_from": str(start.source) if start.state is not None else None,
-         "resolved": {"device": run.device_name, "precision": run.precision, "compile": run.compiled}}, indent=1))
+
+    atomic_write(
+        folder.config,
+        json.dumps(
+            {
+                "config": run.cfg.to_dict(),
+                "data": data.to_dict(),
+                "frontend": run.data.fe.key(),
+                "target_length_reason": data.target_reason,
+                "norm": data.norm,
+                "classes": run.data.train.classes,
+                "recipe": recipe.name if recipe else None,
+                "overrides": overrides,
+                "resumed_from": str(start.source) if start.state is not None else None,
+                "resolved": {"device": run.device_name, "precision": run.precision, "compile": run.compiled},
+            },
+            indent=1,
+        ),
+    )
 
 
 class RunHeader(Callback):
@@ -218,34 +280,45 @@ class RunHeader(Callback):
         cfg, data = run.cfg, run.data
         n_tr, n_va = data.used_counts()
         what = "unlabelled" if self.pretrain else f"{data.num_classes} classes"
-        lines = [f"{'pretraining' if self.pretrain else 'training'} {cfg.schedule} | {cfg.model} | {n_tr} train / "
-                 f"{n_va} val clips | {what} ({run.metric_name}) | device {run.device}"
-                 f"{f' ({run.device_name})' if run.device.type == 'cuda' else ''}, {run.precision}"
-                 f"{', compiled' if run.compiled else ''} | {run.steps_per_epoch} steps of {cfg.batch_size} per epoch "
-                 f"(the last partial batch is dropped)"]
+        lines = [
+            f"{'pretraining' if self.pretrain else 'training'} {cfg.schedule} | {cfg.model} | {n_tr} train / "
+            f"{n_va} val clips | {what} ({run.metric_name}) | device {run.device}"
+            f"{f' ({run.device_name})' if run.device.type == 'cuda' else ''}, {run.precision}"
+            f"{', compiled' if run.compiled else ''} | {run.steps_per_epoch} steps of {cfg.batch_size} per epoch "
+            f"(the last partial batch is dropped)"
+        ]
         if run.compiled:
-            lines.append("compiled once per phase: the compiling and warm-up steps are timed apart (compile_time_s), "
-                         "outside train_time_s and every time saving")
-        lines.append(f"target length {data.fe.target_length} frames at {data.fe.frame_shift_ms:g} ms: "
-                     f"{data.target_reason}")
+            lines.append(
+                "compiled once per phase: the compiling and warm-up steps are timed apart (compile_time_s), "
+                "outside train_time_s and every time saving"
+            )
+        lines.append(
+            f"target length {data.fe.target_length} frames at {data.fe.frame_shift_ms:g} ms: {data.target_reason}"
+        )
         if self.recipe is not None:
             lines.append(f"recipe {self.recipe.name}: {self.recipe.description}")
         lines += token_drop_lines(cfg, run.plan, run.full, data.num_classes)
         if self.pretrain:
             ob = run.objective
-            lines.append(f"masked patch modeling: {ob.full_masked} of {ob.full_tokens} patches masked at full "
-                         f"resolution, scaled to each phase's tokens; labels are not read")
+            lines.append(
+                f"masked patch modeling: {ob.full_masked} of {ob.full_tokens} patches masked at full "
+                f"resolution, scaled to each phase's tokens; labels are not read"
+            )
         start = self.start
         if start.unstarted:
-            lines.append(f"{self.folder.path} holds no checkpoint yet (it was stopped before its first one): training "
-                         f"from the start with its recorded settings")
+            lines.append(
+                f"{self.folder.path} holds no checkpoint yet (it was stopped before its first one): training "
+                f"from the start with its recorded settings"
+            )
         elif start.resumed:
-            lines.append(f"continuing from {start.source} at step {run.step} (epoch "
-                         f"{run.step / run.steps_per_epoch:.2f})")
+            lines.append(
+                f"continuing from {start.source} at step {run.step} (epoch {run.step / run.steps_per_epoch:.2f})"
+            )
             if start.state.get("precision", run.precision) != run.precision:
                 why = f"--precision {cfg.precision}" if cfg.precision != "auto" else f"auto on {run.device_name}"
-                lines.append(f"the checkpoint trained in {start.state['precision']}; it continues in {run.precision} "
-                             f"({why})")
+                lines.append(
+                    f"the checkpoint trained in {start.state['precision']}; it continues in {run.precision} ({why})"
+                )
         print("\n".join(lines), file=sys.stderr)
 
 
@@ -259,8 +332,10 @@ class RunSummary(Callback):
     def on_fit_end(self, run):
         last = run.history[-1]
         if last["averaged"]:  # the weight-averaged model, loadable with --init like final.pt
-            print(f"weight averaging ({run.averaging.members()}): {run.metric_name} {last['val_metric']:.4f} -> "
-                  f"{self.folder.averaged}")
+            print(
+                f"weight averaging ({run.averaging.members()}): {run.metric_name} {last['val_metric']:.4f} -> "
+                f"{self.folder.averaged}"
+            )
             last = run.history[-2]
         if run.plan.is_adaptive:
             print(f"learned schedule: {last['trained']} (re-run it with --schedule)", file=sys.stderr)
@@ -268,15 +343,18 @@ class RunSummary(Callback):
                 print(f"  C={prev['C']} -> C={nxt['C']} after {prev['steps']} steps: {nxt['reason']}", file=sys.stderr)
         msg = "reached --metric-target" if last["target_reached"] else "schedule finished"
         compiling = f" (+{last['compile_time_s']:.1f}s compiling)" if last["compile_time_s"] else ""
-        print(f"{msg}: {run.metric_name} {last['val_metric']:.4f} at epoch {last['epoch']:.2f}, "
-              f"{last['train_flops'] / 1e12:.2f} TFLOPs, {last['train_time_s']:.1f}s training{compiling}, "
-              f"{last['wall_time_s']:.0f}s in all -> {self.folder.metrics}")
+        print(
+            f"{msg}: {run.metric_name} {last['val_metric']:.4f} at epoch {last['epoch']:.2f}, "
+            f"{last['train_flops'] / 1e12:.2f} TFLOPs, {last['train_time_s']:.1f}s training{compiling}, "
+            f"{last['wall_time_s']:.0f}s in all -> {self.folder.metrics}"
+        )
 
 
 def token_drop_lines(cfg, schedule, full, num_classes: int) -> list[str]:
     """For each phase that drops tokens: how many it keeps and how the count was rounded."""
     from ..compress import get_method
     from ..models.phase import build_for_phase
+
     drops = [(k, p) for k, p in enumerate(schedule.phases) if get_method(p.method).drops_at(p.C)]
     if not drops:
         return []
@@ -286,6 +364,7 @@ def token_drop_lines(cfg, schedule, full, num_classes: int) -> list[str]:
 
 def _bad_report(data, folder: RunDir) -> None:
     from ..files import atomic_write
+
     bad = data.bad_report()
     if bad:
         atomic_write(folder.skipped, "".join(f"{f}\t{p}\n" for f, p in bad))
@@ -297,15 +376,24 @@ def _bad_report(data, folder: RunDir) -> None:
 def _add_run_args(t, out: str) -> None:
     t.add_argument("--schedule", help="e.g. fshift:2x2,1x4 (required, except with --resume or --recipe)")
     t.add_argument("--out", default=out, metavar="DIR", type=out_path, help=f"output folder (default {out})")
-    t.add_argument("--metric-target", type=finite_float,
-                   help="budget mode: stop at the first final-phase evaluation whose validation metric reaches this")
+    t.add_argument(
+        "--metric-target",
+        type=finite_float,
+        help="budget mode: stop at the first final-phase evaluation whose validation metric reaches this",
+    )
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--resume", action="store_true",
-                   help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings (a run stopped "
-                        "before its first checkpoint starts again from the beginning)")
-    t.add_argument("--resume-from", metavar="CKPT",
-                   help="continue from this checkpoint: an earlier one of this run (e.g. phase1-C2.pt), or one of "
-                        "another run whose trained phases are a prefix of --schedule (a fork)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue DIR's run from DIR/checkpoints/last.pt, with its recorded settings (a run stopped "
+        "before its first checkpoint starts again from the beginning)",
+    )
+    t.add_argument(
+        "--resume-from",
+        metavar="CKPT",
+        help="continue from this checkpoint: an earlier one of this run (e.g. phase1-C2.pt), or one of "
+        "another run whose trained phases are a prefix of --schedule (a fork)",
+    )
     t.add_argument("--overwrite", action="store_true", help="replace the run already in DIR")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_data_args(t, required=False)
@@ -314,26 +402,36 @@ def _add_run_args(t, out: str) -> None:
 
 def add_parser(sub) -> None:
     """``train`` and ``pretrain``."""
-    t = sub.add_parser("train", help="train one schedule (no Ray)", epilog=EPILOG_SCHEDULE,
-                       description="Train one coarse-to-fine schedule and write DIR/metrics.parquet (one row per "
-                                   "evaluation), DIR/config.json and checkpoints (one per phase end, final, last). "
-                                   "Without --target-length the full-resolution length is derived from the data. "
-                                   "Models: AST, HTS-AT, CNN14, SSAST (docs/models.md); --recipe sets a published "
-                                   "setup (docs/recipes.md). Every step trains a full batch: the last partial batch "
-                                   "of an epoch is dropped.")
+    t = sub.add_parser(
+        "train",
+        help="train one schedule (no Ray)",
+        epilog=EPILOG_SCHEDULE,
+        description="Train one coarse-to-fine schedule and write DIR/metrics.parquet (one row per "
+        "evaluation), DIR/config.json and checkpoints (one per phase end, final, last). "
+        "Without --target-length the full-resolution length is derived from the data. "
+        "Models: AST, HTS-AT, CNN14, SSAST (docs/models.md); --recipe sets a published "
+        "setup (docs/recipes.md). Every step trains a full batch: the last partial batch "
+        "of an epoch is dropped.",
+    )
     _add_run_args(t, "runs/train")
     t.set_defaults(fn=cmd_train)
 
-    pt = sub.add_parser("pretrain", help="self-supervised SSAST pretraining of one schedule (no Ray)",
-                        epilog=EPILOG_SCHEDULE,
-                        description="Pretrain an SSAST encoder (default ssast-tiny) by masked patch modeling "
-                                    "(InfoNCE + 10 MSE over masked patches) on unlabelled audio: a folder of audio "
-                                    "files (searched recursively; a folder with train/ and test/ uses those), a "
-                                    "datafile or builtin:events, labels ignored. The masked patches (--mask-patches, "
-                                    "default 400/512 of the full-resolution patches) scale with each phase's tokens. "
-                                    "Reports the masked-patch accuracy on held-out clips (every 10th without --val) "
-                                    "and writes DIR/checkpoints/final.pt, which 'c2f-search train --init' fine-tunes.")
+    pt = sub.add_parser(
+        "pretrain",
+        help="self-supervised SSAST pretraining of one schedule (no Ray)",
+        epilog=EPILOG_SCHEDULE,
+        description="Pretrain an SSAST encoder (default ssast-tiny) by masked patch modeling "
+        "(InfoNCE + 10 MSE over masked patches) on unlabelled audio: a folder of audio "
+        "files (searched recursively; a folder with train/ and test/ uses those), a "
+        "datafile or builtin:events, labels ignored. The masked patches (--mask-patches, "
+        "default 400/512 of the full-resolution patches) scale with each phase's tokens. "
+        "Reports the masked-patch accuracy on held-out clips (every 10th without --val) "
+        "and writes DIR/checkpoints/final.pt, which 'c2f-search train --init' fine-tunes.",
+    )
     _add_run_args(pt, "runs/pretrain")
-    pt.add_argument("--mask-patches", type=positive_int,
-                    help="masked patches at full resolution (default: 400/512 of them, SSAST's)")
+    pt.add_argument(
+        "--mask-patches",
+        type=positive_int,
+        help="masked patches at full resolution (default: 400/512 of them, SSAST's)",
+    )
     pt.set_defaults(fn=cmd_pretrain)

@@ -5,6 +5,7 @@ changes shape and a checkpoint is a complete full-resolution model. Evaluation s
 The kept count is static per phase (one compiled shape): n / C rounded to the nearest integer, halves
 up, at least 1, so C need not divide the grid. The indices are drawn per batch on the device from the
 generator the run installs (its own stream), with no host sync."""
+
 from __future__ import annotations
 
 import math
@@ -34,6 +35,7 @@ def draw(batch: int, n: int, k: int, device) -> torch.Tensor:
 
 class TokenDrop(Method):
     """A method that drops tokens: the model keeps its geometry; subclasses say which tokens are kept."""
+
     needs = frozenset({Capability.TOKEN_DROP})
 
     def geometry(self, C, full):
@@ -48,8 +50,10 @@ class TokenDrop(Method):
     def describe_keep(self, C: int, grid: tuple[int, int]) -> str:
         """How many tokens phase C keeps of `grid` and how the count was rounded (the run header prints it)."""
         f, t = grid
-        return (f"{self.name} C={C} {self._rounding(C, f, t)}: a training step sees {self.kept_tokens(C, grid)} of "
-                f"the {f}x{t} = {f * t} tokens, evaluation all of them")
+        return (
+            f"{self.name} C={C} {self._rounding(C, f, t)}: a training step sees {self.kept_tokens(C, grid)} of "
+            f"the {f}x{t} = {f * t} tokens, evaluation all of them"
+        )
 
     @abstractmethod
     def _kept(self, C: int, f: int, t: int) -> int: ...

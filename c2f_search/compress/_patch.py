@@ -1,6 +1,7 @@
 """Patch: p x Cp patches over the full-resolution input; the model family stretches its patch
 (and stride) along time by C, and the method says how the kernel moves between phases: the pure
 kernel resizes here."""
+
 from __future__ import annotations
 
 import torch
@@ -16,6 +17,7 @@ def pi_resize(w: torch.Tensor, size) -> torch.Tensor:
     if list(w.shape[-2:]) == size:
         return w
     from timm.layers import resample_patch_embed
+
     return resample_patch_embed(w, size, interpolation="bilinear", antialias=False)
 
 

@@ -1,12 +1,13 @@
 """Pooling over time, shared by ``avgpool`` and ``maxpool``: kernel = stride = 1 x C on the raw
 fbank, before padding (as the paper's authors' code pools)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import Capability, Method
 from ..geometry import Geometry
+from .base import Capability, Method
 
 
 def pool_time(x: torch.Tensor, n_frames: torch.Tensor, C: int, mode: str) -> torch.Tensor:
@@ -33,6 +34,7 @@ def pool_time(x: torch.Tensor, n_frames: torch.Tensor, C: int, mode: str) -> tor
 
 class PoolMethod(Method):
     """Features at the base frame shift, pooled on the device; the model sees T / C frames."""
+
     mode: str
     needs = frozenset({Capability.SHORTER_INPUT})
 

@@ -14,6 +14,7 @@ A method says, for a compression factor C:
 A new method is one file in this package (or anywhere) defining a ``Method`` subclass with
 ``@register_method``; nothing else tests a method's name.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -24,12 +25,18 @@ from ..geometry import Capability, Geometry
 from ..registry import Registry
 from ._patch import pi_resize
 
-METHODS: Registry["Method"] = Registry("method", __package__, lambda name, names: ScheduleError(
-    f"unknown method {name!r}; choose one of {', '.join(names)} (e.g. fshift:4x5,1x15)"))
+METHODS: Registry[Method] = Registry(
+    "method",
+    __package__,
+    lambda name, names: ScheduleError(
+        f"unknown method {name!r}; choose one of {', '.join(names)} (e.g. fshift:4x5,1x15)"
+    ),
+)
 
 
 class Method(ABC):
     """The contract. Every default is the baseline's (no compression)."""
+
     name: ClassVar[str]
     compresses: ClassVar[bool] = True  # False only for the baseline, which trains at C = 1 only
     needs: ClassVar[frozenset[Capability]] = frozenset()

@@ -1,9 +1,10 @@
 """Structured patchout over frequency (PaSST): each clip of a training batch keeps 1/C of the frequency
 rows of the patch grid, every time column of each."""
+
 import torch
 
-from .base import register_method
 from ._drop import TokenDrop, draw, kept_count, rounding
+from .base import register_method
 
 
 @register_method

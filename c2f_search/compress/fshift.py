@@ -1,7 +1,8 @@
 """Fshift: the fbank frame shift times C. Only the shift is scaled, the 25 ms window stays, and the
 target length and SpecAugment's time mask are divided by C (the paper's authors' code)."""
-from .base import Capability, Method, register_method
+
 from ..geometry import Geometry
+from .base import Capability, Method, register_method
 
 
 def frame_shift(base_shift_ms: float, C: int) -> float:

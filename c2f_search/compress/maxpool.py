@@ -1,6 +1,7 @@
 """Max pool: 1 x C max pooling over time."""
-from .base import register_method
+
 from ._pool import PoolMethod
+from .base import register_method
 
 
 @register_method

@@ -1,4 +1,5 @@
 """The baseline: no compression, one phase at full resolution."""
+
 from .base import Method, register_method
 
 

@@ -1,6 +1,7 @@
 """Patch BL: the kernel moves between phases by a plain bilinear resize (the paper's 'Patch BL')."""
-from .base import Capability, Method, register_method
+
 from ._patch import bilinear_resize, stretched
+from .base import Capability, Method, register_method
 
 
 @register_method

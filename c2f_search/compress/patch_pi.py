@@ -1,6 +1,7 @@
 """Patch PI: the kernel moves between phases by FlexiViT's PI-resize (timm's resample_patch_embed)."""
-from .base import Capability, Method, register_method
+
 from ._patch import stretched
+from .base import Capability, Method, register_method
 
 
 @register_method

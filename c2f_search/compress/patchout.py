@@ -1,6 +1,7 @@
 """Unstructured patchout (PaSST): each clip of a training batch keeps 1/C of the patches, at random."""
-from .base import register_method
+
 from ._drop import TokenDrop, draw, kept_count, rounding
+from .base import register_method
 
 
 @register_method

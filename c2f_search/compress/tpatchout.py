@@ -1,9 +1,10 @@
 """Structured patchout over time (PaSST): each clip of a training batch keeps 1/C of the time columns of
 the patch grid, every frequency row of each."""
+
 import torch
 
-from .base import register_method
 from ._drop import TokenDrop, draw, kept_count, rounding
+from .base import register_method
 
 
 @register_method

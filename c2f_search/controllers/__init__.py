@@ -10,6 +10,7 @@
 controller that ``--transition`` can name subclasses ``PhaseController`` (``base.py``), declares its
 ``options`` and registers itself with ``@register_controller("name")``, in this package or anywhere.
 """
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -21,21 +22,44 @@ from .plateau import Plateau
 from .population import Population
 from .probe import Probe, ProbeArm
 
-__all__ = ["PhaseController", "FixedSchedule", "AdaptiveSchedule", "Plateau", "Probe", "ProbeArm", "Population", "Train",
-           "Transition", "Adopt", "Done", "parse_spec", "fork_point", "make_controller", "check_transition",
-           "register_controller", "CONTROLLERS", "scale_transition"]
+__all__ = [
+    "PhaseController",
+    "FixedSchedule",
+    "AdaptiveSchedule",
+    "Plateau",
+    "Probe",
+    "ProbeArm",
+    "Population",
+    "Train",
+    "Transition",
+    "Adopt",
+    "Done",
+    "parse_spec",
+    "fork_point",
+    "make_controller",
+    "check_transition",
+    "register_controller",
+    "CONTROLLERS",
+    "scale_transition",
+]
 
 
 def make_controller(schedule: Schedule, transition: str | None = None, eval_every=None) -> PhaseController:
     if transition is None:
         if schedule.is_adaptive:
-            raise ConfigError("transition", f"{schedule} leaves phase lengths open; say how they end, e.g. "
-                                            f"--transition plateau:patience=2,delta=0.002")
+            raise ConfigError(
+                "transition",
+                f"{schedule} leaves phase lengths open; say how they end, e.g. "
+                f"--transition plateau:patience=2,delta=0.002",
+            )
         return FixedSchedule(schedule, eval_every)
     name, kw = check_transition(transition)
     if not schedule.is_adaptive:
-        raise ConfigError("transition", f"{transition!r} decides phase lengths, but {schedule} fixes all of them; "
-                                        f"write the coarse phases as CxAUTO, e.g. fshift:4xauto,2xauto,1x12")
+        raise ConfigError(
+            "transition",
+            f"{transition!r} decides phase lengths, but {schedule} fixes all of them; "
+            f"write the coarse phases as CxAUTO, e.g. fshift:4xauto,2xauto,1x12",
+        )
     if "max" in kw:
         kw["max_epochs"] = kw.pop("max")
     return CONTROLLERS.get(name)(schedule, transition, eval_every=eval_every, **kw)
@@ -53,5 +77,7 @@ def scale_transition(transition: str, factor: float) -> str:
     """A --transition rule for `factor` times the epochs: its budget and max (epochs) scale, the rest (patience
     and steps count evaluations and probe steps) stays."""
     name, kw = check_transition(transition)
-    return f"{name}:" + ",".join(f"{k}={v * factor:.6g}" if k in SCALED_OPTIONS else f"{k}={v:g}" if isinstance(v, float)
-                                 else f"{k}={v}" for k, v in kw.items())
+    return f"{name}:" + ",".join(
+        f"{k}={v * factor:.6g}" if k in SCALED_OPTIONS else f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in kw.items()
+    )

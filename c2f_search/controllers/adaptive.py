@@ -3,6 +3,7 @@ training. ``AdaptiveSchedule`` holds what every such controller shares: fixed ph
 an auto phase always ends at its maximum length, and a total FLOPs budget always leaves the fixed
 phases after it (the final C = 1 phase above all) their planned share. Subclasses add the rule
 (``end_reason``) or take the decision themselves (``next_action``)."""
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -13,8 +14,14 @@ from .base import Done, ScheduleController, Train, Transition
 class AdaptiveSchedule(ScheduleController):
     options = {"max": float, "budget": float}
 
-    def __init__(self, schedule: Schedule, spec: str, max_epochs: float | None = None, budget: float | None = None,
-                 eval_every=None):
+    def __init__(
+        self,
+        schedule: Schedule,
+        spec: str,
+        max_epochs: float | None = None,
+        budget: float | None = None,
+        eval_every=None,
+    ):
         if max_epochs is not None and not max_epochs > 0:
             raise ConfigError("transition", f"{spec!r}: max must be > 0 epochs")
         if budget is not None and not budget > 0:
@@ -48,8 +55,11 @@ class AdaptiveSchedule(ScheduleController):
             return True
         flops = progress.step_flops
         total = self.budget * self.steps_per_epoch * flops(1)
-        after = sum(self.fixed_steps[j] * flops(C) for j, C in enumerate(self.schedule.Cs) if j > i
-                    and self.fixed_steps[j] is not None)
+        after = sum(
+            self.fixed_steps[j] * flops(C)
+            for j, C in enumerate(self.schedule.Cs)
+            if j > i and self.fixed_steps[j] is not None
+        )
         return progress.counters["train_flops"] + self.every * flops(progress.C) + after <= total
 
     def end_reason(self, progress) -> str | None:
@@ -64,8 +74,9 @@ class AdaptiveSchedule(ScheduleController):
     def next_action(self, progress):
         i, steps = self._plan_index(progress.C), progress.phases[-1]["steps"]
         fixed = self.fixed_steps[i]
-        reason = ((f"planned: {fixed} steps" if steps >= fixed else None) if fixed is not None
-                  else self.end_reason(progress))
+        reason = (
+            (f"planned: {fixed} steps" if steps >= fixed else None) if fixed is not None else self.end_reason(progress)
+        )
         if reason is not None:
             nxt = self._next_C(i)
             return Done(reason) if nxt is None else Transition(nxt, reason)

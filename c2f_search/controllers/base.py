@@ -6,6 +6,7 @@ run, or stop. It never drives the run itself (Ray Tune's schedulers decide the s
 ahead it may train a fork of the current state with ``progress.fork(controller)``: the fork is a run
 of its own, and only an ``Adopt`` action makes its steps the run's.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -17,16 +18,22 @@ from ..errors import ConfigError
 from ..registry import Registry
 from ..schedule import Schedule
 
-CONTROLLERS: Registry[type["PhaseController"]] = Registry(
-    "controller", __package__, lambda name, names: ConfigError(
-        "transition", f"{name!r}: choose {' or '.join(names)}, e.g. plateau:patience=2,delta=0.002 or probe:steps=10"))
+CONTROLLERS: Registry[type[PhaseController]] = Registry(
+    "controller",
+    __package__,
+    lambda name, names: ConfigError(
+        "transition", f"{name!r}: choose {' or '.join(names)}, e.g. plateau:patience=2,delta=0.002 or probe:steps=10"
+    ),
+)
 
 
 def register_controller(name: str):
     """Make a controller class selectable as ``--transition NAME:key=value,...``."""
-    def deco(cls: type["PhaseController"]) -> type["PhaseController"]:
+
+    def deco(cls: type[PhaseController]) -> type[PhaseController]:
         cls.name = name
         return CONTROLLERS.register(name, cls)
+
     return deco
 
 
@@ -45,6 +52,7 @@ class Transition:
 class Adopt:
     """Continue from a fork (``progress.fork``): its steps become the run's own; the FLOPs of work thrown
     away (e.g. losing probes) are added to the run's cost, and the fork's new phases take `reason`."""
+
     fork: Any
     extra_train_flops: float = 0.0
     extra_eval_flops: float = 0.0
@@ -59,6 +67,7 @@ class Done:
 class PhaseController(ABC):
     """The contract; see the module docstring. ``options`` are the ``--transition NAME:key=value``
     settings a registered controller takes, each with its type."""
+
     name: ClassVar[str] = "controller"
     options: ClassVar[dict[str, type]] = {}
 
@@ -113,6 +122,7 @@ class PhaseController(ABC):
 
 class ScheduleController(PhaseController):
     """A controller driven by a schedule's C sequence (fixed or adaptive lengths)."""
+
     schedule: Schedule
     eval_every = None  # --eval-every: steps or fractions of an epoch, besides every epoch
 

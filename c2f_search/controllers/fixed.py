@@ -17,6 +17,7 @@ prefix itself, when:
     of both), so the records, losses and counters so far are B's own.
 ``fork_point`` computes the last such step for two fixed schedules.
 """
+
 from __future__ import annotations
 
 from ..schedule import Schedule
@@ -67,11 +68,15 @@ class FixedSchedule(ScheduleController):
                 return f"its phase {j + 1} trained at C={ph['C']}, {self.schedule} has C={plan[j].C}"
             last = j == len(phases) - 1
             if (not last and ph["steps"] != self.steps[j]) or ph["steps"] > self.steps[j]:
-                return (f"its phase {j + 1} trained {ph['steps']} steps, {self.schedule} plans {self.steps[j]} "
-                        f"({'a different length' if not last else 'fewer'})")
+                return (
+                    f"its phase {j + 1} trained {ph['steps']} steps, {self.schedule} plans {self.steps[j]} "
+                    f"({'a different length' if not last else 'fewer'})"
+                )
             if last and lr_needs_length and 0 < ph["steps"] and ph.get("planned") != self.steps[j]:
-                return (f"its phase {j + 1} was planned at {ph.get('planned')} steps and the cosine LR depends on "
-                        f"where a phase ends; {self.schedule} plans {self.steps[j]}")
+                return (
+                    f"its phase {j + 1} was planned at {ph.get('planned')} steps and the cosine LR depends on "
+                    f"where a phase ends; {self.schedule} plans {self.steps[j]}"
+                )
         if step not in self.eval_points():
             return f"step {step} is not an evaluation point of {self.schedule} (an epoch boundary or a phase end)"
         return None
@@ -80,13 +85,27 @@ class FixedSchedule(ScheduleController):
         """schedule, method, phase_end / schedule_done of a record as this schedule sees it (a forked history)."""
         end = record["step"] == self.bounds[record["phase"]]
         last = record["phase"] == len(self.steps)
-        why = ((f"schedule {self.schedule} finished" if last else f"planned: phase {record['phase']} ends after "
-                f"{self.steps[record['phase'] - 1]} steps") if end else None)
-        return {"schedule": str(self.schedule), "method": self.schedule.label, "phase_end": end, "schedule_done": end and last, "reason": why}
+        why = (
+            (
+                f"schedule {self.schedule} finished"
+                if last
+                else f"planned: phase {record['phase']} ends after {self.steps[record['phase'] - 1]} steps"
+            )
+            if end
+            else None
+        )
+        return {
+            "schedule": str(self.schedule),
+            "method": self.schedule.label,
+            "phase_end": end,
+            "schedule_done": end and last,
+            "reason": why,
+        }
 
 
-def fork_point(parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs_length: bool = False,
-               eval_every=None) -> int:
+def fork_point(
+    parent: Schedule, child: Schedule, steps_per_epoch: int, lr_needs_length: bool = False, eval_every=None
+) -> int:
     """The last step at which a run of `child` may start from a saved state of a run of `parent`
     (same training identity), training exactly as if it had trained that prefix itself; 0 if none.
 

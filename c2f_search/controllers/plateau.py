@@ -1,5 +1,6 @@
 """Plateau controller: an auto phase ends when the validation metric at its C has not improved by more
 than ``delta`` for ``patience`` evaluations (``--transition plateau:patience=2,delta=0.002``)."""
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -30,8 +31,10 @@ class Plateau(AdaptiveSchedule):
     def end_reason(self, progress):
         s = self.state
         if s["C"] == progress.C and s["since"] >= self.patience:
-            return (f"plateau: {self.patience} evaluations without an improvement over {s['best']:.4f} "
-                    f"by more than {self.delta:g}")
+            return (
+                f"plateau: {self.patience} evaluations without an improvement over {s['best']:.4f} "
+                f"by more than {self.delta:g}"
+            )
         return super().end_reason(progress)
 
     def state_dict(self):

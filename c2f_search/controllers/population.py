@@ -2,6 +2,7 @@
 PBT may lower when the member copies a better one, never raise). The controller only keeps the
 final phase's share of a total FLOPs budget: once the budget left is what the final phase needs, the
 run moves to the final C and finishes there."""
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -31,11 +32,12 @@ class Population(AdaptiveSchedule):
             if self.C < progress.C:  # PBT lowered this member's C: move the weights to the finer grid
                 return Transition(self.C, f"population: copied a better member, C lowered to {self.C}")
             if not self._budget_left(progress, i):
-                return Transition(self.schedule.Cs[-1], f"budget: the final phase needs the rest of "
-                                                        f"{self.budget:g} full-resolution epochs")
+                return Transition(
+                    self.schedule.Cs[-1],
+                    f"budget: the final phase needs the rest of {self.budget:g} full-resolution epochs",
+                )
             return Train(self._next_eval(progress))
         steps = progress.phases[-1]["steps"]
         if steps >= self.fixed_steps[final]:
             return Done(f"budget of {self.budget:g} full-resolution epochs spent")
         return Train(min(self._next_eval(progress), progress.step - steps + self.fixed_steps[final]))
-

@@ -6,6 +6,7 @@ run's ``train_flops`` and ``controller_flops``, never hidden.
 
 A probe is a fork of the current state (``progress.fork``), so it is exactly the run that would have
 happened had the controller chosen its C; the controller then answers ``Adopt(winner)``."""
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -15,6 +16,7 @@ from .base import Adopt, Done, PhaseController, Train, Transition, register_cont
 
 class ProbeArm(PhaseController):
     """Train `steps` steps at C (moving there first if needed), evaluate once, stop."""
+
     name = "probe-arm"
 
     def __init__(self, C: int, start: int, steps: int, final_C: int):
@@ -59,26 +61,38 @@ class Probe(AdaptiveSchedule):
         act = super().next_action(progress)
         i = self._plan_index(progress.C)
         history, counters = progress.history, progress.counters
-        decide = (isinstance(act, Train) and self.fixed_steps[i] is None and history
-                  and history[-1]["step"] == progress.step and self.state["decided_at"] != progress.step)
+        decide = (
+            isinstance(act, Train)
+            and self.fixed_steps[i] is None
+            and history
+            and history[-1]["step"] == progress.step
+            and self.state["decided_at"] != progress.step
+        )
         if not decide:
             return act
         base_loss, base_flops = history[-1]["val_loss"], counters["train_flops"]
         forks, scores = {}, {}
-        for C in [progress.C, *self.schedule.Cs[i + 1:]]:
+        for C in [progress.C, *self.schedule.Cs[i + 1 :]]:
             fork = progress.fork(ProbeArm(C, progress.step, self.probe_steps, self.final_C()))
             rec = fork.history[-1]
-            cost = (rec["train_flops"] - base_flops if self.score == "flops"
-                    else rec["train_time_s"] - counters["train_time_s"])
+            cost = (
+                rec["train_flops"] - base_flops
+                if self.score == "flops"
+                else rec["train_time_s"] - counters["train_time_s"]
+            )
             forks[C], scores[C] = fork, (base_loss - rec["val_loss"]) / max(cost, 1e-12)
         win = self.choose(scores)
         lost = [f.counters for C, f in forks.items() if C != win]
         self.state["decided_at"] = forks[win].step
-        self.state["decisions"].append({"step": progress.step, "scores": {str(k): v for k, v in scores.items()},
-                                        "C": win})
-        return Adopt(forks[win], sum(c["train_flops"] - base_flops for c in lost),
-                     sum(c["eval_flops"] - counters["eval_flops"] for c in lost),
-                     f"probe: C={win} cut the validation loss most per {'FLOP' if self.score == 'flops' else 'second'}")
+        self.state["decisions"].append(
+            {"step": progress.step, "scores": {str(k): v for k, v in scores.items()}, "C": win}
+        )
+        return Adopt(
+            forks[win],
+            sum(c["train_flops"] - base_flops for c in lost),
+            sum(c["eval_flops"] - counters["eval_flops"] for c in lost),
+            f"probe: C={win} cut the validation loss most per {'FLOP' if self.score == 'flops' else 'second'}",
+        )
 
     def state_dict(self):
         return {"decided_at": self.state["decided_at"], "decisions": list(self.state["decisions"])}

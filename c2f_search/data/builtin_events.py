@@ -6,6 +6,7 @@ noise. Events last hundreds of milliseconds and change smoothly, so the data kee
 the temporal redundancy of real audio. Written as WAV plus AST-style JSON
 datafiles and class_labels_indices.csv, so it goes through the same loader as user data.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,18 @@ from ..files import write_problem
 
 SR = 16000
 VERSION = 5
-CLASSES = ["harmonic_stack", "up_chirp", "down_chirp", "am_tone", "noise_burst",
-           "click_train", "vibrato_tone", "beeps", "impacts", "two_tone_siren"]
+CLASSES = [
+    "harmonic_stack",
+    "up_chirp",
+    "down_chirp",
+    "am_tone",
+    "noise_burst",
+    "click_train",
+    "vibrato_tone",
+    "beeps",
+    "impacts",
+    "two_tone_siren",
+]
 DEFAULTS = {"train": 2000, "val": 400, "seed": 0}
 # Front end for this data set: 64 mel bins, 256 frames (2.56 s) so C in {2, 4, 8} divides the 16 time tokens.
 FRONTEND = {"num_mel_bins": 64, "target_length": 256}
@@ -75,7 +86,7 @@ def _event(k: int, n: int, rng: np.random.Generator) -> np.ndarray:
         y = _tone(np.convolve(f, np.ones(160) / 160, mode="same"), t)
     fade = min(n // 4, 160)
     env = np.ones(n)
-    env[:fade], env[n - fade:] = np.linspace(0, 1, fade), np.linspace(1, 0, fade)
+    env[:fade], env[n - fade :] = np.linspace(0, 1, fade), np.linspace(1, 0, fade)
     return y * env / (np.abs(y).max() + 1e-9)
 
 
@@ -90,7 +101,7 @@ def make_clip(k: int, rng: np.random.Generator) -> np.ndarray:
     snr_db = rng.uniform(10, 25)
     ev *= np.sqrt(10 ** (snr_db / 10)) / (ev.std() + 1e-9)
     y = noise * 0.05
-    y[onset:onset + ev_n] += ev * 0.05
+    y[onset : onset + ev_n] += ev * 0.05
     return (y / (np.abs(y).max() + 1e-9) * 0.9).astype(np.float32)
 
 
@@ -142,6 +153,7 @@ def materialize(spec: str = "builtin:events") -> Path:
     if (root / "class_labels_indices.csv").exists():
         return root
     from ..files import remove_stale_temporaries, temp_prefix
+
     tmp = None
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -157,9 +169,11 @@ def materialize(spec: str = "builtin:events") -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
         if problem is None:
             raise
-        raise DataError(f"C2F_CACHE={cache_root()}: cannot write {spec} into {root.parent} ({problem[0]}); "
-                        f"builtin:events generates its "
-                        f"clips in the cache: {problem[1]}, or point $C2F_CACHE at another folder") from None
+        raise DataError(
+            f"C2F_CACHE={cache_root()}: cannot write {spec} into {root.parent} ({problem[0]}); "
+            f"builtin:events generates its "
+            f"clips in the cache: {problem[1]}, or point $C2F_CACHE at another folder"
+        ) from None
     try:
         os.replace(tmp, root)
     except OSError:  # another process won the race; its copy is identical

@@ -1,4 +1,5 @@
 """AST's front end: audio decoding, Kaldi fbank, length fitting, normalization, SpecAugment."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,6 @@ import torch
 import torchaudio
 
 from ..errors import AudioError, ConfigError
-
 
 # Known dataset statistics (AST recipes), selectable by name with --norm.
 DATASET_STATS = {
@@ -62,9 +62,15 @@ def fbank(wav: torch.Tensor, fe: FrontEnd, frame_shift_ms: float | None = None) 
     if wav.shape[-1] < need:  # shorter than one window: pad so Kaldi yields one frame
         wav = torch.nn.functional.pad(wav, (0, need - wav.shape[-1]))
     return torchaudio.compliance.kaldi.fbank(
-        wav, htk_compat=True, sample_frequency=fe.sample_rate, use_energy=False,
-        window_type="hanning", num_mel_bins=fe.num_mel_bins, dither=0.0,
-        frame_shift=shift, frame_length=fe.frame_length_ms,
+        wav,
+        htk_compat=True,
+        sample_frequency=fe.sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=fe.num_mel_bins,
+        dither=0.0,
+        frame_shift=shift,
+        frame_length=fe.frame_length_ms,
     )
 
 

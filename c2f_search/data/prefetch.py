@@ -7,11 +7,12 @@ then a pin) and copied on a side stream, so the copy overlaps the step before it
 random (SpecAugment, mixup) happens later on the device, in the run's own RNG stream, so the
 thread changes nothing but when the batches arrive.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -67,8 +68,14 @@ class Prefetcher:
     A failure in the thread is raised here, at the batch it hit; ``close()`` (or leaving the
     ``with`` block) stops the thread early."""
 
-    def __init__(self, batches: Iterable[tuple], device: torch.device, depth: int = 4, side_stream: bool | None = None,
-                 ring: PinnedRing | None = None):
+    def __init__(
+        self,
+        batches: Iterable[tuple],
+        device: torch.device,
+        depth: int = 4,
+        side_stream: bool | None = None,
+        ring: PinnedRing | None = None,
+    ):
         """`side_stream` (default: on CUDA) copies on a side stream and hands each batch over behind an
         event; on the CPU it runs the same steps with torch.cpu's no-op streams and events (tests).
         `ring`: the buffers `batches` gathers into; each copy's event is handed back to it."""
@@ -99,8 +106,12 @@ class Prefetcher:
                 event = None
                 if self.stream is not None:
                     with self.streams.stream(self.stream):
-                        b = tuple((t.pin_memory() if self.cuda and not t.is_pinned() else t)
-                                  .to(self.device, non_blocking=True) for t in b)
+                        b = tuple(
+                            (t.pin_memory() if self.cuda and not t.is_pinned() else t).to(
+                                self.device, non_blocking=True
+                            )
+                            for t in b
+                        )
                         event = self.streams.Event()
                         event.record(self.stream)
                     if self.ring is not None:

@@ -2,6 +2,7 @@
 pretraining and ``builtin:events``; the derived target length; ``Data``, the train/val(/test) splits with
 their front end, normalization and lazily extracted features (a store, ``store.py``, or streamed,
 ``stream.py``)."""
+
 from __future__ import annotations
 
 import csv
@@ -15,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import builtin_events as builtin
 from ..errors import DataError
+from ..files import read_text
+from . import builtin_events as builtin
 from .frontend import FrontEnd
 from .store import FEATURE_MODES, ChunkedRows, Features, extract, norm_stats
 from .stream import StreamFeatures, _cpus, _worker_init, scan_clips
-from ..files import read_text
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 NORM_SAMPLE = 256  # clips a streamed data set estimates its normalization from
@@ -54,8 +55,10 @@ def read_labels_csv(path) -> tuple[list[str], list[str]]:
         except (TypeError, ValueError):
             raise DataError(f"{path}: line {line}: index {r['index']!r} is not an integer") from None
         if r["mid"] in first:
-            raise DataError(f"{path}: line {line}: mid {r['mid']!r} is already the class on line {first[r['mid']]}; "
-                            f"each class needs its own mid") from None
+            raise DataError(
+                f"{path}: line {line}: mid {r['mid']!r} is already the class on line {first[r['mid']]}; "
+                f"each class needs its own mid"
+            ) from None
         first[r["mid"]] = line
     rows = sorted((r for _, r in rows), key=lambda r: r["index"])
     if [r["index"] for r in rows] != list(range(len(rows))):
@@ -88,8 +91,11 @@ def load_datafile(path, labels_csv, task: str = "auto", skip_bad: bool = False) 
         lab = [m.strip() for m in str(e["labels"]).split(",") if m.strip()]
         missing = [m for m in lab if m not in index]
         if missing or not lab:
-            problem = (f"label {missing[0]!r} is not in {labels_csv}; add it there or fix the entry"
-                       if missing else "empty 'labels'")
+            problem = (
+                f"label {missing[0]!r} is not in {labels_csv}; add it there or fix the entry"
+                if missing
+                else "empty 'labels'"
+            )
             if not skip_bad:
                 raise DataError(f"{path}: entry {i} ({e['wav']}): {problem} (or pass --skip-bad)")
             bad.append((str(e["wav"]), problem))
@@ -120,7 +126,9 @@ def load_folder(root, split: str, classes: list[str] | None = None) -> ClipSet:
     """``DIR/<split>/<class>/*.wav|flac``; single-label."""
     d = Path(root) / split
     if not d.is_dir():
-        raise DataError(f"{d}: not found; a folder data set needs {root}/train/<class>/*.wav and {root}/test/<class>/...")
+        raise DataError(
+            f"{d}: not found; a folder data set needs {root}/train/<class>/*.wav and {root}/test/<class>/..."
+        )
     found = sorted(p.name for p in d.iterdir() if p.is_dir())
     classes = classes or found
     extra = set(found) - set(classes)
@@ -138,13 +146,15 @@ def load_folder(root, split: str, classes: list[str] | None = None) -> ClipSet:
     return ClipSet(str(d), paths, targets, list(classes), False)
 
 
-def resolve(spec: str, split: str, labels=None, task: str = "auto", skip_bad: bool = False,
-            classes: list[str] | None = None) -> ClipSet:
+def resolve(
+    spec: str, split: str, labels=None, task: str = "auto", skip_bad: bool = False, classes: list[str] | None = None
+) -> ClipSet:
     """A data spec: ``builtin:events[?...]``, a folder (``split`` = train/test) or a JSON datafile."""
     if spec.startswith("builtin:"):
         root = builtin.materialize(spec)
-        return load_datafile(root / f"{'train' if split == 'train' else 'val'}.json",
-                             root / "class_labels_indices.csv", task, skip_bad)
+        return load_datafile(
+            root / f"{'train' if split == 'train' else 'val'}.json", root / "class_labels_indices.csv", task, skip_bad
+        )
     p = Path(spec)
     if p.is_dir():
         return load_folder(p, "train" if split == "train" else "test", classes)
@@ -191,13 +201,15 @@ def unlabelled_sets(train: str, val: str | None = None) -> tuple[ClipSet, ClipSe
     elif va is None:
         if len(tr) < 2:
             raise DataError(f"{train}: {len(tr)} audio file(s); pretraining needs at least 2 (one to validate)")
-        va = tr[HOLD_OUT - 1::HOLD_OUT] or tr[-1:]
+        va = tr[HOLD_OUT - 1 :: HOLD_OUT] or tr[-1:]
         held = set(va)
         tr = [f for f in tr if f not in held]
     if not tr or not va:
         raise DataError(f"{train if not tr else val}: no audio files ({', '.join(sorted(AUDIO_EXT))})")
-    sets = [ClipSet(name, paths, torch.zeros(len(paths), 1), [UNLABELLED], False)
-            for name, paths in ((train, tr), (val or train, va))]
+    sets = [
+        ClipSet(name, paths, torch.zeros(len(paths), 1), [UNLABELLED], False)
+        for name, paths in ((train, tr), (val or train, va))
+    ]
     return sets[0], sets[1]
 
 
@@ -218,6 +230,7 @@ def clip_frames(clips: ClipSet, fe_sample_rate: int, shift_ms: float, frame_leng
     """Fbank frames per clip, read from the audio headers (no decoding); unreadable clips are left
     out here and reported by the extraction."""
     import soundfile as sf
+
     win, hop = fe_sample_rate * frame_length_ms / 1000, fe_sample_rate * shift_ms / 1000
     out = []
     for p in clips.paths:
@@ -230,8 +243,14 @@ def clip_frames(clips: ClipSet, fe_sample_rate: int, shift_ms: float, frame_leng
     return np.array(out, dtype=np.int64)
 
 
-def derive_target_length(clips: ClipSet, quantum: int, sample_rate: int = 16000, shift_ms: float = 10.0,
-                         frame_length_ms: float = 25.0, coverage: float = 0.95) -> tuple[int, str]:
+def derive_target_length(
+    clips: ClipSet,
+    quantum: int,
+    sample_rate: int = 16000,
+    shift_ms: float = 10.0,
+    frame_length_ms: float = 25.0,
+    coverage: float = 0.95,
+) -> tuple[int, str]:
     """The length that covers `coverage` of the training clips, rounded up to a multiple of `quantum`
     (the largest C times the model's time granularity), and a sentence saying so."""
     frames = np.sort(clip_frames(clips, sample_rate, shift_ms, frame_length_ms))
@@ -240,8 +259,10 @@ def derive_target_length(clips: ClipSet, quantum: int, sample_rate: int = 16000,
     k = frames[max(0, math.ceil(coverage * len(frames)) - 1)]
     T = max(quantum, math.ceil(k / quantum) * quantum)
     secs = (k - 1) * shift_ms / 1000 + frame_length_ms / 1000
-    return T, (f"{int(100 * coverage)}% of the {len(frames)} training clips have at most {k} frames ({secs:.2f} s), "
-               f"rounded up to a multiple of {quantum} (largest C x time granularity)")
+    return T, (
+        f"{int(100 * coverage)}% of the {len(frames)} training clips have at most {k} frames ({secs:.2f} s), "
+        f"rounded up to a multiple of {quantum} (largest C x time granularity)"
+    )
 
 
 # --------------------------------------------------------------------------- train/val data
@@ -251,12 +272,25 @@ class Data:
     `features`: ``fp32`` (the Arrow store, default), ``fp16`` (a store of half the size) or ``stream``
     (fbank per batch in `workers` processes, no store; for data sets whose store would not fit a disk)."""
 
-    def __init__(self, train: ClipSet, val: ClipSet, fe: FrontEnd, norm=None, cache_dir=None,
-                 skip_bad=False, progress=False, target_reason: str = "", test: ClipSet | None = None,
-                 features: str = FEATURE_MODES[0], workers: int | None = None):
+    def __init__(
+        self,
+        train: ClipSet,
+        val: ClipSet,
+        fe: FrontEnd,
+        norm=None,
+        cache_dir=None,
+        skip_bad=False,
+        progress=False,
+        target_reason: str = "",
+        test: ClipSet | None = None,
+        features: str = FEATURE_MODES[0],
+        workers: int | None = None,
+    ):
         for other in (val, test):
             if other is not None and train.classes != other.classes:
-                raise DataError(f"{other.name}: its classes differ from {train.name}'s; use one class_labels_indices.csv")
+                raise DataError(
+                    f"{other.name}: its classes differ from {train.name}'s; use one class_labels_indices.csv"
+                )
         if features not in FEATURE_MODES:
             raise DataError(f"--features must be one of {', '.join(FEATURE_MODES)}, got {features!r}")
         self.train, self.val, self.test, self.fe, self.target_reason = train, val, test, fe, target_reason
@@ -293,6 +327,7 @@ class Data:
         thread, before any loader thread runs) starts every worker."""
         if self._executor is None:
             from concurrent.futures import ProcessPoolExecutor
+
             self._executor = ProcessPoolExecutor(self.workers, initializer=_worker_init)
             self._executor.submit(int).result()
         return self._executor
@@ -306,10 +341,25 @@ class Data:
         return self.norm[1]
 
     @classmethod
-    def from_specs(cls, train: str, val: str | None = None, labels=None, task="auto", skip_bad=False,
-                   norm=None, cache_dir="auto", progress=False, quantum: int = 16, num_mel_bins=None,
-                   target_length=None, test: str | None = None, target_reason: str | None = None,
-                   labelled: bool = True, features: str = FEATURE_MODES[0], workers: int | None = None) -> "Data":
+    def from_specs(
+        cls,
+        train: str,
+        val: str | None = None,
+        labels=None,
+        task="auto",
+        skip_bad=False,
+        norm=None,
+        cache_dir="auto",
+        progress=False,
+        quantum: int = 16,
+        num_mel_bins=None,
+        target_length=None,
+        test: str | None = None,
+        target_reason: str | None = None,
+        labelled: bool = True,
+        features: str = FEATURE_MODES[0],
+        workers: int | None = None,
+    ) -> Data:
         """`target_length` None derives it from the training clips (``derive_target_length``) unless
         the data set declares its own front end (``builtin:events``). `test` is a held-out split that
         only reporting reads (``Run.evaluate("test")``). `labelled` False reads audio only
@@ -323,8 +373,10 @@ class Data:
         if te is not None:
             shared = set(map(os.path.realpath, te.paths)) & set(map(os.path.realpath, tr.paths + va.paths))
             if shared:
-                raise DataError(f"--test {test}: {len(shared)} of its clips are also training or validation clips "
-                                f"(e.g. {sorted(shared)[0]}); a test split must be held out")
+                raise DataError(
+                    f"--test {test}: {len(shared)} of its clips are also training or validation clips "
+                    f"(e.g. {sorted(shared)[0]}); a test split must be held out"
+                )
         if cache_dir == "auto":
             cache_dir = builtin.cache_root() / "features"
         fe_kw = {"num_mel_bins": num_mel_bins, "target_length": target_length}
@@ -335,8 +387,9 @@ class Data:
             reason = f"the front end declared by {train.split('?')[0]}"
         else:
             fe_kw["target_length"], reason = derive_target_length(tr, quantum)
-        return cls(tr, va, default_frontend(train, **fe_kw), norm, cache_dir, skip_bad, progress, reason, te,
-                   features, workers)
+        return cls(
+            tr, va, default_frontend(train, **fe_kw), norm, cache_dir, skip_bad, progress, reason, te, features, workers
+        )
 
     def features(self, split: str, shift_ms: float, frames: int) -> Features | StreamFeatures:
         key = (split, float(shift_ms), int(frames))
@@ -346,11 +399,13 @@ class Data:
                 if split not in self._scans:
                     self._scans[split] = scan_clips(clips, self.skip_bad)
                     self._pool()
-                self._feats[key] = StreamFeatures(clips, self.fe, shift_ms, frames, *self._scans[split], self._pool,
-                                                  self.workers)
+                self._feats[key] = StreamFeatures(
+                    clips, self.fe, shift_ms, frames, *self._scans[split], self._pool, self.workers
+                )
             else:
-                self._feats[key] = extract(clips, self.fe, shift_ms, frames, self.skip_bad, self.cache_dir,
-                                           self.progress, self.feature_dtype)
+                self._feats[key] = extract(
+                    clips, self.fe, shift_ms, frames, self.skip_bad, self.cache_dir, self.progress, self.feature_dtype
+                )
         return self._feats[key]
 
     def targets(self, split: str, feats: Features) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The fbank feature store: an Arrow IPC file per (clips, front end, frame shift, length), written in
 record batches while the clips are extracted and read memory-mapped (``extract``); normalization moments
 taken one batch at a time (``norm_stats``). A clip set is a ``sets.ClipSet``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,8 @@ import pyarrow as pa
 import torch
 
 from ..errors import AudioError, DataError, WriteError
-from .frontend import FrontEnd, fbank, fit_length, load_audio
 from ..files import atomic_write, remove_stale_temporaries
-
+from .frontend import FrontEnd, fbank, fit_length, load_audio
 
 STORE_VERSION = 1
 
@@ -64,6 +64,7 @@ class ChunkedRows:
 @dataclass
 class Features:
     """Raw log-mel fbank (N, F, T) cut/zero-padded to T frames, plus the real frame counts."""
+
     x: ChunkedRows
     n_frames: np.ndarray
     kept: np.ndarray  # indices into the ClipSet
@@ -102,16 +103,25 @@ def _cache_key(clips, fe: FrontEnd, shift: float, target: int, skip_bad: bool, d
     return h.hexdigest()[:20]
 
 
-def extract(clips, fe: FrontEnd, shift_ms: float, target: int, skip_bad: bool = False,
-            cache_dir: Path | None = None, progress: bool = False, dtype: str = "float32") -> Features:
+def extract(
+    clips,
+    fe: FrontEnd,
+    shift_ms: float,
+    target: int,
+    skip_bad: bool = False,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+    dtype: str = "float32",
+) -> Features:
     """Fbank for every clip at `shift_ms`, from the Arrow cache when present (memory-mapped);
     `dtype` float16 halves the store."""
     path = None
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
         if cache_dir.exists() and not cache_dir.is_dir():
-            raise DataError(f"feature cache {cache_dir} is a file, not a folder; point $C2F_CACHE at a folder "
-                            f"or pass --no-cache")
+            raise DataError(
+                f"feature cache {cache_dir} is a file, not a folder; point $C2F_CACHE at a folder or pass --no-cache"
+            )
         path = cache_dir / f"fbank-{_cache_key(clips, fe, shift_ms, target, skip_bad, dtype)}.arrow"
         if path.exists():
             try:
@@ -119,8 +129,11 @@ def extract(clips, fe: FrontEnd, shift_ms: float, target: int, skip_bad: bool = 
             except (pa.ArrowException, OSError, ValueError, KeyError) as e:
                 aside = path.with_name(path.name + ".damaged")
                 os.replace(path, aside)
-                print(f"warning: feature cache {path} cannot be read ({str(e).splitlines()[0][:120]}); "
-                      f"moved it to {aside.name} and extracting again", file=sys.stderr)
+                print(
+                    f"warning: feature cache {path} cannot be read ({str(e).splitlines()[0][:120]}); "
+                    f"moved it to {aside.name} and extracting again",
+                    file=sys.stderr,
+                )
     bad: list[tuple[str, str]] = []
     chunks = _fbank_chunks(clips, fe, shift_ms, target, skip_bad, progress, dtype, bad)
     if path is None:
@@ -134,14 +147,16 @@ def extract(clips, fe: FrontEnd, shift_ms: float, target: int, skip_bad: bool = 
     return _read_store(path, fe.num_mel_bins, target)
 
 
-def _fbank_chunks(clips, fe: FrontEnd, shift_ms: float, target: int, skip_bad: bool, progress: bool,
-                  dtype: str, bad: list):
+def _fbank_chunks(
+    clips, fe: FrontEnd, shift_ms: float, target: int, skip_bad: bool, progress: bool, dtype: str, bad: list
+):
     """(x (R, F, T), n_frames, kept) for the usable clips in order, R clips (STORE_CHUNK_BYTES) at a time;
     a bad clip raises, or with `skip_bad` is appended to `bad`."""
     rows = max(1, STORE_CHUNK_BYTES // (fe.num_mel_bins * target * np.dtype(dtype).itemsize))
     it = range(len(clips))
     if progress:
         from tqdm import tqdm
+
         it = tqdm(it, desc=f"fbank {Path(clips.name).name} @{shift_ms:g}ms", unit="clip", leave=False)
     it, used = iter(it), 0
     while block := list(itertools.islice(it, rows)):
@@ -174,6 +189,7 @@ def _write_store(path: Path, chunks, bad: list[tuple[str, str]]) -> None:
     empty batch whose metadata holds what is known only at the end: the clips skipped (`bad`, read once
     `chunks` is spent) and the count. Atomic: readers never see a partial store, and an error mid-write
     (a bad clip, Ctrl-C) removes the temporary file."""
+
     def write(tmp):
         with pa.OSFile(str(tmp), "wb") as sink:
             writer, n = None, 0
@@ -187,6 +203,7 @@ def _write_store(path: Path, chunks, bad: list[tuple[str, str]]) -> None:
                 n += len(batch)
             writer.write_batch(batch.slice(0, 0), custom_metadata={"bad": json.dumps(bad), "n": str(n)})
             writer.close()
+
     atomic_write(path, write)  # readers never see a partial store
 
 
@@ -201,8 +218,12 @@ def _read_store(path: Path, F: int, T: int) -> Features:
     if len(t) != int(meta[b"n"]):
         raise ValueError(f"{len(t)} clips, its metadata says {int(meta[b'n'])}")
     x = [c.values.to_numpy(zero_copy_only=True).reshape(len(c), F, T) for c in t.column("fbank").chunks]
-    return Features(ChunkedRows(x), t.column("n_frames").to_numpy(), t.column("index").to_numpy(),
-                    [tuple(b) for b in json.loads(meta[b"bad"])])
+    return Features(
+        ChunkedRows(x),
+        t.column("n_frames").to_numpy(),
+        t.column("index").to_numpy(),
+        [tuple(b) for b in json.loads(meta[b"bad"])],
+    )
 
 
 def norm_stats(f: Features) -> tuple[float, float]:
@@ -211,7 +232,7 @@ def norm_stats(f: Features) -> tuple[float, float]:
     chunk (every store written before chunking) gives the values it always gave, which runs resume on."""
     moments = []
     for start, x in zip(f.x.starts, f.x.chunks):
-        real = np.arange(x.shape[-1])[None, :] < f.n_frames[start:start + len(x), None]
+        real = np.arange(x.shape[-1])[None, :] < f.n_frames[start : start + len(x), None]
         vals = x.transpose(0, 2, 1)[real].astype(np.float32, copy=False)
         moments.append((vals.size, vals.mean(), vals.var()))
     count, mean, var = moments[0]

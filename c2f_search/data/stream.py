@@ -1,5 +1,6 @@
 """Features without a store (``--features stream``): each batch's fbank is computed from the audio by
 worker processes, in order; only the clip headers are read up front (``scan_clips``)."""
+
 from __future__ import annotations
 
 import itertools
@@ -42,6 +43,7 @@ def _batch_job(paths: list[str], fe_key: dict, shift_ms: float, target: int):
 def scan_clips(clips, skip_bad: bool) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """The clips whose header reads (no decoding): what a streamed data set trains on."""
     import soundfile as sf
+
     kept, bad = [], []
     for i, p in enumerate(clips.paths):
         try:
@@ -83,9 +85,11 @@ class StreamFeatures:
             while pending:
                 x, n, bad = pending.popleft().result()
                 if bad:
-                    raise DataError(f"{bad[0][0]}: {bad[0][1]} (listed in {self.clips.name}; streaming decodes "
-                                    f"clips only when they are trained on: drop it from the data set, or use a "
-                                    f"feature store, whose --skip-bad skips it up front)")
+                    raise DataError(
+                        f"{bad[0][0]}: {bad[0][1]} (listed in {self.clips.name}; streaming decodes "
+                        f"clips only when they are trained on: drop it from the data set, or use a "
+                        f"feature store, whose --skip-bad skips it up front)"
+                    )
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(self._submit(nxt))

@@ -6,6 +6,7 @@ family's resampling next to the family: position embeddings are resampled biline
 new token grid, and a stretched patch kernel moves as the compression method says. The forward takes
 the indices of the tokens to keep (token dropping, PaSST's patchout), gathered after the position embedding.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,25 +17,43 @@ import torch.nn as nn
 from ..compress import pi_resize
 from ..errors import C2FError
 from ..geometry import Capability, Geometry
-from .layers import resample_grid_embed
 from .base import DEPTH, DIST_TOKEN, DROP_PATH, STRIDE, ModelFamily, is_run_state, load_matching, register_model
+from .layers import resample_grid_embed
 
 PATCH = 16
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 
 
 class AST(nn.Module):
-    def __init__(self, geometry: Geometry, num_classes: int, embed_dim=192, depth=12, num_heads=3,
-                 dist_token=False, drop_path_rate=0.0, stride: int | None = None):
+    def __init__(
+        self,
+        geometry: Geometry,
+        num_classes: int,
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        dist_token=False,
+        drop_path_rate=0.0,
+        stride: int | None = None,
+    ):
         super().__init__()
         from timm.models.deit import VisionTransformerDistilled
         from timm.models.vision_transformer import VisionTransformer
+
         k = geometry.time_stretch
         patch = (PATCH, PATCH * k)
         cls = VisionTransformerDistilled if dist_token else VisionTransformer
-        self.vit = cls(img_size=geometry.input_size, patch_size=patch, in_chans=1, num_classes=0,
-                       global_pool="token", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                       drop_path_rate=drop_path_rate)
+        self.vit = cls(
+            img_size=geometry.input_size,
+            patch_size=patch,
+            in_chans=1,
+            num_classes=0,
+            global_pool="token",
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            drop_path_rate=drop_path_rate,
+        )
         if stride is not None and stride != PATCH:  # overlapping patches (AST's stride 10) stretch with the patch
             self._set_stride((stride, stride * k))
         self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))
@@ -101,9 +120,11 @@ class ASTFamily(ModelFamily):
         is kept only where the number of classes matches.
         """
         from ..files import load_checkpoint
+
         p = Path(path)
         if p.suffix == ".safetensors" and p.is_file():
             from safetensors.torch import load_file
+
             try:
                 sd = load_file(str(p))
             except Exception as e:  # safetensors raises its own error types for damaged files
@@ -114,15 +135,20 @@ class ASTFamily(ModelFamily):
             return self.init_from_run(model, sd, path)
         sd = sd.get("model", sd.get("state_dict", sd))
         if any(k.startswith("module.v.") for k in sd):  # official AST
-            sd = {("vit." + k[9:] if k.startswith("module.v.") else k.replace("module.mlp_head.", "head.")): v
-                  for k, v in sd.items() if k.startswith(("module.v.", "module.mlp_head."))}
+            sd = {
+                ("vit." + k[9:] if k.startswith("module.v.") else k.replace("module.mlp_head.", "head.")): v
+                for k, v in sd.items()
+                if k.startswith(("module.v.", "module.mlp_head."))
+            }
             grid = _ast_grid(sd, path)
         elif "patch_embed.proj.weight" in sd:  # timm ViT / DeiT
             sd = {f"vit.{k}": v for k, v in sd.items() if not k.startswith(("head", "fc_norm"))}
             grid = None
         else:
-            raise C2FError(f"--init {path}: not a c2f-search checkpoint, an official AST checkpoint "
-                           f"(module.v.* keys) or a timm ViT/DeiT state dict")
+            raise C2FError(
+                f"--init {path}: not a c2f-search checkpoint, an official AST checkpoint "
+                f"(module.v.* keys) or a timm ViT/DeiT state dict"
+            )
         self._load_vit(model, sd, grid, path)
 
     def _load_vit(self, model, sd, grid, path):
@@ -138,7 +164,7 @@ class ASTFamily(ModelFamily):
             npt_src = 2 if "vit.dist_token" in sd else 1
             n = pe.shape[1] - npt_src
             if grid is None:
-                side = int(round(n ** 0.5))
+                side = int(round(n**0.5))
                 grid = (side, n // side)
             body = resample_grid_embed(pe[:, npt_src:], model.token_grid, grid, 0)
             sd["vit.pos_embed"] = torch.cat([_fit_prefix(pe[:, :npt_src], vit.num_prefix_tokens), body], 1)
@@ -178,6 +204,7 @@ def make_builder(size: str, cls=AST):
 
     def fn(geometry: Geometry, num_classes: int, depth: int = 12, **kw):
         return cls(geometry, num_classes, embed_dim=dim, depth=depth, num_heads=heads, **kw)
+
     fn.__doc__ = f"{cls.__name__} with DeiT-{size[0].upper()} width ({dim}, {heads} heads)."
     return fn
 

@@ -1,11 +1,12 @@
 """Models built by name (timm-style), each name tied to its family's phase adapter."""
+
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -14,9 +15,11 @@ from ..errors import C2FError, ConfigError, ScheduleError
 from ..geometry import Capability, Geometry
 from ..registry import Registry
 
-MODELS: Registry[tuple[Callable[..., nn.Module], "ModelFamily"]] = Registry(
-    "model", __package__, lambda name, names: ConfigError("model", f"unknown model {name!r}; choose one of "
-                                                                   f"{', '.join(names)}"))
+MODELS: Registry[tuple[Callable[..., nn.Module], ModelFamily]] = Registry(
+    "model",
+    __package__,
+    lambda name, names: ConfigError("model", f"unknown model {name!r}; choose one of {', '.join(names)}"),
+)
 
 
 def _number(v) -> bool:
@@ -27,10 +30,11 @@ def _number(v) -> bool:
 class Setting:
     """One model setting (``TrainConfig.model_kwargs``) a family's builders take: its type, range and
     help. The CLI's model flags are generated from the settings of every registered family."""
+
     name: str
     type: type  # int, float or bool
     help: str
-    low: float | None = None   # inclusive
+    low: float | None = None  # inclusive
     high: float | None = None  # exclusive
 
     def check(self, v) -> None:
@@ -63,6 +67,7 @@ class ModelFamily(ABC):
       the default is a plain copy, right for a family without geometry-shaped parameters;
     * ``load_init``        - start from a pretrained file (never downloaded).
     """
+
     name: str = "family"
     time_granularity: int = 16
     min_mel_bins: int = 1
@@ -78,16 +83,20 @@ class ModelFamily(ABC):
     def check_method(self, model_name: str, method) -> None:
         """Refuse a compression method that needs a capability this family does not provide."""
         from ..compress import METHODS
+
         missing = method.needs - self.provides
         if missing:
             ok = [n for n, m in METHODS.items() if m.needs <= self.provides]
-            raise ScheduleError(f"model {model_name} ({self.name}) does not support the compression method "
-                                f"{method.name!r}: it needs {' and '.join(c.value for c in missing)}, which "
-                                f"{self.name} does not provide; choose one of {', '.join(ok)}")
+            raise ScheduleError(
+                f"model {model_name} ({self.name}) does not support the compression method "
+                f"{method.name!r}: it needs {' and '.join(c.value for c in missing)}, which "
+                f"{self.name} does not provide; choose one of {', '.join(ok)}"
+            )
 
     def check_schedule(self, model_name: str, schedule) -> None:
         """Refuse a schedule one of whose phases' methods needs a capability this family does not provide."""
         from ..compress import get_method
+
         for name in schedule.methods:
             self.check_method(model_name, get_method(name))
 
@@ -113,18 +122,26 @@ class ModelFamily(ABC):
         """The full-resolution input fits this family and every C divides its time tokens."""
         g = self.time_granularity
         if full.num_mel_bins < self.min_mel_bins:
-            raise ConfigError("num_mel_bins", f"{full.num_mel_bins} is fewer than the {self.min_mel_bins} that "
-                                              f"{model_name} needs (its patch height); use at least {self.min_mel_bins}")
+            raise ConfigError(
+                "num_mel_bins",
+                f"{full.num_mel_bins} is fewer than the {self.min_mel_bins} that "
+                f"{model_name} needs (its patch height); use at least {self.min_mel_bins}",
+            )
         if full.frames % g:
-            raise ConfigError("target_length", f"{full.frames} frames is not a multiple of {g}, the time "
-                                               f"granularity of {model_name}; use e.g. {math.ceil(full.frames / g) * g}")
+            raise ConfigError(
+                "target_length",
+                f"{full.frames} frames is not a multiple of {g}, the time "
+                f"granularity of {model_name}; use e.g. {math.ceil(full.frames / g) * g}",
+            )
         tokens = self.time_tokens(full)
         for C in Cs:
             if tokens % C:
                 ok = [c for c in (8, 4, 2) if tokens % c == 0]
-                raise ScheduleError(f"C={C} does not divide the {tokens} time tokens of the full-resolution input "
-                                    f"({full.frames} frames / {g}); use C in {ok or [1]} or a --target-length "
-                                    f"that is a multiple of {g * C}")
+                raise ScheduleError(
+                    f"C={C} does not divide the {tokens} time tokens of the full-resolution input "
+                    f"({full.frames} frames / {g}); use C in {ok or [1]} or a --target-length "
+                    f"that is a multiple of {g * C}"
+                )
 
     def adapt_state_dict(self, sd: dict, old: nn.Module, new: nn.Module, method) -> dict:
         return sd
@@ -142,10 +159,12 @@ class ModelFamily(ABC):
     def load_init(self, model: nn.Module, path) -> None:
         """Start from a local file (never downloaded); every family reads c2f-search checkpoints."""
         from ..files import load_checkpoint
+
         state = load_checkpoint(path)
         if not is_run_state(state):
-            raise C2FError(f"--init {path}: {model.model_name} starts only from a c2f-search checkpoint "
-                           f"(final.pt, last.pt)")
+            raise C2FError(
+                f"--init {path}: {model.model_name} starts only from a c2f-search checkpoint (final.pt, last.pt)"
+            )
         self.init_from_run(model, state, path)
 
     def init_from_run(self, model: nn.Module, state: dict, path) -> None:
@@ -153,15 +172,19 @@ class ModelFamily(ABC):
         moved by ``adapt_state_dict``, the classifier kept only where the number of classes matches."""
         src_family = get_family(state["model_name"])
         if not isinstance(src_family, type(self)):
-            raise C2FError(f"--init {path}: a checkpoint of {state['model_name']} ({src_family.name}), which "
-                           f"{model.model_name} ({self.name}) cannot start from")
-        src = create_model(state["model_name"], geometry=Geometry(**state["geometry"]), device="meta",
-                           **state["model_kwargs"])
+            raise C2FError(
+                f"--init {path}: a checkpoint of {state['model_name']} ({src_family.name}), which "
+                f"{model.model_name} ({self.name}) cannot start from"
+            )
+        src = create_model(
+            state["model_name"], geometry=Geometry(**state["geometry"]), device="meta", **state["model_kwargs"]
+        )
         try:
             src.load_state_dict(state["model"], strict=True, assign=True)
         except RuntimeError as e:
             raise C2FError(f"--init {path}: its weights do not fit its own model ({str(e).splitlines()[0]})") from None
         from ..compress import baseline_method, get_method  # the default kernel move: PI, which keeps tokens
+
         sd = self.adapt_state_dict(dict(src.state_dict()), src, model, get_method(baseline_method()))
         own = model.state_dict()
         # a self-supervised encoder's pretraining heads have no place in a supervised model
@@ -182,9 +205,11 @@ def load_matching(model: nn.Module, sd: dict, path, head=("head.",), may_miss=()
     missing = [k for k in own if k not in sd and not k.startswith(head) and not k.startswith(tuple(may_miss))]
     unexpected = [k for k in sd if k not in own]
     if bad or missing or unexpected:
-        raise C2FError(f"--init {path}: the checkpoint does not fit {model.model_name} (shape differs: {bad[:3]}, "
-                       f"missing: {missing[:3]}, unexpected: {unexpected[:3]}); pick the matching --model width "
-                       f"and --depth")
+        raise C2FError(
+            f"--init {path}: the checkpoint does not fit {model.model_name} (shape differs: {bad[:3]}, "
+            f"missing: {missing[:3]}, unexpected: {unexpected[:3]}); pick the matching --model width "
+            f"and --depth"
+        )
     model.load_state_dict(sd, strict=False)
 
 
@@ -211,9 +236,11 @@ def load_model(name: str, geometry: Geometry, kwargs: dict, sd: dict, device="cp
 
 def register_model(name: str, family: ModelFamily):
     """Register a builder ``fn(geometry, num_classes, **kwargs) -> nn.Module`` under `name`."""
+
     def deco(fn):
         MODELS.register(name, (fn, family))
         return fn
+
     return deco
 
 

@@ -7,6 +7,7 @@ before the first conv, as Liu et al.'s simple pooling front ends do for CNN14. T
 position embedding and no patch: every weight keeps its shape across phases (a plain copy), and the
 patch methods do not apply.
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,7 +61,7 @@ class CNN14(nn.Module):
 
 class CNN14Family(ModelFamily):
     # a CNN has no tokens: the granularity is the frames behind one step of the last block's map
-    name, time_granularity, min_mel_bins = "cnn14", 2 ** POOLS, 2 ** POOLS
+    name, time_granularity, min_mel_bins = "cnn14", 2**POOLS, 2**POOLS
     provides = frozenset({Capability.SHORTER_INPUT})  # no patches to stretch, no tokens to drop
 
 
@@ -70,6 +71,7 @@ CNN14_FAMILY = CNN14Family()
 def _make(name):
     def fn(geometry: Geometry, num_classes: int, **kw) -> CNN14:
         return CNN14(geometry, num_classes, widths=WIDTHS[name], **kw)
+
     fn.__doc__ = f"CNN14 with channels {WIDTHS[name]}."
     return fn
 

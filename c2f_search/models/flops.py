@@ -4,6 +4,7 @@ Counting runs on a meta-device copy with fused attention switched off, so the at
 matmuls are counted as explicit bmm ops on every platform (the CPU fused-attention kernel
 has no FLOP formula) and nothing is computed for real.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,9 @@ from .base import create_model
 
 
 @functools.lru_cache(maxsize=256)
-def _count(model_name: str, kwargs_json: str, geometry: Geometry, backward: bool, masked: int = 0,
-           kept: int | None = None) -> int:
+def _count(
+    model_name: str, kwargs_json: str, geometry: Geometry, backward: bool, masked: int = 0, kept: int | None = None
+) -> int:
     m = create_model(model_name, geometry=geometry, device="meta", **json.loads(kwargs_json))
     for mod in m.modules():
         if hasattr(mod, "fused_attn"):

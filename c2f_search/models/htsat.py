@@ -13,6 +13,7 @@ methods; moved like AST's) and the relative-position tables of the stages whose 
 a narrower grid (timm clips a window to the grid); those are resampled with timm's
 ``resize_rel_pos_bias_table``, the function its own ``set_window_size`` uses.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,22 +28,42 @@ TABLE = "relative_position_bias_table"
 
 
 class HTSAT(nn.Module):
-    def __init__(self, geometry: Geometry, num_classes: int, embed_dim=96, depths=(2, 2, 6, 2),
-                 num_heads=(4, 8, 16, 32), window_size=8, drop_path_rate=0.1, depth: int | None = None):
+    def __init__(
+        self,
+        geometry: Geometry,
+        num_classes: int,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        num_heads=(4, 8, 16, 32),
+        window_size=8,
+        drop_path_rate=0.1,
+        depth: int | None = None,
+    ):
         super().__init__()
         from timm.models.swin_transformer import SwinTransformer
+
         F, T, k, R = geometry.num_mel_bins, geometry.frames, geometry.time_stretch, FREQ_RATIO
         if depth is not None:  # --depth: blocks in every stage (small models for tests and CPUs)
             depths = (depth,) * len(depths)
         shrink = PATCH * 2 ** (len(depths) - 1)  # image pixels per token of the last stage
         if F % shrink:
-            raise ConfigError("num_mel_bins", f"{F} mel bins do not fold into whole tokens of the last stage; "
-                                              f"use a multiple of {shrink} (HTS-AT uses 64)")
+            raise ConfigError(
+                "num_mel_bins",
+                f"{F} mel bins do not fold into whole tokens of the last stage; "
+                f"use a multiple of {shrink} (HTS-AT uses 64)",
+            )
         self.bn0 = nn.BatchNorm1d(F)  # HTS-AT normalises each mel bin first
-        self.swin = SwinTransformer(img_size=(F * R, T // R), patch_size=(PATCH, PATCH * k), in_chans=1,
-                                    num_classes=0, embed_dim=embed_dim, depths=tuple(depths),
-                                    num_heads=tuple(num_heads), window_size=window_size,
-                                    drop_path_rate=drop_path_rate)
+        self.swin = SwinTransformer(
+            img_size=(F * R, T // R),
+            patch_size=(PATCH, PATCH * k),
+            in_chans=1,
+            num_classes=0,
+            embed_dim=embed_dim,
+            depths=tuple(depths),
+            num_heads=tuple(num_heads),
+            window_size=window_size,
+            drop_path_rate=drop_path_rate,
+        )
         rows = F // shrink  # last-stage frequency rows per chunk: the head's kernel height
         self.head = nn.Conv2d(self.swin.num_features, num_classes, kernel_size=(rows, 3), padding=(0, 1))
 
@@ -83,6 +104,7 @@ class HTSATFamily(ModelFamily):
         import warnings
 
         from timm.layers import resize_rel_pos_bias_table
+
         before, after = _windows(old), _windows(new)
         for name, win in after.items():
             if before[name] != win:
@@ -90,8 +112,11 @@ class HTSATFamily(ModelFamily):
                 with warnings.catch_warnings():  # timm's interpolator warns about its own indexing
                     warnings.simplefilter("ignore", UserWarning)
                     sd[key] = resize_rel_pos_bias_table(
-                        sd[key], new_window_size=win, old_window_size=before[name],
-                        new_bias_shape=tuple(getattr(new.get_submodule(name), TABLE).shape))
+                        sd[key],
+                        new_window_size=win,
+                        old_window_size=before[name],
+                        new_bias_shape=tuple(getattr(new.get_submodule(name), TABLE).shape),
+                    )
         key = "swin.patch_embed.proj.weight"  # resized only where the kernel's shape changes
         size = new.swin.patch_embed.proj.weight.shape[-2:]
         sd[key] = method.resize_kernel(sd[key], size)

@@ -1,5 +1,6 @@
 """Phase transitions: carry a model to the next phase's geometry. The model's family does the
 work (``ModelFamily.transfer``); this module only dispatches."""
+
 from __future__ import annotations
 
 import torch.nn as nn

@@ -10,6 +10,7 @@ targets are the normalized fbank pixels of each patch. With a patch method the k
 Fine-tuning is AST's forward (mean of the two prefix tokens -> LayerNorm -> Linear); the pretraining
 heads are then unused. The phase adapter is AST's: the same position embedding and patch kernel move.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,10 +26,16 @@ MASK_FRACTION = 400 / 512  # SSAST masks 400 of its 512 patches
 
 
 class SSAST(AST):
-    def __init__(self, geometry: Geometry, num_classes: int, embed_dim=192, depth=12, num_heads=3,
-                 drop_path_rate=0.0):
-        super().__init__(geometry, num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                         dist_token=True, drop_path_rate=drop_path_rate)
+    def __init__(self, geometry: Geometry, num_classes: int, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.0):
+        super().__init__(
+            geometry,
+            num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            dist_token=True,
+            drop_path_rate=drop_path_rate,
+        )
         self.mask_embed = nn.Parameter(torch.empty(1, 1, embed_dim))
         nn.init.xavier_normal_(self.mask_embed)
         self.cpred = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, PATCH * PATCH))
@@ -52,7 +59,7 @@ class SSAST(AST):
         tokens = tokens * (1 - mask) + mask * self.mask_embed
         h = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))))
         n = mask_index.shape[1]
-        h = h[:, vit.num_prefix_tokens:].gather(1, mask_index.unsqueeze(-1).expand(-1, -1, D))
+        h = h[:, vit.num_prefix_tokens :].gather(1, mask_index.unsqueeze(-1).expand(-1, -1, D))
         t = target.gather(1, mask_index.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
         scores = t @ self.cpred(h).transpose(1, 2)  # (B, n targets, n predictions)
         labels = torch.arange(n, device=x.device).repeat(B)

@@ -7,6 +7,7 @@
 The evaluator (``evaluator.py``) owns the one evaluation loop; an objective supplies a ``Scorer``
 that takes each prepared batch and gives (metric, loss) at the end.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -18,8 +19,11 @@ from ..errors import ConfigError
 from ..geometry import Geometry
 from ..registry import Registry
 
-OBJECTIVES: Registry[type["Objective"]] = Registry("objective", __package__, lambda name, names: ConfigError(
-    "objective", f"must be one of {', '.join(names)}, got {name!r}"))
+OBJECTIVES: Registry[type[Objective]] = Registry(
+    "objective",
+    __package__,
+    lambda name, names: ConfigError("objective", f"must be one of {', '.join(names)}, got {name!r}"),
+)
 
 
 class Scorer(ABC):

@@ -7,6 +7,7 @@ The number of masked patches is given at full resolution (``mask_patches``, defa
 512 = 78%) and scaled to each phase's token count: at C = 2 half the tokens, half the masks. SSAST's
 own masking loop draws until it has its fixed count, which never ends when a phase has fewer tokens.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ from .base import Objective, Scorer, register_objective
 CLUSTER_SIZES = (3, 4, 5)  # SSAST masks square clusters of 3 to 5 patches a side
 
 
-def cluster_masks(grid: tuple[int, int], n: int, batch: int, device="cpu",
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def cluster_masks(
+    grid: tuple[int, int], n: int, batch: int, device="cpu", generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(batch, n) sorted token indices of a (freq, time) grid, masked in square clusters as SSAST does:
     a cluster size k in 3..5 per clip, k x k clusters at random corners until at least n patches are
     covered, then n of the covered ones, none favoured. Drawn with torch ops on `device` (from
@@ -44,7 +46,7 @@ def cluster_masks(grid: tuple[int, int], n: int, batch: int, device="cpu",
     cell = torch.where(ok_r[..., :, None] & ok_c[..., None, :], cell, f * t)  # outside: a spare cell
     order = torch.arange(draws, device=device).view(1, draws, 1, 1).expand_as(cell)
     first = torch.full((batch, f * t + 1), draws, device=device, dtype=torch.long)
-    first = first.scatter_reduce(1, cell.reshape(batch, -1), order.reshape(batch, -1), "amin")[:, :f * t]
+    first = first.scatter_reduce(1, cell.reshape(batch, -1), order.reshape(batch, -1), "amin")[:, : f * t]
     stop = first.kthvalue(n, dim=1, keepdim=True).values  # the draw at which n cells are covered
     score = torch.rand((batch, f * t), **rand)  # among the covered cells, n at random
     score = torch.where(first <= stop, score + 1, score)  # covered first; uncovered only to make up n
@@ -54,7 +56,7 @@ def cluster_masks(grid: tuple[int, int], n: int, batch: int, device="cpu",
 class _MaskedPatchScores(Scorer):
     """The same masks at every evaluation of a phase; sums stay on the device until ``result``."""
 
-    def __init__(self, objective: "MaskedPatch", model, C: int):
+    def __init__(self, objective: MaskedPatch, model, C: int):
         self.model, self.k, self.seed = model, objective.masked(model), objective.cfg.seed * 1_000_003 + C
         self.generator, self.n, self.hits, self.loss = None, 0, 0.0, 0.0
 
@@ -82,6 +84,7 @@ class MaskedPatch(Objective):
 
     def __init__(self, cfg, data, full):
         from ..validate import masked_patches
+
         super().__init__(cfg, data, full)
         self.full_tokens, self.full_masked = masked_patches(cfg, cfg.build_kwargs(data.num_classes), full)
 

@@ -1,6 +1,7 @@
 """Supervised: CE or BCE on the labels (``classification_loss``); accuracy, or mAP for multi-label data.
 It trains with token dropping: the kept indices come as the step's `extra` (``ClassificationLoss.forward_loss``
 gathers them); evaluation sees every token."""
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,9 @@ class _Logits(Scorer):
         logits, y = torch.cat(self.logits).cpu(), torch.cat(self.targets).cpu()
         loss = float(classification_loss(logits, y, self.loss_bce))
         if self.map:
-            return float(multilabel_average_precision(torch.sigmoid(logits), y.int(), num_labels=y.shape[1],
-                                                      average="macro")), loss
+            return float(
+                multilabel_average_precision(torch.sigmoid(logits), y.int(), num_labels=y.shape[1], average="macro")
+            ), loss
         return float(multiclass_accuracy(logits, y.argmax(1), num_classes=y.shape[1], average="micro")), loss
 
 

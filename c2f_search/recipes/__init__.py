@@ -5,6 +5,7 @@ A recipe sets the epochs (the default schedule is the baseline ``none:1xE``), th
 (``train``: any ``TrainConfig`` field). Explicit flags override it. ``lr_milestones`` may be written as
 AST's ``{start: S, step: K}`` (MultiStepLR at S, S+K, ... epochs of each phase), expanded up to epoch 100.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -63,11 +64,14 @@ def load_recipe(name: str) -> Recipe:
     if isinstance(ms, dict):
         train["lr_milestones"] = list(range(int(ms["start"]), MILESTONE_HORIZON + 1, int(ms.get("step", 1))))
     from ..config import TrainConfig
+
     known = {f.name for f in fields(TrainConfig)} - {"schedule", "model", "model_kwargs"}
     if set(train) - known:
         raise _bad(name, f"train key {sorted(set(train) - known)[0]!r} is not a TrainConfig setting")
-    recipe = Recipe(doc.get("name", name), doc.get("description", ""), float(doc["epochs"]), data,
-                    model.pop("name"), model, train)
+    recipe = Recipe(
+        doc.get("name", name), doc.get("description", ""), float(doc["epochs"]), data, model.pop("name"), model, train
+    )
     from ..validate import validate
+
     validate(TrainConfig(recipe.schedule, **recipe.config()))  # every value passes the usual checks
     return recipe

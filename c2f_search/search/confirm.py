@@ -5,6 +5,7 @@ With a target (``confirm DIR --target NAME ...``) the same runs train on another
 recipe, epoch budget; phase lengths scaled so that each schedule keeps its shape) in DIR/confirm/NAME,
 next to the same seeds on the search's own setting (the proxy), and the transfer is measured: each side's
 savings against its own baseline at the same seed, the rank correlation of the two orders, and the cost."""
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,19 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..analysis.pareto import analyse, is_learned
+from ..analysis.rows import load_rows
+from ..analysis.seeds import analyse_seeds, plot_seeds, summary_text
+from ..analysis.transfer import cost_numbers, plot_transfer, rank_agreement, transfer_rows, transfer_text
 from ..config import SEARCHABLE
 from ..errors import C2FError, NoResults
 from ..files import atomic_write
-from ..analysis.pareto import analyse, is_learned
-from ..analysis.rows import load_rows
-from ..schema import row_table
-from ..schema import write_table
-from ..schedule import Schedule, parse_schedule
-from ..analysis.seeds import analyse_seeds, plot_seeds, summary_text
 from ..layout import SearchDir, TargetDir
-from ..analysis.transfer import cost_numbers, plot_transfer, rank_agreement, transfer_rows, transfer_text
-from .space import load_space
-from .runner import connect_ray, make_trainable, trial_resources
+from ..schedule import Schedule, parse_schedule
+from ..schema import row_table, write_table
 from ..settings import DataSettings, SearchSettings, resolve_test
+from .runner import connect_ray, make_trainable, trial_resources
+from .space import load_space
 
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -38,8 +38,13 @@ def pick(res: dict, top: int) -> list[dict]:
         raise C2FError("confirm needs a finished baseline trial (none:1xE) in the search; run one first")
     q = {x["trial_id"]: x for x in res["table"]}
     front = [r for r in res["final_front"] if not r["is_baseline"]]
-    front.sort(key=lambda r: (q[r["trial_id"]]["flops_saving"] is None, -(q[r["trial_id"]]["flops_saving"] or 0),
-                              -r["val_metric"]))
+    front.sort(
+        key=lambda r: (
+            q[r["trial_id"]]["flops_saving"] is None,
+            -(q[r["trial_id"]]["flops_saving"] or 0),
+            -r["val_metric"],
+        )
+    )
     base = next(t for t in res["final"] if t["trial_id"] == res["baseline"]["trial_id"])
     return [base] + front[:top]
 
@@ -73,29 +78,42 @@ def _tune(settings: SearchSettings, space, runs: list[dict], storage: Path, name
     from ray.tune.search import BasicVariantGenerator
 
     from .runner import TrialLines
+
     tuner = tune.Tuner(  # both modes are read from the full history
-        make_trainable(settings, space, trial_resources(settings, space, joined=address is not None),
-                       metric_target=None),
+        make_trainable(
+            settings, space, trial_resources(settings, space, joined=address is not None), metric_target=None
+        ),
         param_space=dict.fromkeys({k for r in runs for k in r}),  # each run's values come from points_to_evaluate
-        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=runs), num_samples=len(runs),
-                                    reuse_actors=settings.reuse_actors),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                  callbacks=[TrialLines(progress_stream)],
-                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(points_to_evaluate=runs),
+            num_samples=len(runs),
+            reuse_actors=settings.reuse_actors,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            verbose=0,
+            callbacks=[TrialLines(progress_stream)],
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
     tuner.fit()
 
 
 def _local_storage(settings: SearchSettings) -> None:
     if settings.storage and "://" in settings.storage:
-        raise C2FError(f"confirm writes its runs beside the search; {settings.storage} is remote: run it on a "
-                       f"copy of the search folder with local storage")
+        raise C2FError(
+            f"confirm writes its runs beside the search; {settings.storage} is remote: run it on a "
+            f"copy of the search folder with local storage"
+        )
 
 
 def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None, progress_stream=None) -> str:
     """Run the seeds and write DIR/confirm.parquet (per schedule), DIR/confirm_seeds.parquet (per seed),
     DIR/confirm.png and DIR/confirm.txt; returns the text."""
     import ray
+
     settings = SearchSettings.load(out)
     folder = SearchDir(settings.out)
     out = folder.path
@@ -109,8 +127,11 @@ def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     picks = pick(analyse(load_rows(out)), top)
     runs, first = seed_runs(picks, seeds)
-    print(f"confirm: {len(picks)} schedules x {seeds} seeds ({first}..{first + seeds - 1}) = {len(runs)} runs: "
-          + ", ".join(r["schedule"] for r in picks), flush=True)
+    print(
+        f"confirm: {len(picks)} schedules x {seeds} seeds ({first}..{first + seeds - 1}) = {len(runs)} runs: "
+        + ", ".join(r["schedule"] for r in picks),
+        flush=True,
+    )
     space = load_space(settings.space)
     if not ray.is_initialized():
         connect_ray(address)
@@ -128,6 +149,7 @@ def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None
 def _table(rows: list[dict], metadata: dict | None = None):
     """Rows as a table, every key a column (Arrow infers the columns from the first row alone)."""
     import pyarrow as pa
+
     keys = dict.fromkeys(k for r in rows for k in r)
     t = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
     return t.replace_schema_metadata({k: json.dumps(v) for k, v in metadata.items()}) if metadata else t
@@ -137,6 +159,7 @@ def _table(rows: list[dict], metadata: dict | None = None):
 @dataclass
 class Target:
     """What ``confirm --target NAME`` changes; None (or empty) keeps the search's setting."""
+
     name: str
     model: str | None = None
     model_kwargs: dict = field(default_factory=dict)
@@ -156,6 +179,7 @@ def target_setting(settings: SearchSettings, space, target: Target):
     normalization); with --data they come from the new data, normalized by its own statistics."""
     from ..models import get_family
     from ..recipes import load_recipe
+
     recipe = load_recipe(target.recipe) if target.recipe else None
     proxy_epochs = settings.epochs or space.epochs
     if target.epochs:
@@ -166,27 +190,52 @@ def target_setting(settings: SearchSettings, space, target: Target):
         epochs = recipe.epochs if recipe else proxy_epochs
     model = target.model or (recipe.model if recipe else None)
     models = [model] if model else space.models
-    inherited = recipe.model_kwargs if recipe and get_family(recipe.model) is get_family(models[0]) else \
-        {} if recipe else settings.model_kwargs
+    inherited = (
+        recipe.model_kwargs
+        if recipe and get_family(recipe.model) is get_family(models[0])
+        else {}
+        if recipe
+        else settings.model_kwargs
+    )
     takes = set.intersection(*({st.name for st in get_family(m).settings} for m in models))
     kwargs = {**{k: v for k, v in inherited.items() if k in takes}, **target.model_kwargs}  # given ones are checked
     front, d = DataSettings.from_recipe(recipe), settings.data
     if target.data:  # new data: its own splits, normalized by its own statistics unless the recipe gives them
-        data = DataSettings(target.data, target.val, target.labels, d.task, d.skip_bad, front.get("norm"), d.cache_dir,
-                            front.get("num_mel_bins"), front.get("target_length"), None, d.features, d.workers,
-                            d.labelled).resolved()
+        data = DataSettings(
+            target.data,
+            target.val,
+            target.labels,
+            d.task,
+            d.skip_bad,
+            front.get("norm"),
+            d.cache_dir,
+            front.get("num_mel_bins"),
+            front.get("target_length"),
+            None,
+            d.features,
+            d.workers,
+            d.labelled,
+        ).resolved()
         test = resolve_test(target.test)
     else:
-        data = replace(d, **({"val": resolve_test(target.val)} if target.val else {}),
-                       **({"labels": str(Path(target.labels).resolve())} if target.labels else {}))
+        data = replace(
+            d,
+            **({"val": resolve_test(target.val)} if target.val else {}),
+            **({"labels": str(Path(target.labels).resolve())} if target.labels else {}),
+        )
         if recipe:  # its front end; the normalization is computed again unless the recipe gives it
-            data = replace(data, norm=front.get("norm"), num_mel_bins=front.get("num_mel_bins", d.num_mel_bins),
-                           target_length=front.get("target_length", d.target_length))
+            data = replace(
+                data,
+                norm=front.get("norm"),
+                num_mel_bins=front.get("num_mel_bins", d.num_mel_bins),
+                target_length=front.get("target_length", d.target_length),
+            )
         test = resolve_test(target.test) if target.test else settings.test
     fixed = {**space.fixed, **(recipe.train if recipe else {})}
     t_settings = replace(settings, data=data, model_kwargs=kwargs, test=test, epochs=epochs)
-    t_space = replace(space, model=models[0], models=models, fixed=fixed,
-                      grid_models=None if model else space.grid_models)
+    t_space = replace(
+        space, model=models[0], models=models, fixed=fixed, grid_models=None if model else space.grid_models
+    )
     return t_settings, t_space, epochs / proxy_epochs, recipe
 
 
@@ -194,13 +243,14 @@ def at_target(run: dict, factor: float, model: str | None, recipe) -> tuple[dict
     """A run's config at the target, and its schedule: phase lengths (and a controller's budget and max) times
     `factor`, the target's model, and the recipe's settings in place of the searched ones."""
     from ..controllers import scale_transition
+
     schedule = parse_schedule(run["schedule"]).scaled(factor)
     out = {**run, "schedule": str(schedule)}
     if "transition" in out:
         out["transition"] = scale_transition(out["transition"], factor)
     if model:
         out["model"] = model
-    for k in (recipe.train if recipe else {}):
+    for k in recipe.train if recipe else {}:
         if k != "seed":
             out.pop(k, None)
     return out, schedule
@@ -209,10 +259,15 @@ def at_target(run: dict, factor: float, model: str | None, recipe) -> tuple[dict
 def _check_space(t_space, runs: list[dict], schedules: list[Schedule], name: str):
     """The target's runs as a grid, so that ``prepare_data`` checks exactly them (each with its model and
     settings) against the target's data and extracts the features they read."""
-    return replace(t_space, path=f"confirm --target {name}", schedules=schedules,
-                   grid_models=[r.get("model") for r in runs] if any("model" in r for r in runs) else None,
-                   grid_fixed=[{k: v for k, v in r.items() if k in SEARCHABLE and k != "transition"} for r in runs], hparams={},
-                   controllers=None)
+    return replace(
+        t_space,
+        path=f"confirm --target {name}",
+        schedules=schedules,
+        grid_models=[r.get("model") for r in runs] if any("model" in r for r in runs) else None,
+        grid_fixed=[{k: v for k, v in r.items() if k in SEARCHABLE and k != "transition"} for r in runs],
+        hparams={},
+        controllers=None,
+    )
 
 
 def _reuse(out: Path, runs: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -231,8 +286,10 @@ def _reuse(out: Path, runs: list[dict]) -> tuple[list[dict], list[dict]]:
     for run in runs:
         got = done.get((run["source_trial"], run["seed"])) if run["form"] != "exported" else None
         if got:
-            reused += [{**r, "config": json.dumps({**json.loads(r["config"]), "form": run["form"]}, sort_keys=True)}
-                       for r in got]
+            reused += [
+                {**r, "config": json.dumps({**json.loads(r["config"]), "form": run["form"]}, sort_keys=True)}
+                for r in got
+            ]
         else:
             todo.append(run)
     return reused, todo
@@ -248,32 +305,53 @@ def _last_flops(rows: list[dict]) -> float:
 
 def _describe(t: Target, t_settings, t_space, factor: float, proxy_epochs: float) -> str:
     given = {k: v for k, v in asdict(t).items() if v not in (None, {}) and k != "name"}
-    return (f"target {t.name}: {', '.join(f'{k}={v}' for k, v in given.items()) or 'the search setting'} -> model "
-            f"{'/'.join(t_space.models)} {t_settings.model_kwargs or ''}, data {t_settings.data.train}, "
-            f"{t_settings.epochs:g} epochs ({factor:g} x the search's {proxy_epochs:g}; phase lengths scaled by {factor:g})")
+    return (
+        f"target {t.name}: {', '.join(f'{k}={v}' for k, v in given.items()) or 'the search setting'} -> model "
+        f"{'/'.join(t_space.models)} {t_settings.model_kwargs or ''}, data {t_settings.data.train}, "
+        f"{t_settings.epochs:g} epochs ({factor:g} x the search's {proxy_epochs:g}; phase lengths scaled by {factor:g})"
+    )
 
 
-def run_target_confirm(out, target: Target, top: int, seeds: int, overwrite: bool = False, address=None,
-                       progress_stream=None) -> str:
+def run_target_confirm(
+    out, target: Target, top: int, seeds: int, overwrite: bool = False, address=None, progress_stream=None
+) -> str:
     """Confirm at a target: check everything (the target's data prepared and checked as a search's driver
     does) before anything is written, then run the proxy seeds not already run by a plain confirm and the
     target's runs, and write DIR/confirm/NAME (``layout.TargetDir``). Returns the text."""
     import ray
+
     settings = SearchSettings.load(out)
     search = SearchDir(settings.out)
     _local_storage(settings)
     folder = _target_folder(search, target, overwrite)
     plan = _plan_target(settings, search, target, top, seeds)
-    print("\n".join(plan.header) + f"\nconfirm --target: {len(plan.runs)} target runs, {len(plan.todo)} proxy runs",
-          flush=True)
+    print(
+        "\n".join(plan.header) + f"\nconfirm --target: {len(plan.runs)} target runs, {len(plan.todo)} proxy runs",
+        flush=True,
+    )
     if folder.path.exists():
         shutil.rmtree(folder.path)
     folder.path.mkdir(parents=True)
     t = plan.t_settings
-    atomic_write(folder.marker, json.dumps({"target": asdict(target), "top": top, "seeds": seeds,
-                                            "first_seed": plan.first, "factor": plan.factor, "data": t.data.to_dict(),
-                                            "model": plan.t_space.models, "model_kwargs": t.model_kwargs,
-                                            "test": t.test, "epochs": t.epochs, "runs": plan.runs}, indent=1))
+    atomic_write(
+        folder.marker,
+        json.dumps(
+            {
+                "target": asdict(target),
+                "top": top,
+                "seeds": seeds,
+                "first_seed": plan.first,
+                "factor": plan.factor,
+                "data": t.data.to_dict(),
+                "model": plan.t_space.models,
+                "model_kwargs": t.model_kwargs,
+                "test": t.test,
+                "epochs": t.epochs,
+                "runs": plan.runs,
+            },
+            indent=1,
+        ),
+    )
     if not ray.is_initialized():
         connect_ray(address)
     if plan.todo:
@@ -284,15 +362,19 @@ def run_target_confirm(out, target: Target, top: int, seeds: int, overwrite: boo
 
 def _target_folder(search: SearchDir, target: Target, overwrite: bool) -> TargetDir:
     if not TARGET_NAME.fullmatch(target.name) or target.name.startswith("train_schedule"):
-        raise C2FError(f"--target {target.name!r}: name it with letters, digits, '.', '_' or '-' (up to 64, not "
-                       f"starting with train_schedule), e.g. --target depth4")
+        raise C2FError(
+            f"--target {target.name!r}: name it with letters, digits, '.', '_' or '-' (up to 64, not "
+            f"starting with train_schedule), e.g. --target depth4"
+        )
     folder = search.target(target.name)
     if folder.path.exists():
         if not folder.marker.is_file():
             raise C2FError(f"{folder.path}: exists and is not a target's folder; choose another --target name")
         if not overwrite:
-            raise C2FError(f"{folder.path}: target {target.name} was confirmed already; pass --overwrite to replace "
-                           f"it, or choose another --target name")
+            raise C2FError(
+                f"{folder.path}: target {target.name} was confirmed already; pass --overwrite to replace "
+                f"it, or choose another --target name"
+            )
     return folder
 
 
@@ -300,6 +382,7 @@ def _target_folder(search: SearchDir, target: Target, overwrite: bool) -> Target
 class _TargetPlan:
     """What a target confirmation runs: the search's rows and space, the target's settings and space, the
     target's runs, the proxy runs still to do and those a plain confirm already ran."""
+
     search_rows: object
     space: object
     t_settings: SearchSettings
@@ -316,19 +399,23 @@ def _plan_target(settings: SearchSettings, search: SearchDir, target: Target, to
     """Every run of the target confirmation, checked (the target's data prepared as a search's driver does)
     before anything is written."""
     from .runner import prepare_data
+
     space = load_space(settings.space)
     search_rows = load_rows(search.path)
     proxy_runs, first = seed_runs(pick(analyse(search_rows), top), seeds, forms=True)
     t_settings, t_space, factor, recipe = target_setting(settings, space, target)
-    runs, schedules = zip(*(at_target(r, factor, target.model or (recipe.model if recipe else None), recipe)
-                            for r in proxy_runs))
+    runs, schedules = zip(
+        *(at_target(r, factor, target.model or (recipe.model if recipe else None), recipe) for r in proxy_runs)
+    )
     runs = list(runs)
     data = prepare_data(t_settings, _check_space(t_space, runs, list(schedules), target.name))  # before any file
     t_settings.data = t_settings.data.with_data(data)  # every target run reads the same
     reused, todo = _reuse(search.path, proxy_runs)
-    header = [_describe(target, t_settings, t_space, factor, settings.epochs or space.epochs),
-              f"seeds {first}..{first + seeds - 1}, the same on both sides; proxy side: {len(proxy_runs) - len(todo)} "
-              f"runs reused from the plain confirm in {search.confirm_dir}, {len(todo)} run here"]
+    header = [
+        _describe(target, t_settings, t_space, factor, settings.epochs or space.epochs),
+        f"seeds {first}..{first + seeds - 1}, the same on both sides; proxy side: {len(proxy_runs) - len(todo)} "
+        f"runs reused from the plain confirm in {search.confirm_dir}, {len(todo)} run here",
+    ]
     return _TargetPlan(search_rows, space, t_settings, t_space, factor, first, runs, todo, reused, header)
 
 
@@ -343,8 +430,13 @@ def _write_transfer(folder: TargetDir, plan: _TargetPlan) -> str:
     rows = transfer_rows(sum_p, sum_t)
     ranks = rank_agreement(rows)
     searched = plan.search_rows.to_pylist()
-    cost = cost_numbers(rows, _last_flops(searched), len({r["trial_id"] for r in searched}),
-                        _last_flops(target_rows.to_pylist()), _last_flops(new_proxy))
+    cost = cost_numbers(
+        rows,
+        _last_flops(searched),
+        len({r["trial_id"] for r in searched}),
+        _last_flops(target_rows.to_pylist()),
+        _last_flops(new_proxy),
+    )
     text = transfer_text(rows, ranks, cost, plan.header)
     text += "\nat the target, per schedule:\n" + summary_text(sum_t)
     write_table(_table([dict(q, side="proxy") for q in per_p] + [dict(q, side="target") for q in per_t]), folder.seeds)
@@ -358,9 +450,10 @@ def _test_metrics(t_settings, rows: list[dict], per_seed: list[dict], summary: l
     """Each target run's final model on the target's --test split: per seed, and mean ± sd per schedule."""
     import pyarrow.fs as pafs
 
-    from ..train.evaluator import evaluate_state, read_state
     from ..analysis.formatting import mean_sd
     from ..analysis.seeds import schedule_key
+    from ..train.evaluator import evaluate_state, read_state
+
     data = t_settings.data.load(test=t_settings.test)
     last = {}
     for r in rows:
@@ -368,8 +461,12 @@ def _test_metrics(t_settings, rows: list[dict], per_seed: list[dict], summary: l
             last[r["trial_id"]] = r
     for q in per_seed:
         r = last.get(q["trial_id"])
-        q["test_metric"] = evaluate_state(read_state(pafs.LocalFileSystem(), r["checkpoint_path"]), data, "test") \
-            if r and q["status"] == "finished" else None
+        q["test_metric"] = (
+            evaluate_state(read_state(pafs.LocalFileSystem(), r["checkpoint_path"]), data, "test")
+            if r and q["status"] == "finished"
+            else None
+        )
     for s in summary:
-        s["test_metric_mean"], s["test_metric_sd"] = mean_sd([q["test_metric"] for q in per_seed
-                                                             if schedule_key(q) == schedule_key(s)])
+        s["test_metric_mean"], s["test_metric_sd"] = mean_sd(
+            [q["test_metric"] for q in per_seed if schedule_key(q) == schedule_key(s)]
+        )

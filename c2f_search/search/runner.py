@@ -4,6 +4,7 @@ The study lives in ``DIR/optuna.db`` (SQLite) and Tune's experiment in ``DIR/sea
 ``--storage``). Every check runs before Ray starts and before anything is written to ``DIR``,
 so a search that fails before its first trial leaves ``DIR`` reusable.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,8 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import replace
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -27,11 +28,11 @@ from ..errors import C2FError, ConfigError, Interrupted, ScheduleError, SpaceErr
 from ..geometry import Geometry
 from ..layout import SearchDir
 from ..models import get_family
+from ..settings import SearchSettings, flag
 from ..validate import check_against_data, validate
-from .space import Space, load_space
 from .schedulers import make_scheduler, population
 from .searcher import METRICS, C2FSearchGenerator, load_study, make_searcher
-from ..settings import SearchSettings, flag
+from .space import Space, load_space
 
 # Tune warns on every frequent checkpoint; a search checkpoints every epoch by design
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -56,10 +57,12 @@ class TrialLines(Callback):
         print(f"[{time.time() - self.t0:6.0f}s] {text}", file=self.stream or sys.stdout, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._p(f"{trial.trial_id:<14} {result.get('schedule', ''):<30} phase {result.get('phase')} "
-                f"C={result.get('C')} epoch {result.get('epoch', 0):5.2f}  "
-                f"{result.get('metric_name', 'metric')}={result.get('val_metric', float('nan')):.3f}  "
-                f"{result.get('train_flops', 0) / 1e12:8.2f} TFLOPs")
+        self._p(
+            f"{trial.trial_id:<14} {result.get('schedule', ''):<30} phase {result.get('phase')} "
+            f"C={result.get('C')} epoch {result.get('epoch', 0):5.2f}  "
+            f"{result.get('metric_name', 'metric')}={result.get('val_metric', float('nan')):.3f}  "
+            f"{result.get('train_flops', 0) / 1e12:8.2f} TFLOPs"
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
@@ -69,6 +72,7 @@ class TrialLines(Callback):
         import pyarrow.fs as pafs
 
         from ..analysis.rows import trial_error
+
         try:
             why = f"{trial_error(pafs.LocalFileSystem(), os.path.dirname(trial.error_file))} ({trial.error_file})"
         except (OSError, TypeError):  # no error file (yet)
@@ -135,8 +139,9 @@ def _check_trial_configs(settings: SearchSettings, space: Space, data) -> None:
         try:
             check_against_data(cfg, data)
         except ConfigError as e:
-            raise SpaceError(f"{space.path}: key '{keys.get(e.field, f'fixed.{e.field}')}' ({cfg.model}): "
-                             f"{e.problem}") from None
+            raise SpaceError(
+                f"{space.path}: key '{keys.get(e.field, f'fixed.{e.field}')}' ({cfg.model}): {e.problem}"
+            ) from None
 
 
 def _check_finetune(settings: SearchSettings, space: Space, models: list[str], progress: bool) -> None:
@@ -146,11 +151,15 @@ def _check_finetune(settings: SearchSettings, space: Space, models: list[str], p
     for model in models:
         family = get_family(model)
         try:
-            cfg = TrainConfig(spec["schedule"], model=model, **spec["fixed"],
-                              model_kwargs={k: v for k, v in settings.model_kwargs.items()
-                                            if k in {st.name for st in family.settings}})
-            family.check_geometry(model, Geometry(ft.fe.num_mel_bins, ft.fe.target_length),
-                                  cfg.schedule.grid_Cs)
+            cfg = TrainConfig(
+                spec["schedule"],
+                model=model,
+                **spec["fixed"],
+                model_kwargs={
+                    k: v for k, v in settings.model_kwargs.items() if k in {st.name for st in family.settings}
+                },
+            )
+            family.check_geometry(model, Geometry(ft.fe.num_mel_bins, ft.fe.target_length), cfg.schedule.grid_Cs)
             check_against_data(cfg, ft)
         except ConfigError as e:
             raise SpaceError(f"{space.path}: key 'finetune.fixed.{e.field}' ({model}): {e.problem}") from None
@@ -160,8 +169,10 @@ def _check_finetune(settings: SearchSettings, space: Space, models: list[str], p
 
 
 def _unreachable(address: str, why) -> SpaceError:
-    return SpaceError(f"--address {address}: cannot reach a Ray cluster ({why}); start one with 'ray start --head' "
-                      f"or 'ray up cluster.yaml', or drop --address to run locally")
+    return SpaceError(
+        f"--address {address}: cannot reach a Ray cluster ({why}); start one with 'ray start --head' "
+        f"or 'ray up cluster.yaml', or drop --address to run locally"
+    )
 
 
 @contextmanager
@@ -169,6 +180,7 @@ def ray_session():
     """One command's use of Ray: the local instance it started (or its connection to a cluster) ends with
     the command, not at interpreter exit."""
     import ray
+
     try:
         yield
     finally:
@@ -181,6 +193,7 @@ def connect_ray(address: str | None) -> None:
     import socket
 
     import ray
+
     if address and address != "auto" and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
         try:
@@ -199,6 +212,7 @@ def connect_ray(address: str | None) -> None:
 def check_storage(out: Path, storage: str | None, filesystem=None) -> None:
     """Fail before any trial when results cannot be written (writes nothing that stays)."""
     import pyarrow.fs as pafs
+
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -217,8 +231,13 @@ def check_storage(out: Path, storage: str | None, filesystem=None) -> None:
             raise SpaceError(f"--storage {storage}: cannot write there ({e}); check the URI and credentials") from None
 
 
-def run_search(settings: SearchSettings, resume: bool = False, address: str | None = None,
-               progress_stream=None, storage_filesystem=None):
+def run_search(
+    settings: SearchSettings,
+    resume: bool = False,
+    address: str | None = None,
+    progress_stream=None,
+    storage_filesystem=None,
+):
     """Run (or resume) a search: preflight (every check, before Ray starts and before anything is written),
     connect, build the Tuner (or restore it), fit, summarize. Returns Tune's ResultGrid."""
     import ray
@@ -250,6 +269,7 @@ def _preflight(settings: SearchSettings, space: Space, folder: SearchDir, resume
     there) or none in the way, the data and every trial's settings, a writable output. Returns the data, and
     records what it resolved (normalization, front end) so that every trial reads the same."""
     from ray import tune
+
     exp_dir = folder.experiment(settings.storage)
     can_restore = tune.Tuner.can_restore(exp_dir, storage_filesystem=filesystem)  # reads only
     if resume and not can_restore:
@@ -269,28 +289,38 @@ def _preflight(settings: SearchSettings, space: Space, folder: SearchDir, resume
 
 def _restore(settings: SearchSettings, space: Space, folder: SearchDir, trainable, filesystem):
     from ray import tune
+
     exp_dir = folder.experiment(settings.storage)
     try:
-        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=filesystem)
+        tuner = tune.Tuner.restore(
+            exp_dir, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
+        )
     except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as e:
-        raise SpaceError(f"{folder.tuner_file(exp_dir)}: Tune's state of the search cannot be read ({e}), so the "
-                         f"search cannot be resumed; 'c2f-search pareto {folder.path}' still reads its results, or "
-                         f"start a new search in another --out") from None
-    C2FSearchGenerator.resume_as = {"study": _study_storage(folder), "trials": num_trials(settings, space),
-                                    "experiment": _filesystem(settings.storage or str(folder.path), filesystem)}
+        raise SpaceError(
+            f"{folder.tuner_file(exp_dir)}: Tune's state of the search cannot be read ({e}), so the "
+            f"search cannot be resumed; 'c2f-search pareto {folder.path}' still reads its results, or "
+            f"start a new search in another --out"
+        ) from None
+    C2FSearchGenerator.resume_as = {
+        "study": _study_storage(folder),
+        "trials": num_trials(settings, space),
+        "experiment": _filesystem(settings.storage or str(folder.path), filesystem),
+    }
     return tuner
 
 
 def _build(settings: SearchSettings, space: Space, folder: SearchDir, trainable, data, progress_stream, filesystem):
     """A new Tuner: the scheduler, the searcher (none with PBT), the callbacks; (tuner, searcher)."""
     from ray import tune
+
     epochs = settings.epochs or space.epochs
-    sched = make_scheduler(settings.scheduler, max_flops(data, space, epochs, settings.model_kwargs), space,
-                           epochs, settings.seed)
+    sched = make_scheduler(
+        settings.scheduler, max_flops(data, space, epochs, settings.model_kwargs), space, epochs, settings.seed
+    )
     n = num_trials(settings, space)
     if settings.scheduler == "pbt":  # Ray runs no search algorithm with PBT: members draw their values once
         from ray.tune.search import BasicVariantGenerator
+
         searcher, param_space = None, population(space, epochs)
         search_alg = BasicVariantGenerator(random_state=settings.seed)
     else:
@@ -301,12 +331,20 @@ def _build(settings: SearchSettings, space: Space, folder: SearchDir, trainable,
         # PBT clones a donor's checkpoint of its own choosing, maybe an older one: it keeps them all
         callbacks.append(KeepCheckpoints(settings.keep_checkpoints))
     tuner = tune.Tuner(
-        trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=sched, num_samples=n,
-                                    reuse_actors=settings.reuse_actors),
-        run_config=tune.RunConfig(name=SearchDir.EXPERIMENT, storage_path=settings.storage or str(folder.path),
-                                  storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, scheduler=sched, num_samples=n, reuse_actors=settings.reuse_actors
+        ),
+        run_config=tune.RunConfig(
+            name=SearchDir.EXPERIMENT,
+            storage_path=settings.storage or str(folder.path),
+            storage_filesystem=filesystem,
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        ),
+    )
     # Ray restores a search by unpickling its tuner.pkl, which could run code: --resume checks first that the
     # file is the one written here
     settings.tuner_sha256 = _tuner_hash(folder, folder.experiment(settings.storage), filesystem)
@@ -316,11 +354,16 @@ def _build(settings: SearchSettings, space: Space, folder: SearchDir, trainable,
 def _summarize(results, searcher) -> None:
     """What the searcher left out: configurations that repeated one already trained, an exhausted space."""
     if searcher is not None and searcher.repeats:
-        print(f"{searcher.repeats} sampled configurations repeated one already trained (same schedule and "
-              f"hyperparameters): not trained again, Optuna was told the first one's result", flush=True)
+        print(
+            f"{searcher.repeats} sampled configurations repeated one already trained (same schedule and "
+            f"hyperparameters): not trained again, Optuna was told the first one's result",
+            flush=True,
+        )
     if searcher is not None and searcher.exhausted:
-        print(f"the space holds only {len(results)} distinct configurations: all trained, the search ends here",
-              flush=True)
+        print(
+            f"the space holds only {len(results)} distinct configurations: all trained, the search ends here",
+            flush=True,
+        )
 
 
 def num_trials(settings: SearchSettings, space: Space) -> int:
@@ -339,6 +382,7 @@ def _study_storage(folder: SearchDir):
 def _filesystem(path: str, filesystem=None):
     """(pyarrow filesystem, path in it) of a local path or URI."""
     import pyarrow.fs as pafs
+
     return (filesystem, path) if filesystem is not None else pafs.FileSystem.from_uri(path)
 
 
@@ -355,14 +399,18 @@ def _check_tuner_file(settings: SearchSettings, folder: SearchDir, filesystem=No
     exp_dir = folder.experiment(settings.storage)
     actual = _tuner_hash(folder, exp_dir, filesystem)
     if settings.tuner_sha256 is None:
-        raise SpaceError(f"{folder.settings}: records no hash of {folder.tuner_file(exp_dir)} (a folder of an "
-                         f"older c2f-search, or not written by c2f-search); resuming unpickles that file, which can "
-                         f"run code. If you made this folder, add \"tuner_sha256\": \"{actual}\" to "
-                         f"{folder.settings.name}")
+        raise SpaceError(
+            f"{folder.settings}: records no hash of {folder.tuner_file(exp_dir)} (a folder of an "
+            f"older c2f-search, or not written by c2f-search); resuming unpickles that file, which can "
+            f'run code. If you made this folder, add "tuner_sha256": "{actual}" to '
+            f"{folder.settings.name}"
+        )
     if actual != settings.tuner_sha256:
-        raise SpaceError(f"{folder.tuner_file(exp_dir)}: not the file c2f-search wrote (its SHA-256 differs from the "
-                         f"one in {folder.settings}); resuming would unpickle it, which can run code, so it is "
-                         f"refused. Resume only search folders you made")
+        raise SpaceError(
+            f"{folder.tuner_file(exp_dir)}: not the file c2f-search wrote (its SHA-256 differs from the "
+            f"one in {folder.settings}); resuming would unpickle it, which can run code, so it is "
+            f"refused. Resume only search folders you made"
+        )
 
 
 @contextmanager
@@ -403,10 +451,18 @@ def make_trainable(settings: SearchSettings, space: Space, resources: dict, metr
     from ray import tune
 
     from trainables import train_schedule
+
     target = settings.metric_target or space.metric_target if metric_target == "space" else metric_target
-    setup = {"data": settings.data, "model": space.model, "fixed": space.fixed,
-             "model_kwargs": settings.model_kwargs, "metric_target": target, "objective": space.objective,
-             "finetune": settings.finetune, "budget": settings.epochs or space.epochs}
+    setup = {
+        "data": settings.data,
+        "model": space.model,
+        "fixed": space.fixed,
+        "model_kwargs": settings.model_kwargs,
+        "metric_target": target,
+        "objective": space.objective,
+        "finetune": settings.finetune,
+        "budget": settings.epochs or space.epochs,
+    }
     return tune.with_resources(tune.with_parameters(train_schedule, setup=setup), resources)
 
 
@@ -418,6 +474,7 @@ def trial_resources(settings: SearchSettings, space: Space, joined: bool, autosc
     ``auto`` is one GPU where the cluster has GPUs (on its nodes now or, for a cluster that was `joined`, in
     a node type its autoscaler may start) and none where it has none. Prints the choice in one line."""
     import ray
+
     res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
     if settings.resources.get("gpu") is not None:
         why = "--gpus-per-trial"
@@ -427,21 +484,31 @@ def trial_resources(settings: SearchSettings, space: Space, joined: bool, autosc
         now = ray.cluster_resources().get("GPU", 0)
         later = _autoscaler_gpus(Path(autoscaler_config).expanduser()) if joined and not now else 0
         res["gpu"] = 1 if now or later else 0
-        why = ("resources.gpu auto: " + (f"the cluster has {now:g} GPUs" if now else
-                                         f"node types in {autoscaler_config} have GPUs" if later else "the cluster has no GPU"))
-    print(f"trials get {res['gpu']:g} GPU and {res['cpu']:g} CPU each ({why}; change it with --gpus-per-trial N)",
-          flush=True)
+        why = "resources.gpu auto: " + (
+            f"the cluster has {now:g} GPUs"
+            if now
+            else f"node types in {autoscaler_config} have GPUs"
+            if later
+            else "the cluster has no GPU"
+        )
+    print(
+        f"trials get {res['gpu']:g} GPU and {res['cpu']:g} CPU each ({why}; change it with --gpus-per-trial N)",
+        flush=True,
+    )
     return res
 
 
 def _autoscaler_gpus(config: Path) -> float:
     """The most GPUs of a node type the cluster launcher's autoscaler may start (0 without its config)."""
     import yaml
+
     if not config.is_file():
         return 0
     types = (yaml.safe_load(config.read_text()) or {}).get("available_node_types") or {}
-    return max((float((t.get("resources") or {}).get("GPU", 0)) for t in types.values()
-                if t.get("max_workers", 1) > 0), default=0)
+    return max(
+        (float((t.get("resources") or {}).get("GPU", 0)) for t in types.values() if t.get("max_workers", 1) > 0),
+        default=0,
+    )
 
 
 class KeepCheckpoints(Callback):
@@ -472,8 +539,11 @@ def max_flops(data, space: Space, epochs: float, model_kwargs: dict) -> float:
     counts them: its objective, full batches only."""
     from ..compress import baseline_method
     from ..train.ledger import FlopsLedger
-    return max(FlopsLedger.for_config(replace(cfg, schedule=f"{baseline_method()}:1x1"), data).epoch_flops(1) * epochs
-               for _, cfg in space.trial_configs(model_kwargs))
+
+    return max(
+        FlopsLedger.for_config(replace(cfg, schedule=f"{baseline_method()}:1x1"), data).epoch_flops(1) * epochs
+        for _, cfg in space.trial_configs(model_kwargs)
+    )
 
 
 def _close_stale_trials(db: Path) -> None:

@@ -1,11 +1,12 @@
 """Optuna through Ray Tune's ``OptunaSearch``: multi-objective (metric up, FLOPs down)."""
+
 from __future__ import annotations
 
 import json
 import pickle
 
 import optuna
-from ray.tune.search import SearchGenerator, Searcher
+from ray.tune.search import Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from ..config import SEARCHABLE
@@ -19,15 +20,20 @@ METRICS, MODES = ["val_metric", "train_flops"], ["max", "min"]
 def load_study(db) -> optuna.Study:
     """The search's Optuna study in DIR/optuna.db; a missing or damaged file is one error naming it."""
     import sqlalchemy.exc
+
     if not db.is_file():  # SQLite would create an empty one
-        raise SpaceError(f"{db}: not found, and the search's Optuna study lives there; restore the file, or start "
-                         f"a new search in another --out ('c2f-search pareto' still reads the results so far)")
+        raise SpaceError(
+            f"{db}: not found, and the search's Optuna study lives there; restore the file, or start "
+            f"a new search in another --out ('c2f-search pareto' still reads the results so far)"
+        )
     try:
         return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
     except (KeyError, RuntimeError, sqlalchemy.exc.SQLAlchemyError) as e:
         why = str(e).splitlines()[0][:200] if not isinstance(e, KeyError) else f"it holds no study {STUDY!r}"
-        raise SpaceError(f"{db}: cannot be read as the search's Optuna study ({why}); restore the file, or start "
-                         f"a new search in another --out") from None
+        raise SpaceError(
+            f"{db}: cannot be read as the search's Optuna study ({why}); restore the file, or start "
+            f"a new search in another --out"
+        ) from None
 
 
 # consecutive samples that all repeat a configuration already run: the space is used up
@@ -38,8 +44,10 @@ MAX_REPEATS = 200
 # OptunaSearch (to tell Optuna about repeats, and to reconnect a moved folder's study), and the experiment
 # and sample count of the SearchGenerator that Tune restores. Only this module touches them, and
 # ``test_the_private_ray_state_this_module_uses_is_still_there`` fails when a Ray release moves one.
-RAY_PRIVATE = {OptunaSearch: ("_ot_trials", "_ot_study", "_storage", "_study_name", "_sampler"),
-               SearchGenerator: ("_experiment", "_total_samples", "_finished")}
+RAY_PRIVATE = {
+    OptunaSearch: ("_ot_trials", "_ot_study", "_storage", "_study_name", "_sampler"),
+    SearchGenerator: ("_experiment", "_total_samples", "_finished"),
+}
 
 
 def optuna_state(search: OptunaSearch) -> tuple[dict, optuna.Study]:
@@ -50,8 +58,9 @@ def optuna_state(search: OptunaSearch) -> tuple[dict, optuna.Study]:
 def config_key(config: dict) -> str:
     """What a trial trains: its model, schedule and the hyperparameters it sets (not the sampler's raw
     parameters, several of which can give the same schedule)."""
-    return json.dumps({k: v for k, v in config.items() if k in ("schedule", "model") or k in SEARCHABLE},
-                      sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in config.items() if k in ("schedule", "model") or k in SEARCHABLE}, sort_keys=True
+    )
 
 
 class C2FOptunaSearch(OptunaSearch):
@@ -67,10 +76,10 @@ class C2FOptunaSearch(OptunaSearch):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._first: dict[str, str] = {}     # config key -> Tune trial id that trains it
-        self._key: dict[str, str] = {}       # Tune trial id -> its config key
+        self._first: dict[str, str] = {}  # config key -> Tune trial id that trains it
+        self._key: dict[str, str] = {}  # Tune trial id -> its config key
         self._outcome: dict[str, tuple] = {}  # Tune trial id -> (values, state) told to Optuna
-        self._waiting: dict[str, list] = {}   # Tune trial id -> Optuna trial numbers repeating it
+        self._waiting: dict[str, list] = {}  # Tune trial id -> Optuna trial numbers repeating it
         self.repeats, self.exhausted = 0, False
 
     def suggest(self, trial_id):
@@ -121,8 +130,11 @@ class C2FOptunaSearch(OptunaSearch):
     # and a moved search folder no longer has it there. ``reopen`` connects to the study where it is now.
     # Optuna trials (which hold the storage) are kept as their numbers, which Study.tell takes as well.
     def __getstate__(self):
-        return self.__dict__ | {"_storage": None, "_ot_study": None,
-                                "_ot_trials": {t: _number(ot) for t, ot in self._ot_trials.items()}}
+        return self.__dict__ | {
+            "_storage": None,
+            "_ot_study": None,
+            "_ot_trials": {t: _number(ot) for t, ot in self._ot_trials.items()},
+        }
 
     def save(self, checkpoint_path: str):
         with open(checkpoint_path, "wb") as f:
@@ -131,8 +143,9 @@ class C2FOptunaSearch(OptunaSearch):
     def reopen(self, storage) -> None:
         """Use the study in `storage` (the search folder's as it is now), keeping the sampler's state."""
         self._storage = storage
-        self._ot_study = optuna.load_study(study_name=self._study_name, storage=storage, sampler=self._sampler,
-                                           pruner=optuna.pruners.NopPruner())
+        self._ot_study = optuna.load_study(
+            study_name=self._study_name, storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner()
+        )
 
 
 def _number(ot) -> int:
@@ -167,7 +180,9 @@ def make_sampler(name: str, space: Space, seed: int, epochs):
         if not space.is_grid:
             raise SpaceError(f"{space.path}: --sampler grid needs a space with a 'schedules' list (e.g. paper.yaml)")
         if space.hparams:
-            raise SpaceError(f"{space.path}: --sampler grid runs listed schedules; move searched hyperparameters to 'fixed'")
+            raise SpaceError(
+                f"{space.path}: --sampler grid runs listed schedules; move searched hyperparameters to 'fixed'"
+            )
         grid = {"schedule": space.grid(epochs), **({"model": space.models} if space.searches_model else {})}
         return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "tpe":
@@ -183,6 +198,13 @@ def make_searcher(space: Space, sampler: str, seed: int, epochs: float, storage)
     """Multi-objective OptunaSearch over a space: val_metric up, train_flops down."""
     # an open space that allows the baseline runs it first, so every front has a reference
     baseline_first = [{"coarse_phases": 0}] if not space.is_grid and space.coarse_phases[0] == 0 else None
-    return C2FOptunaSearch(space=space.define_by_run(epochs), metric=METRICS, mode=MODES,
-                           points_to_evaluate=baseline_first, sampler=make_sampler(sampler, space, seed, epochs),
-                           study_name=STUDY, storage=storage, seed=seed)
+    return C2FOptunaSearch(
+        space=space.define_by_run(epochs),
+        metric=METRICS,
+        mode=MODES,
+        points_to_evaluate=baseline_first,
+        sampler=make_sampler(sampler, space, seed, epochs),
+        study_name=STUDY,
+        storage=storage,
+        seed=seed,
+    )

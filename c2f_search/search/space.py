@@ -8,13 +8,13 @@ Two kinds of file:
     population-based training (``search --scheduler pbt``);
   * a grid (``schedules:``): listed schedules run as they are (e.g. the paper's grid).
 """
+
 from __future__ import annotations
 
 import itertools
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
 
 from ..compress import baseline_method, get_method, list_methods
 from ..config import FIXED_ONLY, SEARCHABLE, TrainConfig
@@ -23,12 +23,33 @@ from ..files import read_yaml
 from ..schedule import Phase, Schedule, parse_schedule
 from ..validate import validate
 
-TOP_KEYS = {"name", "description", "data", "model", "epochs", "metric_target", "resources", "space",
-            "schedules", "fixed", "objective", "finetune", "pbt"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "data",
+    "model",
+    "epochs",
+    "metric_target",
+    "resources",
+    "space",
+    "schedules",
+    "fixed",
+    "objective",
+    "finetune",
+    "pbt",
+}
 PBT_KEYS = {"interval": 0.5, "quantile": 0.25, "lower_C": 0.5}  # and their defaults
 FINETUNE_KEYS = {"data", "schedule", "fixed"}
-SPACE_KEYS = {"method", "later_method", "coarse_phases", "C_values", "phase_fraction", "max_coarse_fraction", "controller",
-              "final_fraction"}
+SPACE_KEYS = {
+    "method",
+    "later_method",
+    "coarse_phases",
+    "C_values",
+    "phase_fraction",
+    "max_coarse_fraction",
+    "controller",
+    "final_fraction",
+}
 HPARAMS = set(SEARCHABLE)
 LEARNED = Schedule("fshift", (Phase(2, None), Phase(1, 1.0)))  # a learned schedule to check controller settings on
 RESOURCE_KEYS = {"cpu", "gpu"}
@@ -79,8 +100,9 @@ class Space:
         out = []
         for s, m in zip(self.schedules or [], self.grid_models or [None] * len(self.schedules or [])):
             k = (epochs or s.total_epochs) / s.total_epochs
-            text = str(Schedule(s.method, tuple(replace(p, epochs=_round(p.epochs * k)) for p in s.phases),
-                                s.coarse_only))
+            text = str(
+                Schedule(s.method, tuple(replace(p, epochs=_round(p.epochs * k)) for p in s.phases), s.coarse_only)
+            )
             out.append(f"{m} {text}" if m else text)
         return out
 
@@ -91,8 +113,9 @@ class Space:
     def variants(self) -> set[tuple[str, str, int]]:
         """Every (model, method, C) a trial of this space may train at."""
         if self.is_grid and self.grid_models:
-            return {(m or self.model, p.method, p.C) for s, m in zip(self.schedules, self.grid_models)
-                    for p in s.phases}
+            return {
+                (m or self.model, p.method, p.C) for s, m in zip(self.schedules, self.grid_models) for p in s.phases
+            }
         return {(m, meth, C) for m in self.models for meth, C in self.phase_variants()}
 
     def max_C(self) -> int:
@@ -117,25 +140,40 @@ class Space:
         {setting: the space key that sets it}, so that a check against the data names the key."""
         n = len(self.schedules or [])
         if self.is_grid:
-            entries = [(m, fx) for gm, fx in zip(self.grid_models or [None] * n, self.grid_fixed or [{}] * n)
-                       for m in ([gm] if gm else self.models)]
+            entries = [
+                (m, fx)
+                for gm, fx in zip(self.grid_models or [None] * n, self.grid_fixed or [{}] * n)
+                for m in ([gm] if gm else self.models)
+            ]
         else:
             entries = [(m, {}) for m in self.models]
         out, seen = [], set()
         for model, own in entries:
-            keys = {"model": "model", **{k: f"fixed.{k}" for k in self.fixed},
-                    **{k: f"schedules.fixed.{k}" for k in own}}
+            keys = {
+                "model": "model",
+                **{k: f"fixed.{k}" for k in self.fixed},
+                **{k: f"schedules.fixed.{k}" for k in own},
+            }
             for values in [{}] + [{k: v} for k, spec in self.hparams.items() for v in _extremes(spec)]:
                 settings = {**self.fixed, **own, **values}
                 key = repr((model, sorted(settings.items())))
                 if key not in seen:
                     seen.add(key)
-                    out.append(({**keys, **{k: f"space.{k}" for k in values}},
-                                TrainConfig("none:1x1", model=model, model_kwargs=model_kwargs or {},
-                                            objective=self.objective, **settings)))
+                    out.append(
+                        (
+                            {**keys, **{k: f"space.{k}" for k in values}},
+                            TrainConfig(
+                                "none:1x1",
+                                model=model,
+                                model_kwargs=model_kwargs or {},
+                                objective=self.objective,
+                                **settings,
+                            ),
+                        )
+                    )
         return out
 
-    def define_by_run(self, epochs: float | None = None) -> "DefineByRun":
+    def define_by_run(self, epochs: float | None = None) -> DefineByRun:
         """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
         return DefineByRun(self, epochs or self.epochs)
 
@@ -169,7 +207,9 @@ class Space:
         Cs = [int(c) for c in trial.suggest_categorical(f"C_{k}", combos).split("-")]
         if self.is_adaptive:  # the controller learns the coarse lengths; the final phase keeps its share
             final = _round(trial.suggest_float("final_fraction", *self.final_fraction) * E)
-            return Schedule(method, (*(Phase(C, None, later if i else None) for i, C in enumerate(Cs)), Phase(1, final)))
+            return Schedule(
+                method, (*(Phase(C, None, later if i else None) for i, C in enumerate(Cs)), Phase(1, final))
+            )
         fr = [trial.suggest_float(f"fraction_{i + 1}", *self.phase_fraction) for i in range(k)]
         if sum(fr) > self.max_coarse_fraction:  # keep a real full-resolution phase
             fr = [f * self.max_coarse_fraction / sum(fr) for f in fr]
@@ -190,8 +230,13 @@ class DefineByRun:
             labels = sp.grid(self.epochs)
             label = trial.suggest_categorical("schedule", labels)
             model, _, schedule = label.rpartition(" ")
-            cfg.update({"schedule": schedule, **({"model": model} if model else {}),
-                        **(sp.grid_fixed[labels.index(label)] if sp.grid_fixed else {})})
+            cfg.update(
+                {
+                    "schedule": schedule,
+                    **({"model": model} if model else {}),
+                    **(sp.grid_fixed[labels.index(label)] if sp.grid_fixed else {}),
+                }
+            )
         else:
             schedule = sp.sample_schedule(trial, self.epochs)
             cfg["schedule"] = str(schedule)
@@ -228,7 +273,9 @@ def _check_hparam(path, name, spec):
     try:
         lo, hi = float(spec["low"]), float(spec["high"])
     except (TypeError, ValueError):
-        raise _err(path, f"space.{name}", "low and high must be numbers (write 1.0e-3, not 1e-3, for YAML floats)") from None
+        raise _err(
+            path, f"space.{name}", "low and high must be numbers (write 1.0e-3, not 1e-3, for YAML floats)"
+        ) from None
     if not lo < hi or (spec.get("log") and lo <= 0):
         raise _err(path, f"space.{name}", f"needs low < high (and low > 0 with log), got {lo}, {hi}")
 
@@ -277,6 +324,7 @@ def find_space(name_or_path: str) -> Path:
     if p.is_file():
         return p
     import search_spaces  # shipped beside c2f_search in the wheel and in a checkout
+
     shipped = Path(search_spaces.__file__).parent / f"{name_or_path.removesuffix('.yaml')}.yaml"
     if shipped.is_file():
         return shipped
@@ -309,17 +357,27 @@ def _top_level(path, doc) -> Space:
     if not isinstance(epochs, (int, float)) or epochs <= 0:
         raise _err(path, "epochs", f"the epoch budget per trial must be a number > 0, got {epochs!r}")
     res = doc.get("resources", {})
-    if not isinstance(res, dict) or set(res) - RESOURCE_KEYS or any(
-            not (isinstance(v, (int, float)) and v >= 0 or (k, v) == ("gpu", "auto")) for k, v in res.items()):
-        raise _err(path, "resources", "must be {cpu: N, gpu: N} with numbers >= 0 (gpu may be fractional, e.g. 0.5, "
-                                      "or auto: one GPU per trial where the cluster has GPUs)")
+    if (
+        not isinstance(res, dict)
+        or set(res) - RESOURCE_KEYS
+        or any(not (isinstance(v, (int, float)) and v >= 0 or (k, v) == ("gpu", "auto")) for k, v in res.items())
+    ):
+        raise _err(
+            path,
+            "resources",
+            "must be {cpu: N, gpu: N} with numbers >= 0 (gpu may be fractional, e.g. 0.5, "
+            "or auto: one GPU per trial where the cluster has GPUs)",
+        )
     fixed = doc.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise _err(path, "fixed", "must be a mapping of hyperparameter: value")
     bad = set(fixed) - HPARAMS - set(FIXED_ONLY)
     if bad:
-        raise _err(path, f"fixed.{sorted(bad)[0]}",
-                   f"unknown hyperparameter; allowed: {', '.join(sorted(HPARAMS | set(FIXED_ONLY)))}")
+        raise _err(
+            path,
+            f"fixed.{sorted(bad)[0]}",
+            f"unknown hyperparameter; allowed: {', '.join(sorted(HPARAMS | set(FIXED_ONLY)))}",
+        )
     models = doc.get("model", "ast-tiny")
     models = models if isinstance(models, list) else [models]
     for model in models:
@@ -328,6 +386,7 @@ def _top_level(path, doc) -> Space:
         raise _err(path, "model", "a model name or a list of distinct model names")
     model = models[0]
     from ..objectives import OBJECTIVES
+
     objective = doc.get("objective", "supervised")
     if not isinstance(objective, str) or objective not in OBJECTIVES:
         raise _err(path, "objective", f"must be one of {', '.join(OBJECTIVES.names())}, got {objective!r}")
@@ -336,9 +395,19 @@ def _top_level(path, doc) -> Space:
     mt = doc.get("metric_target")
     if mt is not None and not (isinstance(mt, (int, float)) and 0 <= mt <= 1):
         raise _err(path, "metric_target", f"accuracy and mAP lie in [0, 1], got {mt!r}")
-    sp = Space(str(path), doc.get("name", path.stem), float(epochs), model=model, models=models,
-               data=doc.get("data"), metric_target=doc.get("metric_target"), resources={"cpu": 1, "gpu": "auto", **res},
-               fixed=fixed, objective=objective, finetune=_finetune(path, doc, objective, models))
+    sp = Space(
+        str(path),
+        doc.get("name", path.stem),
+        float(epochs),
+        model=model,
+        models=models,
+        data=doc.get("data"),
+        metric_target=doc.get("metric_target"),
+        resources={"cpu": 1, "gpu": "auto", **res},
+        fixed=fixed,
+        objective=objective,
+        finetune=_finetune(path, doc, objective, models),
+    )
     return sp
 
 
@@ -354,8 +423,9 @@ def _grid(path, doc, sp: Space) -> None:
     try:
         sp.schedules = [parse_schedule(str(e["schedule"])) for e in entries]
     except ScheduleError as e:
-        raise _err(path, "schedules", f"{e}; quote schedules in YAML flow lists, ['fshift:4x5,1x15'], "
-                   "since commas split them") from None
+        raise _err(
+            path, "schedules", f"{e}; quote schedules in YAML flow lists, ['fshift:4x5,1x15'], since commas split them"
+        ) from None
     if any("model" in e for e in entries):
         if len(models) > 1:
             raise _err(path, "model", "give one model (the default) when grid entries name their own")
@@ -364,7 +434,7 @@ def _grid(path, doc, sp: Space) -> None:
             _check_model(path, "schedules", m)
     if any("fixed" in e for e in entries):
         sp.grid_fixed = [dict(e.get("fixed") or {}) for e in entries]
-        for e, m, fx in zip(entries, sp.grid_models or [model] * len(entries), sp.grid_fixed):
+        for m, fx in zip(sp.grid_models or [model] * len(entries), sp.grid_fixed):
             bad = set(fx) - HPARAMS
             if bad:
                 raise _err(path, f"schedules.fixed.{sorted(bad)[0]}", f"unknown; allowed: {', '.join(sorted(HPARAMS))}")
@@ -386,21 +456,32 @@ def _open(path, doc, sp: Space) -> None:
         if key in SPACE_KEYS:
             continue
         if key in FIXED_ONLY:
-            raise _err(path, f"space.{key}", f"can be fixed (fixed.{key}) but not searched: it changes speed and "
-                                             f"numerics, not the FLOPs a front is drawn against")
+            raise _err(
+                path,
+                f"space.{key}",
+                f"can be fixed (fixed.{key}) but not searched: it changes speed and "
+                f"numerics, not the FLOPs a front is drawn against",
+            )
         if key not in HPARAMS:
             raise _err(path, f"space.{key}", f"unknown; allowed: {', '.join(sorted(SPACE_KEYS | HPARAMS))}")
         _check_hparam(path, key, spec)
         sp.hparams[key] = spec
     for m in models:
-        _check_values(path, "space", m, {**fixed, "objective": objective}, {k: _extremes(v) for k, v in sp.hparams.items()})
+        _check_values(
+            path, "space", m, {**fixed, "objective": objective}, {k: _extremes(v) for k, v in sp.hparams.items()}
+        )
     compressing = list_methods(compressing_only=True)
     from ..models import get_family
     from ..objectives import get_objective
+
     takes_drop = get_objective(objective).takes_token_drop
     # without a list: every method that each model and the objective can train
-    usable = [m for m in compressing if all(get_method(m).needs <= get_family(x).provides for x in models)
-              and (takes_drop or not get_method(m).drops_tokens)]
+    usable = [
+        m
+        for m in compressing
+        if all(get_method(m).needs <= get_family(x).provides for x in models)
+        and (takes_drop or not get_method(m).drops_tokens)
+    ]
     methods = body.get("method", usable)
     if not isinstance(methods, list) or not methods or set(methods) - set(compressing):
         raise _err(path, "space.method", f"must be a list drawn from {', '.join(compressing)}")
@@ -415,13 +496,21 @@ def _open(path, doc, sp: Space) -> None:
     if not (isinstance(cp, dict) and {"low", "high"} == set(cp) and 0 <= cp["low"] <= cp["high"]):
         raise _err(path, "space.coarse_phases", "must be {low: 0.., high: ..} with low <= high")
     Cs = body.get("C_values", [8, 4, 2])
-    if not isinstance(Cs, list) or not Cs or any(not isinstance(c, int) or c < 2 for c in Cs) or len(set(Cs)) != len(Cs):
+    if (
+        not isinstance(Cs, list)
+        or not Cs
+        or any(not isinstance(c, int) or c < 2 for c in Cs)
+        or len(set(Cs)) != len(Cs)
+    ):
         raise _err(path, "space.C_values", "must be a list of distinct integers >= 2, e.g. [8, 4, 2]")
     if cp["high"] > len(Cs):
         raise _err(path, "space.coarse_phases", f"high={cp['high']} needs at least that many C_values, have {len(Cs)}")
     if later is not None and cp["high"] < 2:
-        raise _err(path, "space.later_method", "sets the method of the coarse phases after the first; give "
-                                               "coarse_phases a high of 2 or more")
+        raise _err(
+            path,
+            "space.later_method",
+            "sets the method of the coarse phases after the first; give coarse_phases a high of 2 or more",
+        )
     fr = body.get("phase_fraction", {"low": 0.1, "high": 0.3})
     if not (isinstance(fr, dict) and {"low", "high"} == set(fr) and 0 < fr["low"] < fr["high"] < 1):
         raise _err(path, "space.phase_fraction", "must be {low: .., high: ..} with 0 < low < high < 1")
@@ -443,6 +532,7 @@ def _open(path, doc, sp: Space) -> None:
 
 def _check_model(path, key: str, name) -> None:
     from ..models import get_family
+
     try:
         get_family(str(name))
     except ConfigError as e:
@@ -452,17 +542,25 @@ def _check_model(path, key: str, name) -> None:
 def _check_token_drop(path, key: str, objective: str, methods: list[str]) -> None:
     """A token-dropping method only with an objective that trains with dropped tokens (not SSAST pretraining)."""
     from ..objectives import get_objective
+
     drops = [m for m in methods if get_method(m).drops_tokens]
     if drops and not get_objective(objective).takes_token_drop:
-        raise _err(path, key, f"the {objective} objective cannot train with dropped tokens ({drops[0]}); use a "
-                              f"method that shortens the input, e.g. fshift")
+        raise _err(
+            path,
+            key,
+            f"the {objective} objective cannot train with dropped tokens ({drops[0]}); use a "
+            f"method that shortens the input, e.g. fshift",
+        )
 
 
 def _controllers(path, spec, epochs: float) -> dict:
     """controller: {plateau: {patience: [1, 2], delta: {low: 0, high: 0.02}}, probe: {steps: [5, 10]}}."""
     from ..controllers import CONTROLLERS, make_controller
+
     if not isinstance(spec, dict) or not spec or set(spec) - set(CONTROLLERS.names()):
-        raise _err(path, "space.controller", f"must map controllers ({', '.join(CONTROLLERS.names())}) to their settings")
+        raise _err(
+            path, "space.controller", f"must map controllers ({', '.join(CONTROLLERS.names())}) to their settings"
+        )
     out = {}
     for name, settings in spec.items():
         settings = settings or {}

@@ -2,6 +2,7 @@
 objective's ``Scorer`` under the run's autocast, eagerly (only the training step is compiled). The
 split asked for is the split scored; only validation counts as evaluation FLOPs (a test evaluation is
 reporting). ``evaluate_state`` scores a saved state without building a ``Run``."""
+
 from __future__ import annotations
 
 import tempfile
@@ -25,8 +26,10 @@ class Evaluator:
         token-dropping method drops tokens in training steps only)."""
         model.eval()
         scorer = self.objective.scorer(model, C)
-        with matmul_mode(self.precision, self.device), \
-                self.pipeline.eval_batches(split, C, EVAL_BATCH, method) as batches:
+        with (
+            matmul_mode(self.precision, self.device),
+            self.pipeline.eval_batches(split, C, EVAL_BATCH, method) as batches,
+        ):
             for x, y in batches:
                 with autocast(self.precision, self.device):
                     scorer.add(x, y)
@@ -46,16 +49,20 @@ def evaluate_state(state: dict, data, split: str = "test", device="cpu") -> floa
     from .pipeline import InputPipeline
     from .precision import resolve_device, resolve_precision
     from .state import upgrade
+
     device = resolve_device(device)
     cfg = TrainConfig.from_dict(state["config"])
     fe = data.fe
     full = Geometry(fe.num_mel_bins, fe.target_length)
     phase = upgrade(state)["phases"][-1]
     method = get_method(phase["method"])
-    model = load_model(state["model_name"], Geometry(**state["geometry"]), state["model_kwargs"], state["model"], device)
+    model = load_model(
+        state["model_name"], Geometry(**state["geometry"]), state["model_kwargs"], state["model"], device
+    )
     pipeline = InputPipeline(cfg, data, device, norm=tuple(state["identity"]["norm"]))
-    evaluator = Evaluator(make_objective(cfg, data, full), pipeline, resolve_precision(state["precision"], device),
-                          device)
+    evaluator = Evaluator(
+        make_objective(cfg, data, full), pipeline, resolve_precision(state["precision"], device), device
+    )
     return evaluator.evaluate(model, split, phase["C"], method)[0]
 
 
@@ -63,6 +70,7 @@ def read_state(fs, checkpoint_dir: str) -> dict:
     """The training state in a Tune checkpoint folder on a pyarrow filesystem (local, s3://, gs://)."""
     from ..files import load_checkpoint
     from ..schema import CHECKPOINT_FILE
+
     with tempfile.TemporaryDirectory() as d:
         local = Path(d) / CHECKPOINT_FILE
         with fs.open_input_stream(f"{checkpoint_dir}/{CHECKPOINT_FILE}") as src:

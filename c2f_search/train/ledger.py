@@ -2,13 +2,14 @@
 wall time) and what one step costs in each phase, by (method, C): a schedule's phases may name their own
 methods, and a token-dropping phase costs the tokens it keeps. It is the one place that counts: ``Run`` adds to it,
 controllers read it, and ASHA's ``max_t`` and the benchmarks ask it for an epoch's FLOPs."""
+
 from __future__ import annotations
 
 from types import MappingProxyType
 
 from ..compress import get_method
-from ..models.flops import kept_tokens
 from ..geometry import Geometry
+from ..models.flops import kept_tokens
 from ..models.phase import build_for_phase
 
 COUNTERS = ("train_flops", "eval_flops", "train_time_s", "wall_time_s", "controller_flops", "compile_time_s")
@@ -23,13 +24,15 @@ class FlopsLedger:
         self._step_flops: dict[tuple[str, int], float] = {}
 
     @classmethod
-    def for_config(cls, cfg, data) -> "FlopsLedger":
+    def for_config(cls, cfg, data) -> FlopsLedger:
         """A ledger for a run of `cfg` on `data` that is not built (ASHA's max_t, benchmarks)."""
         from ..objectives import make_objective
         from .pipeline import steps_per_epoch
+
         full = Geometry(data.fe.num_mel_bins, data.fe.target_length)
-        return cls(cfg, data.num_classes, cfg.schedule, full, make_objective(cfg, data, full),
-                   steps_per_epoch(cfg, data))
+        return cls(
+            cfg, data.num_classes, cfg.schedule, full, make_objective(cfg, data, full), steps_per_epoch(cfg, data)
+        )
 
     @property
     def counters(self) -> MappingProxyType:
@@ -43,6 +46,7 @@ class FlopsLedger:
         from types import SimpleNamespace
 
         from ..objectives import make_objective
+
         labels = SimpleNamespace(num_classes=num_classes, multilabel=multilabel)
         return cls(cfg, num_classes, cfg.schedule, full, make_objective(cfg, labels, full), steps_per_epoch=1)
 
@@ -52,8 +56,9 @@ class FlopsLedger:
         method = get_method(method or self.schedule.method_at(C))
         key = (method.name, C)
         if key not in self._step_flops:
-            m = build_for_phase(self.cfg.model, self.cfg.build_kwargs(self.num_classes), method, C, self.full,
-                                device="meta")
+            m = build_for_phase(
+                self.cfg.model, self.cfg.build_kwargs(self.num_classes), method, C, self.full, device="meta"
+            )
             kept = kept_tokens(m, method, C)
             per_sample = self.objective.train_flops(m) if kept is None else self.objective.train_flops(m, kept=kept)
             self._step_flops[key] = float(per_sample)

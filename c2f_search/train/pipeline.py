@@ -5,6 +5,7 @@ device-side preparation: the method's transform (pooling), SpecAugment, normaliz
 and mixup. Each phase names its method (a schedule's phases may mix them), so every call takes the phase's
 method with its C. Everything random draws from the process-wide generators, which the run installs around
 its own work (``rng.RunRNG``), in a fixed order per batch: SpecAugment, noise, mixup."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -12,12 +13,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..data.sets import balanced_weights
-from ..validate import check_batch_size
 from ..data.frontend import add_noise, normalize, spec_augment
 from ..data.prefetch import PinnedRing, Prefetcher, host_batches
+from ..data.sets import balanced_weights
+from ..validate import check_batch_size
 
 PREFETCH = 4  # batches the loader gathers ahead
+
 
 def steps_per_epoch(cfg, data) -> int:
     """Optimizer steps per epoch: every step trains a full batch (the last partial one is dropped,
@@ -43,8 +45,9 @@ class InputPipeline:
 
     def features(self, split: str, C: int, method):
         fe = self.data.fe
-        return self.data.features(split, method.frame_shift(fe.frame_shift_ms, C),
-                                  method.feature_length(fe.target_length, C))
+        return self.data.features(
+            split, method.frame_shift(fe.frame_shift_ms, C), method.feature_length(fe.target_length, C)
+        )
 
     def _full(self, split: str):
         """The features at full resolution (C = 1 reads the same for every method)."""
@@ -67,7 +70,7 @@ class InputPipeline:
                 order = torch.randperm(self.n_train, generator=g)
             self._perm, self._perm_epoch = order.numpy(), epoch
         B = self.cfg.batch_size
-        return self._perm[b * B:(b + 1) * B]
+        return self._perm[b * B : (b + 1) * B]
 
     def _clip_weights(self) -> torch.Tensor:
         if self._weights is None:
@@ -122,5 +125,7 @@ def mixup(x, y, frac: float, beta):
     lam = beta.sample((B,))
     lam = torch.where(torch.rand(B, device=x.device) < frac, lam, torch.ones_like(lam))
     j = torch.randperm(B, device=x.device)
-    return (lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x[j],
-            lam.view(-1, 1) * y + (1 - lam.view(-1, 1)) * y[j])
+    return (
+        lam.view(-1, 1, 1) * x + (1 - lam.view(-1, 1, 1)) * x[j],
+        lam.view(-1, 1) * y + (1 - lam.view(-1, 1)) * y[j],
+    )

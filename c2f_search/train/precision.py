@@ -3,6 +3,7 @@
 ``auto`` resolves at run time: bf16 on a CUDA device that has it, fp16 (with a GradScaler) on an
 older one, fp32 on the CPU. TF32 is a CUDA matmul mode; on the CPU it is plain fp32.
 """
+
 from __future__ import annotations
 
 import re
@@ -11,18 +12,19 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from ..errors import ConfigError
+
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Dense peak TFLOP/s (fp32 on CUDA cores, tf32, bf16 = fp16 on tensor cores) from NVIDIA's datasheets,
 # whose tensor figures "with sparsity" are halved here. First match on the CUDA device name wins.
 PEAK_TFLOPS = [
     (r"H200 NVL", 60.0, 417.5, 835.5),
-    (r"H200", 67.0, 494.7, 989.4),   # SXM
+    (r"H200", 67.0, 494.7, 989.4),  # SXM
     (r"H100 NVL", 60.0, 417.5, 835.5),
     (r"H100 PCIe", 51.0, 378.0, 756.5),
-    (r"H100", 67.0, 494.7, 989.4),   # SXM (80GB HBM3)
+    (r"H100", 67.0, 494.7, 989.4),  # SXM (80GB HBM3)
     (r"A100", 19.5, 156.0, 312.0),
-    (r"A10G", 31.2, 62.5, 125.0),    # AWS publishes no A10G tensor figures: the A10 datasheet's
+    (r"A10G", 31.2, 62.5, 125.0),  # AWS publishes no A10G tensor figures: the A10 datasheet's
     (r"A10\b", 31.2, 62.5, 125.0),
     (r"L40S", 91.6, 183.0, 362.1),
     (r"L4\b", 30.3, 60.0, 121.0),

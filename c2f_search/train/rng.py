@@ -1,5 +1,6 @@
 """Each run owns its random streams: nothing seeds the process-wide RNGs, so two runs in one
 process draw exactly what they would draw in two processes."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -12,34 +12,43 @@ The step does not wait for the host: batches arrive from a prefetching thread, l
 device and are checked for NaN/inf once every ``check_every`` steps and at every evaluation. Every
 step trains a full batch, so each phase has one static shape (and compiles once).
 """
+
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import MappingProxyType
-from typing import Iterator
 
 import torch
 
-from .state import STATE_VERSION, check_continues, relabel, upgrade
-from .state import identity as state_identity
-from .callbacks.averaging import WeightAverage
 from ..compress import get_method
 from ..controllers import Adopt, Done, PhaseController, Train, Transition, make_controller
-from .evaluator import Evaluator
 from ..geometry import Geometry
-from .ledger import FlopsLedger
 from ..models import get_family, load_model
+from ..models.phase import build_for_phase, transfer_weights
 from ..objectives import make_objective
+from ..schedule import trained_schedule
+from ..validate import validate
+from .callbacks.averaging import WeightAverage
+from .evaluator import Evaluator
+from .ledger import FlopsLedger
 from .optim import phase_optimizer
 from .pipeline import InputPipeline, steps_per_epoch
-from .precision import device_name, grad_scaler, matmul_mode, mfu, peak_flops, resolve_device, resolve_precision, synchronize
+from .precision import (
+    device_name,
+    grad_scaler,
+    matmul_mode,
+    mfu,
+    peak_flops,
+    resolve_device,
+    resolve_precision,
+    synchronize,
+)
 from .rng import RunRNG
-from ..schedule import trained_schedule
+from .state import STATE_VERSION, check_continues, relabel, upgrade
+from .state import identity as state_identity
 from .step import TrainStep, sum_finite
-from ..models.phase import build_for_phase, transfer_weights
-from ..validate import validate
 
 NONFINITE_CHECK_STEPS = 25  # one host read per this many steps (and at every evaluation)
 
@@ -58,7 +67,7 @@ class _ReadOnly(Sequence):
 class Progress:
     """What a controller sees of a run: read-only progress, and ``fork`` to look ahead."""
 
-    def __init__(self, run: "Run"):
+    def __init__(self, run: Run):
         self._run = run
 
     step = property(lambda self: self._run.step)
@@ -70,7 +79,7 @@ class Progress:
     def step_flops(self, C: int) -> float:
         return self._run.ledger.step_flops(C)
 
-    def fork(self, controller: PhaseController) -> "Run":
+    def fork(self, controller: PhaseController) -> Run:
         """A run forked from the current state and trained to its end under `controller` (e.g. a probe);
         the run itself is untouched until the controller answers ``Adopt(fork)``."""
         r = self._run
@@ -82,8 +91,15 @@ class Progress:
 
 
 class Run:
-    def __init__(self, cfg, data, device="auto", state: dict | None = None,
-                 controller: PhaseController | None = None, callbacks=()):
+    def __init__(
+        self,
+        cfg,
+        data,
+        device="auto",
+        state: dict | None = None,
+        controller: PhaseController | None = None,
+        callbacks=(),
+    ):
         self.cfg, self.data, self.device = validate(cfg), data, resolve_device(device)
         self.plan = cfg.schedule  # names the method of every phase's C
         self.controller = controller or make_controller(self.plan, cfg.transition, cfg.eval_every)
@@ -106,19 +122,34 @@ class Run:
         self.objective = make_objective(cfg, data, self.full)
         self.ledger = FlopsLedger(cfg, data.num_classes, self.plan, self.full, self.objective, self.steps_per_epoch)
         self.evaluator = Evaluator(self.objective, self.pipeline, self.precision, self.device, self.ledger)
-        self.averaging = WeightAverage(cfg.weight_averaging, self.controller.final_C()) if cfg.weight_averaging else None
+        self.averaging = (
+            WeightAverage(cfg.weight_averaging, self.controller.final_C()) if cfg.weight_averaging else None
+        )
         self.callbacks = [cb for cb in (self.averaging, *callbacks) if cb is not None]
         self.progress, self.check_every, self.is_fork = Progress(self), NONFINITE_CHECK_STEPS, False
         self.train_step: TrainStep | None = None
         self.step, self.done, self.history = 0, False, []
         first = self.controller.first_C()
-        self.phases = [{"C": first, "method": self.plan.method_at(first), "steps": 0,
-                        "planned": self.controller.planned_steps(0), "reason": "start"}]
+        self.phases = [
+            {
+                "C": first,
+                "method": self.plan.method_at(first),
+                "steps": 0,
+                "planned": self.controller.planned_steps(0),
+                "reason": "start",
+            }
+        ]
         # initialised on the CPU, so a seed gives the same weights on any device; a state brings its own
         # weights and optimizer, so its placeholder model is shapes only
         with self.rng.active():
-            self.model = build_for_phase(cfg.model, cfg.build_kwargs(data.num_classes), self.method, self.C,
-                                         self.full, device="meta" if state is not None else None)
+            self.model = build_for_phase(
+                cfg.model,
+                cfg.build_kwargs(data.num_classes),
+                self.method,
+                self.C,
+                self.full,
+                device="meta" if state is not None else None,
+            )
         if state is not None:
             self.load_state_dict(state)
             return
@@ -136,8 +167,9 @@ class Run:
     counters = property(lambda self: self.ledger.counters, doc="cumulative FLOPs and times, read-only")
 
     def _new_optimizer(self) -> None:
-        self.opt, self.lr_sched = phase_optimizer(self.cfg, self.model.parameters(), self.device, self.steps_per_epoch,
-                                                  self.phases[-1]["planned"])
+        self.opt, self.lr_sched = phase_optimizer(
+            self.cfg, self.model.parameters(), self.device, self.steps_per_epoch, self.phases[-1]["planned"]
+        )
 
     def _act(self) -> Train | Done:
         """Ask the controller until it says train or stop, carrying out transitions and adoptions."""
@@ -145,8 +177,15 @@ class Run:
             act = self.controller.next_action(self.progress)
             if isinstance(act, Transition):
                 before = self.method
-                self.phases.append({"C": act.C, "method": self.plan.method_at(act.C), "steps": 0, "reason": act.reason,
-                                    "planned": self.controller.planned_steps(len(self.phases))})
+                self.phases.append(
+                    {
+                        "C": act.C,
+                        "method": self.plan.method_at(act.C),
+                        "steps": 0,
+                        "reason": act.reason,
+                        "planned": self.controller.planned_steps(len(self.phases)),
+                    }
+                )
                 old, new = self.model.geometry, self.method.geometry(act.C, self.full)
                 if new != old:  # weights move only where the grid changes (token dropping keeps it)
                     kernel = self.method if new.time_stretch >= old.time_stretch else before  # the wider patch's rule
@@ -159,15 +198,17 @@ class Run:
             elif isinstance(act, (Train, Done)):
                 return act
             else:
-                raise TypeError(f"{type(self.controller).__name__}.next_action returned {act!r}; a controller "
-                                f"answers Train, Transition, Adopt or Done")
+                raise TypeError(
+                    f"{type(self.controller).__name__}.next_action returned {act!r}; a controller "
+                    f"answers Train, Transition, Adopt or Done"
+                )
 
     def _adopt(self, act: Adopt) -> None:
         mine, state = self.controller, act.fork.state_dict()
         state["controller"] = {"name": mine.name, "describe": mine.describe(), "state": mine.state_dict()}
-        for p in state["phases"][len(self.phases):]:
+        for p in state["phases"][len(self.phases) :]:
             p["reason"] = act.reason or p["reason"]
-        for r in state["history"][len(self.history):]:
+        for r in state["history"][len(self.history) :]:
             r.update(schedule=mine.describe(), controller=mine.name)
         self.load_state_dict(state)
         self.ledger.add_controller(act.extra_train_flops, act.extra_eval_flops)
@@ -177,8 +218,9 @@ class Run:
         compiled or warmed up the step rather than trained at speed)."""
         self.model.train()
         if self.train_step is None or self.train_step.model is not self.model:  # compiled once per phase
-            self.train_step = TrainStep(self.model, self.objective, self.precision, self.device, self.compiled,
-                                        self.scaler)
+            self.train_step = TrainStep(
+                self.model, self.objective, self.precision, self.device, self.compiled, self.scaler
+            )
         window, total, start, warm_s, warm_n = [], torch.zeros((), device=self.device), self.step, 0.0, 0
         order = [self.pipeline.batch_indices(s, self.steps_per_epoch) for s in range(self.step, stop)]
         method, C = self.method, self.C
@@ -189,8 +231,11 @@ class Run:
                 if warm:  # timed on its own: a compile is not training time
                     synchronize(self.device)
                     t = time.perf_counter()
-                extra = (method.keep_index(C, self.model.token_grid, x.shape[0], x.device) if drop
-                         else self.objective.extra(self.model, x))
+                extra = (
+                    method.keep_index(C, self.model.token_grid, x.shape[0], x.device)
+                    if drop
+                    else self.objective.extra(self.model, x)
+                )
                 window.append(step(x, y, self.opt, extra))
                 if warm:
                     synchronize(self.device)
@@ -245,22 +290,41 @@ class Run:
             phase["train_time_s"] = phase.get("train_time_s", 0.0) + dt
             metric, val_loss = self.evaluator.evaluate(self.model, "val", self.C, self.method)
             self.ledger.add_time(wall=time.perf_counter() - t0)
-            rec = {"schedule": self.controller.describe(), "controller": self.controller.name,
-                   "method": self.plan.label, "phase": self.phase + 1, "C": self.C,
-                   "epoch": self.step / self.steps_per_epoch, "step": self.step, "train_loss": loss,
-                   "val_loss": val_loss, "val_metric": metric, "metric_name": self.metric_name, **self.ledger.counters,
-                   "averaged": False, "phase_train_time_s": phase["train_time_s"], "precision": self.precision,
-                   "device": self.device_name, "samples_per_s": (self.step - steps - warm_n) * self.cfg.batch_size / dt,
-                   "mfu": mfu(self.ledger.counters["train_flops"] - flops - warm_n * self.ledger.step_flops(self.C),
-                              dt, self.peak)}
+            rec = {
+                "schedule": self.controller.describe(),
+                "controller": self.controller.name,
+                "method": self.plan.label,
+                "phase": self.phase + 1,
+                "C": self.C,
+                "epoch": self.step / self.steps_per_epoch,
+                "step": self.step,
+                "train_loss": loss,
+                "val_loss": val_loss,
+                "val_metric": metric,
+                "metric_name": self.metric_name,
+                **self.ledger.counters,
+                "averaged": False,
+                "phase_train_time_s": phase["train_time_s"],
+                "precision": self.precision,
+                "device": self.device_name,
+                "samples_per_s": (self.step - steps - warm_n) * self.cfg.batch_size / dt,
+                "mfu": mfu(
+                    self.ledger.counters["train_flops"] - flops - warm_n * self.ledger.step_flops(self.C), dt, self.peak
+                ),
+            }
             self.controller.observe(self.progress, rec)
             nxt = self.controller.next_action(self.progress)
             reached = self._reached(metric, self.C)
             self.done = reached or isinstance(nxt, Done)
-            rec.update(phase_end=not isinstance(nxt, Train), schedule_done=self.done, target_reached=reached,
-                       reason=None if isinstance(nxt, Train) else ("metric target reached" if reached and not
-                                                                    isinstance(nxt, Done) else nxt.reason),
-                       trained=trained_schedule(self.phases, self.steps_per_epoch))
+            rec.update(
+                phase_end=not isinstance(nxt, Train),
+                schedule_done=self.done,
+                target_reached=reached,
+                reason=None
+                if isinstance(nxt, Train)
+                else ("metric target reached" if reached and not isinstance(nxt, Done) else nxt.reason),
+                trained=trained_schedule(self.phases, self.steps_per_epoch),
+            )
             self.history.append(rec)
             yield self._hand_over(rec)
         for cb in self.callbacks if not self.is_fork else ():  # a fork's end is not the run's
@@ -281,16 +345,27 @@ class Run:
 
     def state_dict(self) -> dict:
         c = self.controller
-        return {"version": STATE_VERSION, "config": self.cfg.to_dict(), "identity": self.identity(),
-                "controller": {"name": c.name, "describe": c.describe(), "state": c.state_dict()},
-                "phases": [dict(p) for p in self.phases], "step": self.step, "done": self.done,
-                "counters": self.ledger.state_dict(), "history": [dict(r) for r in self.history],
-                "model_name": self.model.model_name, "model_kwargs": dict(self.model.model_kwargs),
-                "geometry": self.model.geometry.as_dict(), "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
-                "rng": self.rng.state_dict(), "precision": self.precision,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key}}
+        return {
+            "version": STATE_VERSION,
+            "config": self.cfg.to_dict(),
+            "identity": self.identity(),
+            "controller": {"name": c.name, "describe": c.describe(), "state": c.state_dict()},
+            "phases": [dict(p) for p in self.phases],
+            "step": self.step,
+            "done": self.done,
+            "counters": self.ledger.state_dict(),
+            "history": [dict(r) for r in self.history],
+            "model_name": self.model.model_name,
+            "model_kwargs": dict(self.model.model_kwargs),
+            "geometry": self.model.geometry.as_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "lr_sched": self.lr_sched.state_dict(),
+            "rng": self.rng.state_dict(),
+            "precision": self.precision,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
+        }
 
     def load_state_dict(self, s: dict) -> None:
         """Continue from a saved state: this run's own (resume) or one whose trained history the
@@ -305,8 +380,13 @@ class Run:
         self.history = [dict(r) for r in s["history"]]
         relabel(self.history, c, self._reached, self.step)
         # copies: a state taken from a live run (a fork, a probe) must not share its tensors
-        self.model = load_model(s["model_name"], Geometry(**s["geometry"]), s["model_kwargs"],
-                                {k: v.clone() for k, v in s["model"].items()}, self.device)
+        self.model = load_model(
+            s["model_name"],
+            Geometry(**s["geometry"]),
+            s["model_kwargs"],
+            {k: v.clone() for k, v in s["model"].items()},
+            self.device,
+        )
         self._new_optimizer()
         self.opt.load_state_dict(copy.deepcopy(s["optimizer"]))
         self.lr_sched.load_state_dict(s["lr_sched"])

@@ -1,6 +1,7 @@
 """One optimizer step of one phase, built not to wait for the host: the forward and loss under the
 run's autocast, compiled once per phase (CUDA graphs on CUDA), a GradScaler for fp16, fused Adam,
 and the loss handed back as a device tensor. ``Run`` trains with it and ``bench/gpu_step.py`` times it."""
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,7 @@ from .precision import autocast
 def adam(params, lr, weight_decay, betas, device: torch.device) -> torch.optim.Adam:
     """Fused Adam where torch has the kernel: one launch for every parameter, and it takes a
     GradScaler's inf check on the device instead of asking the host."""
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas,
-                            fused=device.type in ("cuda", "cpu"))
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=device.type in ("cuda", "cpu"))
 
 
 class _ForwardLoss(nn.Module):
@@ -38,6 +38,7 @@ def allow_recompiles(entries: int = 64) -> None:
     process may train many: torch's limits (8 entries per function) are raised to `entries`. Past them
     Dynamo runs the new shapes eagerly; ``_EagerFallbackLine`` says so in one line."""
     import torch._dynamo.config as dc
+
     dc.recompile_limit = max(dc.recompile_limit, entries)
     dc.accumulated_recompile_limit = max(dc.accumulated_recompile_limit, entries)
     log = logging.getLogger("torch._dynamo.convert_frame")
@@ -59,9 +60,12 @@ class _EagerFallbackLine(logging.Filter):
         limit_type, limit, function, reason = record.args[:4]
         if function not in self.seen:
             self.seen.add(function)
-            print(f"c2f-search: torch.compile reached {limit_type}={limit} for {function}: its new shapes run "
-                  f"eagerly (slower, same results); last recompile reason: {str(reason).splitlines()[0]}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"c2f-search: torch.compile reached {limit_type}={limit} for {function}: its new shapes run "
+                f"eagerly (slower, same results); last recompile reason: {str(reason).splitlines()[0]}",
+                file=sys.stderr,
+                flush=True,
+            )
         return False
 
 
@@ -69,8 +73,15 @@ class TrainStep:
     """``step(x, y, opt)`` -> the loss as a detached device tensor. Nothing in it reads a value back
     to the host, so the host queues the next steps while the device works."""
 
-    def __init__(self, model, objective, precision: str, device: torch.device, compile: bool,
-                 scaler: torch.amp.GradScaler | None = None):
+    def __init__(
+        self,
+        model,
+        objective,
+        precision: str,
+        device: torch.device,
+        compile: bool,
+        scaler: torch.amp.GradScaler | None = None,
+    ):
         """`objective`: ``extra(model, x)`` (host-side draws) and ``forward_loss(model, x, y, extra)``,
         e.g. ``ClassificationLoss`` or a run's objective (``c2f_search.objectives``)."""
         self.model, self.scaler, self.calls = model, scaler, 0
@@ -109,6 +120,8 @@ def sum_finite(window: list, step: int, where: str, every: int) -> torch.Tensor:
     bad = ~torch.isfinite(losses)
     if bad.any():
         k = int(bad.nonzero()[0])
-        raise NonFiniteLoss(f"loss is {losses[k].item()} at step {step - len(window) + k} ({where}; found at step "
-                            f"{step - 1} by the check that runs every {every} steps); lower --lr or check the data")
+        raise NonFiniteLoss(
+            f"loss is {losses[k].item()} at step {step - len(window) + k} ({where}; found at step "
+            f"{step - 1} by the check that runs every {every} steps); lower --lr or check the data"
+        )
     return losses.sum()

@@ -1,4 +1,5 @@
 """A callback defined outside the package: steps trained per C, kept in the run's state."""
+
 from c2f_search.train.callbacks.base import Callback
 
 

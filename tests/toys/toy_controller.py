@@ -1,5 +1,6 @@
 """A phase controller defined outside the package: every auto phase trains exactly `steps` steps
 (``--transition toy-count:steps=N``), evaluating at its end."""
+
 from c2f_search.controllers import Done, Train, Transition, register_controller
 from c2f_search.controllers.adaptive import AdaptiveSchedule
 

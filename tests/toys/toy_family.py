@@ -1,5 +1,6 @@
 """A model family defined outside the package: a tiny net with a learned per-time-token embedding
 (like a position embedding) that provides a shorter time axis, and nothing else."""
+
 import torch
 import torch.nn as nn
 
@@ -26,8 +27,11 @@ class ToyFamily(ModelFamily):
 
     def adapt_state_dict(self, sd, old, new, method):
         emb = sd["time_embed"]  # (1, W, 1, t): resample along time like a position embedding
-        sd["time_embed"] = resample_grid_embed(emb.flatten(2).transpose(1, 2), (1, new.time_embed.shape[-1]),
-                                               (1, emb.shape[-1]), 0).transpose(1, 2).reshape(new.time_embed.shape)
+        sd["time_embed"] = (
+            resample_grid_embed(emb.flatten(2).transpose(1, 2), (1, new.time_embed.shape[-1]), (1, emb.shape[-1]), 0)
+            .transpose(1, 2)
+            .reshape(new.time_embed.shape)
+        )
         return sd
 
 

@@ -1,4 +1,5 @@
 """A compression method defined outside the package: keep every C-th frame (decimation)."""
+
 from c2f_search import Geometry, Method, register_method
 from c2f_search.geometry import Capability
 

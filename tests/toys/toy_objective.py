@@ -1,5 +1,6 @@
 """An objective defined outside the package: squared error between the softmax and the one-hot label
 (Brier score), scored by accuracy."""
+
 import torch.nn.functional as F
 
 from c2f_search.models.flops import eval_flops, train_flops

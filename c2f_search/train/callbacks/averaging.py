@@ -9,6 +9,7 @@ installs ``WeightAverage`` as its first callback: it sees every record, and once
 evaluates the averaged model and hands back its own record (``averaged`` = true). ``from:E`` keeps one running
 sum; ``top:K`` keeps K copies of the weights, in memory and in every checkpoint of the run.
 """
+
 from __future__ import annotations
 
 import time
@@ -43,9 +44,11 @@ class WeightAverage(Callback):
         if sd is None:
             return None
         from ...models import load_model
+
         m = run.model
-        metric, val_loss = run.evaluator.evaluate(load_model(m.model_name, m.geometry, m.model_kwargs, sd, run.device),
-                                                  "val", run.C, run.method)
+        metric, val_loss = run.evaluator.evaluate(
+            load_model(m.model_name, m.geometry, m.model_kwargs, sd, run.device), "val", run.C, run.method
+        )
         run.ledger.add_time(wall=time.perf_counter() - t0)
         return {**run.history[-1], "val_metric": metric, "val_loss": val_loss, **run.ledger.counters, "averaged": True}
 
@@ -67,7 +70,7 @@ class WeightAverage(Callback):
         else:
             self.best.append({"metric": metric, "step": int(record["step"]), "weights": weights})
             self.best.sort(key=lambda e: (-e["metric"], e["step"]))  # ties: the earlier one stays
-            del self.best[self.n:]
+            del self.best[self.n :]
 
     def averaged(self) -> dict | None:
         """The averaged weights, or None if no evaluation qualified."""
@@ -78,16 +81,26 @@ class WeightAverage(Callback):
         if not self.best:
             return None
         last = max(self.best, key=lambda e: e["step"])["weights"]
-        return {k: (torch.stack([e["weights"][k] for e in self.best]).mean(0) if v.is_floating_point() else v)
-                for k, v in last.items()}
+        return {
+            k: (torch.stack([e["weights"][k] for e in self.best]).mean(0) if v.is_floating_point() else v)
+            for k, v in last.items()
+        }
 
     def members(self) -> str:
-        return (f"{self.count} evaluations from epoch {self.n:g}" if self.mode == "from"
-                else f"the best {len(self.best)} of the final phase (steps {sorted(e['step'] for e in self.best)})")
+        return (
+            f"{self.count} evaluations from epoch {self.n:g}"
+            if self.mode == "from"
+            else f"the best {len(self.best)} of the final phase (steps {sorted(e['step'] for e in self.best)})"
+        )
 
     def state_dict(self) -> dict:
-        return {"final_C": self.final_C, "total": self.total, "count": self.count, "best": self.best,
-                "last_step": self.last_step}
+        return {
+            "final_C": self.final_C,
+            "total": self.total,
+            "count": self.count,
+            "best": self.best,
+            "last_step": self.last_step,
+        }
 
     def load_state_dict(self, s: dict) -> None:
         if s and s.get("final_C") == self.final_C:  # a forked history ending at another C starts afresh

@@ -5,6 +5,7 @@ A callback may implement any of the hooks below; a stateful one names ``state_ke
 averaging (``averaging.py``), the progress bar and the run folder of ``c2f-search train`` (here), and
 the Ray Tune reporter (``trainables/c2f.py``).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -34,5 +35,3 @@ class Callback:
 
     def load_state_dict(self, state: dict | None) -> None:
         pass
-
-

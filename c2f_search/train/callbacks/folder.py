@@ -1,4 +1,5 @@
 """``RunFolder``: the ``train`` command's folder (``layout.RunDir``), written as the run goes."""
+
 from __future__ import annotations
 
 from ...files import save_checkpoint

@@ -1,7 +1,9 @@
 """``ProgressBar``: a tqdm bar over a run's steps."""
+
 from __future__ import annotations
 
 from .base import Callback
+
 
 class ProgressBar(Callback):
     """A tqdm bar over the run's steps, with the phase, C, epoch, loss and metric."""
@@ -11,6 +13,7 @@ class ProgressBar(Callback):
 
     def on_fit_start(self, run):
         from tqdm import tqdm
+
         self.bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=self.disable, dynamic_ncols=True)
         schedule = run.schedule
         self.n_phases = len(schedule.phases) if schedule is not None else "?"
@@ -21,8 +24,11 @@ class ProgressBar(Callback):
         self.bar.update(1)
 
     def on_eval_end(self, run, record):
-        self.bar.set_postfix(epoch=f"{record['epoch']:.2f}/{self.total}", loss=f"{record['train_loss']:.3f}",
-                             **{run.metric_name: f"{record['val_metric']:.3f}"})
+        self.bar.set_postfix(
+            epoch=f"{record['epoch']:.2f}/{self.total}",
+            loss=f"{record['train_loss']:.3f}",
+            **{run.metric_name: f"{record['val_metric']:.3f}"},
+        )
 
     def on_fit_end(self, run):
         self.bar.close()
