@@ -30,7 +30,6 @@ JSON_NAMES = {
     type(None): "null",
 }
 FULL_BELOW = 1 << 20  # a write that fails with less than this free on its file system failed for lack of space
-LOCK_FILE = ".c2f-search.lock"
 HOST = socket.gethostname()
 # a temporary file or folder names its writer, so that one left by a killed process can be told from one
 # being written now (a feature cache is shared by every process on the machine)
@@ -257,21 +256,22 @@ def remove_stale_temporaries(*folders) -> None:
 
 
 @contextmanager
-def folder_lock(folder, what: str, command: str):
-    """Hold `folder` for one command: no other c2f-search command writes there until this one ends.
+def folder_lock(lock, what: str, command: str):
+    """Hold the folder of the file `lock` (``RunDir.lock``, ``SearchDir.lock``) for one command: no other
+    c2f-search command writes there until this one ends.
 
-    The lock is a POSIX record lock on ``DIR/.c2f-search.lock`` (``fcntl.lockf``): the kernel releases it
+    The lock is a POSIX record lock on that file (``fcntl.lockf``): the kernel releases it
     when the process ends, however it ends, so a lock left by a killed process never blocks, and it also
     works on NFS. The file names the holder (pid, host, command), for the one-line refusal. Folders this
     call creates are removed again if nothing else was written to them. `what` names the folder as the
     user gave it (``--out runs/x``)."""
     import fcntl
 
-    folder = Path(folder)
+    path = Path(lock)
+    folder = path.parent
     if folder.exists() and not folder.is_dir():
         raise C2FError(f"{what}: is a file; give a folder")
     created = [p for p in (folder, *folder.parents) if not p.exists()]
-    path = folder / LOCK_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True)
         while True:

@@ -6,8 +6,14 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 os.environ.setdefault("RAY_enable_metrics_collection", "0")  # no dashboard here: saves about 1 s per ray.init
 
 import json  # noqa: E402
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest  # noqa: E402
+import soundfile as sf
 
 TINY_DATA = "builtin:events?train=40&val=20&seed=3"
 
@@ -71,3 +77,65 @@ def craft_search(root, trial_ids=("base", "c2f"), metric_name="accuracy", baseli
         ]
         (trial / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return root
+
+
+def wav(path, n=8000, value=None):
+    y = np.random.default_rng(0).standard_normal(n).astype("float32") * 0.1 if value is None else value
+    sf.write(str(path), y, 16000, subtype="FLOAT")  # float, so NaN survives
+    return str(path)
+
+
+def datafile(tmp_path, entries, labels=("/m/a", "/m/b")):
+    csv = tmp_path / "class_labels_indices.csv"
+    csv.write_text("index,mid,display_name\n" + "".join(f"{i},{m},{m[3:]}\n" for i, m in enumerate(labels)))
+    f = tmp_path / "train.json"
+    f.write_text(json.dumps({"data": entries}))
+    return f, csv
+
+
+def grid_space(tmp_path, schedules):
+    f = tmp_path / "space.yaml"
+    f.write_text(
+        "epochs: 2\nschedules: [" + ", ".join(f'"{x}"' for x in schedules) + "]\n"
+        "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n"
+    )
+    return f
+
+
+def run_cli(args, log, env, timeout):
+    """Run the CLI with output to a file: Ray's daemons inherit pipes and can hold them open."""
+    with open(log, "w") as f:
+        rc = subprocess.run(
+            [sys.executable, "-m", "c2f_search.cli", *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=timeout,
+        ).returncode
+    return subprocess.CompletedProcess(args, rc, stdout=Path(log).read_text())
+
+
+@pytest.fixture
+def fresh_ray():
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+def kill_ray_session_of(driver_pid: int) -> None:
+    """Kill what is left of the Ray instance a killed driver started (its GCS, raylet, ...), and nothing
+    else: other Ray instances on the machine (`ray stop` would kill them all) are left alone. Ray's
+    session folder ends with the driver's pid: /tmp/ray/session_<time>_<pid>."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "session_" in cmd and (f"_{driver_pid}/" in cmd or cmd.strip().endswith(f"_{driver_pid}")):
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

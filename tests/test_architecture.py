@@ -1,22 +1,15 @@
-"""The architecture's contracts: layers, one-way imports and no import circle, a config that imports
-nothing of the core, nothing outside train.py reading Run's private parts, a method, a family, a
-controller, an objective and a callback each added from outside the package (tests/toys/), forking
-from a shared prefix, and runs that own their RNG."""
+"""The architecture's contracts: the layers by folder, one-way imports, no import circle, a config that
+imports only errors and the schedule, a core that runs without Ray, and nothing outside train/run.py reading
+Run's private parts (docs/architecture.md)."""
 
 import ast as pyast
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from c2f_search import FixedSchedule, Geometry, Run, TrainConfig, fork_point, parse_schedule
-from c2f_search.errors import CheckpointError, ConfigError, ScheduleError
-from c2f_search.validate import validate
-
-from .conftest import TINY_DATA, last_state
+from .conftest import TINY_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "c2f_search"
@@ -103,6 +96,7 @@ def test_imports_point_one_way():
             )
 
 
+@pytest.mark.slow
 def test_core_runs_with_ray_unimportable(tmp_path):
     """Every core module imports, and `train` runs, with `import ray` failing."""
     code = f"""
@@ -185,238 +179,3 @@ def test_no_module_reads_a_private_attribute_of_run():
         if isinstance(n, pyast.Attribute) and n.attr in private
     ]
     assert not bad, f"modules read private attributes of Run: {bad}"
-
-
-# ------------------------------------------------------------------- pieces registered from outside
-@pytest.fixture
-def toy():
-    """Import a toy module from tests/toys (again, so it registers itself); its registrations are undone
-    after the test, so other tests see only the built-ins."""
-    import importlib
-
-    from c2f_search.compress import METHODS
-    from c2f_search.controllers import CONTROLLERS
-    from c2f_search.models import MODELS
-    from c2f_search.objectives import OBJECTIVES
-
-    registries = (METHODS, MODELS, CONTROLLERS, OBJECTIVES)
-    before = {id(r): set(r.names()) for r in registries}
-
-    def load(name):
-        mod = importlib.import_module(f"tests.toys.{name}")
-        return importlib.reload(mod)
-
-    yield load
-    for r in registries:
-        for name in set(r.names()) - before[id(r)]:
-            r.unregister(name)
-
-
-def test_a_family_registered_from_outside_trains_coarse_to_fine(tiny_data, toy):
-    toy("toy_family")  # registers toy-net
-    cfg = TrainConfig("maxpool:4x1,2x1,1x1", model="toy-net", batch_size=8, lr=1e-2, warmup_steps=0)
-    run = Run(cfg, tiny_data, "cpu")
-    recs = list(run.records())
-    assert [r["C"] for r in recs] == [4, 2, 1] and recs[-1]["schedule_done"]
-    assert run.model.time_embed.shape[-1] == 256 // 8 and run.model.geometry == Geometry(64, 256)
-    flops = [b["train_flops"] - a["train_flops"] for a, b in zip([{"train_flops": 0}] + recs, recs)]
-    assert flops[0] < flops[1] < flops[2]  # counted per phase by the same FlopCounterMode path
-    with pytest.raises(Exception, match="multiple of 8|divide"):
-        Run(TrainConfig("maxpool:64x1,1x1", model="toy-net"), tiny_data, "cpu")
-
-
-def test_a_toy_is_gone_after_its_test():
-    from c2f_search.models import list_models
-
-    assert "toy-net" not in list_models()
-
-
-def test_a_family_without_a_capability_is_refused_naming_both(tiny_data, tmp_path, toy):
-    toy("toy_family")
-    with pytest.raises(
-        ScheduleError,
-        match="toy-net .*does not support the compression method 'patch-pi': it needs "
-        "a patch kernel stretched along time, which toy does not provide",
-    ):
-        Run(TrainConfig("patch-pi:2x1,1x1", model="toy-net"), tiny_data, "cpu")
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "c2f_search.cli",
-            "train",
-            "--data",
-            TINY_DATA,
-            "--model",
-            "cnn14-tiny",
-            "--schedule",
-            "patch-bl:2x1,1x1",
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert "cnn14-tiny" in p.stderr and "'patch-bl'" in p.stderr and not (tmp_path / "r").exists()
-
-
-def _tiny(schedule, **kw):
-    return TrainConfig(schedule, **{"model_kwargs": {"depth": 1}, "batch_size": 8, "lr": 3e-4, "warmup_steps": 2, **kw})
-
-
-def test_a_method_registered_from_outside_trains_coarse_to_fine(tiny_data, toy):
-    toy("toy_method")  # registers toy-decimate
-    run = Run(_tiny("toy-decimate:4x1,2x1,1x1", timem=32), tiny_data, "cpu")
-    recs = run.fit()
-    assert [r["C"] for r in recs] == [4, 2, 1] and [r["method"] for r in recs] == ["toy-decimate"] * 3
-    assert run.model.token_grid == (4, 16)
-    with pytest.raises(ScheduleError, match="unknown method 'toy-decimat'"):
-        Run(_tiny("toy-decimat:2x1,1x1"), tiny_data, "cpu")
-
-
-def test_a_controller_registered_from_outside_trains_coarse_to_fine(tiny_data, toy):
-    toy("toy_controller")  # registers toy-count
-    run = Run(_tiny("avgpool:4xauto,2xauto,1x1", transition="toy-count:steps=3"), tiny_data, "cpu")
-    run.fit()
-    assert [(p["C"], p["steps"]) for p in run.phases] == [(4, 3), (2, 3), (1, 5)]
-    assert run.phases[1]["reason"] == "counted 3 steps" and run.history[-1]["controller"] == "toy-count"
-    with pytest.raises(ConfigError, match="'count=3' is not one of steps="):
-        Run(_tiny("avgpool:4xauto,1x1", transition="toy-count:count=3"), tiny_data, "cpu")
-
-
-def test_an_objective_registered_from_outside_trains_coarse_to_fine(tiny_data, toy):
-    toy("toy_objective")  # registers toy-brier
-    run = Run(_tiny("fshift:2x1,1x1", objective="toy-brier", lr=1e-3), tiny_data, "cpu")
-    recs = run.fit()
-    assert [r["C"] for r in recs] == [2, 1] and all(0 <= r["val_loss"] <= 2 for r in recs)
-    assert recs[0]["train_loss"] != recs[1]["train_loss"] and 0 <= recs[-1]["val_metric"] <= 1
-    with pytest.raises(ConfigError, match="objective: must be one of masked-patch, supervised, toy-brier"):
-        validate(_tiny("none:1x1", objective="toy-brie"))
-
-
-def test_a_callback_from_outside_sees_every_step_and_keeps_its_state(tiny_data):
-    from .toys.toy_callback import StepsPerC
-
-    cb = StepsPerC()
-    run = Run(_tiny("avgpool:2x1,1x1"), tiny_data, "cpu", callbacks=[cb])
-    it = run.records()
-    next(it)  # the end of phase 1
-    state = run.state_dict()
-    assert (
-        cb.steps == {"2": 5} and cb.phase_ends == [2] and state["callbacks"]["toy_steps_per_C"] == {"steps": {"2": 5}}
-    )
-    again = StepsPerC()
-    resumed = Run(_tiny("avgpool:2x1,1x1"), tiny_data, "cpu", state=state, callbacks=[again])
-    assert again.steps == {"2": 5}
-    resumed.fit()
-    assert again.steps == {"2": 5, "1": 5}
-
-
-# --------------------------------------------------------------------------------------- forking
-def _cfg(schedule, **kw):
-    base = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32, mixup=0.5)
-    return TrainConfig(schedule, **{**base, **kw})
-
-
-def _metrics(records):
-    return [
-        (
-            r["step"],
-            r["C"],
-            r["phase"],
-            r["train_loss"],
-            r["val_metric"],
-            r["train_flops"],
-            r["eval_flops"],
-            r["phase_end"],
-            r["schedule_done"],
-            r["schedule"],
-        )
-        for r in records
-    ]
-
-
-def test_forked_runs_match_runs_from_scratch(tiny_data):
-    """Three schedules share a prefix; each forked run's records equal its run from scratch."""
-    a, b, c = "fshift:2x1,1x1", "fshift:2x1,1x2", "fshift:2x1.4,1x1.6"  # 5 steps per epoch
-    scratch = {s: _metrics(Run(_cfg(s), tiny_data, "cpu").records()) for s in (a, b, c)}
-    end_a = last_state(Run(_cfg(a), tiny_data, "cpu"))  # a's final state, step 10
-    fork_b = Run(_cfg(b), tiny_data, "cpu", state=end_a)  # b goes on at C=1 from step 10
-    rest_b = list(fork_b.records())
-    assert _metrics(fork_b.history) == scratch[b] and rest_b and rest_b[0]["step"] == 15
-    # c's first phase is longer (7 steps): it can take a's state at step 5, an epoch end of both
-    assert fork_point(parse_schedule(a), parse_schedule(c), 5) == 5
-    at5 = last_state(Run(_cfg(a), tiny_data, "cpu"), at_step=5)
-    fork_c = Run(_cfg(c), tiny_data, "cpu", state=at5)
-    list(fork_c.records())
-    assert _metrics(fork_c.history) == scratch[c]
-    assert fork_c.history[0]["phase_end"] is False  # a's phase ended at step 5, c's does not: relabelled
-    with pytest.raises(CheckpointError, match="trained 5 steps|planned"):
-        Run(_cfg(c), tiny_data, "cpu", state=end_a)  # a's phase 1 is not c's
-    with pytest.raises(CheckpointError, match="lr"):
-        Run(_cfg(b, lr=1e-3), tiny_data, "cpu", state=end_a)  # other hyperparameters: another trajectory
-
-
-def test_fork_point_rules():
-    s = parse_schedule
-    assert fork_point(s("fshift:4x2,1x4"), s("fshift:4x2,1x8"), 10) == 60  # all of the parent
-    assert fork_point(s("fshift:4x2,1x4"), s("fshift:4x3,1x3"), 10) == 20  # into the longer first phase
-    assert fork_point(s("fshift:4x2,1x4"), s("fshift:4x3,1x3"), 10, lr_needs_length=True) == 0
-    assert fork_point(s("fshift:4x2,1x4"), s("fshift:4x2,1x8"), 10, lr_needs_length=True) == 20
-    assert fork_point(s("fshift:4x2,1x4"), s("avgpool:4x2,1x4"), 10) == 0  # another method
-    assert fork_point(s("fshift:4x2,1x4"), s("fshift:2x2,1x4"), 10) == 0  # another C
-    assert fork_point(s("fshift:4x1.5,1x4"), s("fshift:4x2,1x4"), 10) == 10  # last common epoch end
-    assert fork_point(s("none:1x3"), s("none:1x5"), 7) == 21
-
-
-def test_cosine_lr_forks_only_where_the_phase_length_agrees(tiny_data):
-    a, b = "fshift:2x1,1x1", "fshift:2x1,1x2"
-    at5 = last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"), at_step=5)
-    end_a = last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"))
-    scratch = _metrics(Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu").records())
-    fork = Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu", state=at5)
-    list(fork.records())
-    assert _metrics(fork.history) == scratch
-    with pytest.raises(CheckpointError, match="cosine"):
-        Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu", state=end_a)
-
-
-# ------------------------------------------------------------------------------------------- RNG
-_ONE_RUN = """
-import json, sys
-from c2f_search import Data, Run, TrainConfig
-data = Data.from_specs("{data}")
-cfg = TrainConfig(sys.argv[1], model_kwargs={{"depth": 1}}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8,
-                  timem=32, mixup=0.5, seed=int(sys.argv[2]))
-print(json.dumps([[r["step"], r["train_loss"], r["val_metric"]] for r in Run(cfg, data, "cpu").records()]))
-"""
-
-
-def test_two_runs_in_one_process_equal_two_processes(tiny_data, tmp_path):
-    jobs = [("avgpool:2x1,1x1", 1), ("patch-pi:2x1,1x1", 2)]
-    runs = [Run(_cfg(s, seed=seed), tiny_data, "cpu") for s, seed in jobs]
-    torch.manual_seed(123)  # the process-wide RNG is neither used nor disturbed by the runs
-    before = torch.get_rng_state()
-    its = [r.records() for r in runs]
-    together = [[], []]
-    for _ in range(2):  # interleaved: each run's records alternate with the other's
-        for k, it in enumerate(its):
-            r = next(it)
-            together[k].append([r["step"], r["train_loss"], r["val_metric"]])
-    assert torch.equal(torch.get_rng_state(), before)
-    script = tmp_path / "one.py"
-    script.write_text(_ONE_RUN.format(data=TINY_DATA))
-    for (s, seed), mine in zip(jobs, together):
-        p = subprocess.run([sys.executable, str(script), s, str(seed)], capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stderr[-2000:]
-        assert json.loads(p.stdout.strip().splitlines()[-1]) == mine
-
-
-# ---------------------------------------------------------------------------------- Table 1 Pool2
-def test_coarse_only_ablation_trains_and_evaluates_at_its_own_C(tiny_data):
-    run = Run(_cfg("avgpool:2x1,coarse-only", metric_target=0.0), tiny_data, "cpu")
-    recs = list(run.records())
-    assert [r["C"] for r in recs] == [2] and recs[0]["target_reached"]  # its final phase is C=2
-    assert run.model.geometry == Geometry(64, 128)
-    assert isinstance(run.controller, FixedSchedule) and run.controller.final_C() == 2

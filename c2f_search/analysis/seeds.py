@@ -12,6 +12,17 @@ from .formatting import format_mean_sd, mean_sd
 from .pareto import baseline_reference, save_figure, trial_quantities
 from .rows import by_trial
 
+# the per-seed quantities a schedule's summary gives as mean and sd over its seeds
+SUMMARIZED = (
+    "best_final_metric",
+    "final_metric",
+    "convergence_delta",
+    "total_flops",
+    "flops_saving",
+    "time_saving",
+    "flops_saved",
+)
+
 
 def analyse_seeds(rows: pa.Table) -> tuple[list[dict], list[dict]]:
     """(per-seed rows, per-schedule summary). Each schedule's budget-mode saving at seed s is measured
@@ -54,15 +65,7 @@ def analyse_seeds(rows: pa.Table) -> tuple[list[dict], list[dict]]:
             and len(done) == len(qs)
             and all(q["budget_reached"] and q["flops_saving"] > 0 for q in done),
         }
-        for k in (
-            "best_final_metric",
-            "final_metric",
-            "convergence_delta",
-            "total_flops",
-            "flops_saving",
-            "time_saving",
-            "flops_saved",
-        ):
+        for k in SUMMARIZED:
             row[f"{k}_mean"], row[f"{k}_sd"] = mean_sd([q[k] for q in done])
         summary.append(row)
     return sorted(per_seed, key=lambda q: (*schedule_key(q), q["seed"])), summary

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .formatting import format_mean_sd
 from .pareto import save_figure
-from .seeds import schedule_key
+from .seeds import SUMMARIZED, schedule_key
 
 SIDE_KEYS = (
     "schedule",
@@ -17,19 +17,7 @@ SIDE_KEYS = (
     "finished",
     "reached",
     "holds_every_seed",
-    *(
-        f"{k}_{s}"
-        for k in (
-            "best_final_metric",
-            "final_metric",
-            "convergence_delta",
-            "total_flops",
-            "flops_saving",
-            "time_saving",
-            "flops_saved",
-        )
-        for s in ("mean", "sd")
-    ),
+    *(f"{k}_{s}" for k in SUMMARIZED for s in ("mean", "sd")),
 )
 
 

@@ -38,7 +38,7 @@ def cmd_confirm(a) -> int:
     if not out.is_dir():
         raise C2FError(f"{a.dir}: no such search folder; give the --out folder of a search")
     target = _target(a)
-    with folder_lock(out, a.dir, "confirm"):
+    with folder_lock(SearchDir(out).lock, a.dir, "confirm"):
         remove_stale_temporaries(out)
         with ray_session():
             if target is None:

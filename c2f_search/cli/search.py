@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import C2FError, NoResults, SpaceError
+from ..layout import SearchDir
 from ..settings import DataSettings, SearchSettings, check_agrees, given, resolve_test
 from .args import (
     add_data_args,
@@ -222,7 +223,7 @@ def run(flags: dict, out, resume: bool = False, address: str | None = None) -> i
     """Run (or resume) the search in `out` with the flags given; then export its fronts."""
     from ..files import folder_lock, remove_stale_temporaries
 
-    with folder_lock(Path(out), f"--out {out}", "search"):
+    with folder_lock(SearchDir(out).lock, f"--out {out}", "search"):
         remove_stale_temporaries(Path(out))
         settings = resumed_settings(out, flags) if resume else search_settings(flags, out)
         print(

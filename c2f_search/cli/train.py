@@ -45,7 +45,7 @@ def _train_alone(a, pretrain: bool) -> int:
     from ..files import folder_lock, remove_stale_temporaries
 
     folder = RunDir(a.out)
-    with folder_lock(folder.path, f"--out {a.out}", "pretrain" if pretrain else "train"):
+    with folder_lock(folder.lock, f"--out {a.out}", "pretrain" if pretrain else "train"):
         remove_stale_temporaries(folder.path, folder.checkpoints)
         return _train(a, folder, pretrain)
 

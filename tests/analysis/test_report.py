@@ -14,8 +14,7 @@ import pytest
 
 from c2f_search.analysis.rows import load_rows
 
-from .conftest import TINY_DATA, craft_search
-from .test_search import _run_cli, _space
+from ..conftest import TINY_DATA, craft_search, grid_space, run_cli
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -54,6 +53,7 @@ def _load(driver, path):
     return errors, images
 
 
+@pytest.mark.slow
 def test_the_browser_check_sees_broken_pages(tmp_path):
     page = tmp_path / "broken.html"
     page.write_text("<!DOCTYPE html><html><body><img src='missing.png'><script>undefined_fn()</script></body></html>")
@@ -73,11 +73,11 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     out = tmp_path / "s"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     test_spec = "builtin:events?train=10&val=20&seed=5"
-    r = _run_cli(
+    r = run_cli(
         [
             "search",
             "--space",
-            str(_space(tmp_path, ["none:1x2", "avgpool:2x3,1x1"])),
+            str(grid_space(tmp_path, ["none:1x2", "avgpool:2x3,1x1"])),
             "--data",
             TINY_DATA,
             "--test",
@@ -125,7 +125,7 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     assert front[0]["test_metric"] == evaluate_state(state, data, "test")
     assert "test=" in (out / "summary.txt").read_text()
     assert (
-        _run_cli(
+        run_cli(
             ["pareto", str(out), "--metric", "test", "--plot", str(tmp_path / "test.png")],
             tmp_path / "pareto.log",
             env,
@@ -135,7 +135,7 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     )
 
     # seeds: the baseline and the top schedule, two new seeds each, as one Tune run
-    r = _run_cli(["confirm", str(out), "--top", "1", "--seeds", "2"], tmp_path / "confirm.log", env, 400)
+    r = run_cli(["confirm", str(out), "--top", "1", "--seeds", "2"], tmp_path / "confirm.log", env, 400)
     assert r.returncode == 0, r.stdout[-3000:]
     seeds = pq.read_table(out / "confirm_seeds.parquet").to_pylist()
     assert sorted((x["schedule"], x["seed"]) for x in seeds) == [
@@ -149,7 +149,7 @@ def test_test_split_confirm_report_and_dashboard(tmp_path):
     assert "holds at every seed" in r.stdout
 
     # the report: one file, opened from disk in a real browser
-    assert _run_cli(["report", str(out)], tmp_path / "report.log", env, 200).returncode == 0
+    assert run_cli(["report", str(out)], tmp_path / "report.log", env, 200).returncode == 0
     page = (out / "report.html").read_text()
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "Table 2/3" in page and "Learning curves" in page and "Seeds (confirm)" in page and '"test":' in page

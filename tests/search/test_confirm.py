@@ -13,7 +13,7 @@ from c2f_search.analysis.transfer import cost_numbers, cost_text, rank_agreement
 from c2f_search.controllers import scale_transition
 from c2f_search.schedule import parse_schedule
 
-from .conftest import TINY_DATA
+from ..conftest import TINY_DATA
 
 
 def test_scaled_schedule_keeps_its_shape():

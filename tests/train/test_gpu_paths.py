@@ -3,9 +3,7 @@ pipeline (on the meta device, standing in for a GPU), the TF32 settings (reachab
 a Ray trial picks, the prefetcher's stream path (torch.cpu's no-op streams), fused Adam under a GradScaler,
 the recompile-limit warning, and a search's default GPUs on a Ray cluster with a fake GPU."""
 
-import os
 import unittest.mock as unittest_mock
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from c2f_search.objectives.supervised import ClassificationLoss
 from c2f_search.train.precision import TF32_SWITCHES, matmul_mode
 from c2f_search.train.step import TrainStep, adam, allow_recompiles
 
-from .host_traffic import HostTraffic
+from ..host_traffic import HostTraffic
 
 DEVICE = torch.device("meta")  # not the CPU: a tensor made on, or copied from, the host shows up
 
@@ -106,37 +104,6 @@ def test_tf32_settings_use_the_new_api_and_are_restored(tf32_restored):
         assert tuple(s.fp32_precision for s in TF32_SWITCHES) == before
     with matmul_mode("fp32", torch.device("cpu")):  # the CPU: untouched
         assert tuple(s.fp32_precision for s in TF32_SWITCHES) == before
-
-
-def test_a_trial_uses_the_gpu_ray_granted():
-    from trainables.c2f import trial_device
-
-    assert trial_device([], None, True) == "cpu"
-    assert trial_device(["3"], "3", True) == "cuda:0"  # Ray set CUDA_VISIBLE_DEVICES to the granted GPU
-    assert trial_device([2], None, True) == "cuda:2"  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, all visible
-    assert trial_device(["5"], "4,5,6", True) == "cuda:1"  # ... with the node's own CUDA_VISIBLE_DEVICES
-    assert trial_device(["GPU-b2"], "GPU-a1,GPU-b2", True) == "cuda:1"  # UUIDs
-    assert trial_device(["0"], "0", False) == "cpu"  # a GPU resource torch cannot see (a fake one)
-
-
-def test_each_trial_starts_a_clean_compiler_bounded_by_its_cpus(monkeypatch):
-    import torch._inductor.config as ic
-    from torch._dynamo.utils import counters
-
-    from trainables.c2f import _fresh_compiler
-
-    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
-    monkeypatch.setattr(ic, "compile_threads", 32)
-    g = torch.compile(lambda x: x + 1, backend="eager")
-    g(torch.ones(3))
-    compiled = counters["stats"]["unique_graphs"]
-    g(torch.ones(3))
-    assert counters["stats"]["unique_graphs"] == compiled  # the entry is kept ...
-    _fresh_compiler(2.0)
-    g(torch.ones(3))
-    assert counters["stats"]["unique_graphs"] == compiled + 1  # ... until the next trial starts
-    assert ic.compile_threads == 2 and ic.fx_graph_cache
-    assert float(os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) > 2
 
 
 def test_prefetcher_side_stream_path_with_cpu_streams(tiny_data, monkeypatch):
@@ -228,100 +195,6 @@ def test_allow_recompiles_only_raises_the_limits():
         assert (dc.recompile_limit, dc.accumulated_recompile_limit) == (300, 300)
         allow_recompiles(64)
         assert dc.recompile_limit == 300
-
-
-# --------------------------------------------------------------------------- Ray: resources and reused actors
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def fresh_ray():
-    import ray
-
-    ray.shutdown()
-    yield ray
-    ray.shutdown()
-
-
-def _settings(tmp_path, schedules, **kw):
-    from c2f_search.settings import DataSettings, SearchSettings
-
-    from .conftest import TINY_DATA
-
-    space = tmp_path / "space.yaml"
-    space.write_text(
-        "epochs: 2\nschedules: [" + ", ".join(f'"{s}"' for s in schedules) + "]\n"
-        "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n"
-    )
-    return SearchSettings(
-        space=str(space),
-        out=str(tmp_path / "s"),
-        keep_checkpoints=None,
-        model_kwargs={"depth": 1},
-        data=DataSettings(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "c"), None, None).resolved(),
-        **kw,
-    )
-
-
-@pytest.mark.slow
-def test_gpus_per_trial_follow_the_cluster(tmp_path, fresh_ray, capsys):
-    from c2f_search.search.runner import trial_resources
-    from c2f_search.search.space import load_space
-
-    st = _settings(tmp_path, ["none:1x1"])
-    space = load_space(st.space)
-    assert space.resources == {"cpu": 1, "gpu": "auto"}
-    fresh_ray.init(num_cpus=1, num_gpus=2, include_dashboard=False)  # a fake GPU: a resource label, no card
-    assert trial_resources(st, space, joined=False) == {"cpu": 1, "gpu": 1}
-    assert (
-        "trials get 1 GPU and 1 CPU each (resources.gpu auto: the cluster has 2 GPUs; change it with "
-        "--gpus-per-trial N)" in capsys.readouterr().out
-    )
-    st.resources = {"cpu": None, "gpu": 0.0}  # --gpus-per-trial 0: CPUs only, on a GPU cluster
-    assert trial_resources(st, space, joined=False) == {"cpu": 1, "gpu": 0}
-    assert "(--gpus-per-trial;" in capsys.readouterr().out
-    fresh_ray.shutdown()
-    fresh_ray.init(num_cpus=1, include_dashboard=False)
-    st.resources = {}
-    assert trial_resources(st, space, joined=False)["gpu"] == 0
-    assert "the cluster has no GPU" in capsys.readouterr().out
-    # a cluster launched from cluster.yaml: no GPU node up yet, but the autoscaler can start one
-    boot = tmp_path / "ray_bootstrap_config.yaml"
-    boot.write_text((ROOT / "cluster.yaml").read_text())
-    assert trial_resources(st, space, joined=True, autoscaler_config=boot)["gpu"] == 1
-    assert trial_resources(st, space, joined=False, autoscaler_config=boot)["gpu"] == 0  # a local instance
-    space.resources["gpu"] = 0.5  # a space file's own value wins over auto
-    assert trial_resources(st, space, joined=True, autoscaler_config=boot)["gpu"] == 0.5
-
-
-@pytest.mark.slow
-def test_on_a_gpu_cluster_trials_get_a_gpu_and_a_reused_process_carries_nothing(tmp_path, fresh_ray):
-    """Two trials, one at a time, on a cluster with a fake GPU: each is granted it by default, the second runs
-    in the first one's process (reuse_actors), and both train exactly as the bare core does alone."""
-    import json
-
-    from c2f_search import Run, TrainConfig
-    from c2f_search.search.runner import run_search
-
-    scheds = ["fshift:2x1,1x1", "avgpool:2x1,1x1"]
-    st = _settings(tmp_path, scheds)
-    fresh_ray.init(num_cpus=1, num_gpus=1, include_dashboard=False)
-    results = run_search(st, progress_stream=open(os.devnull, "w"))
-    assert not results.errors
-    rows = {}
-    for d in (tmp_path / "s" / "search").iterdir():
-        if (d / "result.json").is_file():
-            rs = [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
-            rows[rs[0]["schedule"]] = rs
-    assert sorted(rows) == sorted(scheds)
-    assert all(r["gpu_ids"] == ["0"] and r["device"] == "cpu" for rs in rows.values() for r in rs)
-    assert len({r["pid"] for rs in rows.values() for r in rs}) == 1  # one process for both trials
-    data = st.data.load()
-    for sched, rs in rows.items():
-        ref = Run(TrainConfig(sched, model_kwargs={"depth": 1}, lr=3e-4, batch_size=8, warmup_steps=2), data, "cpu")
-        assert [(r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in rs] == [
-            (r["step"], r["C"], r["train_loss"], r["val_metric"]) for r in ref.records()
-        ]
 
 
 def test_ssast_masks_are_drawn_on_the_device_without_host_traffic():

@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -10,45 +8,33 @@ from c2f_search.data.frontend import FrontEnd
 from c2f_search.data.sets import Data, DataError, load_datafile, load_folder, resolve
 from c2f_search.data.store import clip_fbank, extract, norm_stats
 
+from ..conftest import datafile, wav
+
 FE = FrontEnd(num_mel_bins=32, target_length=64)
 
 
-def _wav(path, n=8000, value=None):
-    y = np.random.default_rng(0).standard_normal(n).astype("float32") * 0.1 if value is None else value
-    sf.write(str(path), y, 16000, subtype="FLOAT")  # float, so NaN survives
-    return str(path)
-
-
-def _datafile(tmp_path, entries, labels=("/m/a", "/m/b")):
-    csv = tmp_path / "class_labels_indices.csv"
-    csv.write_text("index,mid,display_name\n" + "".join(f"{i},{m},{m[3:]}\n" for i, m in enumerate(labels)))
-    f = tmp_path / "train.json"
-    f.write_text(json.dumps({"data": entries}))
-    return f, csv
-
-
 def test_datafile_multilabel_is_detected(tmp_path):
-    w = _wav(tmp_path / "a.wav")
-    f, csv = _datafile(tmp_path, [{"wav": w, "labels": "/m/a,/m/b"}, {"wav": w, "labels": "/m/b"}])
+    w = wav(tmp_path / "a.wav")
+    f, csv = datafile(tmp_path, [{"wav": w, "labels": "/m/a,/m/b"}, {"wav": w, "labels": "/m/b"}])
     cs = load_datafile(f, csv)
     assert cs.multilabel and cs.targets.tolist() == [[1, 1], [0, 1]]
     assert not load_datafile(f, csv, task="multi").targets.shape[1] != 2
 
 
 def test_label_missing_from_csv_names_file_and_label(tmp_path):
-    f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/zzz"}])
+    f, csv = datafile(tmp_path, [{"wav": wav(tmp_path / "a.wav"), "labels": "/m/zzz"}])
     with pytest.raises(DataError, match=r"train.json: entry 0 .*'/m/zzz' is not in .*class_labels_indices.csv"):
         load_datafile(f, csv)
-    f2, _ = _datafile(
+    f2, _ = datafile(
         tmp_path,
-        [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/zzz"}, {"wav": _wav(tmp_path / "b.wav"), "labels": "/m/a"}],
+        [{"wav": wav(tmp_path / "a.wav"), "labels": "/m/zzz"}, {"wav": wav(tmp_path / "b.wav"), "labels": "/m/a"}],
     )
     cs = load_datafile(f2, csv, skip_bad=True)
     assert len(cs) == 1 and cs.bad[0][1].startswith("label '/m/zzz'")
 
 
 def test_empty_dataset_and_bad_json(tmp_path):
-    f, csv = _datafile(tmp_path, [])
+    f, csv = datafile(tmp_path, [])
     with pytest.raises(DataError, match="empty"):
         load_datafile(f, csv)
     f.write_text("{not json")
@@ -58,7 +44,7 @@ def test_empty_dataset_and_bad_json(tmp_path):
 
 def test_labels_csv_with_a_byte_order_mark_loads(tmp_path):
     """Excel saves UTF-8 CSVs with a byte-order mark; it is not part of the header."""
-    f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/b"}])
+    f, csv = datafile(tmp_path, [{"wav": wav(tmp_path / "a.wav"), "labels": "/m/b"}])
     csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
     cs = load_datafile(f, csv)
     assert cs.classes == ["a", "b"] and cs.targets.tolist() == [[0, 1]]
@@ -74,14 +60,14 @@ def test_labels_csv_with_a_byte_order_mark_loads(tmp_path):
     ],
 )
 def test_bad_labels_csv_names_the_file_the_line_and_the_key(tmp_path, rows, encoding, problem):
-    f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/a"}])
+    f, csv = datafile(tmp_path, [{"wav": wav(tmp_path / "a.wav"), "labels": "/m/a"}])
     csv.write_bytes(("index,mid,display_name\n" + rows).encode(encoding))
     with pytest.raises(DataError, match="class_labels_indices.csv: " + problem):
         load_datafile(f, csv)
 
 
 def test_datafile_in_latin1_names_the_line(tmp_path):
-    f, csv = _datafile(tmp_path, [{"wav": _wav(tmp_path / "a.wav"), "labels": "/m/a"}])
+    f, csv = datafile(tmp_path, [{"wav": wav(tmp_path / "a.wav"), "labels": "/m/a"}])
     f.write_bytes(b'{"data": [\n{"wav": "caf\xe9.wav", "labels": "/m/a"}]}')
     with pytest.raises(DataError, match=r"train.json: line 2: byte 0xe9 is not UTF-8"):
         load_datafile(f, csv)
@@ -91,16 +77,16 @@ def test_datafile_in_latin1_names_the_line(tmp_path):
     "make, problem",
     [
         (lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage"), "cannot decode"),
-        (lambda p: _wav(p, n=0, value=np.zeros(0, "float32")), "zero-length"),
-        (lambda p: _wav(p, value=np.full(8000, np.nan, "float32")), "NaN"),
+        (lambda p: wav(p, n=0, value=np.zeros(0, "float32")), "zero-length"),
+        (lambda p: wav(p, value=np.full(8000, np.nan, "float32")), "NaN"),
         (lambda p: None, "file not found"),
     ],
 )
 def test_bad_audio_is_named_or_skipped_and_reported(tmp_path, make, problem):
     bad = tmp_path / "bad.wav"
     make(bad)
-    good = _wav(tmp_path / "good.wav")
-    f, csv = _datafile(tmp_path, [{"wav": good, "labels": "/m/a"}, {"wav": str(bad), "labels": "/m/b"}])
+    good = wav(tmp_path / "good.wav")
+    f, csv = datafile(tmp_path, [{"wav": good, "labels": "/m/a"}, {"wav": str(bad), "labels": "/m/b"}])
     cs = load_datafile(f, csv)
     with pytest.raises(DataError, match=rf"bad.wav: .*{problem}.*--skip-bad"):
         extract(cs, FE, 10.0, 64)
@@ -112,7 +98,7 @@ def test_truncated_flac_is_an_error(tmp_path):
     p = tmp_path / "t.flac"
     sf.write(str(p), np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
     p.write_bytes(p.read_bytes()[:200])
-    f, csv = _datafile(tmp_path, [{"wav": str(p), "labels": "/m/a"}])
+    f, csv = datafile(tmp_path, [{"wav": str(p), "labels": "/m/a"}])
     with pytest.raises(DataError, match="t.flac"):
         extract(load_datafile(f, csv), FE, 10.0, 64)
 
@@ -132,8 +118,8 @@ def test_folder_layout_and_resampling_and_stereo(tmp_path):
 
 
 def test_feature_cache_round_trips(tmp_path):
-    w = _wav(tmp_path / "a.wav")
-    f, csv = _datafile(tmp_path, [{"wav": w, "labels": "/m/a"}])
+    w = wav(tmp_path / "a.wav")
+    f, csv = datafile(tmp_path, [{"wav": w, "labels": "/m/a"}])
     cs = load_datafile(f, csv)
     a = extract(cs, FE, 10.0, 64, cache_dir=tmp_path / "cache")
     files = list((tmp_path / "cache").glob("fbank-*.arrow"))
@@ -149,8 +135,8 @@ def _clips(tmp_path, n=7, bad_at=3):
         y = np.random.default_rng(i).standard_normal(2000 + 1200 * i).astype("float32") * 0.1
         if i == bad_at:
             y[:] = np.nan
-        entries.append({"wav": _wav(tmp_path / f"c{i}.wav", value=y), "labels": "/m/a"})
-    f, csv = _datafile(tmp_path, entries)
+        entries.append({"wav": wav(tmp_path / f"c{i}.wav", value=y), "labels": "/m/a"})
+    f, csv = datafile(tmp_path, entries)
     cs = load_datafile(f, csv)
     return cs, [i for i in range(n + 1) if i != bad_at]
 

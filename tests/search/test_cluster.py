@@ -16,7 +16,7 @@ import yaml
 from c2f_search.analysis.pareto import export
 from c2f_search.analysis.rows import load_rows
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = "builtin:events?train=120&val=20&seed=5"
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -292,6 +292,7 @@ def test_storage_through_a_pyarrow_filesystem(tmp_path, no_ray):
     assert len(res["final"]) == 1 and (tmp_path / "front.png").exists()
 
 
+@pytest.mark.slow
 def test_search_level_bad_input_fails_before_any_trial(tmp_path):
     missing = _space(tmp_path, ["none:1x1"], "m.yaml", extra=f"data: {tmp_path / 'nope.json'}\n")
     blocker = tmp_path / "a_file"

@@ -15,9 +15,9 @@ from c2f_search.recipes import list_recipes, load_recipe
 from c2f_search.train.callbacks.averaging import WeightAverage
 from c2f_search.validate import validate
 
-from .conftest import TINY_DATA
+from ..conftest import TINY_DATA
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
 
 
 def _doc_rows() -> dict:

@@ -13,44 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from c2f_search.analysis.rows import load_rows
+from c2f_search.search.space import load_space
 
-from .conftest import TINY_DATA
+from ..conftest import TINY_DATA, grid_space, kill_ray_session_of, run_cli
 
 pytestmark = pytest.mark.slow
 SCHED = "avgpool:2x1,1x1"
 
 
-def _space(tmp_path, schedules):
-    f = tmp_path / "space.yaml"
-    f.write_text(
-        "epochs: 2\nschedules: [" + ", ".join(f'"{x}"' for x in schedules) + "]\n"
-        "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n"
-    )
-    return f
-
-
-def _run_cli(args, log, env, timeout):
-    """Run the CLI with output to a file: Ray's daemons inherit pipes and can hold them open."""
-    with open(log, "w") as f:
-        rc = subprocess.run(
-            [sys.executable, "-m", "c2f_search.cli", *args],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-            timeout=timeout,
-        ).returncode
-    return subprocess.CompletedProcess(args, rc, stdout=Path(log).read_text())
-
-
-@pytest.fixture
-def fresh_ray():
-    import ray
-
-    ray.shutdown()
-    yield
-    ray.shutdown()
-
-
+@pytest.mark.slow
 def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fresh_ray, monkeypatch):
     from c2f_search import Run, TrainConfig
     from c2f_search.search.runner import SearchSettings, run_search
@@ -60,7 +31,7 @@ def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fr
     monkeypatch.setenv("C2F_INJECT_FAULT", f"{marker}:1")  # crash once, after epoch 1 (a phase transition)
     data_args = DataSettings(TINY_DATA, None, None, "auto", False, None, str(tmp_path / "cache"), None, None).resolved()
     st = SearchSettings(
-        space=str(_space(tmp_path, [SCHED])),
+        space=str(grid_space(tmp_path, [SCHED])),
         out=str(tmp_path / "s"),
         data=data_args,
         trials=1,
@@ -85,25 +56,9 @@ def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fr
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
-def _kill_ray_session_of(driver_pid: int) -> None:
-    """Kill what is left of the Ray instance a killed driver started (its GCS, raylet, ...), and nothing
-    else: other Ray instances on the machine (`ray stop` would kill them all) are left alone. Ray's
-    session folder ends with the driver's pid: /tmp/ray/session_<time>_<pid>."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "session_" in cmd and (f"_{driver_pid}/" in cmd or cmd.strip().endswith(f"_{driver_pid}")):
-                try:
-                    os.kill(int(proc.name), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
+@pytest.mark.slow
 def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fresh_ray):
-    space = _space(tmp_path, ["none:1x2", SCHED, "fshift:2x1,1x1", "maxpool:2x1,1x1"])
+    space = grid_space(tmp_path, ["none:1x2", SCHED, "fshift:2x1,1x1", "maxpool:2x1,1x1"])
     out = tmp_path / "s"
     cmd = [
         sys.executable,
@@ -140,8 +95,8 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     log.close()
-    _kill_ray_session_of(p.pid)
-    r = _run_cli(["search", "--out", str(out), "--resume"], tmp_path / "resume.log", env, 400)
+    kill_ray_session_of(p.pid)
+    r = run_cli(["search", "--out", str(out), "--resume"], tmp_path / "resume.log", env, 400)
     assert r.returncode == 0, r.stdout[-3000:]
     study = optuna.load_study(study_name="c2f-search", storage=f"sqlite:///{db}")
     states = [t.state for t in study.trials]
@@ -163,7 +118,6 @@ def test_killed_driver_resumes_without_losing_or_duplicating_trials(tmp_path, fr
 
 def test_unfinished_schedules_are_pruned_not_complete(tmp_path):
     from c2f_search.search.searcher import C2FOptunaSearch
-    from c2f_search.search.space import load_space
 
     sp = load_space("paper")
     s = C2FOptunaSearch(
@@ -185,9 +139,10 @@ def test_unfinished_schedules_are_pruned_not_complete(tmp_path):
     assert [t.values for t in study.best_trials] == [[0.5, 2.0]]
 
 
+@pytest.mark.slow
 def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
     out = tmp_path / "paper"
-    r = _run_cli(
+    r = run_cli(
         [
             "search",
             "--space",
@@ -221,7 +176,6 @@ def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
 
 def test_open_space_runs_the_baseline_first():
     from c2f_search.search.searcher import make_searcher
-    from c2f_search.search.space import load_space
 
     sp = load_space("default")
     s = make_searcher(sp, "auto", 0, 4, None)
@@ -229,14 +183,15 @@ def test_open_space_runs_the_baseline_first():
     assert first["schedule"] == "none:1x4" and second["schedule"] != "none:1x4"
 
 
+@pytest.mark.slow
 def test_repeated_configurations_are_not_trained_again(tmp_path, fresh_ray):
     """Two configurations and four trials: the sampler must repeat, and no repeat is trained."""
     out = tmp_path / "s"
-    r = _run_cli(
+    r = run_cli(
         [
             "search",
             "--space",
-            str(_space(tmp_path, ["none:1x1", "avgpool:2x0.5,1x0.5"])),
+            str(grid_space(tmp_path, ["none:1x1", "avgpool:2x0.5,1x0.5"])),
             "--data",
             TINY_DATA,
             "--sampler",
@@ -272,10 +227,9 @@ def test_repeated_configurations_are_not_trained_again(tmp_path, fresh_ray):
 def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, monkeypatch):
     from c2f_search.search import searcher
     from c2f_search.search.searcher import make_searcher
-    from c2f_search.search.space import load_space
 
     monkeypatch.setattr(searcher, "MAX_REPEATS", 5)  # every sample repeats here; fewer SQLite round trips
-    sp = load_space(str(_space(tmp_path, ["none:1x1"])))
+    sp = load_space(str(grid_space(tmp_path, ["none:1x1"])))
     s = make_searcher(sp, "tpe", 0, 1, optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"))
     assert s.suggest("a")["schedule"] == "none:1x1"
     assert s.suggest("b") == s.FINISHED and s.exhausted  # every sample repeats "a", which still runs
@@ -287,6 +241,7 @@ def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, monkeypatch)
     assert all(t.state == S.COMPLETE and t.values == [0.5, 2.0] for t in study.trials)
 
 
+@pytest.mark.slow
 def test_a_search_over_two_model_families(tmp_path, fresh_ray):
     space = tmp_path / "models.yaml"
     space.write_text(
@@ -294,7 +249,7 @@ def test_a_search_over_two_model_families(tmp_path, fresh_ray):
         "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n"
     )
     out = tmp_path / "s"
-    r = _run_cli(
+    r = run_cli(
         ["search", "--space", str(space), "--data", TINY_DATA, "--depth", "1", "--out", str(out)],
         tmp_path / "models.log",
         {**os.environ, "RAY_AUTH_MODE": "disabled"},
@@ -309,6 +264,7 @@ def test_a_search_over_two_model_families(tmp_path, fresh_ray):
     assert "htsat-tiny fshift:2x1,1x1" in r.stdout or "ast-tiny fshift:2x1,1x1" in r.stdout  # the front names models
 
 
+@pytest.mark.slow
 def test_a_pretraining_search_is_scored_by_its_fine_tune(tmp_path, fresh_ray):
     from c2f_search.search.runner import SearchSettings, run_search
     from c2f_search.settings import DataSettings
@@ -348,10 +304,8 @@ def test_a_pretraining_search_is_scored_by_its_fine_tune(tmp_path, fresh_ray):
 def test_the_private_ray_state_this_module_uses_is_still_there():
     """searcher.py's reads of Ray's private state (RAY_PRIVATE, optuna_state): fails if Ray moves one."""
     import ast
-    from pathlib import Path
 
     from c2f_search.search import searcher as mod
-    from c2f_search.search.space import load_space
 
     searcher = mod.make_searcher(load_space("default"), "random", 0, 4, None)
     config = searcher.suggest("trial-a")
@@ -379,11 +333,12 @@ def test_the_private_ray_state_this_module_uses_is_still_there():
     assert used - own <= ours, used - own - ours
 
 
+@pytest.mark.slow
 def test_a_search_over_the_patchout_space_names_its_methods(tmp_path, fresh_ray):
     """The shipped patchout.yaml on built-in data: patchout alone and mixed schedules train in real Ray, and
     the summary and the front tell their methods apart."""
     out = tmp_path / "p"
-    r = _run_cli(
+    r = run_cli(
         [
             "search",
             "--space",
@@ -411,7 +366,7 @@ def test_a_search_over_the_patchout_space_names_its_methods(tmp_path, fresh_ray)
     rows = load_rows(out).to_pylist()
     assert {x["status"] for x in rows} == {"finished"}
     labels = {x["method"] for x in rows}
-    # seed 0 draws the baseline, avgpool, two avgpool-and-patchout mixes and fpatchout (tests/test_spaces.py
+    # seed 0 draws the baseline, avgpool, two avgpool-and-patchout mixes and fpatchout (tests/search/test_space.py
     # samples the space itself); each row's label is its schedule's methods
     assert labels & {"tpatchout", "fpatchout", "patchout"} and any("+" in m for m in labels)
     for x in rows:

@@ -9,14 +9,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from c2f_search import TrainConfig, atomic_write, load_checkpoint
+from c2f_search import load_checkpoint
 from c2f_search.cli import main
-from c2f_search.cli.args import Parser, add_model_args, given_config
-from c2f_search.config import defaults
 from c2f_search.errors import CheckpointError
-from c2f_search.settings import train_config
 
-from .conftest import TINY_DATA
+from ..conftest import TINY_DATA
 
 BASE = ["train", "--data", TINY_DATA, "--depth", "1", "--batch-size", "8", "--no-progress"]
 
@@ -181,30 +178,6 @@ def test_a_crafted_checkpoint_cannot_run_code(tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
-    p = tmp_path / "x.json"
-    atomic_write(p, "old")
-
-    def broken(tmp):
-        tmp.write_text("half")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        atomic_write(p, broken)
-    assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["x.json"]
-
-
-def test_defaults_have_one_source():
-    p = Parser()
-    add_model_args(p)
-    assert train_config(given_config(p.parse_args([])), {"schedule": "none:1x1"}) == TrainConfig("none:1x1")
-    from trainables import trial_config
-
-    assert trial_config({"schedule": "none:1x1"}, {"model": "ast-tiny"}) == TrainConfig("none:1x1")
-    d = defaults()
-    assert (d["batch_size"], d["warmup_steps"]) == (16, 20)
-
-
 def test_skip_bad_header_counts_the_clips_used(tmp_path, capsys):
     rng = np.random.default_rng(1)
     (tmp_path / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/a,a\n1,/m/b,b\n")
@@ -236,10 +209,3 @@ def test_skip_bad_header_counts_the_clips_used(tmp_path, capsys):
     )
     assert rc == 0, err
     assert "| 6 train / 6 val clips |" in err and "skipped 1 clips" in err
-
-
-def test_record_and_row_schemas_name_each_field_once():
-    from c2f_search.schema import RECORD_FIELDS, ROW_FIELDS
-
-    for fields in (RECORD_FIELDS, ROW_FIELDS):
-        assert len(set(fields)) == len(fields), [f for f in fields if fields.count(f) > 1]

@@ -17,7 +17,7 @@ from c2f_search.models.flops import train_flops
 from c2f_search.schema import record_table
 from c2f_search.train.precision import mfu, peak_flops, resolve_precision
 
-from .conftest import TINY_DATA
+from ..conftest import TINY_DATA
 
 
 def _cfg(schedule, **kw):
@@ -57,6 +57,7 @@ def test_bf16_autocast_on_cpu_trains_and_resumes_exactly(tiny_data, tmp_path):
     assert Run(_cfg(sched, precision="fp32"), tiny_data, "cpu", state=state).precision == "fp32"
 
 
+@pytest.mark.slow
 def test_a_fp32_checkpoint_continues_in_the_precision_asked_for_and_says_so(tmp_path):
     """A checkpoint made on a CPU (fp32) resumed where bf16 is asked for (on a GPU: auto) trains on in bf16."""
     from c2f_search.cli import main
@@ -247,12 +248,12 @@ def test_fp16_store_and_stream_give_the_fp32_stores_features(tiny_data, tmp_path
 def test_streaming_names_a_clip_that_fails_at_decode_time_and_scans_headers_up_front(tmp_path):
     from c2f_search.data.sets import Data
 
-    from .test_data import _datafile, _wav
+    from ..conftest import datafile, wav
 
-    good = [{"wav": _wav(tmp_path / f"{i}.wav"), "labels": "/m/a"} for i in range(3)]
-    nan = {"wav": _wav(tmp_path / "nan.wav", value=np.full(8000, np.nan, "float32")), "labels": "/m/b"}
+    good = [{"wav": wav(tmp_path / f"{i}.wav"), "labels": "/m/a"} for i in range(3)]
+    nan = {"wav": wav(tmp_path / "nan.wav", value=np.full(8000, np.nan, "float32")), "labels": "/m/b"}
     gone = {"wav": str(tmp_path / "gone.wav"), "labels": "/m/a"}
-    f, _ = _datafile(tmp_path, good + [nan, gone])
+    f, _ = datafile(tmp_path, good + [nan, gone])
     kw = dict(features="stream", workers=1, norm=(0.0, 1.0), num_mel_bins=32, target_length=64)
     with pytest.raises(DataError, match="gone.wav: file not found"):  # the header scan, before any training
         Data.from_specs(str(f), **kw).features("train", 10.0, 64)

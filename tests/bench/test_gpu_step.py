@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench(*args, inject=None):
@@ -37,6 +37,7 @@ def _phase_rows(report: str) -> dict:
     return {(r[0], r[1]): r for r in rows if len(r) == 16 and r[0] != "part"}
 
 
+@pytest.mark.slow
 def test_without_a_gpu_it_says_so_and_exits_0():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the benchmark would run")
@@ -44,6 +45,7 @@ def test_without_a_gpu_it_says_so_and_exits_0():
     assert p.returncode == 0 and "no CUDA GPU" in p.stdout
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_trains_every_part_through_run_and_checks_its_counters(tmp_path):
     p = _bench("--quick", "--device", "cpu", "--out", str(tmp_path / "gpu.md"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -104,6 +106,7 @@ def test_an_injected_resume_mismatch_and_host_sync_fail_the_run():
     assert fails[2].startswith("FAIL: fp16-resume: the resumed run differs from the uninterrupted one")
 
 
+@pytest.mark.slow
 def test_a_bad_chunk_or_part_is_one_line_and_exit_2():
     for args, msg in (
         (["--chunk", "3/2"], "--chunk 3/2: write K/N with 1 <= K <= N"),

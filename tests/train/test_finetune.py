@@ -11,7 +11,7 @@ from c2f_search import load_checkpoint
 from c2f_search.cli import main
 from c2f_search.data.sets import unlabelled_sets
 
-from .conftest import TINY_DATA
+from ..conftest import TINY_DATA
 
 SMALL = ["--depth", "1", "--batch-size", "8", "--no-progress"]
 

@@ -3,10 +3,11 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
 from c2f_search.cli import main
 
-from .conftest import TINY_DATA
+from ..conftest import TINY_DATA
 
 
 def test_train_writes_metrics_and_checkpoints(tmp_path, capsys):
@@ -85,6 +86,7 @@ def test_flops_json_and_saving(capsys):
     assert abs(fs["saving_vs_none"] - expect) < 1e-3 and base["saving_vs_none"] == 0
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_not_tracebacks(tmp_path):
     cases = [
         (["train", "--data", TINY_DATA, "--schedule", "fshift:2x1,4x1"], "strictly decrease"),

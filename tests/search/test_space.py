@@ -128,7 +128,7 @@ def test_a_model_setting_one_of_the_models_does_not_take_is_refused_before_any_t
 def test_the_pretraining_space_reads_unlabelled_audio_and_resolves_its_fine_tune(tmp_path):
     from c2f_search.cli.search import search_settings
 
-    from .conftest import TINY_DATA
+    from ..conftest import TINY_DATA
 
     shipped = Path(find_space("pretrain")).read_text()
     assert "builtin:events?train=600&val=200" in shipped

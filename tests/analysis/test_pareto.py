@@ -208,7 +208,7 @@ def test_a_running_trial_is_not_called_pruned(tmp_path):
     from c2f_search.analysis.rows import load_rows
     from c2f_search.schema import RECORD_FIELDS
 
-    from .conftest import craft_search
+    from ..conftest import craft_search
 
     craft_search(tmp_path)
     for tid in ("run1", "stop1"):
@@ -255,7 +255,7 @@ def test_a_step_reported_again_by_a_dropped_lineage_keeps_the_row_that_ends_the_
 
     from c2f_search.analysis.rows import load_rows
 
-    from .conftest import craft_search
+    from ..conftest import craft_search
 
     craft_search(tmp_path)
     f = tmp_path / "search" / "train_schedule_1" / "result.json"

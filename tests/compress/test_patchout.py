@@ -10,7 +10,7 @@ from c2f_search.models.flops import train_flops
 from c2f_search.schedule import parse_schedule
 from c2f_search.train.callbacks.base import Callback
 
-from .conftest import last_state
+from ..conftest import last_state
 
 MIXED = "avgpool:4x1,tpatchout:2x1,1x1"  # tiny_data: 5 steps per epoch at batch 8; a 4 x 16 token grid
 
@@ -95,6 +95,7 @@ def test_a_full_resolution_phase_starts_from_exactly_the_weights_patchout_left(t
     assert ends[0]["vit.pos_embed"].shape[1] == 1 + 4 * 4 and starts[1]["vit.pos_embed"].shape[1] == 1 + 4 * 16
 
 
+@pytest.mark.slow
 def test_a_mixed_schedule_forks_and_resumes_exactly(tiny_data):
     a, b, c = MIXED, "avgpool:4x1,tpatchout:2x1,1x2", "avgpool:4x1,fpatchout:2x1,1x1"
     scratch = {s: _metrics(Run(_cfg(s), tiny_data, "cpu").records()) for s in (a, b, c)}
