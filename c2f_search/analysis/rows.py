@@ -82,8 +82,15 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
                 config = json.dumps(r["config"], sort_keys=True) if "config" in r else None
                 trial_rows.append(_row(r, t.path, names, t.base_name, config))
         done = any(x["schedule_done"] for x in trial_rows)
+        last = states.get(trial_rows[0]["trial_id"], {}).get("last_result") or {} if trial_rows else {}
+        if not done and last.get("schedule_done") and "val_metric" in last:
+            # the report that ended the schedule, which result.json and progress.csv can lose when a PBT member
+            # restarts after copying another; Tune's experiment state keeps each trial's last report
+            config = json.dumps(last["config"], sort_keys=True) if "config" in last else None
+            trial_rows.append(_row(last, t.path, names, t.base_name, config))
+            done = True
         for x in trial_rows:
-            unfinished = states.get(x["trial_id"]) in UNFINISHED
+            unfinished = states.get(x["trial_id"], {}).get("status") in UNFINISHED
             x["status"] = "finished" if done else (status or ("running" if unfinished else "pruned"))
             # the averaged model and a pretraining trial's fine-tune share the last step: rows of their own
             key = (x["trial_id"], x["step"], bool(x["averaged"]), x["metric_name"])
@@ -131,8 +138,8 @@ def with_schedule_columns(rows: list[dict], where="rows") -> list[dict]:
     return rows
 
 
-def _tune_states(fs, root: str) -> dict[str, str]:
-    """{trial id: Tune's status} from the newest experiment state Tune saved ({} when there is none)."""
+def _tune_states(fs, root: str) -> dict[str, dict]:
+    """{trial id: {status, last_result}} from the newest experiment state Tune saved ({} when there is none)."""
     import pyarrow.fs as pafs
 
     saved = sorted(
@@ -144,8 +151,13 @@ def _tune_states(fs, root: str) -> dict[str, str]:
         return {}
     try:
         with fs.open_input_stream(saved[-1]) as f:
-            trials = [json.loads(t[0]) if isinstance(t[0], str) else t[0] for t in json.loads(f.read())["trial_data"]]
-        return {t["trial_id"]: t["status"] for t in trials}
+            data = json.loads(f.read())["trial_data"]
+        out = {}
+        for t in data:
+            trial = json.loads(t[0]) if isinstance(t[0], str) else t[0]
+            meta = json.loads(t[1]) if len(t) > 1 and isinstance(t[1], str) else (t[1] if len(t) > 1 else {})
+            out[trial["trial_id"]] = {"status": trial["status"], "last_result": (meta or {}).get("last_result")}
+        return out
     except (ValueError, KeyError, TypeError, IndexError, OSError):  # Tune's own file: without it, no status
         return {}
 

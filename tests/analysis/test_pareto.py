@@ -269,3 +269,30 @@ def test_a_step_reported_again_by_a_dropped_lineage_keeps_the_row_that_ends_the_
         len(last) == 1 and last[0]["schedule_done"] and last[0]["C"] == 1 and last[0]["val_metric"] == end["val_metric"]
     )
     assert {r["status"] for r in mine} == {"finished"}
+
+
+def test_a_final_report_lost_from_result_json_is_taken_from_tunes_experiment_state(tmp_path):
+    """A PBT member that restarts after copying another can lose its last report from result.json (Tune's JSON
+    logger copies the file back from storage); the experiment state Tune saves keeps each trial's last report."""
+    import json
+
+    from c2f_search.analysis.rows import load_rows
+
+    from ..conftest import craft_search
+
+    craft_search(tmp_path)
+    result = tmp_path / "search" / "train_schedule_1" / "result.json"
+    lines = result.read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["schedule_done"]
+    result.write_text(lines[0] + "\n")  # the member's file lost its final report
+    assert {r["trial_id"]: r["status"] for r in load_rows(tmp_path).to_pylist()}["c2f"] == "pruned"
+    state = {
+        "trial_data": [[json.dumps({"trial_id": "c2f", "status": "TERMINATED"}), json.dumps({"last_result": last})]]
+    }
+    (tmp_path / "search" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    rows = [r for r in load_rows(tmp_path).to_pylist() if r["trial_id"] == "c2f"]
+    assert [(r["step"], r["status"], r["schedule_done"]) for r in rows] == [
+        (10, "finished", False),
+        (20, "finished", True),
+    ]

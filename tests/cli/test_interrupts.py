@@ -14,7 +14,7 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 
-from ..conftest import TINY_DATA
+from ..conftest import TINY_DATA, grid_space
 from .helpers import CLI, ENV, TRAIN, cli, interruptible, wait
 
 
@@ -63,9 +63,10 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
 
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     out = tmp_path / "s"
-    bad = _space(tmp_path, "epochs: 1\nspace: {C_values: [3], coarse_phases: {low: 0, high: 1}}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\nspace: {C_values: [3], coarse_phases: {low: 0, high: 1}}\n")
     cmd = [sys.executable, "-m", "c2f_search.cli", "search", "--data", TINY_DATA, "--depth", "1", "--out", str(out)]
-    p = subprocess.run(cmd + ["--space", bad], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(cmd + ["--space", str(bad)], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and "space.C_values" in p.stderr and not out.exists(), p.stderr[-2000:]
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and "search.json: not found" in p.stderr
@@ -146,15 +147,6 @@ def test_train_interrupted_before_its_first_checkpoint_restarts_on_resume(tmp_pa
 SCHEDULES = ["none:1x2", "avgpool:2x1,1x1", "fshift:2x1,1x1", "maxpool:2x1,1x1"]
 
 
-def _space(tmp_path):
-    f = tmp_path / "space.yaml"
-    f.write_text(
-        "epochs: 2\nschedules: [" + ", ".join(f'"{x}"' for x in SCHEDULES) + "]\n"
-        "fixed: {lr: 3.0e-4, batch_size: 8, warmup_steps: 2}\n"
-    )
-    return f
-
-
 def _trial_lines(text: str, what: str) -> list[str]:
     """Trial ids of runner.TrialLines's lines that say `what` ("[   12s] 1a2b3c4d  finished")."""
     return [ln.split("]", 1)[1].split()[0] for ln in text.splitlines() if ln.startswith("[") and what in ln]
@@ -182,7 +174,17 @@ def _saved_finished(out: Path, trial_ids) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_interrupted_search_resumed_in_a_moved_folder_trains_no_finished_trial_again(tmp_path, sig):
     out, moved = tmp_path / "s", tmp_path / "moved"
-    cmd = CLI + ["search", "--space", str(_space(tmp_path)), "--data", TINY_DATA, "--depth", "1", "--trials", "3"]
+    cmd = CLI + [
+        "search",
+        "--space",
+        str(grid_space(tmp_path, SCHEDULES)),
+        "--data",
+        TINY_DATA,
+        "--depth",
+        "1",
+        "--trials",
+        "3",
+    ]
     log = tmp_path / "first.log"
     with open(log, "w") as f:
         p = subprocess.Popen(
