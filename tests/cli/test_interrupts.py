@@ -96,7 +96,7 @@ def test_search_interrupted_or_failed_before_a_trial_leaves_out_reusable(tmp_pat
     from c2f_search.analysis.rows import UNFINISHED, _tune_states
 
     states = _tune_states(pafs.LocalFileSystem(), str(out / "search"))  # Tune's own file, as Tune wrote it
-    assert set(states.values()) & set(UNFINISHED), states  # what pareto calls running, not pruned
+    assert {s["status"] for s in states.values()} & set(UNFINISHED), states  # what pareto calls running, not pruned
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "front.parquet").exists()
