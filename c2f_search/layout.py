@@ -11,13 +11,16 @@ LOCK_FILE = ".c2f-search.lock"  # one command at a time per folder (files.folder
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """The folder of one ``train`` or ``pretrain`` run."""
-
+class _Folder:
     path: Path
 
     def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "path", Path(self.path))  # given as text or a Path
+
+
+@dataclass(frozen=True)
+class RunDir(_Folder):
+    """The folder of one ``train`` or ``pretrain`` run."""
 
     config = property(lambda self: self.path / "config.json", doc="the settings, data and front end")
     metrics = property(lambda self: self.path / "metrics.parquet", doc="one row per evaluation")
@@ -45,13 +48,8 @@ class RunDir:
 
 
 @dataclass(frozen=True)
-class ConfirmFiles:
+class ConfirmFiles(_Folder):
     """What ``confirm`` writes: into the search folder, or a target's folder for ``confirm --target``."""
-
-    path: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
 
     table = property(lambda self: self.path / "confirm.parquet", doc="per schedule, mean and sd over seeds")
     seeds = property(lambda self: self.path / "confirm_seeds.parquet", doc="per schedule and seed")
@@ -71,16 +69,12 @@ class TargetDir(ConfirmFiles):
 
 
 @dataclass(frozen=True)
-class SearchDir:
+class SearchDir(_Folder):
     """The ``--out`` folder of a search. Tune's experiment is ``search/`` here, or under ``--storage``."""
 
-    path: Path
     EXPERIMENT = "search"  # Tune's experiment name, in the folder or under the storage URI
     CONFIRM = "confirm"  # confirm's Tune experiment, and the parent of the targets' folders
     TUNER_FILE = "tuner.pkl"  # Ray's pickled Tuner inside the experiment: its hash is in search.json
-
-    def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
 
     settings = property(lambda self: self.path / "search.json", doc="what the search was started with")
     study = property(lambda self: self.path / "optuna.db", doc="the Optuna study (SQLite)")
