@@ -33,6 +33,14 @@ def tiny_data(_cache):
     return Data.from_specs(TINY_DATA)
 
 
+def tiny_config(schedule, **kw):
+    """The tests' small training: depth 1, batch 8, a short warmup, SpecAugment and mixup on."""
+    from c2f_search import TrainConfig
+
+    base = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32, mixup=0.5)
+    return TrainConfig(schedule, **{**base, **kw})
+
+
 def last_state(run, at_step=None):
     """The state of `run` after its record at step `at_step` (None: after its last record)."""
     state = None

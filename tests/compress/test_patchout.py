@@ -3,21 +3,16 @@
 import pytest
 import torch
 
-from c2f_search import Run, TrainConfig
+from c2f_search import Run
 from c2f_search.controllers import fork_point
 from c2f_search.errors import CheckpointError
 from c2f_search.models.flops import train_flops
 from c2f_search.schedule import parse_schedule
 from c2f_search.train.callbacks.base import Callback
 
-from ..conftest import last_state
+from ..conftest import last_state, tiny_config
 
 MIXED = "avgpool:4x1,tpatchout:2x1,1x1"  # tiny_data: 5 steps per epoch at batch 8; a 4 x 16 token grid
-
-
-def _cfg(schedule, **kw):
-    base = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32, mixup=0.5)
-    return TrainConfig(schedule, **{**base, **kw})
 
 
 def _metrics(records):
@@ -48,7 +43,7 @@ def _tokens_seen(run):
 
 
 def test_training_sees_the_kept_tokens_and_evaluation_every_token(tiny_data):
-    run = Run(_cfg("tpatchout:2x1,1x1"), tiny_data, "cpu")
+    run = Run(tiny_config("tpatchout:2x1,1x1"), tiny_data, "cpu")
     seen = _tokens_seen(run)  # the model is the same object in both phases: the grid never changes
     recs = run.fit()
     train, evals = [n for t, n in seen if t], [n for t, n in seen if not t]
@@ -86,7 +81,7 @@ def test_a_full_resolution_phase_starts_from_exactly_the_weights_patchout_left(t
         def on_phase_end(self, run, record):
             ends.append({k: v.clone() for k, v in run.model.state_dict().items()})
 
-    run = Run(_cfg(MIXED), tiny_data, "cpu", callbacks=[PhaseEnds()])
+    run = Run(tiny_config(MIXED), tiny_data, "cpu", callbacks=[PhaseEnds()])
     run.fit()
     # avgpool's shorter grid -> the full grid moves the weights once; tpatchout -> C=1 moves nothing
     assert [(o.frames, n.frames) for o, n, _ in moved] == [(64, 256)]
@@ -98,25 +93,25 @@ def test_a_full_resolution_phase_starts_from_exactly_the_weights_patchout_left(t
 @pytest.mark.slow
 def test_a_mixed_schedule_forks_and_resumes_exactly(tiny_data):
     a, b, c = MIXED, "avgpool:4x1,tpatchout:2x1,1x2", "avgpool:4x1,fpatchout:2x1,1x1"
-    scratch = {s: _metrics(Run(_cfg(s), tiny_data, "cpu").records()) for s in (a, b, c)}
+    scratch = {s: _metrics(Run(tiny_config(s), tiny_data, "cpu").records()) for s in (a, b, c)}
     assert scratch[a][-1][3] == "avgpool+tpatchout" and scratch[a][-1][-1] == a
-    end_a = last_state(Run(_cfg(a), tiny_data, "cpu"))
-    fork_b = Run(_cfg(b), tiny_data, "cpu", state=end_a)
+    end_a = last_state(Run(tiny_config(a), tiny_data, "cpu"))
+    fork_b = Run(tiny_config(b), tiny_data, "cpu", state=end_a)
     fork_b.fit()
     assert _metrics(fork_b.history) == scratch[b]
     # c shares a's first phase only: it takes a's state at its end, not a's last one
     assert fork_point(parse_schedule(a), parse_schedule(c), 5) == 5
-    fork_c = Run(_cfg(c), tiny_data, "cpu", state=last_state(Run(_cfg(a), tiny_data, "cpu"), at_step=5))
+    fork_c = Run(tiny_config(c), tiny_data, "cpu", state=last_state(Run(tiny_config(a), tiny_data, "cpu"), at_step=5))
     fork_c.fit()
     assert _metrics(fork_c.history) == scratch[c]
     with pytest.raises(CheckpointError, match="its phase 2 trained C=2 by tpatchout, this run trains C=2 by fpatchout"):
-        Run(_cfg(c), tiny_data, "cpu", state=end_a)
+        Run(tiny_config(c), tiny_data, "cpu", state=end_a)
     # resumed in the middle of the patchout phase (the kept tokens are drawn from the run's own stream)
-    mid = last_state(Run(_cfg(a, eval_every="2"), tiny_data, "cpu"), at_step=8)
+    mid = last_state(Run(tiny_config(a, eval_every="2"), tiny_data, "cpu"), at_step=8)
     assert mid["phases"][-1] == {**mid["phases"][-1], "C": 2, "method": "tpatchout"}
-    resumed = Run(_cfg(a, eval_every="2"), tiny_data, "cpu", state=mid)
+    resumed = Run(tiny_config(a, eval_every="2"), tiny_data, "cpu", state=mid)
     resumed.fit()
-    assert _metrics(resumed.history) == _metrics(Run(_cfg(a, eval_every="2"), tiny_data, "cpu").records())
+    assert _metrics(resumed.history) == _metrics(Run(tiny_config(a, eval_every="2"), tiny_data, "cpu").records())
 
 
 def test_fork_point_needs_the_same_method_per_phase():
@@ -129,7 +124,7 @@ def test_fork_point_needs_the_same_method_per_phase():
 
 @pytest.mark.parametrize("rule", ["plateau:patience=1,max=1", "probe:steps=2,max=1"])
 def test_a_learned_schedule_switches_method_with_its_C(tiny_data, rule):
-    run = Run(_cfg("avgpool:4xauto,tpatchout:2xauto,1x1", transition=rule), tiny_data, "cpu")
+    run = Run(tiny_config("avgpool:4xauto,tpatchout:2xauto,1x1", transition=rule), tiny_data, "cpu")
     recs = run.fit()
     phases = [(p["C"], p["method"]) for p in run.phases if p["steps"]]  # probe may pass through a C
     assert phases[-1] == (1, "tpatchout") and set(phases) <= {(4, "avgpool"), (2, "tpatchout"), (1, "tpatchout")}

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from c2f_search import Run, TrainConfig, fork_point, parse_schedule
+from c2f_search import Run, fork_point, parse_schedule
 from c2f_search.errors import CheckpointError
 
-from ..conftest import last_state
-
+from ..conftest import last_state, tiny_config
 
 # --------------------------------------------------------------------------------------- forking
-def _cfg(schedule, **kw):
-    base = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32, mixup=0.5)
-    return TrainConfig(schedule, **{**base, **kw})
 
 
 def _metrics(records):
@@ -40,22 +36,22 @@ def _metrics(records):
 def test_forked_runs_match_runs_from_scratch(tiny_data):
     """Three schedules share a prefix; each forked run's records equal its run from scratch."""
     a, b, c = "fshift:2x1,1x1", "fshift:2x1,1x2", "fshift:2x1.4,1x1.6"  # 5 steps per epoch
-    scratch = {s: _metrics(Run(_cfg(s), tiny_data, "cpu").records()) for s in (a, b, c)}
-    end_a = last_state(Run(_cfg(a), tiny_data, "cpu"))  # a's final state, step 10
-    fork_b = Run(_cfg(b), tiny_data, "cpu", state=end_a)  # b goes on at C=1 from step 10
+    scratch = {s: _metrics(Run(tiny_config(s), tiny_data, "cpu").records()) for s in (a, b, c)}
+    end_a = last_state(Run(tiny_config(a), tiny_data, "cpu"))  # a's final state, step 10
+    fork_b = Run(tiny_config(b), tiny_data, "cpu", state=end_a)  # b goes on at C=1 from step 10
     rest_b = list(fork_b.records())
     assert _metrics(fork_b.history) == scratch[b] and rest_b and rest_b[0]["step"] == 15
     # c's first phase is longer (7 steps): it can take a's state at step 5, an epoch end of both
     assert fork_point(parse_schedule(a), parse_schedule(c), 5) == 5
-    at5 = last_state(Run(_cfg(a), tiny_data, "cpu"), at_step=5)
-    fork_c = Run(_cfg(c), tiny_data, "cpu", state=at5)
+    at5 = last_state(Run(tiny_config(a), tiny_data, "cpu"), at_step=5)
+    fork_c = Run(tiny_config(c), tiny_data, "cpu", state=at5)
     list(fork_c.records())
     assert _metrics(fork_c.history) == scratch[c]
     assert fork_c.history[0]["phase_end"] is False  # a's phase ended at step 5, c's does not: relabelled
     with pytest.raises(CheckpointError, match="trained 5 steps|planned"):
-        Run(_cfg(c), tiny_data, "cpu", state=end_a)  # a's phase 1 is not c's
+        Run(tiny_config(c), tiny_data, "cpu", state=end_a)  # a's phase 1 is not c's
     with pytest.raises(CheckpointError, match="lr"):
-        Run(_cfg(b, lr=1e-3), tiny_data, "cpu", state=end_a)  # other hyperparameters: another trajectory
+        Run(tiny_config(b, lr=1e-3), tiny_data, "cpu", state=end_a)  # other hyperparameters: another trajectory
 
 
 def test_fork_point_rules():
@@ -72,11 +68,11 @@ def test_fork_point_rules():
 
 def test_cosine_lr_forks_only_where_the_phase_length_agrees(tiny_data):
     a, b = "fshift:2x1,1x1", "fshift:2x1,1x2"
-    at5 = last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"), at_step=5)
-    end_a = last_state(Run(_cfg(a, lr_schedule="cosine"), tiny_data, "cpu"))
-    scratch = _metrics(Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu").records())
-    fork = Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu", state=at5)
+    at5 = last_state(Run(tiny_config(a, lr_schedule="cosine"), tiny_data, "cpu"), at_step=5)
+    end_a = last_state(Run(tiny_config(a, lr_schedule="cosine"), tiny_data, "cpu"))
+    scratch = _metrics(Run(tiny_config(b, lr_schedule="cosine"), tiny_data, "cpu").records())
+    fork = Run(tiny_config(b, lr_schedule="cosine"), tiny_data, "cpu", state=at5)
     list(fork.records())
     assert _metrics(fork.history) == scratch
     with pytest.raises(CheckpointError, match="cosine"):
-        Run(_cfg(b, lr_schedule="cosine"), tiny_data, "cpu", state=end_a)
+        Run(tiny_config(b, lr_schedule="cosine"), tiny_data, "cpu", state=end_a)

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from c2f_search import Run, TrainConfig
+from c2f_search import Run
 
-from ..conftest import TINY_DATA
+from ..conftest import TINY_DATA, tiny_config
 
 # ------------------------------------------------------------------------------------------- RNG
 _ONE_RUN = """
@@ -25,15 +25,10 @@ print(json.dumps([[r["step"], r["train_loss"], r["val_metric"]] for r in Run(cfg
 """
 
 
-def _cfg(schedule, **kw):
-    base = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32, mixup=0.5)
-    return TrainConfig(schedule, **{**base, **kw})
-
-
 @pytest.mark.slow
 def test_two_runs_in_one_process_equal_two_processes(tiny_data, tmp_path):
     jobs = [("avgpool:2x1,1x1", 1), ("patch-pi:2x1,1x1", 2)]
-    runs = [Run(_cfg(s, seed=seed), tiny_data, "cpu") for s, seed in jobs]
+    runs = [Run(tiny_config(s, seed=seed), tiny_data, "cpu") for s, seed in jobs]
     torch.manual_seed(123)  # the process-wide RNG is neither used nor disturbed by the runs
     before = torch.get_rng_state()
     its = [r.records() for r in runs]

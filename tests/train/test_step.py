@@ -10,19 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from c2f_search import Run, TrainConfig, load_checkpoint, save_checkpoint
+from c2f_search import Run, load_checkpoint, save_checkpoint
 from c2f_search.data.prefetch import Prefetcher, host_batches
 from c2f_search.errors import CheckpointError, ConfigError, DataError, NonFiniteLoss
 from c2f_search.models.flops import train_flops
 from c2f_search.schema import record_table
 from c2f_search.train.precision import mfu, peak_flops, resolve_precision
 
-from ..conftest import TINY_DATA
-
-
-def _cfg(schedule, **kw):
-    base = dict(model_kwargs={"depth": 1}, batch_size=8, lr=3e-4, warmup_steps=2, freqm=8, timem=32, mixup=0.5)
-    return TrainConfig(schedule, **{**base, **kw})
+from ..conftest import TINY_DATA, tiny_config
 
 
 def _metrics(records):
@@ -45,16 +40,16 @@ def _interrupted(cfg, data, tmp_path):
 
 def test_bf16_autocast_on_cpu_trains_and_resumes_exactly(tiny_data, tmp_path):
     sched = "avgpool:2x0.4,1x0.4"  # 2 steps per phase: CPU bf16 is slow
-    cfg = _cfg(sched, precision="bf16")
+    cfg = tiny_config(sched, precision="bf16")
     full = list(Run(cfg, tiny_data, "cpu").records())
     assert {r["precision"] for r in full} == {"bf16"}
-    fp32 = _metrics(Run(_cfg(sched, precision="fp32"), tiny_data, "cpu").records())
+    fp32 = _metrics(Run(tiny_config(sched, precision="fp32"), tiny_data, "cpu").records())
     assert [m[2] for m in _metrics(full)] != [m[2] for m in fp32]  # autocast really ran in bf16
     both, state, _ = _interrupted(cfg, tiny_data, tmp_path)
     assert _metrics(both) == _metrics(full) and state["precision"] == "bf16"
     # the precision asked for (or auto's on this device) wins over the checkpoint's: here the CPU's fp32
-    assert Run(_cfg(sched), tiny_data, "cpu", state=state).precision == "fp32"
-    assert Run(_cfg(sched, precision="fp32"), tiny_data, "cpu", state=state).precision == "fp32"
+    assert Run(tiny_config(sched), tiny_data, "cpu", state=state).precision == "fp32"
+    assert Run(tiny_config(sched, precision="fp32"), tiny_data, "cpu", state=state).precision == "fp32"
 
 
 @pytest.mark.slow
@@ -98,7 +93,7 @@ def test_a_fp32_checkpoint_continues_in_the_precision_asked_for_and_says_so(tmp_
 
 
 def test_fp16_grad_scaler_state_survives_a_resume(tiny_data, tmp_path):
-    cfg = _cfg("fshift:2x0.4,1x0.4", precision="fp16")
+    cfg = tiny_config("fshift:2x0.4,1x0.4", precision="fp16")
     full = _metrics(Run(cfg, tiny_data, "cpu").records())
     both, state, resumed = _interrupted(cfg, tiny_data, tmp_path)
     assert _metrics(both) == full
@@ -116,7 +111,7 @@ def test_delayed_nonfinite_check_names_the_step_and_phase(tiny_data):
                 with torch.no_grad():
                     run.model.head[1].weight.fill_(float("nan"))
 
-    run = Run(_cfg("fshift:2x1,1x1", mixup=0.0), tiny_data, "cpu", callbacks=[Poison()])  # 5 steps per epoch
+    run = Run(tiny_config("fshift:2x1,1x1", mixup=0.0), tiny_data, "cpu", callbacks=[Poison()])  # 5 steps per epoch
     run.check_every = 3
     with pytest.raises(
         NonFiniteLoss,
@@ -163,17 +158,17 @@ def test_prefetcher_raises_the_threads_error_and_stops_early(tiny_data):
 
 
 def test_last_partial_batch_is_dropped_and_flops_count_trained_samples(tiny_data):
-    run = Run(_cfg("none:1x2", batch_size=16), tiny_data, "cpu")  # 40 clips: 2 full batches, 8 clips dropped
+    run = Run(tiny_config("none:1x2", batch_size=16), tiny_data, "cpu")  # 40 clips: 2 full batches, 8 clips dropped
     assert run.steps_per_epoch == 2
     recs = list(run.records())
     assert [r["step"] for r in recs] == [2, 4]
     assert recs[0]["train_flops"] == 2 * 16 * train_flops(run.model)
     with pytest.raises(ConfigError, match="batch_size: 41 is more than the 40 training clips"):
-        Run(_cfg("none:1x1", batch_size=41), tiny_data, "cpu")
+        Run(tiny_config("none:1x1", batch_size=41), tiny_data, "cpu")
 
 
 def test_records_carry_throughput_precision_and_mfu(tiny_data):
-    run = Run(_cfg("fshift:2x1,1x1"), tiny_data, "cpu")
+    run = Run(tiny_config("fshift:2x1,1x1"), tiny_data, "cpu")
     recs = list(run.records())
     assert run.precision == "fp32" and not run.compiled  # auto on the CPU
     for r in recs:
@@ -209,8 +204,8 @@ def test_peak_table_and_mfu():
 def test_compiled_step_matches_eager_and_compiles_once_per_phase(tiny_data):
     import torch._dynamo.utils as du
 
-    eager = _metrics(Run(_cfg("avgpool:2x2,1x1"), tiny_data, "cpu").records())
-    run = Run(_cfg("avgpool:2x2,1x1", compile=True), tiny_data, "cpu")
+    eager = _metrics(Run(tiny_config("avgpool:2x2,1x1"), tiny_data, "cpu").records())
+    run = Run(tiny_config("avgpool:2x2,1x1", compile=True), tiny_data, "cpu")
     compiled, graphs = [], []
     for rec in run.records():
         compiled.append(rec)
@@ -239,10 +234,15 @@ def test_fp16_store_and_stream_give_the_fp32_stores_features(tiny_data, tmp_path
     sizes = {k: sum(f.stat().st_size for f in (tmp_path / k).glob("*.arrow")) for k in ("f16", "f32")}
     assert 0.45 < sizes["f16"] / sizes["f32"] < 0.55
     assert stream.norm == pytest.approx(full.norm, rel=1e-6)  # 40 clips: the sample is all of them
-    recs = list(Run(_cfg("fshift:2x1,1x1"), half, "cpu").records())
+    recs = list(Run(tiny_config("fshift:2x1,1x1"), half, "cpu").records())
     assert recs[-1]["schedule_done"] and np.isfinite(recs[-1]["train_loss"])
     with pytest.raises(CheckpointError, match="features"):  # fp16 inputs differ: no silent resume on fp32
-        Run(_cfg("fshift:2x1,1x1"), full, "cpu", state=Run(_cfg("fshift:2x1,1x1"), half, "cpu").state_dict())
+        Run(
+            tiny_config("fshift:2x1,1x1"),
+            full,
+            "cpu",
+            state=Run(tiny_config("fshift:2x1,1x1"), half, "cpu").state_dict(),
+        )
 
 
 def test_streaming_names_a_clip_that_fails_at_decode_time_and_scans_headers_up_front(tmp_path):
@@ -287,7 +287,7 @@ def test_compile_time_is_kept_out_of_training_time(tiny_data, monkeypatch):
         return compiled
 
     monkeypatch.setattr(torch, "compile", slow_compile)
-    recs = list(Run(_cfg("avgpool:2x1,1x1", compile=True), tiny_data, "cpu").records())
+    recs = list(Run(tiny_config("avgpool:2x1,1x1", compile=True), tiny_data, "cpu").records())
     first, both = recs[0]["compile_time_s"], recs[1]["compile_time_s"]
     assert 1000 <= first < 1100 and 2000 <= both < first + 1100  # one compile per phase
     assert recs[-1]["train_time_s"] < 100 and recs[-1]["wall_time_s"] > 2000
