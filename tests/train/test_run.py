@@ -16,8 +16,6 @@ from c2f_search.train.ledger import FlopsLedger
 
 from ..conftest import TINY_DATA, tiny_config
 
-KW = {"depth": 1}
-
 
 def _metrics(run):
     return [
