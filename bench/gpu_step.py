@@ -769,6 +769,7 @@ def parse(argv=None):
     ap.add_argument(
         "--models",
         nargs="+",
+        choices=[m for m in c2f_search.list_models() if m.startswith("ast-")],
         help="default: ast-base for --quick, ast-tiny and ast-base otherwise (ast-tiny on the CPU)",
     )
     ap.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS, help="the full run's")
@@ -779,16 +780,44 @@ def parse(argv=None):
         help="K/N: run the K-th of N contiguous slices of the parts, with about equal sums of "
         "time limits (the default full run: K/10, each within a 10-minute call)",
     )
-    ap.add_argument("--depth", type=int, help="transformer depth (default: the model's; 1 on the CPU)")
-    ap.add_argument("--mel", type=int, help="mel bins (default 128; 64 on the CPU)")
-    ap.add_argument("--frames", type=int, help="frames at full resolution (default 1024; 128 on the CPU)")
-    ap.add_argument("--batch", type=int, help="batch size (default 16; 8 on the CPU)")
-    ap.add_argument("--clips", type=int, help="training clips (default 1024; 32 on the CPU)")
-    ap.add_argument("--epochs", type=int, help="epochs per phase (default 3; 1 on the CPU)")
+    ap.add_argument("--depth", type=_at_least(1), help="transformer depth (default: the model's; 1 on the CPU)")
+    ap.add_argument("--mel", type=_at_least(16), help="mel bins, >= 16 (default 128; 64 on the CPU)")
+    ap.add_argument(
+        "--frames",
+        type=_at_least(FRAME_QUANTUM, FRAME_QUANTUM),
+        help=f"frames at full resolution, a multiple of {FRAME_QUANTUM} (C=4 of 16-frame patches; default 1024; "
+        "128 on the CPU)",
+    )
+    ap.add_argument("--batch", type=_at_least(1), help="batch size (default 16; 8 on the CPU)")
+    ap.add_argument("--clips", type=_at_least(1), help="training clips, at least --batch (default 1024; 32 on the CPU)")
+    ap.add_argument("--epochs", type=_at_least(1), help="epochs per phase (default 3; 1 on the CPU)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: on for cuda, off for cpu")
     ap.add_argument("--out", help="write the report (markdown) to this file, after every part")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    s = setup_from(a)
+    if s.clips < s.batch:
+        ap.error(f"--clips {s.clips}: fewer training clips than one batch (--batch {s.batch}); give at least {s.batch}")
+    return a
+
+
+FRAME_QUANTUM = 64  # the largest C (4) times AST's 16-frame patch: every phase's token grid divides
+
+
+def _at_least(low: int, multiple: int = 1):
+    """An argparse type: an integer >= `low` and a multiple of `multiple`."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low or v % multiple:
+            what = f" and a multiple of {multiple}" if multiple > 1 else ""
+            raise argparse.ArgumentTypeError(f"{v}: must be >= {low}{what}")
+        return v
+
+    return parse
 
 
 def setup_from(a) -> Setup:

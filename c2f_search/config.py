@@ -121,11 +121,16 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def parse_eval_every(text, steps_per_epoch: int) -> int:
-    """``--eval-every``: ``N`` steps, ``Nstep(s)`` or ``Xepoch(s)`` (fractions of an epoch allowed)."""
+def parse_eval_every(text, steps_per_epoch: int | None = None) -> int | None:
+    """``--eval-every``: ``N`` steps, ``Nstep(s)`` or ``Xepoch(s)`` (fractions of an epoch allowed), in steps;
+    without `steps_per_epoch` (not known yet) the form is checked and None returned."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(steps?|epochs?)?\s*", str(text))
     if not m or (m.group(2) or "step").startswith("step") and "." in m.group(1):
         raise ConfigError("eval_every", f"{text!r}: write N steps (e.g. 50) or a fraction of an epoch (e.g. 0.25epoch)")
+    if float(m.group(1)) <= 0:
+        raise ConfigError("eval_every", f"{text!r}: evaluate every N >= 1 steps or every X > 0 epochs")
+    if steps_per_epoch is None:
+        return None
     n = float(m.group(1)) * (steps_per_epoch if (m.group(2) or "").startswith("epoch") else 1)
     if round(n) < 1:
         raise ConfigError("eval_every", f"{text!r} is less than one step ({steps_per_epoch} steps per epoch)")
@@ -166,7 +171,7 @@ def _check(c: TrainConfig) -> None:
         raise ConfigError("metric_target", f"accuracy and mAP lie in [0, 1], got {c.metric_target!r}")
     if c.eval_every is not None:
         c.eval_every = str(c.eval_every)
-        parse_eval_every(c.eval_every, 10**6)
+        parse_eval_every(c.eval_every)
     if c.precision not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     if c.compile is not None and not isinstance(c.compile, bool):
@@ -191,7 +196,7 @@ def parse_averaging(text: str) -> tuple[str, float]:
         value = float(n) if mode == "from" else int(n)
     except ValueError:
         value = None
-    if mode not in AVERAGING_MODES or value is None or value < (0 if mode == "from" else 1):
+    if mode not in AVERAGING_MODES or value is None or not math.isfinite(value) or value < (0 if mode == "from" else 1):
         raise ConfigError(
             "weight_averaging",
             f"{text!r}: write from:E (every final-phase evaluation from epoch E "

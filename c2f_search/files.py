@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import get_args
 
-from .errors import C2FError, CheckpointError, WriteError
+from .errors import C2FError, CheckpointError, DataError, WriteError
 
 JSON_NAMES = {
     str: "a string",
@@ -34,6 +34,14 @@ HOST = socket.gethostname()
 # a temporary file or folder names its writer, so that one left by a killed process can be told from one
 # being written now (a feature cache is shared by every process on the machine)
 _TEMP = re.compile(r"\.tmp-(\d+)@(.+?)~")
+
+
+def cache_root() -> Path:
+    """c2f-search's cache folder on this node: $C2F_CACHE, else ~/.cache/c2f-search."""
+    root = Path(os.environ.get("C2F_CACHE", Path.home() / ".cache" / "c2f-search"))
+    if root.exists() and not root.is_dir():
+        raise DataError(f"C2F_CACHE={root} is a file, not a folder; point $C2F_CACHE at a folder")
+    return root
 
 
 def temp_prefix() -> str:
@@ -292,13 +300,16 @@ def folder_lock(lock, what: str, command: str):
     except OSError as e:
         _remove_empty(created)
         raise C2FError(f"{what}: cannot write there ({e.strerror or e}); choose a writable folder") from None
-    os.ftruncate(fd, 0)
-    os.write(
-        fd,
-        json.dumps(
-            {"pid": os.getpid(), "host": HOST, "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        ).encode(),
-    )
+    holder = {"pid": os.getpid(), "host": HOST, "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(holder).encode())
+    except OSError as e:  # a full disk: no lock left behind, and the folder named with its free space
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        _remove_empty(created)
+        problem, fix = write_problem(e, path) or (str(e), "choose a writable folder")
+        raise C2FError(f"{what}: cannot write its lock file {path.name} ({problem}); {fix}") from None
     try:
         yield
     finally:

@@ -87,6 +87,9 @@ class SearchDir(_Folder):
     test_metrics = property(lambda self: self.path / "test_metrics.parquet", doc="front points on --test")
     confirm = property(lambda self: ConfirmFiles(self.path), doc="a plain confirm's files")
     confirm_dir = property(lambda self: self.path / self.CONFIRM)
+    confirm_state = property(
+        lambda self: self.confirm_dir / "confirm.json", doc="a plain confirm's plan, and whether it finished"
+    )
     lock = property(lambda self: self.path / LOCK_FILE)
 
     def study_url(self) -> str:

@@ -18,6 +18,9 @@ from .errors import C2FError, SpaceError
 from .files import atomic_write, read_json
 from .layout import SearchDir
 
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
+SCHEDULERS = ("fifo", "asha", "pbt")
+
 
 def flag(field: str) -> str:
     """A setting's command-line flag: ``lr_gamma`` -> ``--lr-gamma``."""
@@ -45,6 +48,12 @@ def train_config(*layers: dict):
     from .validate import validate
 
     return validate(TrainConfig.from_dict(merged(*layers)))
+
+
+def _finite(x) -> bool:
+    import math
+
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _same(a, b) -> bool:
@@ -162,6 +171,21 @@ class DataSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def problem(self) -> tuple[str, str] | None:
+        """(field, what is wrong) of the first value no flag could have given (a hand-edited record), or None."""
+        n = self.norm
+        if n is not None and not (isinstance(n, list) and len(n) == 2 and all(_finite(x) for x in n) and n[1] > 0):
+            return "norm", f"must be [mean, std] with finite numbers and std > 0, got {json.dumps(n)[:40]}"
+        for k in ("num_mel_bins", "target_length", "workers"):
+            v = getattr(self, k)
+            if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                return k, f"must be an integer >= 1 or null, got {json.dumps(v)[:40]}"
+        if self.task not in ("auto", "single", "multi"):
+            return "task", f"must be auto, single or multi, got {json.dumps(self.task)[:40]}"
+        if self.features not in FEATURE_MODES:
+            return "features", f"must be one of {', '.join(FEATURE_MODES)}, got {json.dumps(self.features)[:40]}"
+        return None
+
     def resolved(self) -> DataSettings:
         """Absolute paths, a built-in data set generated and its front end written out, and the cache folder
         absolute, so that trials on any node and in any folder read the same data."""
@@ -252,6 +276,8 @@ class SearchSettings:
     reuse_actors: bool = True  # Tune runs the next trial in a finished trial's process (trainables/c2f.py)
     flags: dict = field(default_factory=dict)  # the command-line flags it was started with, as given
     tuner_sha256: str | None = None  # of DIR/search/tuner.pkl as written: --resume unpickles only that file
+    init: dict | None = None  # the pretrained init: {uri, sha256, size, models (those it initialises)}
+    recipe: str | None = None  # a published recipe under the space's settings (--recipe or the space's)
 
     def __post_init__(self):
         if isinstance(self.data, dict):
@@ -285,4 +311,42 @@ class SearchSettings:
                 f"{p}: key {missing[0]!r} is missing; restore the file or start a new search in another --out"
             )
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known} | {"out": str(Path(out).resolve())})
+        settings = cls(**{k: v for k, v in d.items() if k in known} | {"out": str(Path(out).resolve())})
+        bad = settings.problem()
+        if bad:
+            raise SpaceError(
+                f"{p}: key {bad[0]!r} {bad[1]}; restore the file (it was edited by hand?) or start a new search "
+                f"in another --out"
+            )
+        return settings
+
+    def problem(self) -> tuple[str, str] | None:
+        """(key, what is wrong) of the first value the flags would have refused, or None."""
+        from .config import MAX_SEED
+
+        def count(v, low):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+        checks = [
+            ("sampler", self.sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+            ("scheduler", self.scheduler in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
+            ("trials", self.trials is None or count(self.trials, 1), "an integer >= 1 or null"),
+            ("epochs", self.epochs is None or _finite(self.epochs) and self.epochs > 0, "a number > 0 or null"),
+            ("seed", count(self.seed, 0) and self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+            ("max_failures", count(self.max_failures, 0), "an integer >= 0"),
+            ("keep_checkpoints", self.keep_checkpoints is None or count(self.keep_checkpoints, 0), "an integer >= 0"),
+            (
+                "metric_target",
+                self.metric_target is None or _finite(self.metric_target) and 0 <= self.metric_target <= 1,
+                "a number in [0, 1] or null",
+            ),
+        ]
+        for k, v in self.resources.items():
+            ok = k in ("cpu", "gpu") and (v is None or v == "auto" and k == "gpu" or _finite(v) and v >= 0)
+            checks.append((f"resources.{k}", ok, "a number >= 0 or null (gpu: or auto)"))
+        for key, ok, want in checks:
+            if not ok:
+                got = getattr(self, key, None) if "." not in key else self.resources.get(key.split(".")[1])
+                return key, f"must be {want}, got {json.dumps(got)[:40]}"
+        bad = self.data.problem()
+        return (f"data.{bad[0]}", bad[1]) if bad else None

@@ -31,9 +31,30 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.transition is not None:
         check_transition(cfg.transition)
     if cfg.weight_averaging is not None:
-        parse_averaging(cfg.weight_averaging)
+        mode, value = parse_averaging(cfg.weight_averaging)
+        total = None if schedule.is_adaptive else schedule.total_epochs
+        if mode == "from" and total is not None and value >= total:
+            raise ConfigError(
+                "weight_averaging",
+                f"from:{value:g} starts at or after the schedule's end ({total:g} epochs), so no evaluation would "
+                f"be averaged; give from:E with E below {total:g}",
+            )
     objective.check(cfg)
     return cfg
+
+
+def check_steps(cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Every fixed phase is at least one optimizer step, and so is ``eval_every``, at this many steps per epoch."""
+    from .config import parse_eval_every
+
+    for k, p in enumerate(cfg.schedule.phases):
+        if p.epochs is not None and p.epochs * steps_per_epoch < 0.5:  # rounds to no step at all
+            raise ScheduleError(
+                f"phase {k + 1} ({p.C}x{p.epochs:g}) is less than one optimizer step ({steps_per_epoch} steps per "
+                f"epoch); give every phase at least {1 / steps_per_epoch:.3g} epochs"
+            )
+    if cfg.eval_every is not None:
+        parse_eval_every(cfg.eval_every, steps_per_epoch)
 
 
 def check_batch_size(batch_size: int, n_train: int) -> None:
@@ -68,6 +89,13 @@ def check_against_data(cfg, data) -> None:
     """What only the data decide: the batch against the training clips, and a pretraining run's
     masked patches against the token grid (the geometry: ``ModelFamily.check_geometry``)."""
     fe = data.fe
-    check_batch_size(cfg.batch_size, len(data.features("train", fe.frame_shift_ms, fe.target_length).kept))
+    n = len(data.features("train", fe.frame_shift_ms, fe.target_length).kept)
+    check_batch_size(cfg.batch_size, n)
+    check_steps(cfg, n // cfg.batch_size)
+    for name, size, what in (("freqm", fe.num_mel_bins, "mel bins"), ("timem", fe.target_length, "frames")):
+        if getattr(cfg, name) > size:
+            raise ConfigError(
+                name, f"{getattr(cfg, name)} is wider than the input's {size} {what}; use at most {size} (AST: 48, 192)"
+            )
     if cfg.objective == "masked-patch":
         masked_patches(cfg, cfg.build_kwargs(data.num_classes), Geometry(fe.num_mel_bins, fe.target_length))

@@ -24,6 +24,7 @@ from c2f_search.config import SEARCHABLE, TrainConfig
 from c2f_search.controllers import Population
 from c2f_search.errors import DataError
 from c2f_search.files import atomic_write, load_checkpoint, save_checkpoint
+from c2f_search.models.pretrained import InitFile
 from c2f_search.schema import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
 from c2f_search.train.callbacks.base import Callback
 from c2f_search.train.finetune import finetune_record
@@ -88,9 +89,12 @@ def trial_config(config: dict, setup: dict) -> TrainConfig:
     """The trial's TrainConfig: TrainConfig's defaults, the space's fixed settings, then the sampled ones
     (the model too, where the space searches it or a grid entry names it)."""
     hp = {**setup.get("fixed", {}), **{k: v for k, v in config.items() if k in SEARCHABLE}}
+    model = config.get("model", setup["model"])
+    init = setup.get("init")
     return TrainConfig(
         schedule=config["schedule"],
-        model=config.get("model", setup["model"]),
+        model=model,
+        init=init["uri"] if init and model in init["models"] else None,
         model_kwargs=setup.get("model_kwargs", {}),
         metric_target=setup.get("metric_target"),
         objective=setup.get("objective", "supervised"),
@@ -197,10 +201,16 @@ def train_schedule(config: dict, setup: dict) -> None:
         "exploited_from": donor,
     }
     reporter = TuneReporter(attempt, me, bool(setup.get("finetune")), controller is not None)
+    # a trial that builds its model afresh (not one restored from its own checkpoint) reads the init, checked
+    # against its hash (a PBT copy builds it before taking the donor's weights)
+    fresh = state is None or donor is not None
+    init_from = InitFile.from_dict(setup["init"]).local() if cfg.init and fresh else None
     if donor is None:
-        run = Run(cfg, data, device, state, controller=controller, callbacks=[reporter])
+        run = Run(cfg, data, device, state, controller=controller, callbacks=[reporter], init_from=init_from)
     else:
-        run = copy_member(Run(cfg, data, device, controller=controller, callbacks=[reporter]), state)
+        run = copy_member(
+            Run(cfg, data, device, controller=controller, callbacks=[reporter], init_from=init_from), state
+        )
         reporter.inherited = _count_thrown_away(run)
     if os.environ.get("C2F_INJECT_NAN") == str(cfg.schedule):  # fault injection for tests: a diverging trial
         with torch.no_grad():

@@ -384,11 +384,16 @@ def plot(rows: pa.Table, res: dict, path, metric: str = "val") -> Path:
         )
     ax.set_xlabel("training GFLOPs (cumulative)")
     ax.set_ylabel(f"{'test' if metric == 'test' else 'validation'} {name}")
+    ref = res["reference_point"]
+    if metric == "test":  # the front's points at their test metric, against the same reference
+        hv = hypervolume_2d([(r[key], r["train_flops"]) for r in fr], (ref["val_metric"], ref["train_flops"])) / g
+        hv_text = f"hypervolume of the final front's points on test = {hv:.4g}"
+    else:
+        hv_text = f"hypervolume (final, validation) = {res['hypervolume_final']:.4g}"
     ax.set_title(
         f"Coarse-to-fine schedules: {name} vs training compute"
         + (" (test split; fronts chosen on validation)" if metric == "test" else "")
-        + f"\nhypervolume (final, validation) = {res['hypervolume_final']:.4g} vs ref "
-        f"({res['reference_point']['val_metric']:g}, {res['reference_point']['train_flops'] / g:.4g} GFLOPs)"
+        + f"\n{hv_text} vs ref ({ref['val_metric']:g}, {ref['train_flops'] / g:.4g} GFLOPs)"
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data

@@ -19,6 +19,7 @@ from ..layout import SearchDir
 from .formatting import pct
 from .pareto import analyse, counts_line, front_sentence, plot, save_figure, test_metrics
 from .rows import by_trial, load_rows, search_settings
+from .seeds import holds_text
 
 
 def _png(draw) -> str:
@@ -96,14 +97,34 @@ def _target_dirs(d: Path) -> list:
     )
 
 
+def _interrupted(state: Path) -> bool:
+    """A confirm that was stopped before it finished (its plan says so): it wrote no result."""
+    try:
+        return state.is_file() and json.loads(state.read_text()).get("finished") is False
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _interrupted_note(what: str, args: str) -> str:
+    return (
+        f"<h2>{html.escape(what)}: interrupted, partial</h2><p>It was stopped before it finished and wrote no "
+        f"result; continue it with <code>c2f-search confirm {html.escape(args)} --resume</code>.</p>"
+    )
+
+
 def _targets(d: Path, name: str) -> list[str]:
     """A section per confirmed target (DIR/confirm/NAME): the transfer table, the rank correlation, the cost
     line and the sentence, and the plot."""
-    from .transfer import cost_text, tau_text, transfer_sentence
+    from .transfer import cost_text, holds_cell, tau_text, transfer_sentence
+
+    SIDES = ("proxy", "target")
 
     esc, parts = html.escape, []
     for target in _target_dirs(d):
         folder, f = target.path, target.table
+        if _interrupted(target.marker):
+            parts.append(_interrupted_note(f"confirm --target {folder.name}", f"{d} --target {folder.name}"))
+            continue
         if not f.is_file():
             continue
         again = f" --target {folder.name}"
@@ -142,7 +163,7 @@ def _targets(d: Path, name: str) -> list[str]:
         parts += [
             f"<h2>Transfer to target {esc(folder.name)} (confirm --target)</h2>",
             *(f"<p>{esc(str(x))}</p>" for x in lines[:-2]),
-            _table(rows, cols),
+            _table([{**r, **{f"{s}_holds_every_seed": holds_cell(r, s) for s in SIDES}} for r in rows], cols),
             f"<p>{esc(tau_line)}</p>",
             *(f"<p>{esc(x)}</p>" for x in lines[-2:]),
         ]
@@ -221,8 +242,10 @@ def write_report(search_dir, path=None) -> Path:
         ),
     ]
     confirm = SearchDir(d).confirm
-    if confirm.table.is_file():
-        seeds = _read_table(confirm.table, d, "").to_pylist()
+    if _interrupted(SearchDir(d).confirm_state):
+        parts.append(_interrupted_note("confirm", str(d)))
+    elif confirm.table.is_file():
+        seeds = [{**r, "holds_every_seed": holds_text(r)} for r in _read_table(confirm.table, d, "").to_pylist()]
         parts += [
             "<h2>Seeds (confirm)</h2>",
             _table(

@@ -75,6 +75,11 @@ def schedule_key(q: dict) -> tuple:
     return q["source_trial"], q.get("form") or ""
 
 
+def holds_text(r: dict) -> str:
+    """The 'holds at every seed' cell: the baseline is the reference each saving is measured against."""
+    return "reference" if r.get("is_baseline") else "yes" if r["holds_every_seed"] else "no"
+
+
 def summary_text(summary: list[dict]) -> str:
     name = summary[0]["metric_name"] if summary else "metric"
     f = lambda m, s, k=1, p=4: format_mean_sd(m, s, k, p, missing="")  # noqa: E731
@@ -88,7 +93,7 @@ def summary_text(summary: list[dict]) -> str:
             f"{f(r['best_final_metric_mean'], r['best_final_metric_sd']):>32} "
             f"{f(r['convergence_delta_mean'], r['convergence_delta_sd']):>17} {r['reached']:>3}/{r['seeds']:<3} "
             f"{f(r['flops_saving_mean'], r['flops_saving_sd'], 100, 1):>26} "
-            f"{'yes' if r['holds_every_seed'] else 'no':>19}"
+            f"{holds_text(r):>19}"
         )
     held = [r["schedule"] for r in summary if r["holds_every_seed"] and not r["is_baseline"]]
     lines.append(

@@ -201,6 +201,11 @@ def transfer_sentence(rows: list[dict], ranks: dict) -> str:
     return s
 
 
+def holds_cell(r: dict, side: str) -> str:
+    """A 'holds' cell: 'ref' on the baseline's row, the reference each saving is measured against."""
+    return "ref" if r.get(f"{side}_is_baseline") else "yes" if r[f"{side}_holds_every_seed"] else "no"
+
+
 def transfer_text(rows: list[dict], ranks: dict, cost: dict, header: list[str]) -> str:
     name = rows[0]["metric_name"] if rows else "metric"
     lines = list(header)
@@ -215,11 +220,11 @@ def transfer_text(rows: list[dict], ranks: dict, cost: dict, header: list[str]) 
             f"  {form_label(r):<10} {label:<50} | "
             f"{_pm(r['proxy_flops_saving_mean'], r['proxy_flops_saving_sd']):>18} "
             f"{_pm(r['proxy_convergence_delta_mean'], r['proxy_convergence_delta_sd'], 1, 4, ''):>22} "
-            f"{'yes' if r['proxy_holds_every_seed'] else 'no':>5} "
+            f"{holds_cell(r, 'proxy'):>5} "
             f"{r['proxy_reached']:>3}/{r['proxy_seeds']:<3} | "
             f"{_pm(r['target_flops_saving_mean'], r['target_flops_saving_sd']):>19} "
             f"{_pm(r['target_convergence_delta_mean'], r['target_convergence_delta_sd'], 1, 4, ''):>22} "
-            f"{'yes' if r['target_holds_every_seed'] else 'no':>5} "
+            f"{holds_cell(r, 'target'):>5} "
             f"{r['target_reached']:>3}/{r['target_seeds']:<3}"
             + (
                 f" test {name} {_pm(r['target_test_metric_mean'], r['target_test_metric_sd'], 1, 4, '', '')}"

@@ -26,7 +26,7 @@ def _target(a):
                 f"setting"
             )
         return None
-    return Target(a.target, model_kwargs=kwargs, **changes)
+    return Target(a.target, model_kwargs=kwargs, init=a.init, **changes)
 
 
 def cmd_confirm(a) -> int:
@@ -38,13 +38,15 @@ def cmd_confirm(a) -> int:
     if not out.is_dir():
         raise C2FError(f"{a.dir}: no such search folder; give the --out folder of a search")
     target = _target(a)
+    if a.resume and a.overwrite:
+        raise C2FError("--overwrite and --resume contradict each other; give one")
     with folder_lock(SearchDir(out).lock, a.dir, "confirm"):
         remove_stale_temporaries(out)
         with ray_session():
             if target is None:
-                print(run_confirm(a.dir, a.top, a.seeds, a.overwrite, a.address))
+                print(run_confirm(a.dir, a.top, a.seeds, a.overwrite, a.address, init=a.init, resume=a.resume))
             else:
-                print(run_target_confirm(a.dir, target, a.top, a.seeds, a.overwrite, a.address))
+                print(run_target_confirm(a.dir, target, a.top, a.seeds, a.overwrite, a.address, resume=a.resume))
     files = SearchDir(out).confirm if target is None else SearchDir(out).target(target.name)
     print(f"wrote {', '.join(map(str, files.outputs()))}")
     return 0
@@ -76,8 +78,15 @@ def add_parser(sub) -> None:
         "walks through it.",
     )
     c.add_argument("dir", metavar="DIR", help="the --out folder of a search")
-    c.add_argument("--top", type=positive_int, default=2, help="front schedules to re-run (default 2)")
-    c.add_argument("--seeds", type=positive_int, default=3, help="new seeds per schedule (default 3)")
+    c.add_argument("--top", type=positive_int, help="front schedules to re-run (default 2)")
+    c.add_argument("--seeds", type=positive_int, help="new seeds per schedule (default 3)")
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted confirm (with --target NAME: that target's) with the settings it was "
+        "started with: the runs that finished are not run again. An interrupted confirm writes no result; "
+        "Ctrl-C and SIGTERM stop it cleanly (exit 130 and 143)",
+    )
     c.add_argument(
         "--overwrite",
         action="store_true",
@@ -85,6 +94,13 @@ def add_parser(sub) -> None:
         "--overwrite leaves the targets' folders)",
     )
     c.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
+    c.add_argument(
+        "--init",
+        metavar="PATH|URI",
+        help="pretrained weights the runs start from (as search --init). Default: the search's init, "
+        "refused if the file no longer matches the SHA-256 in search.json; with --target, an init for the "
+        "target's model",
+    )
     t = c.add_argument_group("target setting (with --target; what is not given stays the search's)")
     t.add_argument(
         "--target",

@@ -6,7 +6,7 @@ import os
 import sys
 
 from .args import out_path, positive_float, positive_int
-from .search import run
+from .search import add_init_args, run
 
 DEMO_DATA = "builtin:events?train=1000&val=300"
 
@@ -29,6 +29,8 @@ def cmd_demo(a) -> int:
         "sampler": "tpe",
         "cpus_per_trial": 1.0,
         "keep_checkpoints": 1,
+        **({"init": a.init} if a.init else {}),
+        **({"recipe": a.recipe} if a.recipe else {}),
     }
     print(
         f"demo: {a.trials} trials of the demo space on {DEMO_DATA}, ast-tiny depth {DEMO_DEPTH}, {a.epochs:g} epochs "
@@ -59,4 +61,5 @@ def add_parser(sub) -> None:
     d.add_argument("--trials", type=positive_int, default=12)
     d.add_argument("--epochs", type=positive_float, default=DEMO_EPOCHS)
     d.add_argument("--resume", action="store_true")
+    add_init_args(d, "every trial")
     d.set_defaults(fn=cmd_demo)

@@ -71,8 +71,16 @@ def _handle_sigterm():
 
 def _resume_hint(a) -> str:
     """How to go on after an interrupt: --resume where the folder holds something to resume."""
-    if a.command == "confirm" and SearchDir(a.dir).confirm_dir.is_dir():
-        return "; start it again: the same command with --overwrite"
+    if a.command == "confirm":
+        folder = SearchDir(a.dir)
+        state = folder.target(a.target).marker if a.target else folder.confirm_state
+        if not state.is_file():
+            return "; nothing was saved yet: run the same command again"
+        return (
+            f"; no result was written: continue with: c2f-search confirm {a.dir}"
+            + (f" --target {a.target}" if a.target else "")
+            + " --resume"
+        )
     out = Path(getattr(a, "out", None) or "")
     marker = {
         "train": RunDir(out).config,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import C2FError, NoResults, SpaceError
 from ..layout import SearchDir
-from ..settings import DataSettings, SearchSettings, check_agrees, given, resolve_test
+from ..settings import SAMPLERS, SCHEDULERS, DataSettings, SearchSettings, check_agrees, flag, given, resolve_test
 from .args import (
     add_data_args,
     add_model_setting_args,
@@ -22,7 +22,6 @@ from .args import (
 )
 from .pareto import _export
 
-SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
 # flags without a value default to "not given" (None), so that a resume can tell what was given
 SEARCH_DEFAULTS = {
     "space": "default",
@@ -51,6 +50,8 @@ SEARCH_FLAGS = (
     "metric_target",
     "seed",
     "test",
+    "init",
+    "recipe",
 )
 
 
@@ -74,7 +75,7 @@ def add_search_args(s) -> None:
     )
     s.add_argument(
         "--scheduler",
-        choices=("fifo", "asha", "pbt"),
+        choices=SCHEDULERS,
         help="fifo (the default) runs every trial to its end; asha stops weak trials early, comparing "
         "them at equal cumulative train FLOPs; pbt runs a population (--trials members) of a learned "
         "space (e.g. --space adaptive) under Ray's population-based training, which may lower a "
@@ -127,7 +128,32 @@ def add_search_args(s) -> None:
         "'builtin:events?train=10&val=400&seed=1'): no search decision sees it; after the search "
         "every final-front point and the baseline reference are evaluated on it",
     )
-    add_model_setting_args(s.add_argument_group("model settings (every trial)"))
+    g = s.add_argument_group("model settings (every trial)")
+    add_model_setting_args(g)
+    add_init_args(g, "every trial")
+
+
+def add_init_args(g, who: str) -> None:
+    """--init and --recipe, as train has them, for a search's trials (or a confirm's runs)."""
+    from ..recipes import list_recipes
+
+    g.add_argument(
+        "--init",
+        metavar="PATH|URI",
+        help=f"pretrained weights {who} starts from (the paper's regime; never downloaded): a local path, a "
+        "shared path or an s3:// / gs:// URI of a c2f-search checkpoint (final.pt, e.g. from 'pretrain'), a "
+        "timm/DeiT state dict, an official AST checkpoint, or a Hugging Face AST folder (config.json and "
+        "model.safetensors; its distillation token is dropped for a model built without --dist-token, as "
+        "for a DeiT file). Its SHA-256 and size go into search.json and every trial checks the file it "
+        "reads against them. Overrides the space's 'init'",
+    )
+    g.add_argument(
+        "--recipe",
+        choices=list_recipes(),
+        help="a published recipe (docs/recipes.md) under the space's settings: its training settings below "
+        "the space's 'fixed', its front end below the data flags, its model where the space names none; "
+        "the space's epochs stay the budget. Overrides the space's 'recipe'",
+    )
 
 
 def add_parser(sub) -> None:
@@ -145,21 +171,34 @@ def add_parser(sub) -> None:
 
 def search_settings(flags: dict, out) -> SearchSettings:
     """A new search's settings from the flags given (a dict: the command line's, or the demo's)."""
-    from ..models import model_settings
+    from ..models import get_family, model_settings
+    from ..models.pretrained import InitFile
+    from ..recipes import load_recipe
     from ..search.space import load_space
 
     f = {**SEARCH_DEFAULTS, **flags}
-    space = load_space(f["space"])
+    space = load_space(f["space"], f.get("recipe"))
+    recipe = load_recipe(space.recipe) if space.recipe else None
     data = DataSettings.from_dict(
-        {**DataSettings.from_flags(argparse.Namespace(**flags)), "labelled": space.objective != "masked-patch"}
-    )  # pretraining reads audio only
+        {
+            **DataSettings.from_recipe(recipe),
+            **DataSettings.from_flags(argparse.Namespace(**flags)),
+            "labelled": space.objective != "masked-patch",  # pretraining reads audio only
+        }
+    )
+    takes = set.intersection(*({st.name for st in get_family(m).settings} for m in space.models))
+    model_kwargs = {
+        **{k: v for k, v in (recipe.model_kwargs if recipe else {}).items() if k in takes},
+        **{k: v for k, v in flags.items() if k in model_settings()},
+    }
+    init = f.get("init") or space.init
     data.train = data.train or space.data
     if not data.train:
         raise SpaceError(f"{space.path}: no data set; pass --data or set 'data' in the space file")
     finetune = None
     if space.finetune:  # a pretraining search's fine-tune reads its own labelled data
         finetune = {**space.finetune, "data": DataSettings(space.finetune["data"], cache_dir=data.cache_dir).resolved()}
-    return SearchSettings(
+    settings = SearchSettings(
         space=str(Path(space.path).resolve()),
         out=str(Path(out).resolve()),
         data=data.resolved(),
@@ -175,10 +214,41 @@ def search_settings(flags: dict, out) -> SearchSettings:
         reuse_actors=f["reuse_actors"],
         metric_target=f.get("metric_target"),
         storage=f.get("storage"),
-        model_kwargs={k: v for k, v in flags.items() if k in model_settings()},
+        model_kwargs=model_kwargs,
         test=resolve_test(f.get("test")),
+        init=InitFile.describe(init).to_dict() if init else None,
+        recipe=space.recipe,
         flags={k: v for k, v in flags.items() if k not in RESUME_MAY_CHANGE},
     )
+    bad = settings.problem()
+    if bad:
+        raise SpaceError(f"{FLAG_OF.get(bad[0], flag(bad[0]))}: {bad[1]}")
+    if settings.scheduler == "pbt":
+        _check_population(settings, space, flags)
+    return settings
+
+
+FLAG_OF = {"resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial"}
+
+
+def _check_population(settings: SearchSettings, space, flags: dict) -> None:
+    """What PBT would ignore, refused: it draws its members' values itself and keeps every checkpoint (a member
+    may copy any), and its bottom quantile must hold a member."""
+    import math
+
+    if flags.get("sampler") not in (None, "auto"):
+        raise SpaceError(f"--sampler {flags['sampler']}: PBT draws its members' values itself; drop --sampler")
+    if flags.get("keep_checkpoints") is not None:
+        raise SpaceError(
+            f"--keep-checkpoints {flags['keep_checkpoints']}: PBT keeps every checkpoint, since a member may copy "
+            f"any of another's; drop the flag"
+        )
+    least = math.ceil(1 / space.pbt["quantile"])
+    if settings.trials is not None and settings.trials < least:
+        raise SpaceError(
+            f"--trials {settings.trials}: a population whose bottom {space.pbt['quantile']:g} copies its top needs "
+            f"at least {least} members; give --trials {least} or more"
+        )
 
 
 def resumed_settings(out, flags: dict) -> SearchSettings:
@@ -188,19 +258,22 @@ def resumed_settings(out, flags: dict) -> SearchSettings:
     from ..search.space import load_space
 
     settings = SearchSettings.load(out)
+    go_on = "drop the flag to resume it, or start a new search in another --out"
     check_agrees(
         settings.flags,
         flags,
         f"the search in {out} was started",
-        "drop the flag to resume it, or start a new search in another --out",
-        may_change=RESUME_MAY_CHANGE,
-        defaults=SEARCH_DEFAULTS,
+        go_on,
+        may_change=(*RESUME_MAY_CHANGE, "init"),
+        defaults={**SEARCH_DEFAULTS, "recipe": settings.recipe},
     )
+    if flags.get("init") is not None:
+        settings.init = same_init(settings.init, flags["init"], f"the search in {out} was started", go_on)
     trials = flags.get("trials")
     if trials is not None:
-        had = num_trials(settings, load_space(settings.space))
+        had = num_trials(settings, load_space(settings.space, settings.recipe))
         settings.trials = trials
-        now = num_trials(settings, load_space(settings.space))
+        now = num_trials(settings, load_space(settings.space, settings.recipe))
         if now < had:
             raise C2FError(
                 f"--trials {trials}: the search in {out} was started with {had} trials; a resume may "
@@ -211,6 +284,22 @@ def resumed_settings(out, flags: dict) -> SearchSettings:
         if now > had:
             print(f"--trials {trials}: raising the search from {had} to {now} trials", flush=True)
     return settings
+
+
+def same_init(recorded: dict | None, given_init: str, was: str, go_on: str) -> dict:
+    """The recorded init at the place `given_init` names: the same file (by hash) moved is taken, another
+    one is refused."""
+    from ..models.pretrained import InitFile
+
+    now = InitFile.describe(given_init)
+    if recorded is None:
+        raise C2FError(f"--init {given_init}: {was} from random weights; {go_on}")
+    if now.sha256 != recorded["sha256"]:
+        raise C2FError(
+            f"--init {given_init}: {was} from another init, {recorded['uri']} (SHA-256 "
+            f"{recorded['sha256'][:12]}..., this file's is {now.sha256[:12]}...); {go_on}"
+        )
+    return {**recorded, "uri": now.uri}
 
 
 def cmd_search(a) -> int:
@@ -241,5 +330,6 @@ def run(flags: dict, out, resume: bool = False, address: str | None = None) -> i
                 return _export(settings.out)
             except NoResults as e:  # the folder holds the failed search: say how to go on from it
                 raise NoResults(
-                    f"{e}; fix the cause, then --resume runs the failed trials again (or choose a new --out)"
+                    f"{e}; fix the cause, then --resume runs the failed trials again (a setting the search was "
+                    f"started with cannot change on --resume: for that, start a new --out)"
                 ) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..config import EXECUTION
 from ..errors import C2FError, CheckpointError
 from ..layout import RunDir
+from ..models.base import is_run_state
 from ..settings import DataSettings, check_agrees, given, train_config
 from ..train.callbacks import Callback
 from .args import EPILOG_SCHEDULE, add_data_args, add_model_args, finite_float, given_config, out_path, positive_int
@@ -78,6 +79,18 @@ def _start(a, folder: RunDir) -> Start:
             )
         return Start()
     source = Path(a.resume_from) if a.resume_from else folder.last
+    if not a.resume_from and not source.is_file() and folder.checkpoints.is_dir():
+        # last.pt lost, others kept (phase ends, final.pt): never train over them from step 0
+        kept = sorted(p for p in folder.checkpoints.glob("*.pt") if not _is_temp(p))
+        if kept:
+            newest = _newest_intact(folder.checkpoints, exclude=source)
+            if newest is None:
+                raise CheckpointError(
+                    f"--resume: {source} is missing and no checkpoint beside it can be read "
+                    f"({', '.join(p.name for p in kept)}); start again with --overwrite"
+                )
+            print(f"--resume: {source} is missing; continuing from the newest intact checkpoint, {newest}")
+            source = newest
     if not a.resume_from and not source.is_file() and folder.config.is_file():
         return Start(source, None, _recorded(folder), unstarted=True)
     if not source.is_file():
@@ -86,14 +99,15 @@ def _start(a, folder: RunDir) -> Start:
             if a.resume_from
             else f"--resume: {source} not found; run without --resume to start"
         )
-    return Start(source, _read_state(source), _recorded(RunDir(source.parent.parent)))
+    recorded = _recorded(RunDir(source.parent.parent))  # the folder's record first: a damaged one is named
+    return Start(source, _read_state(source), recorded)
 
 
 def _read_state(path: Path) -> dict:
     from ..files import load_checkpoint
 
     try:
-        return load_checkpoint(path)
+        state = load_checkpoint(path)
     except CheckpointError as e:
         alt = _newest_intact(path.parent, exclude=path)
         hint = (
@@ -102,25 +116,60 @@ def _read_state(path: Path) -> dict:
             else "; no intact checkpoint is left beside it, start again with --overwrite"
         )
         raise CheckpointError(f"{e}{hint}") from None
+    if not is_run_state(state) or not isinstance(state.get("config"), dict):
+        raise CheckpointError(
+            f"{path}: not a c2f-search training state (last.pt, final.pt or a phase checkpoint of a run "
+            f"folder); to start from its weights, use --init {path}"
+        )
+    return state
+
+
+def _is_temp(p: Path) -> bool:
+    from ..files import is_temporary
+
+    return is_temporary(p)  # a write in progress, or one a killed writer left
 
 
 def _newest_intact(ckdir: Path, exclude: Path) -> Path | None:
-    from ..files import is_temporary, load_checkpoint
+    """The newest checkpoint in `ckdir` that loads and holds a run's training state."""
+    from ..files import load_checkpoint
 
     for p in sorted(ckdir.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if p != exclude and not is_temporary(p):  # a write in progress, or one a killed writer left
+        if p != exclude and not _is_temp(p):
             try:
-                load_checkpoint(p)
-                return p
+                state = load_checkpoint(p)
             except CheckpointError:
                 continue
+            if is_run_state(state) and isinstance(state.get("config"), dict):
+                return p
     return None
 
 
 def _recorded(folder: RunDir) -> dict:
+    """A run's config.json, checked as the flags are: a hand-edited value is refused naming its key."""
+    from ..config import TrainConfig
+    from ..errors import ConfigError, ScheduleError
     from ..files import read_json
+    from ..validate import validate
 
-    return read_json(folder.config, RECORDED) if folder.config.is_file() else {}
+    if not folder.config.is_file():
+        return {}
+    rec = read_json(folder.config, RECORDED)
+    fix = "restore the file, or start again with --overwrite"
+    if "config" not in rec:
+        raise C2FError(f"{folder.config}: key 'config' is missing; {fix}")
+    try:
+        validate(TrainConfig.from_dict(rec["config"]))
+    except ConfigError as e:
+        raise C2FError(f"{folder.config}: key 'config.{e.field}': {e.problem}; {fix}") from None
+    except ScheduleError as e:
+        raise C2FError(f"{folder.config}: key 'config.schedule': {e}; {fix}") from None
+    except TypeError as e:
+        raise C2FError(f"{folder.config}: key 'config' does not hold a training configuration ({e}); {fix}") from None
+    bad = DataSettings.from_run_record(rec).problem()
+    if bad:
+        raise C2FError(f"{folder.config}: key 'data.{bad[0]}' {bad[1]}; {fix}")
+    return rec
 
 
 def run_settings(a, start: Start, pretrain: bool):

@@ -26,6 +26,13 @@ class AdaptiveSchedule(ScheduleController):
             raise ConfigError("transition", f"{spec!r}: max must be > 0 epochs")
         if budget is not None and not budget > 0:
             raise ConfigError("transition", f"{spec!r}: budget must be > 0 full-resolution epochs")
+        final = schedule.phases[-1]
+        if budget is not None and final.C == 1 and final.epochs is not None and budget <= final.epochs:
+            raise ConfigError(
+                "transition",
+                f"{spec!r}: budget={budget:g} full-resolution epochs leaves nothing for the coarse phases once the "
+                f"final phase's {final.epochs:g} epochs are paid; give a budget above {final.epochs:g}",
+            )
         self.schedule, self.spec, self.eval_every = schedule, spec, eval_every
         # an auto phase is capped at the final phase's length unless max says otherwise
         self.max_epochs = max_epochs if max_epochs is not None else schedule.phases[-1].epochs

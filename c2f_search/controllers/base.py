@@ -9,6 +9,7 @@ of its own, and only an ``Adopt`` action makes its steps the run's.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -156,8 +157,12 @@ def parse_spec(text: str, allowed: dict) -> tuple[str, dict]:
         k, eq, v = kv.partition("=")
         if not eq or k not in allowed:
             raise ConfigError("transition", f"{text!r}: {kv!r} is not one of {', '.join(f'{a}=...' for a in allowed)}")
+        if k in out:
+            raise ConfigError("transition", f"{text!r}: {k} is given twice; give it once")
         try:
             out[k] = allowed[k](v)
         except ValueError:
             raise ConfigError("transition", f"{text!r}: {k}={v!r} is not a valid value") from None
+        if isinstance(out[k], float) and not math.isfinite(out[k]):
+            raise ConfigError("transition", f"{text!r}: {k}={v} is not a finite number")
     return name.strip(), out

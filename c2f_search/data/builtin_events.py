@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from ..errors import DataError
-from ..files import write_problem
+from ..files import cache_root, write_problem
 
 SR = 16000
 VERSION = 5
@@ -119,13 +119,6 @@ def parse_spec(spec: str) -> dict:
     if opts["train"] < 10 or opts["val"] < 10:
         raise DataError(f"{spec!r}: train and val need at least 10 clips each")
     return opts
-
-
-def cache_root() -> Path:
-    root = Path(os.environ.get("C2F_CACHE", Path.home() / ".cache" / "c2f-search"))
-    if root.exists() and not root.is_dir():
-        raise DataError(f"C2F_CACHE={root} is a file, not a folder; point $C2F_CACHE at a folder")
-    return root
 
 
 def _generate(tmp: Path, root: Path, o: dict) -> None:

@@ -21,7 +21,7 @@ from ..files import read_text
 from . import builtin_events as builtin
 from .frontend import FrontEnd
 from .store import FEATURE_MODES, ChunkedRows, Features, extract, norm_stats
-from .stream import StreamFeatures, _cpus, _worker_init, scan_clips
+from .stream import StreamFeatures, _worker_init, available_cpus, scan_clips
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 NORM_SAMPLE = 256  # clips a streamed data set estimates its normalization from
@@ -296,7 +296,12 @@ class Data:
         self.train, self.val, self.test, self.fe, self.target_reason = train, val, test, fe, target_reason
         self.cache_dir, self.skip_bad, self.progress = cache_dir, skip_bad, progress
         self.mode = features
-        self.workers = workers or max(1, _cpus() - 1)
+        if workers is not None and workers > available_cpus():
+            raise DataError(
+                f"--stream-workers {workers}: more worker processes than the {available_cpus()} CPU cores here; "
+                f"use at most {available_cpus()} (default: the cores less one)"
+            )
+        self.workers = workers or max(1, available_cpus() - 1)
         self._feats: dict = {}
         self._scans: dict = {}
         self._executor = None

@@ -17,7 +17,7 @@ from .store import _named, clip_fbank
 
 
 # --------------------------------------------------------------------------- streaming (no store)
-def _cpus() -> int:
+def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

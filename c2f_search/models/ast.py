@@ -19,6 +19,7 @@ from ..errors import C2FError
 from ..geometry import Capability, Geometry
 from .base import DEPTH, DIST_TOKEN, DROP_PATH, STRIDE, ModelFamily, is_run_state, load_matching, register_model
 from .layers import resample_grid_embed
+from .pretrained import InitNotForFamily
 
 PATCH = 16
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
@@ -115,13 +116,19 @@ class ASTFamily(ModelFamily):
 
         * a c2f-search checkpoint (``final.pt``, ``last.pt``): fine-tune a run of your own;
         * the official AST format (``module.v.*`` keys, e.g. ``audioset_10_10_0.4593.pth``);
-        * a timm ViT/DeiT state dict (``.pth`` or ``.safetensors``): the RGB patch kernel is summed.
+        * a timm ViT/DeiT state dict (``.pth`` or ``.safetensors``): the RGB patch kernel is summed;
+        * a Hugging Face AST folder (``save_pretrained``: ``config.json``, ``model.safetensors``), read as the
+          official format.
         Position embeddings and the patch kernel move to this model's geometry; the classifier
-        is kept only where the number of classes matches.
+        is kept only where the number of classes matches. A distillation token the model lacks is dropped.
         """
         from ..files import load_checkpoint
+        from .hf_ast import is_hf_folder, read_hf_ast
 
         p = Path(path)
+        if is_hf_folder(p):
+            sd, grid, _ = read_hf_ast(p)
+            return self._load_vit(model, sd, grid, path)
         if p.suffix == ".safetensors" and p.is_file():
             from safetensors.torch import load_file
 
@@ -145,9 +152,9 @@ class ASTFamily(ModelFamily):
             sd = {f"vit.{k}": v for k, v in sd.items() if not k.startswith(("head", "fc_norm"))}
             grid = None
         else:
-            raise C2FError(
+            raise InitNotForFamily(
                 f"--init {path}: not a c2f-search checkpoint, an official AST checkpoint "
-                f"(module.v.* keys) or a timm ViT/DeiT state dict"
+                f"(module.v.* keys), a timm ViT/DeiT state dict or a Hugging Face AST folder"
             )
         self._load_vit(model, sd, grid, path)
 

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,7 @@ import torch.nn as nn
 from ..errors import C2FError, ConfigError, ScheduleError
 from ..geometry import Capability, Geometry
 from ..registry import Registry
+from .pretrained import InitMismatch, InitNotForFamily
 
 MODELS: Registry[tuple[Callable[..., nn.Module], ModelFamily]] = Registry(
     "model",
@@ -160,9 +162,9 @@ class ModelFamily(ABC):
         """Start from a local file (never downloaded); every family reads c2f-search checkpoints."""
         from ..files import load_checkpoint
 
-        state = load_checkpoint(path)
+        state = {} if Path(path).is_dir() else load_checkpoint(path)
         if not is_run_state(state):
-            raise C2FError(
+            raise InitNotForFamily(
                 f"--init {path}: {model.model_name} starts only from a c2f-search checkpoint (final.pt, last.pt)"
             )
         self.init_from_run(model, state, path)
@@ -172,7 +174,7 @@ class ModelFamily(ABC):
         moved by ``adapt_state_dict``, the classifier kept only where the number of classes matches."""
         src_family = get_family(state["model_name"])
         if not isinstance(src_family, type(self)):
-            raise C2FError(
+            raise InitNotForFamily(
                 f"--init {path}: a checkpoint of {state['model_name']} ({src_family.name}), which "
                 f"{model.model_name} ({self.name}) cannot start from"
             )
@@ -204,11 +206,16 @@ def load_matching(model: nn.Module, sd: dict, path, head=("head.",), may_miss=()
     bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     missing = [k for k in own if k not in sd and not k.startswith(head) and not k.startswith(tuple(may_miss))]
     unexpected = [k for k in sd if k not in own]
-    if bad or missing or unexpected:
-        raise C2FError(
-            f"--init {path}: the checkpoint does not fit {model.model_name} (shape differs: {bad[:3]}, "
-            f"missing: {missing[:3]}, unexpected: {unexpected[:3]}); pick the matching --model width "
-            f"and --depth"
+    if bad:
+        k = bad[0]
+        raise InitMismatch(
+            f"--init {path}: does not fit {model.model_name}: {k} is {tuple(sd[k].shape)} in the file, "
+            f"{tuple(own[k].shape)} in the model; pick the matching --model width and --depth"
+        )
+    if missing or unexpected:
+        raise InitMismatch(
+            f"--init {path}: does not fit {model.model_name} (missing: {missing[:3]}, unexpected: "
+            f"{unexpected[:3]}); pick the matching --model width and --depth"
         )
     model.load_state_dict(sd, strict=False)
 

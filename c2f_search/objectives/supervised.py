@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multilabel_average_precision
 
+from ..errors import ConfigError
 from ..models.flops import eval_flops, train_flops
 from .base import Objective, Scorer, register_objective
 
@@ -58,6 +59,13 @@ class Supervised(ClassificationLoss, Objective):
     def __init__(self, cfg, data, full):
         Objective.__init__(self, cfg, data, full)
         ClassificationLoss.__init__(self, cfg.loss == "bce" or (cfg.loss == "auto" and data.multilabel))
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.mask_patches is not None:
+            raise ConfigError(
+                "mask_patches", "masks patches for SSAST pretraining only; drop it, or pretrain (masked-patch)"
+            )
 
     @property
     def metric_name(self) -> str:

@@ -22,6 +22,7 @@ from ..config import SEARCHABLE
 from ..errors import C2FError, NoResults
 from ..files import atomic_write
 from ..layout import SearchDir, TargetDir
+from ..models.pretrained import InitFile
 from ..schedule import Schedule, parse_schedule
 from ..schema import row_table, write_table
 from ..settings import DataSettings, SearchSettings, resolve_test
@@ -72,17 +73,44 @@ def seed_runs(picks: list[dict], seeds: int, forms: bool = False) -> tuple[list[
     return runs, first
 
 
-def _tune(settings: SearchSettings, space, runs: list[dict], storage: Path, name: str, address, progress_stream):
-    """One Tune run of `runs` (each a trial's config) in storage/name; every run trains to its end."""
+def _tune(
+    settings: SearchSettings, space, runs: list[dict], storage: Path, name: str, address, progress_stream, plan: Plan
+):
+    """One Tune run of `runs` (each a trial's config) in storage/name; every run trains to its end. Where an
+    interrupted one is there (`plan` holds its tuner.pkl's hash), it continues: finished runs stay, the others
+    go on from their checkpoints. Ctrl-C and SIGTERM stop it cleanly and raise ``Interrupted``."""
+    from ray import tune
+
+    from .runner import _stop_cleanly, _tuner_hash
+
+    trainable = make_trainable(
+        settings, space, trial_resources(settings, space, joined=address is not None), metric_target=None
+    )
+    exp = str(storage / name)
+    done = plan.doc.setdefault("tuners", {})
+    if name in done and tune.Tuner.can_restore(exp):
+        if _tuner_hash(SearchDir(storage), exp) != done[name]:
+            raise C2FError(
+                f"{exp}: its {SearchDir.TUNER_FILE} is not the file confirm wrote; resuming would unpickle it, "
+                f"which can run code, so it is refused: start again with --overwrite"
+            )
+        tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = _new_tuner(settings, runs, storage, name, progress_stream, trainable)
+        done[name] = _tuner_hash(SearchDir(storage), exp)
+    plan.save()
+    with _stop_cleanly():
+        tuner.fit()
+
+
+def _new_tuner(settings: SearchSettings, runs: list[dict], storage: Path, name: str, progress_stream, trainable):
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
     from .runner import TrialLines
 
-    tuner = tune.Tuner(  # both modes are read from the full history
-        make_trainable(
-            settings, space, trial_resources(settings, space, joined=address is not None), metric_target=None
-        ),
+    return tune.Tuner(  # both modes are read from the full history
+        trainable,
         param_space=dict.fromkeys({k for r in runs for k in r}),  # each run's values come from points_to_evaluate
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=runs),
@@ -98,7 +126,6 @@ def _tune(settings: SearchSettings, space, runs: list[dict], storage: Path, name
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    tuner.fit()
 
 
 def _local_storage(settings: SearchSettings) -> None:
@@ -109,33 +136,91 @@ def _local_storage(settings: SearchSettings) -> None:
         )
 
 
-def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None, progress_stream=None) -> str:
+@dataclass
+class Plan:
+    """What a confirm runs, saved before it trains (``SearchDir.confirm_state``, a target's ``target.json``), so
+    that an interrupted one continues with ``--resume``: its settings, its runs, the hash of each Tune run's
+    tuner.pkl, and whether it finished (only then are its results written)."""
+
+    path: Path
+    doc: dict
+
+    def save(self) -> None:
+        atomic_write(self.path, json.dumps(self.doc, indent=1))
+
+    @classmethod
+    def interrupted(cls, path: Path, again: str, given: dict) -> Plan:
+        """The plan of the interrupted confirm at `path`; the settings `given` (not None) must agree with it."""
+        from ..files import read_json
+
+        if not path.is_file():
+            raise C2FError(f"{path.parent}: no interrupted confirm to resume; run it without --resume")
+        doc = read_json(path)
+        if doc.get("finished", True):
+            raise C2FError(f"{path.parent}: that confirm finished; run it again with --overwrite{again}")
+        for k, v in given.items():
+            if v is not None and doc.get(k) != v:
+                raise C2FError(
+                    f"--{k.replace('_', '-')} {v}: the interrupted confirm runs {doc.get(k)}; drop the flag to "
+                    f"resume it, or run it again with --overwrite"
+                )
+        return cls(path, doc)
+
+
+def run_confirm(
+    out, top: int | None, seeds: int | None, overwrite: bool = False, address=None, progress_stream=None,
+    init=None, resume: bool = False,
+) -> str:  # fmt: skip
     """Run the seeds and write DIR/confirm.parquet (per schedule), DIR/confirm_seeds.parquet (per seed),
-    DIR/confirm.png and DIR/confirm.txt; returns the text."""
+    DIR/confirm.png and DIR/confirm.txt; returns the text. `init`: another init than the search's. With `resume`,
+    an interrupted confirm goes on: the runs that finished are not run again."""
     import ray
 
+    from ..geometry import Geometry
+    from .runner import check_init
+
     settings = SearchSettings.load(out)
+    space = load_space(settings.space, settings.recipe)
     folder = SearchDir(settings.out)
     out = folder.path
     exp = folder.confirm_dir  # local storage only: _local_storage
     _local_storage(settings)
-    own = [p for p in exp.iterdir() if not folder.target(p.name).marker.is_file()] if exp.is_dir() else []
-    if own:
-        if not overwrite:
-            raise C2FError(f"{exp}: a confirm run is already there; pass --overwrite to replace it")
-        for p in own:  # the targets' folders (DIR/confirm/NAME) stay
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    picks = pick(analyse(load_rows(out)), top)
-    runs, first = seed_runs(picks, seeds)
+    if resume:
+        plan = Plan.interrupted(folder.confirm_state, "", {"top": top, "seeds": seeds})
+        settings.init = plan.doc["init"]
+        if init and not InitFile.describe(init).same_as(InitFile.from_dict(settings.init)):
+            raise C2FError(f"--init {init}: the interrupted confirm runs from another init; drop the flag to resume it")
+    elif init:
+        settings.init = InitFile.describe(init).to_dict()
+    d = settings.data
+    check_init(settings, sorted({m for m, _, _ in space.variants()}), Geometry(d.num_mel_bins, d.target_length), 2)
+    if not resume:
+        own = [p for p in exp.iterdir() if not folder.target(p.name).marker.is_file()] if exp.is_dir() else []
+        if own:
+            if not overwrite:
+                raise C2FError(f"{exp}: a confirm run is already there; pass --overwrite to replace it")
+            for p in own:  # the targets' folders (DIR/confirm/NAME) stay
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for f in folder.confirm.outputs():  # an earlier confirm's results: never read as this one's
+            f.unlink(missing_ok=True)
+        top, seeds = top or 2, seeds or 3
+        picks = pick(analyse(load_rows(out)), top)
+        runs, first = seed_runs(picks, seeds)
+        exp.mkdir(parents=True, exist_ok=True)
+        plan = Plan(folder.confirm_state, {
+            "top": top, "seeds": seeds, "first_seed": first, "runs": runs, "init": settings.init,
+            "schedules": [r["schedule"] for r in picks], "finished": False,
+        })  # fmt: skip
+    doc = plan.doc
     print(
-        f"confirm: {len(picks)} schedules x {seeds} seeds ({first}..{first + seeds - 1}) = {len(runs)} runs: "
-        + ", ".join(r["schedule"] for r in picks),
+        f"confirm{' (resumed)' if resume else ''}: {len(doc['schedules'])} schedules x {doc['seeds']} seeds "
+        f"({doc['first_seed']}..{doc['first_seed'] + doc['seeds'] - 1}) = {len(doc['runs'])} runs: "
+        + ", ".join(doc["schedules"]),
         flush=True,
     )
-    space = load_space(settings.space)
     if not ray.is_initialized():
         connect_ray(address)
-    _tune(settings, space, runs, out, SearchDir.CONFIRM, address, progress_stream)
+    _tune(settings, space, doc["runs"], out, SearchDir.CONFIRM, address, progress_stream, plan)
     per_seed, summary = analyse_seeds(load_rows(out, name=SearchDir.CONFIRM))
     files = folder.confirm
     write_table(_table(per_seed), files.seeds)
@@ -143,6 +228,8 @@ def run_confirm(out, top: int, seeds: int, overwrite: bool = False, address=None
     plot_seeds(per_seed, summary, files.plot)
     text = summary_text(summary)
     atomic_write(files.text, text + "\n")
+    doc["finished"] = True
+    plan.save()
     return text
 
 
@@ -168,6 +255,7 @@ class Target:
     test: str | None = None
     labels: str | None = None
     recipe: str | None = None
+    init: str | None = None  # the target's pretrained init; None: the search's
     epochs_factor: float | None = None
     epochs: float | None = None
 
@@ -233,6 +321,8 @@ def target_setting(settings: SearchSettings, space, target: Target):
         test = resolve_test(target.test) if target.test else settings.test
     fixed = {**space.fixed, **(recipe.train if recipe else {})}
     t_settings = replace(settings, data=data, model_kwargs=kwargs, test=test, epochs=epochs)
+    if target.init:
+        t_settings.init = InitFile.describe(target.init).to_dict()
     t_space = replace(
         space, model=models[0], models=models, fixed=fixed, grid_models=None if model else space.grid_models
     )
@@ -313,51 +403,65 @@ def _describe(t: Target, t_settings, t_space, factor: float, proxy_epochs: float
 
 
 def run_target_confirm(
-    out, target: Target, top: int, seeds: int, overwrite: bool = False, address=None, progress_stream=None
-) -> str:
+    out, target: Target, top: int | None, seeds: int | None, overwrite: bool = False, address=None,
+    progress_stream=None, resume: bool = False,
+) -> str:  # fmt: skip
     """Confirm at a target: check everything (the target's data prepared and checked as a search's driver
     does) before anything is written, then run the proxy seeds not already run by a plain confirm and the
-    target's runs, and write DIR/confirm/NAME (``layout.TargetDir``). Returns the text."""
+    target's runs, and write DIR/confirm/NAME (``layout.TargetDir``). Returns the text. With `resume`, an
+    interrupted one goes on with the target it was started with: the runs that finished are not run again."""
     import ray
 
     settings = SearchSettings.load(out)
     search = SearchDir(settings.out)
     _local_storage(settings)
-    folder = _target_folder(search, target, overwrite)
+    if resume:
+        folder = search.target(target.name)
+        saved = Plan.interrupted(folder.marker, f" --target {target.name}", {"top": top, "seeds": seeds})
+        given = {k: v for k, v in asdict(target).items() if v not in (None, {})}
+        if any(saved.doc["target"].get(k) != v for k, v in given.items()):
+            raise C2FError(
+                f"--target {target.name}: the interrupted confirm runs {saved.doc['target']}; give only --target "
+                f"{target.name} --resume to resume it, or run it again with --overwrite"
+            )
+        target, top, seeds = Target(**saved.doc["target"]), saved.doc["top"], saved.doc["seeds"]
+    else:
+        folder = _target_folder(search, target, overwrite)
+        top, seeds = top or 2, seeds or 3
     plan = _plan_target(settings, search, target, top, seeds)
+    if resume and (plan.t_settings.init or {}).get("sha256") != (saved.doc["init"] or {}).get("sha256"):
+        raise C2FError(f"{folder.marker}: the target's init changed since this confirm started; restore it")
+    if resume and plan.runs != saved.doc["runs"]:
+        raise C2FError(
+            f"{folder.marker}: the search's front changed since this confirm started; run it again with --overwrite"
+        )
     print(
-        "\n".join(plan.header) + f"\nconfirm --target: {len(plan.runs)} target runs, {len(plan.todo)} proxy runs",
+        "\n".join(plan.header)
+        + f"\nconfirm --target: {len(plan.runs)} target runs, {len(plan.todo)} proxy runs"
+        + (" (resumed)" if resume else ""),
         flush=True,
     )
-    if folder.path.exists():
-        shutil.rmtree(folder.path)
-    folder.path.mkdir(parents=True)
     t = plan.t_settings
-    atomic_write(
-        folder.marker,
-        json.dumps(
-            {
-                "target": asdict(target),
-                "top": top,
-                "seeds": seeds,
-                "first_seed": plan.first,
-                "factor": plan.factor,
-                "data": t.data.to_dict(),
-                "model": plan.t_space.models,
-                "model_kwargs": t.model_kwargs,
-                "test": t.test,
-                "epochs": t.epochs,
-                "runs": plan.runs,
-            },
-            indent=1,
-        ),
-    )
+    if resume:
+        progress = saved
+    else:
+        if folder.path.exists():
+            shutil.rmtree(folder.path)
+        folder.path.mkdir(parents=True)
+        progress = Plan(folder.marker, {
+            "target": asdict(target), "top": top, "seeds": seeds, "first_seed": plan.first, "factor": plan.factor,
+            "data": t.data.to_dict(), "model": plan.t_space.models, "model_kwargs": t.model_kwargs,
+            "init": t.init, "test": t.test, "epochs": t.epochs, "runs": plan.runs, "finished": False,
+        })  # fmt: skip
     if not ray.is_initialized():
         connect_ray(address)
     if plan.todo:
-        _tune(settings, plan.space, plan.todo, folder.path, folder.PROXY, address, progress_stream)
-    _tune(t, plan.t_space, plan.runs, folder.path, folder.TARGET, address, progress_stream)
-    return _write_transfer(folder, plan)
+        _tune(settings, plan.space, plan.todo, folder.path, folder.PROXY, address, progress_stream, progress)
+    _tune(t, plan.t_space, plan.runs, folder.path, folder.TARGET, address, progress_stream, progress)
+    text = _write_transfer(folder, plan)
+    progress.doc["finished"] = True
+    progress.save()
+    return text
 
 
 def _target_folder(search: SearchDir, target: Target, overwrite: bool) -> TargetDir:
@@ -400,7 +504,7 @@ def _plan_target(settings: SearchSettings, search: SearchDir, target: Target, to
     before anything is written."""
     from .runner import prepare_data
 
-    space = load_space(settings.space)
+    space = load_space(settings.space, settings.recipe)
     search_rows = load_rows(search.path)
     proxy_runs, first = seed_runs(pick(analyse(search_rows), top), seeds, forms=True)
     t_settings, t_space, factor, recipe = target_setting(settings, space, target)

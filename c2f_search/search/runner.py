@@ -92,9 +92,44 @@ def prepare_data(settings: SearchSettings, space: Space, progress=True):
     _check_grids(space, models, data)
     _extract(space, data)
     _check_trial_configs(settings, space, data)
+    _check_phase_lengths(settings, space, data)
+    check_init(settings, models, Geometry(data.fe.num_mel_bins, data.fe.target_length), data.num_classes)
     if settings.finetune:
         _check_finetune(settings, space, models, progress)
     return data
+
+
+def check_init(settings: SearchSettings, models: list[str], geometry: Geometry, num_classes: int) -> None:
+    """The init is readable here and is the file the search recorded; each model takes it or is of another
+    family (its trials start from random weights, said in a line); one of the init's family whose weights do
+    not fit is refused, naming the model and the first mismatched shape. Records the models it fits."""
+    from ..models import create_model
+    from ..models.pretrained import InitError, InitFile, InitMismatch, InitNotForFamily
+
+    if not settings.init:
+        return
+    init = InitFile.from_dict(settings.init)
+    try:
+        local = init.local()
+    except InitError as e:
+        raise SpaceError(str(e)) from None
+    fits = []
+    for m in models:
+        family = get_family(m)
+        kwargs = {k: v for k, v in settings.model_kwargs.items() if k in {st.name for st in family.settings}}
+        model = create_model(m, geometry=geometry, num_classes=num_classes, **kwargs)
+        try:
+            family.load_init(model, local)
+            fits.append(m)
+        except InitNotForFamily as e:
+            print(f"{m}: its trials start from random weights, the init is not for it ({e})", flush=True)
+        except InitMismatch as e:
+            raise SpaceError(f"{m}: {e}") from None
+        except C2FError as e:
+            raise SpaceError(str(e)) from None
+    if not fits:
+        raise SpaceError(f"--init {init.uri}: initialises none of the models {', '.join(models)}")
+    settings.init = {**init.to_dict(), "models": fits}
 
 
 def _check_models(settings: SearchSettings, space: Space, models: list[str]) -> None:
@@ -142,6 +177,35 @@ def _check_trial_configs(settings: SearchSettings, space: Space, data) -> None:
             raise SpaceError(
                 f"{space.path}: key '{keys.get(e.field, f'fixed.{e.field}')}' ({cfg.model}): {e.problem}"
             ) from None
+
+
+def _shortest_phase(space: Space, E: float) -> float:
+    """The shortest fixed phase, in epochs, a trial of `space` may get at `E` epochs."""
+    if space.is_grid:
+        from ..schedule import parse_schedule
+
+        return min(p.epochs for g in space.grid(E) for p in parse_schedule(g.rpartition(" ")[2]).phases)
+    if space.is_adaptive:
+        return space.final_fraction[0] * E
+    lo, hi = space.phase_fraction
+    k = space.coarse_phases[1]
+    coarse = lo * min(1.0, space.max_coarse_fraction / (k * hi)) if k else 1.0
+    return E * min(coarse, 1 - space.max_coarse_fraction if k else 1.0)
+
+
+def _check_phase_lengths(settings: SearchSettings, space: Space, data) -> None:
+    """Every phase a trial may get is at least one optimizer step at the largest batch a trial may get."""
+    E = settings.epochs or space.epochs
+    fe = data.fe
+    n = len(data.features("train", fe.frame_shift_ms, fe.target_length).kept)
+    batch = max(cfg.batch_size for _, cfg in space.trial_configs(settings.model_kwargs))
+    spe, shortest = max(1, n // batch), _shortest_phase(space, E)
+    if shortest < max(0.5 / spe, 5e-4):
+        where = f"--epochs {E:g}" if settings.epochs else f"{space.path}: key 'epochs' ({E:g})"
+        raise SpaceError(
+            f"{where}: a trial's shortest phase would be {shortest:.3g} epochs, less than one optimizer step "
+            f"({spe} steps per epoch at batch {batch}); give at least {E * max(0.5 / spe, 5e-4) / shortest:.3g} epochs"
+        )
 
 
 def _check_finetune(settings: SearchSettings, space: Space, models: list[str], progress: bool) -> None:
@@ -242,12 +306,18 @@ def run_search(
     connect, build the Tuner (or restore it), fit, summarize. Returns Tune's ResultGrid."""
     import ray
 
-    space = load_space(settings.space)
+    space = load_space(settings.space, settings.recipe)
     folder = SearchDir(Path(settings.out).resolve())
     data = _preflight(settings, space, folder, resume, storage_filesystem)
+    if address is None and not ray.is_initialized():  # a local instance: this machine is every node
+        check_fits(_asked(settings, space), [_this_machine()], "this machine")
     if not ray.is_initialized():
         connect_ray(address)
-    trainable = make_trainable(settings, space, trial_resources(settings, space, joined=address is not None))
+    resources = trial_resources(settings, space, joined=address is not None)
+    if address is not None:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")] + _autoscaler_types(AUTOSCALER_CONFIG)
+        check_fits(resources, nodes, "any node of the cluster (or a node type its autoscaler may start)")
+    trainable = make_trainable(settings, space, resources)
     folder.path.mkdir(parents=True, exist_ok=True)
     if resume:
         tuner, searcher = _restore(settings, space, folder, trainable, storage_filesystem), None
@@ -462,6 +532,7 @@ def make_trainable(settings: SearchSettings, space: Space, resources: dict, metr
         "objective": space.objective,
         "finetune": settings.finetune,
         "budget": settings.epochs or space.epochs,
+        "init": settings.init,
     }
     return tune.with_resources(tune.with_parameters(train_schedule, setup=setup), resources)
 
@@ -498,16 +569,45 @@ def trial_resources(settings: SearchSettings, space: Space, joined: bool, autosc
     return res
 
 
-def _autoscaler_gpus(config: Path) -> float:
-    """The most GPUs of a node type the cluster launcher's autoscaler may start (0 without its config)."""
+def _autoscaler_types(config: Path) -> list[dict]:
+    """The resources of each node type the cluster launcher's autoscaler may start (none without its config)."""
     import yaml
 
+    config = Path(config).expanduser()
     if not config.is_file():
-        return 0
+        return []
     types = (yaml.safe_load(config.read_text()) or {}).get("available_node_types") or {}
-    return max(
-        (float((t.get("resources") or {}).get("GPU", 0)) for t in types.values() if t.get("max_workers", 1) > 0),
-        default=0,
+    return [dict(t.get("resources") or {}) for t in types.values() if t.get("max_workers", 1) > 0]
+
+
+def _autoscaler_gpus(config: Path) -> float:
+    """The most GPUs of a node type the cluster launcher's autoscaler may start (0 without its config)."""
+    return max((float(t.get("GPU", 0)) for t in _autoscaler_types(config)), default=0)
+
+
+def _asked(settings: SearchSettings, space: Space) -> dict:
+    """One trial's {cpu, gpu} as given (a gpu of auto never asks for more than there is)."""
+    res = {**space.resources, **{k: v for k, v in settings.resources.items() if v is not None}}
+    return {"cpu": res["cpu"], "gpu": 0 if res["gpu"] == "auto" else res["gpu"]}
+
+
+def _this_machine() -> dict:
+    import torch
+
+    from ..data.stream import available_cpus
+
+    return {"CPU": available_cpus(), "GPU": torch.cuda.device_count()}
+
+
+def check_fits(res: dict, nodes: list[dict], where: str) -> None:
+    """Refuse trial resources no node can grant: Ray would wait for them forever, warning every minute."""
+    if any(res["cpu"] <= n.get("CPU", 0) and res["gpu"] <= n.get("GPU", 0) for n in nodes):
+        return
+    most = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU")}
+    raise SpaceError(
+        f"each trial asks for {res['cpu']:g} CPU and {res['gpu']:g} GPU, more than {where} has "
+        f"({most['CPU']:g} CPUs, {most['GPU']:g} GPUs at most); give --cpus-per-trial and --gpus-per-trial "
+        f"within that"
     )
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import random
 
 from ..errors import SpaceError
-
-SCHEDULERS = ("fifo", "asha", "pbt")
+from ..settings import SCHEDULERS
 
 
 class LowerC:

@@ -37,6 +37,8 @@ TOP_KEYS = {
     "objective",
     "finetune",
     "pbt",
+    "init",
+    "recipe",
 }
 PBT_KEYS = {"interval": 0.5, "quantile": 0.25, "lower_C": 0.5}  # and their defaults
 FINETUNE_KEYS = {"data", "schedule", "fixed"}
@@ -81,6 +83,8 @@ class Space:
     controllers: dict | None = None  # learned coarse phases: controller name -> {setting: spec}
     final_fraction: tuple[float, float] = (0.4, 0.6)  # learned: the final phase's share of the epochs
     pbt: dict = field(default_factory=lambda: dict(PBT_KEYS))
+    init: str | None = None  # a pretrained init (path or URI) every trial starts from; --init overrides it
+    recipe: str | None = None  # a published recipe under the space's fixed settings; --recipe overrides it
 
     @property
     def is_adaptive(self) -> bool:
@@ -332,11 +336,13 @@ def find_space(name_or_path: str) -> Path:
     raise SpaceError(f"{name_or_path}: no such search-space file; give a path or one of: {', '.join(names)}")
 
 
-def load_space(name_or_path: str) -> Space:
-    """A space file, checked in full: every value a trial may get passes the checks a trial would make."""
+def load_space(name_or_path: str, recipe: str | None = None) -> Space:
+    """A space file, checked in full: every value a trial may get passes the checks a trial would make.
+    `recipe` (``--recipe``) replaces the file's ``recipe:``; a recipe's training settings sit under the
+    space's ``fixed:`` ones, and its model is the space's where the file names none."""
     path = find_space(name_or_path)
     doc = read_yaml(path, SpaceError)
-    sp = _top_level(path, doc)
+    sp = _top_level(path, doc, recipe)
     if "schedules" in doc:
         _grid(path, doc, sp)
     else:
@@ -344,7 +350,20 @@ def load_space(name_or_path: str) -> Space:
     return sp
 
 
-def _top_level(path, doc) -> Space:
+def _recipe(path, doc, name):
+    """The recipe a space's trials train under: `name` (the flag), else the file's ``recipe:`` key."""
+    from ..recipes import load_recipe
+
+    name = name or doc.get("recipe")
+    if name is None:
+        return None
+    try:
+        return load_recipe(str(name))
+    except ConfigError as e:
+        raise _err(path, "recipe", e.problem) from None
+
+
+def _top_level(path, doc, recipe_name=None) -> Space:
     """The keys every space has: epochs, model(s), objective, resources, fixed settings, a fine-tune."""
     if not isinstance(doc, dict):
         raise SpaceError(f"{path}: must be a YAML mapping with 'epochs' and 'space' or 'schedules'")
@@ -378,7 +397,12 @@ def _top_level(path, doc) -> Space:
             f"fixed.{sorted(bad)[0]}",
             f"unknown hyperparameter; allowed: {', '.join(sorted(HPARAMS | set(FIXED_ONLY)))}",
         )
-    models = doc.get("model", "ast-tiny")
+    init = doc.get("init")
+    if init is not None and (not isinstance(init, str) or not init):
+        raise _err(path, "init", f"a path or URI (s3://, gs://) of a pretrained file, got {init!r}")
+    recipe = _recipe(path, doc, recipe_name)
+    fixed = {**(recipe.train if recipe else {}), **fixed}
+    models = doc.get("model", recipe.model if recipe else "ast-tiny")
     models = models if isinstance(models, list) else [models]
     for model in models:
         _check_model(path, "model", model)
@@ -407,6 +431,8 @@ def _top_level(path, doc) -> Space:
         fixed=fixed,
         objective=objective,
         finetune=_finetune(path, doc, objective, models),
+        init=init,
+        recipe=recipe.name if recipe else None,
     )
     return sp
 

@@ -29,7 +29,7 @@ from ..models import get_family, load_model
 from ..models.phase import build_for_phase, transfer_weights
 from ..objectives import make_objective
 from ..schedule import trained_schedule
-from ..validate import validate
+from ..validate import check_steps, validate
 from .callbacks.averaging import WeightAverage
 from .evaluator import Evaluator
 from .ledger import FlopsLedger
@@ -99,7 +99,10 @@ class Run:
         state: dict | None = None,
         controller: PhaseController | None = None,
         callbacks=(),
+        init_from: str | None = None,
     ):
+        """`init_from`: a local copy of ``cfg.init`` to read (a search's trial reads a remote init from its
+        node's cache); ``cfg.init`` stays what the run records."""
         self.cfg, self.data, self.device = validate(cfg), data, resolve_device(device)
         self.plan = cfg.schedule  # names the method of every phase's C
         self.controller = controller or make_controller(self.plan, cfg.transition, cfg.eval_every)
@@ -109,6 +112,7 @@ class Run:
         family.check_geometry(cfg.model, self.full, [C for C, m in methods.items() if not m.drops_tokens])
         self.pipeline = InputPipeline(cfg, data, self.device)
         self.steps_per_epoch = steps_per_epoch(cfg, data)
+        check_steps(cfg, self.steps_per_epoch)
         self.controller.bind(self.steps_per_epoch)
         for C, m in methods.items():  # every phase's features up front (progress bars here)
             for split in ("train", "val"):
@@ -155,7 +159,7 @@ class Run:
             return
         self.model = self.model.to(self.device)
         if cfg.init:
-            family.load_init(self.model, cfg.init)
+            family.load_init(self.model, init_from or cfg.init)
         self._new_optimizer()
 
     C = property(lambda self: self.phases[-1]["C"])
