@@ -8,6 +8,7 @@ Tables (docs/results.md documents the columns):
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -157,7 +158,10 @@ def analyse(rows: pa.Table, ref=None) -> dict:
         # hypervolume in metric x GFLOPs so the numbers read at a glance
         "hypervolume_final": hypervolume_2d(pts(final), ref) / 1e9,
         "hypervolume_anytime": hypervolume_2d(pts(R), ref) / 1e9,
-        "counts": {s: len({r["trial_id"] for r in every if r["status"] == s}) for s in STATUSES},
+        "counts": {
+            s: len({r["trial_id"] for r in every if r["status"] == s}) + (_unreported(rows) if s == "error" else 0)
+            for s in STATUSES
+        },
     }
 
 
@@ -230,6 +234,12 @@ def front_sentence(res: dict) -> str:
         f"{100 * top['flops_saving']:.1f}% of FLOPs ({top['schedule']}), measured on the validation split "
         f"that also chose it, with one seed."
     )
+
+
+def _unreported(rows: pa.Table) -> int:
+    """Trials that failed before their first report (``load_rows`` counts them in the table's metadata)."""
+    meta = rows.schema.metadata or {}
+    return int(json.loads(meta.get(b"failed_unreported", b"0")))
 
 
 def counts_line(res: dict) -> str:
@@ -384,21 +394,28 @@ def plot(rows: pa.Table, res: dict, path, metric: str = "val") -> Path:
         )
     ax.set_xlabel("training GFLOPs (cumulative)")
     ax.set_ylabel(f"{'test' if metric == 'test' else 'validation'} {name}")
-    ref = res["reference_point"]
-    if metric == "test":  # the front's points at their test metric, against the same reference
-        hv = hypervolume_2d([(r[key], r["train_flops"]) for r in fr], (ref["val_metric"], ref["train_flops"])) / g
-        hv_text = f"hypervolume of the final front's points on test = {hv:.4g}"
-    else:
-        hv_text = f"hypervolume (final, validation) = {res['hypervolume_final']:.4g}"
-    ax.set_title(
-        f"Coarse-to-fine schedules: {name} vs training compute"
-        + (" (test split; fronts chosen on validation)" if metric == "test" else "")
-        + f"\n{hv_text} vs ref ({ref['val_metric']:g}, {ref['train_flops'] / g:.4g} GFLOPs)"
-    )
+    ax.set_title(plot_title(res, fr, metric, name))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_title(res: dict, front: list[dict], metric: str, name: str) -> str:
+    """The plot's title: on the test split, the hypervolume of the final front's points at their test metric
+    (against the same reference), not the validation one."""
+    ref, g = res["reference_point"], 1e9
+    if metric == "test":
+        pts = [(r["test_metric"], r["train_flops"]) for r in front]
+        value = hypervolume_2d(pts, (ref["val_metric"], ref["train_flops"])) / g
+        hv = f"hypervolume of the final front's points on test = {value:.4g}"
+    else:
+        hv = f"hypervolume (final, validation) = {res['hypervolume_final']:.4g}"
+    return (
+        f"Coarse-to-fine schedules: {name} vs training compute"
+        + (" (test split; fronts chosen on validation)" if metric == "test" else "")
+        + f"\n{hv} vs ref ({ref['val_metric']:g}, {ref['train_flops'] / g:.4g} GFLOPs)"
+    )
 
 
 def save_figure(fig, path):

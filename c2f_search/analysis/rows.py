@@ -57,7 +57,7 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory:
         raise NoResults(f"{search_dir}: no {name} results (expected {root}); run 'c2f-search {name}' first")
-    rows, failed, states = {}, [], _tune_states(fs, root)
+    rows, failed, unreported, states = {}, [], [], _tune_states(fs, root)
     for t in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path):
         if t.type != pafs.FileType.Directory:
             continue
@@ -65,6 +65,8 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
         if "error.txt" in names:
             failed.append((names["error.txt"].mtime, t.path))
         if "result.json" not in names:
+            if "error.txt" in names:
+                unreported.append(t.base_name)
             continue
         status = "error" if ("error.txt" in names or "error.pkl" in names) else None
         with fs.open_input_stream(f"{t.path}/result.json") as f:
@@ -81,6 +83,8 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
             if "val_metric" in r:
                 config = json.dumps(r["config"], sort_keys=True) if "config" in r else None
                 trial_rows.append(_row(r, t.path, names, t.base_name, config))
+        if not trial_rows and "error.txt" in names:
+            unreported.append(t.base_name)
         done = any(x["schedule_done"] for x in trial_rows)
         last = states.get(trial_rows[0]["trial_id"], {}).get("last_result") or {} if trial_rows else {}
         if not done and last.get("schedule_done") and "val_metric" in last:
@@ -108,7 +112,9 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
         raise NoResults(f"{search_dir}: the {name} has no reported results yet")
     ordered = sorted(rows.values(), key=lambda x: (str(x["trial_id"]), x["step"] or 0))
     try:
-        return row_table(with_schedule_columns(ordered, root))
+        table = row_table(with_schedule_columns(ordered, root))
+        # trials that failed before their first report have no row: counted from here
+        return table.replace_schema_metadata({"failed_unreported": json.dumps(len(unreported))})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise NoResults(f"{root}: a trial's results are not c2f-search reports ({str(e).splitlines()[0]})") from None
 

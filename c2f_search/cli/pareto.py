@@ -4,6 +4,7 @@ export)."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 from ..errors import C2FError
@@ -52,7 +53,8 @@ def add_parser(sub) -> None:
     p.set_defaults(fn=cmd_pareto)
 
 
-def _export(out, front=None, plot_path=None, ref=None, metric="val") -> int:
+def _export(out, front=None, plot_path=None, ref=None, metric="val", failed_is_error=False) -> int:
+    """Write the fronts, tables and summary; exit code 1 where `failed_is_error` and a trial failed."""
     from ..analysis.pareto import export, summary_text
     from ..files import atomic_write, check_writable
 
@@ -80,6 +82,15 @@ def _export(out, front=None, plot_path=None, ref=None, metric="val") -> int:
     atomic_write(folder.summary, text + "\n")
     print(text)
     print(f"wrote {', '.join(map(str, (front, plot_path, *written)))}")
+    failed = res["counts"]["error"]
+    if failed and failed_is_error:
+        print(
+            f"{failed} trial{'s' * (failed > 1)} failed (the FAILED lines above say why; each trial folder in "
+            f"{folder.path / folder.EXPERIMENT} keeps its error.txt): fix the cause, then --resume runs "
+            f"{'them' if failed > 1 else 'it'} again",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

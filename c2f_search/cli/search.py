@@ -327,7 +327,7 @@ def run(flags: dict, out, resume: bool = False, address: str | None = None) -> i
             if settings.target_length_reason:
                 print(f"target length {settings.data.target_length} frames: {settings.target_length_reason}")
             try:
-                return _export(settings.out)
+                return _export(settings.out, failed_is_error=True)
             except NoResults as e:  # the folder holds the failed search: say how to go on from it
                 raise NoResults(
                     f"{e}; fix the cause, then --resume runs the failed trials again (a setting the search was "

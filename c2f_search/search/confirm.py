@@ -19,7 +19,7 @@ from ..analysis.rows import load_rows
 from ..analysis.seeds import analyse_seeds, plot_seeds, summary_text
 from ..analysis.transfer import cost_numbers, plot_transfer, rank_agreement, transfer_rows, transfer_text
 from ..config import SEARCHABLE
-from ..errors import C2FError, NoResults
+from ..errors import C2FError, NoResults, ScheduleError
 from ..files import atomic_write
 from ..layout import SearchDir, TargetDir
 from ..models.pretrained import InitFile
@@ -508,9 +508,15 @@ def _plan_target(settings: SearchSettings, search: SearchDir, target: Target, to
     search_rows = load_rows(search.path)
     proxy_runs, first = seed_runs(pick(analyse(search_rows), top), seeds, forms=True)
     t_settings, t_space, factor, recipe = target_setting(settings, space, target)
-    runs, schedules = zip(
-        *(at_target(r, factor, target.model or (recipe.model if recipe else None), recipe) for r in proxy_runs)
-    )
+    try:
+        runs, schedules = zip(
+            *(at_target(r, factor, target.model or (recipe.model if recipe else None), recipe) for r in proxy_runs)
+        )
+    except ScheduleError as e:
+        budget = f"--epochs {target.epochs:g}" if target.epochs else f"--epochs-factor {factor:g}"
+        raise C2FError(
+            f"{budget}: scales a phase to less than one optimizer step ({e}); give the target more epochs"
+        ) from None
     runs = list(runs)
     data = prepare_data(t_settings, _check_space(t_space, runs, list(schedules), target.name))  # before any file
     t_settings.data = t_settings.data.with_data(data)  # every target run reads the same

@@ -181,10 +181,8 @@ def _check_trial_configs(settings: SearchSettings, space: Space, data) -> None:
 
 def _shortest_phase(space: Space, E: float) -> float:
     """The shortest fixed phase, in epochs, a trial of `space` may get at `E` epochs."""
-    if space.is_grid:
-        from ..schedule import parse_schedule
-
-        return min(p.epochs for g in space.grid(E) for p in parse_schedule(g.rpartition(" ")[2]).phases)
+    if space.is_grid:  # unrounded: a phase the grid's rounding would make 0 epochs is reported, not raised
+        return min(p.epochs * E / s.total_epochs for s in space.schedules for p in s.phases)
     if space.is_adaptive:
         return space.final_fraction[0] * E
     lo, hi = space.phase_fraction
@@ -201,7 +199,10 @@ def _check_phase_lengths(settings: SearchSettings, space: Space, data) -> None:
     batch = max(cfg.batch_size for _, cfg in space.trial_configs(settings.model_kwargs))
     spe, shortest = max(1, n // batch), _shortest_phase(space, E)
     if shortest < max(0.5 / spe, 5e-4):
-        where = f"--epochs {E:g}" if settings.epochs else f"{space.path}: key 'epochs' ({E:g})"
+        if space.path.startswith("confirm --target"):  # a target's budget: --epochs or --epochs-factor
+            where = f"{space.path}: its budget of {E:g} epochs (--epochs, --epochs-factor)"
+        else:
+            where = f"--epochs {E:g}" if settings.epochs else f"{space.path}: key 'epochs' ({E:g})"
         raise SpaceError(
             f"{where}: a trial's shortest phase would be {shortest:.3g} epochs, less than one optimizer step "
             f"({spe} steps per epoch at batch {batch}); give at least {E * max(0.5 / spe, 5e-4) / shortest:.3g} epochs"
@@ -348,6 +349,7 @@ def _preflight(settings: SearchSettings, space: Space, folder: SearchDir, resume
         raise SpaceError(f"{exp_dir}: a search is already there; pass --resume to continue it or choose a new --out")
     if resume:
         _check_tuner_file(settings, folder, filesystem)
+        check_state_files(exp_dir, filesystem, folder.path)
         if settings.scheduler != "pbt":  # the sampler's study must be there to go on
             load_study(folder.study)
     data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
@@ -460,6 +462,37 @@ def _tuner_hash(folder: SearchDir, exp_dir: str, filesystem=None) -> str:
     fs, root = _filesystem(exp_dir, filesystem)
     with fs.open_input_stream(folder.tuner_file(root)) as f:
         return hashlib.sha256(f.readall()).hexdigest()
+
+
+def check_state_files(exp_dir: str, filesystem=None, out=None) -> None:
+    """The files Tune reads on a restore are whole: the newest state of each kind parses as JSON or is a complete
+    pickle (its opcodes read without running anything), as is each .pkl; else one line naming the file."""
+    import json
+    import pickletools
+
+    import pyarrow.fs as pafs
+
+    fs, root = _filesystem(exp_dir, filesystem)
+    files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.File)
+    newest = {}  # Tune reads the newest of each kind of JSON state
+    for p in files:
+        if p.endswith(".json") and "-" in Path(p).name:
+            newest[Path(p).name.split("-")[0]] = p
+    pickles = [p for p in files if p.endswith(".pkl") and Path(p).name != SearchDir.TUNER_FILE]
+    for path in [*newest.values(), *pickles]:
+        try:
+            with fs.open_input_stream(path) as f:
+                data = f.readall()
+            if data[:1] == b"\x80":  # a pickle (Tune pickles some of its .json states too)
+                for _ in pickletools.genops(data):
+                    pass
+            else:
+                json.loads(data)
+        except (ValueError, OSError, EOFError) as e:
+            raise SpaceError(
+                f"{path}: Tune's state of the search is damaged ({str(e)[:80]}), so the search cannot be "
+                f"resumed; 'c2f-search pareto {out}' still reads its results, or start a new search in another --out"
+            ) from None
 
 
 def _check_tuner_file(settings: SearchSettings, folder: SearchDir, filesystem=None) -> None:

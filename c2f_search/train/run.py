@@ -29,7 +29,7 @@ from ..models import get_family, load_model
 from ..models.phase import build_for_phase, transfer_weights
 from ..objectives import make_objective
 from ..schedule import trained_schedule
-from ..validate import check_steps, validate
+from ..validate import check_against_data, validate
 from .callbacks.averaging import WeightAverage
 from .evaluator import Evaluator
 from .ledger import FlopsLedger
@@ -112,7 +112,7 @@ class Run:
         family.check_geometry(cfg.model, self.full, [C for C, m in methods.items() if not m.drops_tokens])
         self.pipeline = InputPipeline(cfg, data, self.device)
         self.steps_per_epoch = steps_per_epoch(cfg, data)
-        check_steps(cfg, self.steps_per_epoch)
+        check_against_data(cfg, data)  # phases, evaluation interval and masks against this data
         self.controller.bind(self.steps_per_epoch)
         for C, m in methods.items():  # every phase's features up front (progress bars here)
             for split in ("train", "val"):
