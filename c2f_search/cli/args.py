@@ -150,7 +150,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="local file to start from (never downloaded): a c2f-search checkpoint (final.pt, last.pt, "
         "averaged.pt; e.g. an SSAST encoder from 'pretrain'), for AST models also a timm/DeiT state "
-        "dict or an official AST checkpoint (module.v.* keys)",
+        "dict, an official AST checkpoint (module.v.* keys) or a Hugging Face AST folder (config.json and "
+        "model.safetensors, transformers 4 or 5; its distillation token is dropped for a model built "
+        "without --dist-token, as for a DeiT file)",
     )
     g.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default {d['lr']:g})")
     g.add_argument("--batch-size", type=positive_int, help=f"default {d['batch_size']}")

@@ -65,13 +65,15 @@ class InitFile:
         known = _VERIFIED.get(self.uri)
         if known is not None and known[0] == sig and known[1] == self.sha256:
             return known[2]
-        local = self.uri if _is_local(self.uri) else str(_fetch(fs, path, self))
-        digest = _digest(*_fs(local), self.uri)[0]
+        digest = _digest(fs, path, self.uri)[0]  # the source itself: a changed file is caught here
         if digest != self.sha256:
             raise InitError(
                 f"the init {self.uri} is not the file the search recorded (SHA-256 {digest[:12]}..., "
                 f"recorded {self.sha256[:12]}...): it changed; restore it, or give the file to use with --init"
             )
+        local = self.uri if _is_local(self.uri) else str(_fetch(fs, path, self))
+        if local != self.uri and _digest(*_fs(local), local)[0] != self.sha256:
+            raise InitError(f"{local}: a damaged copy of the init {self.uri} in the node's cache; delete it")
         _VERIFIED[self.uri] = (sig, digest, local)
         return local
 
@@ -85,7 +87,8 @@ def _absolute(spec: str) -> str:
 
 
 def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
+    """A plain path is read in place; a URI (s3://, gs://, file:// on a shared mount) is copied to the node."""
+    return "://" not in uri
 
 
 def _fs(uri: str):

@@ -182,7 +182,8 @@ def _check_trial_configs(settings: SearchSettings, space: Space, data) -> None:
 def _shortest_phase(space: Space, E: float) -> float:
     """The shortest fixed phase, in epochs, a trial of `space` may get at `E` epochs."""
     if space.is_grid:  # unrounded: a phase the grid's rounding would make 0 epochs is reported, not raised
-        return min(p.epochs * E / s.total_epochs for s in space.schedules for p in s.phases)
+        fixed = [p.epochs * E / s.total_epochs for s in space.schedules if not s.is_adaptive for p in s.phases]
+        return min(fixed, default=E)  # a learned phase's length is the controller's
     if space.is_adaptive:
         return space.final_fraction[0] * E
     lo, hi = space.phase_fraction

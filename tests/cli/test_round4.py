@@ -111,6 +111,23 @@ def test_EGLO_settings_every_trial_would_fail_on_are_refused_before_ray(flags, s
     assert not out.exists()
 
 
+def test_G_cluster_resources_are_checked_against_nodes_and_autoscaler_types(tmp_path):
+    from c2f_search.errors import SpaceError
+    from c2f_search.search.runner import _autoscaler_types, check_fits
+
+    config = tmp_path / "ray_bootstrap_config.yaml"
+    config.write_text(
+        "available_node_types:\n  head: {resources: {CPU: 2}, max_workers: 0}\n"
+        "  gpu: {resources: {CPU: 8, GPU: 1}, max_workers: 4}\n"
+    )
+    nodes = [{"CPU": 2.0}]
+    check_fits({"cpu": 4, "gpu": 1}, nodes + _autoscaler_types(config), "the cluster")  # a GPU node may start
+    with pytest.raises(SpaceError, match="4 CPU and 2 GPU, more than the cluster has .*8 CPUs, 1 GPUs"):
+        check_fits({"cpu": 4, "gpu": 2}, nodes + _autoscaler_types(config), "the cluster")
+    with pytest.raises(SpaceError, match="4 CPU and 1 GPU"):
+        check_fits({"cpu": 4, "gpu": 1}, nodes, "the cluster")
+
+
 # ------------------------------------------------------------------------------------------------ H, I
 def test_H_a_lost_last_pt_resumes_from_the_newest_intact_checkpoint(searched, tmp_path, capsys):
     run = _copy(searched[0], "run", tmp_path)

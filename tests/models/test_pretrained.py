@@ -41,6 +41,32 @@ def test_an_init_is_recorded_by_hash_and_a_changed_file_is_refused(tmp_path):
         InitFile.describe(str(tmp_path / "nothing.pt"))
 
 
+def test_a_uri_init_is_copied_to_the_node_once_and_checked(tmp_path, monkeypatch, pre):
+    """Through pyarrow's filesystems (file:// here; s3:// and gs:// take the same path): a copy under
+    $C2F_CACHE/init/SHA256, read once per process while the source is unchanged."""
+    monkeypatch.setenv("C2F_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "shared" / "init.pt"
+    src.parent.mkdir()
+    src.write_bytes(pre.read_bytes())
+    init = InitFile.describe(f"file://{src}")
+    clear_cache()
+    local = init.local()
+    assert local == str(tmp_path / "cache" / "init" / init.sha256 / "init.pt")
+    assert open(local, "rb").read() == src.read_bytes()
+    import c2f_search.models.pretrained as pretrained
+
+    opened = []
+    for name in ("_digest", "_fetch"):
+        real = getattr(pretrained, name)
+        monkeypatch.setattr(pretrained, name, lambda *a, real=real, name=name: opened.append(name) or real(*a))
+    assert init.local() == local and opened == []  # the second trial in this process reads nothing
+    m = create_model("ast-tiny", Geometry(64, 256), num_classes=10, depth=1)
+    get_family(m).load_init(m, local)
+    src.write_bytes(src.read_bytes() + b"changed")
+    with pytest.raises(InitError, match="is not the file the search recorded"):
+        init.local()
+
+
 def _hf_folders(tmp_path, **over):
     """One tiny ASTForAudioClassification saved in transformers 4's key layout (save_pretrained) and in
     transformers 5's (its own state dict); its LayerNorm eps is timm's, so the logits can agree exactly."""
@@ -95,6 +121,19 @@ def test_a_hugging_face_ast_folder_gives_the_same_logits_in_both_key_layouts(tmp
         m = create_model("ast-tiny", Geometry(32, 64), num_classes=5, depth=2, stride=10).eval()
         get_family(m).load_init(m, str(v4))
         assert not torch.allclose(m(x.transpose(1, 2)), ref, atol=1e-3)
+
+
+def test_train_starts_from_a_hugging_face_folder(tmp_path, capsys):
+    """The tests' front end (64 mel bins x 256 frames) from an AST saved at 32 x 64: the position embeddings
+    move to the model's grid, the classifier (5 classes, not 10) starts fresh."""
+    _, v4, _ = _hf_folders(tmp_path)
+    capsys.readouterr()
+    out = tmp_path / "run"
+    rc, err = cli(
+        [*TRAIN, "--depth", "2", "--dist-token", "--schedule", "none:1x1", "--init", str(v4), "--out", str(out)], capsys
+    )
+    assert rc == 0, err
+    assert json.loads((out / "config.json").read_text())["config"]["init"] == str(v4)
 
 
 def test_a_hugging_face_folder_of_another_model_or_damaged_is_one_line(tmp_path, capsys):

@@ -54,10 +54,10 @@ def test_an_interrupted_confirm_writes_nothing_final_and_resumes_to_the_same_res
     whole, cut = root / "whole", root / "cut"
     shutil.copytree(root / "s", whole)
     shutil.copytree(root / "s", cut)
-    r = run_cli(["confirm", str(whole), "--top", "1", "--seeds", "2"], root / "whole.log", ENV, 600)
+    r = run_cli(["confirm", str(whole), "--top", "1", "--seeds", "1"], root / "whole.log", ENV, 600)
     assert r.returncode == 0, r.stdout[-3000:]
 
-    rc, out = _interrupt(["confirm", str(cut), "--top", "1", "--seeds", "2"], root / "cut.log", signal.SIGINT)
+    rc, out = _interrupt(["confirm", str(cut), "--top", "1", "--seeds", "1"], root / "cut.log", signal.SIGINT)
     assert rc == 130, out[-3000:]
     assert f"continue with: c2f-search confirm {cut} --resume" in out.splitlines()[-1], out[-2000:]
     assert not any(f.exists() for f in (cut / "confirm.parquet", cut / "confirm.txt", cut / "confirm.png"))
@@ -66,7 +66,7 @@ def test_an_interrupted_confirm_writes_nothing_final_and_resumes_to_the_same_res
     assert rc == 0 and "interrupted, partial" in (cut / "report.html").read_text()
 
     rc, err = cli(["confirm", str(cut), "--resume", "--seeds", "3"], capsys)  # another setting: refused
-    assert rc == 2 and "the interrupted confirm runs 2" in err[-1], err
+    assert rc == 2 and "the interrupted confirm runs 1" in err[-1], err
     r = run_cli(["confirm", str(cut), "--resume"], root / "resume.log", ENV, 600)
     assert r.returncode == 0 and "confirm (resumed)" in r.stdout, r.stdout[-3000:]
     assert _per_seed(cut / "confirm_seeds.parquet") == _per_seed(whole / "confirm_seeds.parquet")
@@ -79,7 +79,7 @@ def test_sigterm_on_a_target_confirm_exits_143_and_it_resumes(searched, capsys):
     root = searched
     cut = root / "target"
     shutil.copytree(root / "s", cut)
-    args = ["confirm", str(cut), "--top", "1", "--seeds", "1", "--target", "t", "--epochs-factor", "2"]
+    args = ["confirm", str(cut), "--top", "1", "--seeds", "1", "--target", "t", "--epochs-factor", "1.5"]
     rc, out = _interrupt(args, root / "t.log", signal.SIGTERM)
     assert rc == 143, out[-3000:]
     assert f"c2f-search confirm {cut} --target t --resume" in out.splitlines()[-1], out[-2000:]

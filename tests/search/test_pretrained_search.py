@@ -104,7 +104,7 @@ def test_an_init_changed_mid_search_fails_the_trials_that_load_it(tmp_path, caps
         if p.poll() is None:
             p.kill()
         kill_ray_session_of(p.pid)
-    failed = [line for line in log.read_text().splitlines() if "FAILED" in line]
+    failed = [line for line in log.read_text().splitlines() if " FAILED: " in line]
     assert failed and all("is not the file the search recorded" in line for line in failed), log.read_text()[-3000:]
     for args, says in [
         (["--resume"], "is not the file the search recorded"),
@@ -114,3 +114,17 @@ def test_an_init_changed_mid_search_fails_the_trials_that_load_it(tmp_path, caps
         assert rc == 2 and len(err) == 1 and says in err[0], err
     rc, err = cli(["confirm", str(tmp_path / "s")], capsys)
     assert rc == 2 and "is not the file the search recorded" in err[-1], err
+
+
+def test_a_search_starts_from_a_hugging_face_folder(tmp_path, fresh_ray):
+    from c2f_search.settings import SearchSettings
+
+    from ..models.test_pretrained import _hf_folders
+
+    _, v4, _ = _hf_folders(tmp_path, num_hidden_layers=1)
+    space = grid_space(tmp_path, ["none:1x1"])
+    r = run_cli(_search(space, tmp_path / "s", v4), tmp_path / "s.log", ENV, 600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    init = SearchSettings.load(tmp_path / "s").init
+    assert init["uri"] == str(v4) and init["models"] == ["ast-tiny"]
+    assert init["sha256"] == InitFile.describe(str(v4)).sha256

@@ -20,6 +20,9 @@ from ..conftest import TINY_DATA, grid_space, kill_ray_session_of, run_cli
 pytestmark = pytest.mark.slow
 SCHED = "avgpool:2x1,1x1"
 
+# 80 clips: 5 steps per epoch at the spaces' batch of 16, so that every phase is at least one step
+TINY_DATA_80 = TINY_DATA.replace("train=40", "train=80")
+
 
 @pytest.mark.slow
 def test_trial_crash_resumes_from_checkpoint_with_identical_metrics(tmp_path, fresh_ray, monkeypatch):
@@ -148,7 +151,7 @@ def test_paper_grid_with_asha_at_tiny_scale(tmp_path, fresh_ray):
             "--space",
             "paper",
             "--data",
-            TINY_DATA,
+            TINY_DATA_80,
             "--epochs",
             "1",
             "--depth",
@@ -344,7 +347,7 @@ def test_a_search_over_the_patchout_space_names_its_methods(tmp_path, fresh_ray)
             "--space",
             "patchout",
             "--data",
-            TINY_DATA,
+            TINY_DATA_80,
             "--sampler",
             "random",
             "--seed",
