@@ -134,6 +134,13 @@ class DataSettings:
             out["norm"] = None if norm is None else list(norm)
         if out.get("cache_dir") is not None:
             out["cache_dir"] = None if out["cache_dir"] else "auto"
+        from .data.stream import available_cpus
+
+        if out.get("workers") is not None and out["workers"] > available_cpus():
+            raise C2FError(
+                f"--stream-workers {out['workers']}: more worker processes than the {available_cpus()} CPU cores "
+                f"here; use at most {available_cpus()} (default: the cores less one)"
+            )
         return out
 
     @classmethod

@@ -204,7 +204,7 @@ def train_schedule(config: dict, setup: dict) -> None:
     # a trial that builds its model afresh (not one restored from its own checkpoint) reads the init, checked
     # against its hash (a PBT copy builds it before taking the donor's weights)
     fresh = state is None or donor is not None
-    init_from = InitFile.from_dict(setup["init"]).local() if cfg.init and fresh else None
+    init_from = InitFile.to_read(setup["init"]).local() if cfg.init and fresh else None
     if donor is None:
         run = Run(cfg, data, device, state, controller=controller, callbacks=[reporter], init_from=init_from)
     else:

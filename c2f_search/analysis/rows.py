@@ -64,11 +64,15 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
         names = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(t.path))}
         if "error.txt" in names:
             failed.append((names["error.txt"].mtime, t.path))
+        # Tune appends to error.txt at every failure, also one it retried: its state says whether the trial
+        # ended in error; the files decide only where there is no state
+        state = next((v["status"] for k, v in states.items() if f"_{k}_" in t.base_name), None)
+        errored = state == "ERROR" if state else ("error.txt" in names or "error.pkl" in names)
         if "result.json" not in names:
-            if "error.txt" in names:
+            if errored:
                 unreported.append(t.base_name)
             continue
-        status = "error" if ("error.txt" in names or "error.pkl" in names) else None
+        status = "error" if errored else None
         with fs.open_input_stream(f"{t.path}/result.json") as f:
             lines = f.read().decode().splitlines()
         trial_rows = []
@@ -83,7 +87,7 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
             if "val_metric" in r:
                 config = json.dumps(r["config"], sort_keys=True) if "config" in r else None
                 trial_rows.append(_row(r, t.path, names, t.base_name, config))
-        if not trial_rows and "error.txt" in names:
+        if not trial_rows and errored:
             unreported.append(t.base_name)
         done = any(x["schedule_done"] for x in trial_rows)
         last = states.get(trial_rows[0]["trial_id"], {}).get("last_result") or {} if trial_rows else {}

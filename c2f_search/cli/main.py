@@ -4,6 +4,7 @@ when a command runs a search."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -74,7 +75,11 @@ def _resume_hint(a) -> str:
     if a.command == "confirm":
         folder = SearchDir(a.dir)
         state = folder.target(a.target).marker if a.target else folder.confirm_state
-        if not state.is_file():
+        try:
+            unfinished = json.loads(state.read_text()).get("finished") is False
+        except (OSError, ValueError, AttributeError):
+            unfinished = False
+        if not unfinished:
             return "; nothing was saved yet: run the same command again"
         return (
             f"; no result was written: continue with: c2f-search confirm {a.dir}"

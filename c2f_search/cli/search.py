@@ -299,7 +299,7 @@ def same_init(recorded: dict | None, given_init: str, was: str, go_on: str) -> d
             f"--init {given_init}: {was} from another init, {recorded['uri']} (SHA-256 "
             f"{recorded['sha256'][:12]}..., this file's is {now.sha256[:12]}...); {go_on}"
         )
-    return {**recorded, "uri": now.uri}
+    return {**recorded, "read_from": now.uri}  # the recorded uri stays: it is part of every trial's identity
 
 
 def cmd_search(a) -> int:

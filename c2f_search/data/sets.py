@@ -296,12 +296,9 @@ class Data:
         self.train, self.val, self.test, self.fe, self.target_reason = train, val, test, fe, target_reason
         self.cache_dir, self.skip_bad, self.progress = cache_dir, skip_bad, progress
         self.mode = features
-        if workers is not None and workers > available_cpus():
-            raise DataError(
-                f"--stream-workers {workers}: more worker processes than the {available_cpus()} CPU cores here; "
-                f"use at most {available_cpus()} (default: the cores less one)"
-            )
-        self.workers = workers or max(1, available_cpus() - 1)
+        # never more processes than this node's cores (a search's trials may land on smaller nodes than the
+        # driver, which refuses more than its own: DataSettings.from_flags)
+        self.workers = min(workers, available_cpus()) if workers else max(1, available_cpus() - 1)
         self._feats: dict = {}
         self._scans: dict = {}
         self._executor = None

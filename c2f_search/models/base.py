@@ -162,7 +162,8 @@ class ModelFamily(ABC):
         """Start from a local file (never downloaded); every family reads c2f-search checkpoints."""
         from ..files import load_checkpoint
 
-        state = {} if Path(path).is_dir() else load_checkpoint(path)
+        p = Path(path)  # a folder (Hugging Face) or a safetensors file: not a c2f-search checkpoint
+        state = {} if p.is_dir() or p.suffix == ".safetensors" else load_checkpoint(path)
         if not is_run_state(state):
             raise InitNotForFamily(
                 f"--init {path}: {model.model_name} starts only from a c2f-search checkpoint (final.pt, last.pt)"

@@ -47,7 +47,7 @@ LAYER = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)")
 
 
 def is_hf_folder(path) -> bool:
-    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+    return Path(path).is_dir() and all((Path(path) / f).is_file() for f in ("config.json", "model.safetensors"))
 
 
 def read_hf_ast(path) -> tuple[dict, tuple[int, int], dict]:
@@ -78,11 +78,17 @@ def read_hf_ast(path) -> tuple[dict, tuple[int, int], dict]:
         if set(parts) != {"q", "k", "v"}:
             raise C2FError(f"--init {path}: layer {n} lacks a query, key or value projection")
         out[f"vit.blocks.{n}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    fstride, tstride = int(config.get("frequency_stride", 10)), int(config.get("time_stride", 10))
-    grid = (
-        (int(config.get("num_mel_bins", 128)) - 16) // fstride + 1,
-        (int(config.get("max_length", 1024)) - 16) // tstride + 1,
-    )
+    try:
+        fstride, tstride = int(config.get("frequency_stride", 10)), int(config.get("time_stride", 10))
+        grid = (
+            (int(config.get("num_mel_bins", 128)) - 16) // fstride + 1,
+            (int(config.get("max_length", 1024)) - 16) // tstride + 1,
+        )
+        depth = int(config.get("num_hidden_layers", 12))
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise C2FError(
+            f"--init {path}: config.json's strides, num_mel_bins, max_length or num_hidden_layers are not numbers"
+        ) from None
     pe = out.get("vit.pos_embed")
     if pe is None or pe.shape[1] - 2 != grid[0] * grid[1]:
         raise C2FError(
@@ -90,7 +96,7 @@ def read_hf_ast(path) -> tuple[dict, tuple[int, int], dict]:
             f"config.json gives (num_mel_bins, max_length and strides)"
         )
     settings = {
-        "depth": int(config.get("num_hidden_layers", 12)),
+        "depth": depth,
         "dist_token": True,
         "stride": fstride if fstride == tstride else None,
     }

@@ -50,6 +50,12 @@ class InitFile:
     def from_dict(cls, d: dict | None) -> InitFile | None:
         return None if d is None else cls(str(d["uri"]), str(d["sha256"]), int(d["size"]))
 
+    @classmethod
+    def to_read(cls, d: dict) -> InitFile:
+        """The init a search recorded, at the place it is read from now: ``read_from`` where a resume named the
+        same file (same hash) at a new place, else its recorded ``uri`` (which stays the runs' identity)."""
+        return cls(str(d.get("read_from") or d["uri"]), str(d["sha256"]), int(d["size"]))
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -188,8 +188,13 @@ def run_confirm(
     if resume:
         plan = Plan.interrupted(folder.confirm_state, "", {"top": top, "seeds": seeds})
         settings.init = plan.doc["init"]
-        if init and not InitFile.describe(init).same_as(InitFile.from_dict(settings.init)):
-            raise C2FError(f"--init {init}: the interrupted confirm runs from another init; drop the flag to resume it")
+        if init:
+            now = InitFile.describe(init)
+            if not now.same_as(InitFile.from_dict(settings.init)):
+                raise C2FError(
+                    f"--init {init}: the interrupted confirm runs from another init; drop the flag to resume it"
+                )
+            settings.init = {**settings.init, "read_from": now.uri}
     elif init:
         settings.init = InitFile.describe(init).to_dict()
     d = settings.data
@@ -323,6 +328,14 @@ def target_setting(settings: SearchSettings, space, target: Target):
     t_settings = replace(settings, data=data, model_kwargs=kwargs, test=test, epochs=epochs)
     if target.init:
         t_settings.init = InitFile.describe(target.init).to_dict()
+    elif settings.init and not {get_family(m).name for m in models} & {
+        get_family(m).name for m in settings.init.get("models", [])
+    }:
+        print(
+            f"target {target.name}: the search's init ({settings.init['uri']}) is for another model family; the "
+            f"target's runs start from random weights (give --init for one of its own)"
+        )
+        t_settings.init = None
     t_space = replace(
         space, model=models[0], models=models, fixed=fixed, grid_models=None if model else space.grid_models
     )

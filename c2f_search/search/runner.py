@@ -108,7 +108,7 @@ def check_init(settings: SearchSettings, models: list[str], geometry: Geometry, 
 
     if not settings.init:
         return
-    init = InitFile.from_dict(settings.init)
+    init = InitFile.to_read(settings.init)
     try:
         local = init.local()
     except InitError as e:
@@ -129,7 +129,7 @@ def check_init(settings: SearchSettings, models: list[str], geometry: Geometry, 
             raise SpaceError(str(e)) from None
     if not fits:
         raise SpaceError(f"--init {init.uri}: initialises none of the models {', '.join(models)}")
-    settings.init = {**init.to_dict(), "models": fits}
+    settings.init = {**settings.init, "models": fits}
 
 
 def _check_models(settings: SearchSettings, space: Space, models: list[str]) -> None:
@@ -311,7 +311,7 @@ def run_search(
     space = load_space(settings.space, settings.recipe)
     folder = SearchDir(Path(settings.out).resolve())
     data = _preflight(settings, space, folder, resume, storage_filesystem)
-    if address is None and not ray.is_initialized():  # a local instance: this machine is every node
+    if address is None and not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):  # a local instance
         check_fits(_asked(settings, space), [_this_machine()], "this machine")
     if not ray.is_initialized():
         connect_ray(address)

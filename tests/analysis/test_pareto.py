@@ -296,3 +296,38 @@ def test_a_final_report_lost_from_result_json_is_taken_from_tunes_experiment_sta
         (10, "finished", False),
         (20, "finished", True),
     ]
+
+
+def test_a_trial_is_failed_by_tunes_state_not_by_an_error_file_it_recovered_from(tmp_path):
+    """Tune appends to error.txt at every failure, also one it retried: its experiment state decides."""
+    import json
+
+    from c2f_search.analysis.pareto import analyse
+    from c2f_search.analysis.rows import load_rows
+
+    from ..conftest import craft_search
+
+    def crafted(name, baseline_done=True):
+        root = craft_search(tmp_path / name, baseline_done=baseline_done)
+        for k, tid in enumerate(("base", "c2f")):
+            (root / "search" / f"train_schedule_{k}").rename(root / "search" / f"train_schedule_{tid}_{k}_x")
+        return root
+
+    def counts(root, states):
+        trials = [[json.dumps({"trial_id": t, "status": s}), json.dumps({"last_result": {}})] for t, s in states]
+        (root / "search" / "experiment_state-1.json").write_text(json.dumps({"trial_data": trials}))
+        return analyse(load_rows(root))["counts"]
+
+    root = crafted("s")
+    (root / "search" / "train_schedule_c2f_1_x" / "error.txt").write_text("RuntimeError: node lost\n")
+    lost = root / "search" / "train_schedule_lost_2_x"  # failed before its first report
+    lost.mkdir()
+    (lost / "error.txt").write_text("RuntimeError: boom\n")
+    (lost / "result.json").write_text("")
+    c = counts(root, [("base", "TERMINATED"), ("c2f", "TERMINATED"), ("lost", "ERROR")])
+    assert (c["finished"], c["error"]) == (2, 1)
+    c = counts(root, [("base", "TERMINATED"), ("c2f", "TERMINATED"), ("lost", "TERMINATED")])
+    assert (c["finished"], c["error"]) == (2, 0)
+    root = crafted("unfinished", baseline_done=False)  # the baseline stopped without an error file: the state says
+    c = counts(root, [("base", "ERROR"), ("c2f", "TERMINATED")])
+    assert (c["finished"], c["error"]) == (1, 1)

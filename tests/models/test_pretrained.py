@@ -168,6 +168,46 @@ def test_an_init_fits_the_models_of_its_family_only(pre, tmp_path, capsys):
         check_init(settings(model_kwargs={"depth": 1}), ["ast-small"], Geometry(64, 256), 10)
     with pytest.raises(SpaceError, match="initialises none of the models cnn14"):
         check_init(settings(), ["cnn14"], Geometry(64, 256), 10)
+    # a timm-style safetensors file for AST: CNN14, of another family, starts from random weights
+    from safetensors.torch import save_file
+
+    vit = create_model("ast-tiny", Geometry(64, 256), num_classes=10, depth=1)
+    f = tmp_path / "vit.safetensors"
+    save_file({k.removeprefix("vit."): v.contiguous() for k, v in vit.state_dict().items() if k.startswith("vit.")}, f)
+    s = SearchSettings("s", "o", DataSettings("x"), init=InitFile.describe(str(f)).to_dict(), model_kwargs={"depth": 1})
+    check_init(s, ["ast-tiny", "cnn14"], Geometry(64, 256), 10)
+    assert s.init["models"] == ["ast-tiny"]
+
+
+def test_a_resume_takes_the_same_init_moved_and_keeps_its_recorded_place(pre, tmp_path):
+    """The recorded uri is part of every trial's identity (a restored trial checks it): a moved file is read
+    from its new place (read_from) while the uri stays."""
+    from c2f_search.cli.search import resumed_settings
+    from c2f_search.errors import C2FError
+    from c2f_search.search.runner import check_init
+    from c2f_search.settings import DataSettings, SearchSettings
+
+    old = tmp_path / "old.pt"
+    old.write_bytes(pre.read_bytes())
+    out = tmp_path / "s"
+    out.mkdir()
+    SearchSettings(
+        "demo", str(out), DataSettings("x"), init=InitFile.describe(str(old)).to_dict(), model_kwargs={"depth": 1}
+    ).save()
+    moved = tmp_path / "moved.pt"
+    old.rename(moved)
+    s = resumed_settings(out, {"init": str(moved)})
+    assert s.init["uri"] == str(old) and s.init["read_from"] == str(moved)
+    check_init(s, ["ast-tiny"], Geometry(64, 256), 10)  # reads the moved file
+    assert s.init["uri"] == str(old) and s.init["models"] == ["ast-tiny"]
+    from trainables import trial_config
+
+    cfg = trial_config({"schedule": "none:1x1"}, {"model": "ast-tiny", "init": s.init})
+    assert cfg.init == str(old)
+    other = tmp_path / "other.pt"
+    other.write_bytes(pre.read_bytes() + b"x")
+    with pytest.raises(C2FError, match="from another init"):
+        resumed_settings(out, {"init": str(other)})
 
 
 def test_a_space_takes_an_init_and_a_recipe_and_the_flags_override_them(pre, tmp_path):
