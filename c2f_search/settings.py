@@ -285,6 +285,7 @@ class SearchSettings:
     tuner_sha256: str | None = None  # of DIR/search/tuner.pkl as written: --resume unpickles only that file
     init: dict | None = None  # the pretrained init: {uri, sha256, size, models (those it initialises)}
     recipe: str | None = None  # a published recipe under the space's settings (--recipe or the space's)
+    trackers: list = field(default_factory=list)  # --log: {kind, target, parent_run (MLflow)} each
 
     def __post_init__(self):
         if isinstance(self.data, dict):

@@ -52,6 +52,30 @@ finite_float = _typed(float, math.isfinite, "a finite number")
 seed_int = _typed(int, lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
 
 
+def add_log_arg(p, who: str) -> None:
+    """--log TRACKER, repeatable: experiment trackers for `who`."""
+    p.add_argument(
+        "--log",
+        action="append",
+        type=tracker,
+        metavar="TRACKER",
+        help=f"log {who} to an experiment tracker (repeat for several): tensorboard (event files in the run's "
+        "folder), mlflow[=URI] (a tracking URI: sqlite:///PATH.db, http(s)://HOST:PORT, a database URI; default: "
+        "DIR/mlruns/mlflow.db), "
+        "wandb[=PROJECT] (offline, in DIR, unless you have logged in). Needs pip install 'c2f-search[track]'; "
+        "docs/tracking.md",
+    )
+
+
+def tracker(text: str) -> str:
+    from ..train.callbacks.tracking import Tracker
+
+    try:
+        return str(Tracker.parse(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def out_path(text: str) -> str:
     """An --out folder or file: not empty (that would be the current folder), not a link to nothing."""
     import os

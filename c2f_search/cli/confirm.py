@@ -3,12 +3,13 @@ or, with ``--target``, on another one."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import C2FError
 from ..layout import SearchDir
 from ..settings import flag, given
-from .args import add_model_setting_args, given_model_settings, positive_float, positive_int
+from .args import add_log_arg, add_model_setting_args, given_model_settings, positive_float, positive_int
 
 TARGET_FLAGS = ("model", "data", "val", "test", "labels", "recipe", "epochs_factor", "epochs")
 
@@ -37,16 +38,22 @@ def cmd_confirm(a) -> int:
     out = Path(a.dir)
     if not out.is_dir():
         raise C2FError(f"{a.dir}: no such search folder; give the --out folder of a search")
+    from .search import checked_trackers
+
     target = _target(a)
     if a.resume and a.overwrite:
         raise C2FError("--overwrite and --resume contradict each other; give one")
-    with folder_lock(SearchDir(out).lock, a.dir, "confirm"):
-        remove_stale_temporaries(out)
+    with folder_lock(SearchDir(out).lock, a.dir, "confirm") if not a.dry_run else nullcontext():
+        if not a.dry_run:
+            remove_stale_temporaries(out)
+        how = {"resume": a.resume, "dry_run": a.dry_run, "trackers": checked_trackers(a.log, out)}
         with ray_session():
             if target is None:
-                print(run_confirm(a.dir, a.top, a.seeds, a.overwrite, a.address, init=a.init, resume=a.resume))
+                print(run_confirm(a.dir, a.top, a.seeds, a.overwrite, a.address, init=a.init, **how))
             else:
-                print(run_target_confirm(a.dir, target, a.top, a.seeds, a.overwrite, a.address, resume=a.resume))
+                print(run_target_confirm(a.dir, target, a.top, a.seeds, a.overwrite, a.address, **how))
+    if a.dry_run:
+        return 0
     files = SearchDir(out).confirm if target is None else SearchDir(out).target(target.name)
     print(f"wrote {', '.join(map(str, files.outputs()))}")
     return 0
@@ -93,7 +100,15 @@ def add_parser(sub) -> None:
         help="replace an earlier confirm run of DIR (with --target: of DIR/confirm/NAME; a plain "
         "--overwrite leaves the targets' folders)",
     )
+    c.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything a confirm checks before Ray starts, print the plan (the runs, one run's "
+        "resources, the training FLOPs they spend at most) and exit 0: no Ray, nothing written (with "
+        "--resume: what the resume would do)",
+    )
     c.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
+    add_log_arg(c, "every run (one run each, tagged with its confirm folder)")
     c.add_argument(
         "--init",
         metavar="PATH|URI",

@@ -11,6 +11,7 @@ from ..layout import SearchDir
 from ..settings import SAMPLERS, SCHEDULERS, DataSettings, SearchSettings, check_agrees, flag, given, resolve_test
 from .args import (
     add_data_args,
+    add_log_arg,
     add_model_setting_args,
     finite_float,
     nonneg_float,
@@ -52,6 +53,7 @@ SEARCH_FLAGS = (
     "test",
     "init",
     "recipe",
+    "log",
 )
 
 
@@ -88,9 +90,21 @@ def add_search_args(s) -> None:
     )
     s.add_argument(
         "--resume",
-        action="store_true",
+        nargs="?",
+        const=True,
+        type=_resume_value,
+        metavar="auto",
         help="continue the interrupted search in DIR with the settings it was started with (a flag that "
-        "contradicts them is refused; DIR may have been moved or copied)",
+        "contradicts them is refused; DIR may have been moved or copied). --resume auto: resume where DIR "
+        "holds a search, start one where it does not, so that the same command can run again after a "
+        "lost driver (a Kubernetes RayJob's retry, docs/kubernetes.md)",
+    )
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the space, the data and every setting as a search does before Ray starts, print the plan "
+        "(the settings, one trial's resources, the number of trials, the training FLOPs they spend at most) "
+        "and exit 0: no Ray, no trial, nothing written to DIR (with --resume: what the resume would do)",
     )
     s.add_argument("--address", help="join a running Ray cluster ('auto' on the head node)")
     s.add_argument("--storage", help="Tune storage path or URI (s3://..., gs://..., shared folder); default DIR")
@@ -120,6 +134,7 @@ def add_search_args(s) -> None:
     )
     s.add_argument("--metric-target", type=finite_float, help="budget mode for every trial")
     s.add_argument("--seed", type=seed_int, help="sampler seed (default 0)")
+    add_log_arg(s, "every trial (one run each; MLflow: under a parent run holding the front)")
     add_data_args(s, required=False)
     s.add_argument(
         "--test",
@@ -219,6 +234,7 @@ def search_settings(flags: dict, out) -> SearchSettings:
         init=InitFile.describe(init).to_dict() if init else None,
         recipe=space.recipe,
         flags={k: v for k, v in flags.items() if k not in RESUME_MAY_CHANGE},
+        trackers=checked_trackers(f.get("log"), out),
     )
     bad = settings.problem()
     if bad:
@@ -249,6 +265,15 @@ def _check_population(settings: SearchSettings, space, flags: dict) -> None:
             f"--trials {settings.trials}: a population whose bottom {space.pbt['quantile']:g} copies its top needs "
             f"at least {least} members; give --trials {least} or more"
         )
+
+
+def checked_trackers(log: list[str] | None, out) -> list[dict]:
+    """--log's trackers with their defaults (MLflow in DIR/mlruns), checked before anything runs."""
+    from ..train.callbacks import tracking
+
+    trackers = tracking.resolve([tracking.Tracker.parse(x) for x in log or []], Path(out))
+    tracking.check(trackers)
+    return [t.to_dict() for t in trackers]
 
 
 def resumed_settings(out, flags: dict) -> SearchSettings:
@@ -283,7 +308,19 @@ def resumed_settings(out, flags: dict) -> SearchSettings:
             raise C2FError(f"--trials {trials}: a PBT population keeps its {had} members; drop the flag")
         if now > had:
             print(f"--trials {trials}: raising the search from {had} to {now} trials", flush=True)
+    if settings.trackers:  # its trackers must still be there (a server, a package) before a trial runs
+        from ..train.callbacks import tracking
+
+        tracking.check([tracking.Tracker(t["kind"], t["target"]) for t in settings.trackers])
     return settings
+
+
+def _finish_trackers(settings: SearchSettings, status: str) -> None:
+    if settings.trackers:
+        from ..search.trackers import finish_parent
+
+        folder = SearchDir(settings.out)
+        finish_parent(settings.trackers, [folder.front, folder.front_plot, folder.summary], status)
 
 
 def same_init(recorded: dict | None, given_init: str, was: str, go_on: str) -> dict:
@@ -302,10 +339,25 @@ def same_init(recorded: dict | None, given_init: str, was: str, go_on: str) -> d
     return {**recorded, "read_from": now.uri}  # the recorded uri stays: it is part of every trial's identity
 
 
+def _resume_value(v: str) -> str:
+    if v != "auto":
+        raise argparse.ArgumentTypeError(f"{v!r}: give --resume alone, or --resume auto")
+    return v
+
+
 def cmd_search(a) -> int:
     from ..models import model_settings
 
-    return run(given(a, (*SEARCH_FLAGS, *DataSettings.FLAGS, *model_settings())), a.out, a.resume, a.address)
+    flags = given(a, (*SEARCH_FLAGS, *DataSettings.FLAGS, *model_settings()))
+    if a.resume == "auto":
+        a.resume = SearchDir(a.out).is_search()
+        print(f"--resume auto: {'resuming the search' if a.resume else 'no search yet, starting one'} in {a.out}")
+    if a.dry_run:
+        from ..search.runner import plan_search
+
+        plan_search(resumed_settings(a.out, flags) if a.resume else search_settings(flags, a.out), a.resume, a.address)
+        return 0
+    return run(flags, a.out, a.resume, a.address)
 
 
 def run(flags: dict, out, resume: bool = False, address: str | None = None) -> int:
@@ -327,8 +379,11 @@ def run(flags: dict, out, resume: bool = False, address: str | None = None) -> i
             if settings.target_length_reason:
                 print(f"target length {settings.data.target_length} frames: {settings.target_length_reason}")
             try:
-                return _export(settings.out, failed_is_error=True)
+                rc = _export(settings.out, failed_is_error=True)
+                _finish_trackers(settings, "FINISHED" if rc == 0 else "FAILED")
+                return rc
             except NoResults as e:  # the folder holds the failed search: say how to go on from it
+                _finish_trackers(settings, "FAILED")
                 raise NoResults(
                     f"{e}; fix the cause, then --resume runs the failed trials again (a setting the search was "
                     f"started with cannot change on --resume: for that, start a new --out)"

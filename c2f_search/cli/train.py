@@ -11,12 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import EXECUTION
-from ..errors import C2FError, CheckpointError
+from ..errors import C2FError, CheckpointError, Interrupted
 from ..layout import RunDir
 from ..models.base import is_run_state
 from ..settings import DataSettings, check_agrees, given, train_config
 from ..train.callbacks import Callback
-from .args import EPILOG_SCHEDULE, add_data_args, add_model_args, finite_float, given_config, out_path, positive_int
+from .args import (
+    EPILOG_SCHEDULE,
+    add_data_args,
+    add_log_arg,
+    add_model_args,
+    finite_float,
+    given_config,
+    out_path,
+    positive_int,
+)
 
 # what a resume reads from DIR/config.json, and its types
 RECORDED = {
@@ -260,12 +269,14 @@ def _train(a, folder: RunDir, pretrain: bool) -> int:
     schedule = cfg.schedule
     family = get_family(cfg.model)
     family.check_schedule(cfg.model, schedule)
+    trackers = _trackers(a.log, folder, cfg)  # checked before the data is read
     data = data_settings.load(quantum=family.quantum(schedule.grid_Cs), progress=not a.no_progress)
     callbacks = [
         RunHeader(pretrain, recipe, start, folder),
         ProgressBar(disable=a.no_progress),
         RunFolder(folder.path),
         RunSummary(folder),
+        *trackers,
     ]
     run = Run(cfg, data, a.device, start.state, callbacks=callbacks)
     _make_folder(folder, a.overwrite)
@@ -277,9 +288,26 @@ def _train(a, folder: RunDir, pretrain: bool) -> int:
         (start.recorded or {}).get("overrides", {}) if start.resumed else _overrides(a, recipe),
         start,
     )
-    run.fit()
+    try:
+        run.fit()
+    except BaseException as e:  # the trackers' runs end as the run did: killed by a signal or Ctrl-C, or failed
+        for t in trackers:
+            t.close("KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED")
+        raise
     _bad_report(data, folder)
     return 0
+
+
+def _trackers(log: list[str] | None, folder: RunDir, cfg) -> list:
+    """The Tracking callback for --log, its trackers checked; none without --log."""
+    if not log:
+        return []
+    from ..train.callbacks import tracking
+
+    trackers = tracking.resolve([tracking.Tracker.parse(x) for x in log], folder.path)
+    tracking.check(trackers)
+    params = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (str, int, float, bool)) and v is not None}
+    return [tracking.Tracking(trackers, folder.path, folder.path.name, params)]
 
 
 def _make_folder(folder: RunDir, overwrite: bool) -> None:
@@ -445,6 +473,7 @@ def _add_run_args(t, out: str) -> None:
     )
     t.add_argument("--overwrite", action="store_true", help="replace the run already in DIR")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_log_arg(t, "the run (its schedule and settings as parameters, every evaluation's numbers as metrics)")
     add_data_args(t, required=False)
     add_model_args(t)
 

@@ -74,8 +74,9 @@ def seed_runs(picks: list[dict], seeds: int, forms: bool = False) -> tuple[list[
 
 
 def _tune(
-    settings: SearchSettings, space, runs: list[dict], storage: Path, name: str, address, progress_stream, plan: Plan
-):
+    settings: SearchSettings, space, runs: list[dict], storage: Path, name: str, address, progress_stream, plan: Plan,
+    trackers: list | None = None,
+):  # fmt: skip
     """One Tune run of `runs` (each a trial's config) in storage/name; every run trains to its end. Where an
     interrupted one is there (`plan` holds its tuner.pkl's hash), it continues: finished runs stay, the others
     go on from their checkpoints. Ctrl-C and SIGTERM stop it cleanly and raise ``Interrupted``."""
@@ -96,18 +97,23 @@ def _tune(
             )
         tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = _new_tuner(settings, runs, storage, name, progress_stream, trainable)
+        from .runner import shared_params
+
+        fixed = shared_params(settings, space)
+        tuner = _new_tuner(settings, runs, storage, name, progress_stream, trainable, trackers or [], fixed)
         done[name] = _tuner_hash(SearchDir(storage), exp)
     plan.save()
     with _stop_cleanly():
         tuner.fit()
 
 
-def _new_tuner(settings: SearchSettings, runs: list[dict], storage: Path, name: str, progress_stream, trainable):
+def _new_tuner(settings: SearchSettings, runs: list[dict], storage: Path, name: str, progress_stream, trainable,
+               trackers: list, fixed: dict):  # fmt: skip
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
     from .runner import TrialLines
+    from .trackers import tune_callbacks
 
     return tune.Tuner(  # both modes are read from the full history
         trainable,
@@ -121,7 +127,7 @@ def _new_tuner(settings: SearchSettings, runs: list[dict], storage: Path, name: 
             name=name,
             storage_path=str(storage),
             verbose=0,
-            callbacks=[TrialLines(progress_stream)],
+            callbacks=[TrialLines(progress_stream), *tune_callbacks(trackers, str(storage / name), fixed)],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -169,11 +175,12 @@ class Plan:
 
 def run_confirm(
     out, top: int | None, seeds: int | None, overwrite: bool = False, address=None, progress_stream=None,
-    init=None, resume: bool = False,
+    init=None, resume: bool = False, dry_run: bool = False, trackers: list | None = None,
 ) -> str:  # fmt: skip
     """Run the seeds and write DIR/confirm.parquet (per schedule), DIR/confirm_seeds.parquet (per seed),
     DIR/confirm.png and DIR/confirm.txt; returns the text. `init`: another init than the search's. With `resume`,
-    an interrupted confirm goes on: the runs that finished are not run again."""
+    an interrupted confirm goes on: the runs that finished are not run again. With `dry_run`, the plan, checked,
+    and nothing run or written."""
     import ray
 
     from ..geometry import Geometry
@@ -201,22 +208,27 @@ def run_confirm(
     check_init(settings, sorted({m for m, _, _ in space.variants()}), Geometry(d.num_mel_bins, d.target_length), 2)
     if not resume:
         own = [p for p in exp.iterdir() if not folder.target(p.name).marker.is_file()] if exp.is_dir() else []
-        if own:
-            if not overwrite:
-                raise C2FError(f"{exp}: a confirm run is already there; pass --overwrite to replace it")
-            for p in own:  # the targets' folders (DIR/confirm/NAME) stay
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        for f in folder.confirm.outputs():  # an earlier confirm's results: never read as this one's
-            f.unlink(missing_ok=True)
+        if own and not overwrite:
+            raise C2FError(f"{exp}: a confirm run is already there; pass --overwrite to replace it")
         top, seeds = top or 2, seeds or 3
         picks = pick(analyse(load_rows(out)), top)
         runs, first = seed_runs(picks, seeds)
-        exp.mkdir(parents=True, exist_ok=True)
         plan = Plan(folder.confirm_state, {
             "top": top, "seeds": seeds, "first_seed": first, "runs": runs, "init": settings.init,
             "schedules": [r["schedule"] for r in picks], "finished": False,
         })  # fmt: skip
+        if not dry_run:
+            for p in own:  # the targets' folders (DIR/confirm/NAME) stay
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            for f in folder.confirm.outputs():  # an earlier confirm's results: never read as this one's
+                f.unlink(missing_ok=True)
+            exp.mkdir(parents=True, exist_ok=True)
     doc = plan.doc
+    if dry_run:
+        from .runner import prepare_data
+
+        data = prepare_data(settings, space)
+        return dry_run_text(f"confirm {out}", [(settings, space, data, doc["runs"])], resume, exp)
     print(
         f"confirm{' (resumed)' if resume else ''}: {len(doc['schedules'])} schedules x {doc['seeds']} seeds "
         f"({doc['first_seed']}..{doc['first_seed'] + doc['seeds'] - 1}) = {len(doc['runs'])} runs: "
@@ -225,7 +237,7 @@ def run_confirm(
     )
     if not ray.is_initialized():
         connect_ray(address)
-    _tune(settings, space, doc["runs"], out, SearchDir.CONFIRM, address, progress_stream, plan)
+    _tune(settings, space, doc["runs"], out, SearchDir.CONFIRM, address, progress_stream, plan, trackers)
     per_seed, summary = analyse_seeds(load_rows(out, name=SearchDir.CONFIRM))
     files = folder.confirm
     write_table(_table(per_seed), files.seeds)
@@ -236,6 +248,37 @@ def run_confirm(
     doc["finished"] = True
     plan.save()
     return text
+
+
+def dry_run_text(what: str, sides: list, resume: bool, *exps: Path) -> str:
+    """A confirm's plan (--dry-run): its runs, one run's resources and the training FLOPs they spend at most
+    (the ledger's planned totals), per side: (settings, space, data, runs)."""
+    from trainables import trial_config
+
+    from .runner import _asked, planned_run_flops, trial_setup
+
+    lines = [f"dry run: {'resume ' if resume else ''}{what} (nothing started, nothing written)"]
+    for settings, space, data, runs in sides:
+        setup, budget = trial_setup(settings, space, None), settings.epochs or space.epochs
+        flops = sum(planned_run_flops(trial_config(r, setup), data, budget) for r in runs)
+        asked = _asked(settings, space)
+        schedules = sorted({r["schedule"] for r in runs})
+        lines += [
+            f"  {len(runs)} runs on {settings.data.train} ({', '.join(space.models)}): "
+            f"{len(schedules)} schedules x seeds {sorted({r['seed'] for r in runs})}",
+            *(f"    {x}" for x in schedules),
+            f"  per run: {asked['cpu']:g} CPU, {asked['gpu']:g} GPU (0: auto, one where the cluster has GPUs)",
+            f"  train FLOPs at most {flops:.3g}",
+        ]
+    if resume:
+        done = 0
+        for exp in exps:
+            try:
+                done += sum(1 for r in load_rows(exp.parent, name=exp.name).to_pylist() if r["schedule_done"])
+            except NoResults:
+                pass
+        lines.append(f"  runs finished so far: {done}; the resume trains the others")
+    return "\n".join(lines)
 
 
 def _table(rows: list[dict], metadata: dict | None = None):
@@ -417,7 +460,7 @@ def _describe(t: Target, t_settings, t_space, factor: float, proxy_epochs: float
 
 def run_target_confirm(
     out, target: Target, top: int | None, seeds: int | None, overwrite: bool = False, address=None,
-    progress_stream=None, resume: bool = False,
+    progress_stream=None, resume: bool = False, dry_run: bool = False, trackers: list | None = None,
 ) -> str:  # fmt: skip
     """Confirm at a target: check everything (the target's data prepared and checked as a search's driver
     does) before anything is written, then run the proxy seeds not already run by a plain confirm and the
@@ -455,6 +498,14 @@ def run_target_confirm(
         flush=True,
     )
     t = plan.t_settings
+    if dry_run:
+        from .runner import prepare_data
+
+        sides = [(t, plan.t_space, plan.t_data, plan.runs)]
+        if plan.todo:  # the proxy runs a plain confirm did not run
+            sides.insert(0, (settings, plan.space, prepare_data(settings, plan.space), plan.todo))
+        return dry_run_text(f"confirm --target {target.name}", sides, resume, folder.path / folder.PROXY,
+                            folder.path / folder.TARGET)  # fmt: skip
     if resume:
         progress = saved
     else:
@@ -469,8 +520,8 @@ def run_target_confirm(
     if not ray.is_initialized():
         connect_ray(address)
     if plan.todo:
-        _tune(settings, plan.space, plan.todo, folder.path, folder.PROXY, address, progress_stream, progress)
-    _tune(t, plan.t_space, plan.runs, folder.path, folder.TARGET, address, progress_stream, progress)
+        _tune(settings, plan.space, plan.todo, folder.path, folder.PROXY, address, progress_stream, progress, trackers)
+    _tune(t, plan.t_space, plan.runs, folder.path, folder.TARGET, address, progress_stream, progress, trackers)
     text = _write_transfer(folder, plan)
     progress.doc["finished"] = True
     progress.save()
@@ -510,6 +561,7 @@ class _TargetPlan:
     todo: list
     reused: list
     header: list
+    t_data: object = None
 
 
 def _plan_target(settings: SearchSettings, search: SearchDir, target: Target, top: int, seeds: int) -> _TargetPlan:
@@ -539,7 +591,7 @@ def _plan_target(settings: SearchSettings, search: SearchDir, target: Target, to
         f"seeds {first}..{first + seeds - 1}, the same on both sides; proxy side: {len(proxy_runs) - len(todo)} "
         f"runs reused from the plain confirm in {search.confirm_dir}, {len(todo)} run here",
     ]
-    return _TargetPlan(search_rows, space, t_settings, t_space, factor, first, runs, todo, reused, header)
+    return _TargetPlan(search_rows, space, t_settings, t_space, factor, first, runs, todo, reused, header, data)
 
 
 def _write_transfer(folder: TargetDir, plan: _TargetPlan) -> str:

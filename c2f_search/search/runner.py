@@ -336,10 +336,11 @@ def run_search(
     return results
 
 
-def _preflight(settings: SearchSettings, space: Space, folder: SearchDir, resume: bool, filesystem):
+def _preflight(settings: SearchSettings, space: Space, folder: SearchDir, resume: bool, filesystem, write=True):
     """What must hold before Ray starts: a search to resume (its Tune state the one written here, its study
-    there) or none in the way, the data and every trial's settings, a writable output. Returns the data, and
-    records what it resolved (normalization, front end) so that every trial reads the same."""
+    there) or none in the way, the data and every trial's settings, a writable output (not checked by a dry
+    run, which writes nothing there). Returns the data, and records what it resolved (normalization, front
+    end) so that every trial reads the same."""
     from ray import tune
 
     exp_dir = folder.experiment(settings.storage)
@@ -354,10 +355,124 @@ def _preflight(settings: SearchSettings, space: Space, folder: SearchDir, resume
         if settings.scheduler != "pbt":  # the sampler's study must be there to go on
             load_study(folder.study)
     data = prepare_data(settings, space)  # fails here, before Ray and before any file, on bad data or grids
-    check_storage(folder.path, settings.storage, filesystem)
+    if write:
+        check_storage(folder.path, settings.storage, filesystem)
     settings.data = settings.data.with_data(data)
     settings.target_length_reason = settings.target_length_reason or data.target_reason
     return data
+
+
+def plan_search(settings: SearchSettings, resume: bool = False, address: str | None = None) -> dict:
+    """What a search would do (--dry-run), checked as `run_search` checks it, with no Ray started and nothing
+    written to its folder: the settings, one trial's resources, the number of trials and the training FLOPs
+    they spend at most (the FLOPs ledger's planned totals). Prints it and returns it."""
+    space = load_space(settings.space, settings.recipe)
+    folder = SearchDir(Path(settings.out).resolve())
+    data = _preflight(settings, space, folder, resume, None, write=False)
+    asked = _asked(settings, space)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        check_fits(asked, [_this_machine()], "this machine")
+    n, epochs = num_trials(settings, space), settings.epochs or space.epochs
+    per_trial = planned_flops(space, data, epochs, settings.model_kwargs)
+    if space.is_grid and settings.sampler in ("auto", "grid"):  # n of the grid's entries: the n costliest
+        total, how = sum(sorted(per_trial, reverse=True)[:n]), "the grid's schedules, each as planned"
+    else:
+        total, how = n * max(per_trial), "each trial at most the costliest full-resolution baseline of its budget"
+    done = _trials_so_far(folder) if resume else {}
+    given_gpu = settings.resources.get("gpu")
+    gpu = "auto" if given_gpu is None and space.resources["gpu"] == "auto" else asked["gpu"]
+    plan = {
+        "out": settings.out,
+        "resume": resume,
+        "space": settings.space,
+        "data": settings.data.train,
+        "models": ", ".join(space.models),
+        "sampler": settings.sampler,
+        "scheduler": settings.scheduler,
+        "epochs": epochs,
+        "trials": n,
+        "trials_so_far": done,
+        "resources_per_trial": {"cpu": asked["cpu"], "gpu": gpu},
+        "train_flops_at_most": total,
+        "init": (settings.init or {}).get("uri") or "none (random weights)",
+        "recipe": settings.recipe or "none",
+        "model_kwargs": settings.model_kwargs or "the models' defaults",
+        "storage": settings.storage or str(folder.path),
+    }
+    left = n - sum(done.values()) + done.get("running", 0) + done.get("error", 0)
+    print(f"dry run: {'resume' if resume else 'start'} the search in {settings.out} (nothing started, nothing written)")
+    plan["trackers"] = (
+        ", ".join(f"{t['kind']} ({t['target']})" if t["target"] else t["kind"] for t in settings.trackers) or "none"
+    )
+    for k in (
+        "space",
+        "data",
+        "models",
+        "init",
+        "recipe",
+        "model_kwargs",
+        "sampler",
+        "scheduler",
+        "epochs",
+        "storage",
+        "trackers",
+    ):
+        print(f"  {k:<19} {plan[k]}")
+    gpus = "1 GPU where the cluster has GPUs, else 0 (auto)" if gpu == "auto" else f"{gpu:g} GPU"
+    print(f"  {'per trial':<19} {asked['cpu']:g} CPU, {gpus}")
+    if resume:
+        so_far = ", ".join(f"{v} {k}" for k, v in sorted(done.items())) or "none reported"
+        print(f"  {'trials':<19} {n} ({so_far}); the resume trains at most {max(0, left)} more")
+    else:
+        print(f"  {'trials':<19} {n}")
+    print(f"  {'train FLOPs':<19} at most {total:.3g} ({how})")
+    if space.controllers:
+        print("  (a learned schedule's probes count in its train FLOPs and may add to this bound)")
+    return plan
+
+
+def planned_flops(space: Space, data, epochs: float, model_kwargs: dict) -> list[float]:
+    """Each grid schedule's planned training FLOPs (the ledger's count, its phases as planned), in grid order;
+    an open space's one bound per trial, the costliest full-resolution baseline of the budget (`max_flops`)."""
+
+    if not space.is_grid:
+        return [max_flops(data, space, epochs, model_kwargs)]
+    n, out = len(space.schedules), []
+    for text, model, own in zip(space.grid(epochs), space.grid_models or [None] * n, space.grid_fixed or [{}] * n):
+        schedule = text.split(" ", 1)[-1] if model else text
+        for m in [model] if model else space.models:
+            settings = {**space.fixed, **own}
+            cfg = TrainConfig(schedule, model=m, model_kwargs=model_kwargs, objective=space.objective, **settings)
+            out.append(planned_run_flops(cfg, data, epochs))
+    return out
+
+
+def planned_run_flops(cfg: TrainConfig, data, budget: float) -> float:
+    """One run's training FLOPs as the ledger counts them, its phases as planned; a schedule with a learned
+    phase is bounded by the full-resolution baseline over its `budget` of epochs."""
+    from ..compress import baseline_method
+    from ..train.ledger import FlopsLedger
+
+    ledger, phases = FlopsLedger.for_config(cfg, data), cfg.schedule.phases
+    if any(p.epochs is None for p in phases):
+        return ledger.epoch_flops(1, baseline_method()) * budget
+    return ledger.planned_train_flops()
+
+
+def _trials_so_far(folder: SearchDir) -> dict:
+    """{status: trials} of the search in `folder` (finished, pruned, running, error), from its rows."""
+    from ..analysis.rows import load_rows
+    from ..errors import NoResults
+
+    try:
+        table = load_rows(folder.path)
+    except NoResults:
+        return {}
+    last = dict(zip(table.column("trial_id").to_pylist(), table.column("status").to_pylist()))
+    out = {}
+    for status in last.values():
+        out[status] = out.get(status, 0) + 1
+    return out
 
 
 def _restore(settings: SearchSettings, space: Space, folder: SearchDir, trainable, filesystem):
@@ -403,6 +518,11 @@ def _build(settings: SearchSettings, space: Space, folder: SearchDir, trainable,
     if settings.keep_checkpoints and settings.scheduler != "pbt":
         # PBT clones a donor's checkpoint of its own choosing, maybe an older one: it keeps them all
         callbacks.append(KeepCheckpoints(settings.keep_checkpoints))
+    if settings.trackers:  # Tune pickles them with the Tuner: a resumed search logs to the same runs
+        from .trackers import start_parent, tune_callbacks
+
+        settings.trackers = start_parent(settings.trackers, settings.out, _parent_params(settings, space, n))
+        callbacks += tune_callbacks(settings.trackers, settings.out, shared_params(settings, space))
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -422,6 +542,22 @@ def _build(settings: SearchSettings, space: Space, folder: SearchDir, trainable,
     # file is the one written here
     settings.tuner_sha256 = _tuner_hash(folder, folder.experiment(settings.storage), filesystem)
     return tuner, searcher
+
+
+def shared_params(settings: SearchSettings, space: Space) -> dict:
+    """The settings every trial shares, as a tracker's parameters: the space's fixed values over the defaults,
+    the model and its settings."""
+    cfg = space.probe_config().to_dict()
+    cfg.pop("schedule", None)
+    return {**cfg, **{f"model.{k}": v for k, v in (settings.model_kwargs or {}).items()}}
+
+
+def _parent_params(settings: SearchSettings, space: Space, n: int) -> dict:
+    return {
+        "space": settings.space, "data": settings.data.train, "models": ",".join(space.models), "trials": n,
+        "sampler": settings.sampler, "scheduler": settings.scheduler, "epochs": settings.epochs or space.epochs,
+        "init": (settings.init or {}).get("uri"), "recipe": settings.recipe, "seed": settings.seed,
+    }  # fmt: skip
 
 
 def _summarize(results, searcher) -> None:
@@ -556,8 +692,15 @@ def make_trainable(settings: SearchSettings, space: Space, resources: dict, metr
 
     from trainables import train_schedule
 
+    return tune.with_resources(
+        tune.with_parameters(train_schedule, setup=trial_setup(settings, space, metric_target)), resources
+    )
+
+
+def trial_setup(settings: SearchSettings, space: Space, metric_target="space") -> dict:
+    """What every trial of a search (or confirm) shares: the data, the model, the fixed settings, the init."""
     target = settings.metric_target or space.metric_target if metric_target == "space" else metric_target
-    setup = {
+    return {
         "data": settings.data,
         "model": space.model,
         "fixed": space.fixed,
@@ -568,7 +711,6 @@ def make_trainable(settings: SearchSettings, space: Space, resources: dict, metr
         "budget": settings.epochs or space.epochs,
         "init": settings.init,
     }
-    return tune.with_resources(tune.with_parameters(train_schedule, setup=setup), resources)
 
 
 AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")  # where `ray up` leaves the autoscaler's config, on the head
@@ -592,7 +734,7 @@ def trial_resources(settings: SearchSettings, space: Space, joined: bool, autosc
         why = "resources.gpu auto: " + (
             f"the cluster has {now:g} GPUs"
             if now
-            else f"node types in {autoscaler_config} have GPUs"
+            else "node types its autoscaler may start have GPUs"
             if later
             else "the cluster has no GPU"
         )
@@ -604,14 +746,30 @@ def trial_resources(settings: SearchSettings, space: Space, joined: bool, autosc
 
 
 def _autoscaler_types(config: Path) -> list[dict]:
-    """The resources of each node type the cluster launcher's autoscaler may start (none without its config)."""
+    """The resources of each node type an autoscaler may start: those it reported to Ray (KubeRay's worker
+    groups), and those in the cluster launcher's config file (`ray up`); none without either."""
     import yaml
 
+    types = _reported_node_groups()
     config = Path(config).expanduser()
-    if not config.is_file():
+    if config.is_file():
+        doc = (yaml.safe_load(config.read_text()) or {}).get("available_node_types") or {}
+        types += [dict(t.get("resources") or {}) for t in doc.values() if t.get("max_workers", 1) > 0]
+    return types
+
+
+def _reported_node_groups() -> list[dict]:
+    """The node groups the connected cluster's autoscaler reported to Ray's GCS (KubeRay's autoscaler writes
+    its worker groups there; Ray Data reads them the same way), each group's resources; none where it has not."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # no connected cluster, or a Ray without the key: the config file still counts
         return []
-    types = (yaml.safe_load(config.read_text()) or {}).get("available_node_types") or {}
-    return [dict(t.get("resources") or {}) for t in types.values() if t.get("max_workers", 1) > 0]
+    if config is None:
+        return []
+    return [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
 
 
 def _autoscaler_gpus(config: Path) -> float:

@@ -72,6 +72,12 @@ class FlopsLedger:
         """Training FLOPs of one epoch at C: the steps trained, the last partial batch dropped."""
         return self.step_flops(C, method) * self.steps_per_epoch
 
+    def planned_train_flops(self) -> float:
+        """Training FLOPs of the whole fixed schedule as `Run` trains it: each phase's whole steps at its C."""
+        phases = self.schedule.phases
+        steps = self.schedule.phase_steps(self.steps_per_epoch)
+        return sum(self.step_flops(p.C, p.method) * n for p, n in zip(phases, steps))
+
     def add_train(self, C: int, method: str, steps: int = 1) -> None:
         self._counters["train_flops"] += self.step_flops(C, method) * steps
 

@@ -103,6 +103,24 @@ def test_gpus_per_trial_follow_the_cluster(tmp_path, fresh_ray, capsys):
     assert trial_resources(st, space, joined=False, autoscaler_config=boot)["gpu"] == 0  # a local instance
     space.resources["gpu"] = 0.5  # a space file's own value wins over auto
     assert trial_resources(st, space, joined=True, autoscaler_config=boot)["gpu"] == 0.5
+    # KubeRay: no config file on the head, but its autoscaler reported its worker groups to Ray's GCS
+    import ray._raylet
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    space.resources["gpu"] = "auto"
+    config = autoscaler_pb2.ClusterConfig()
+    config.node_group_configs.add(name="gpu-workers", resources={"CPU": 8, "GPU": 1}, max_count=0)
+    put = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString()
+    _internal_kv_put(*put, overwrite=True, namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE)
+    none = tmp_path / "no-such-config.yaml"
+    assert trial_resources(st, space, joined=True, autoscaler_config=none)["gpu"] == 0  # a group of 0 nodes
+    config.node_group_configs[0].max_count = 4
+    put = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString()
+    _internal_kv_put(*put, overwrite=True, namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE)
+    capsys.readouterr()
+    assert trial_resources(st, space, joined=True, autoscaler_config=none)["gpu"] == 1
+    assert "node types its autoscaler may start have GPUs" in capsys.readouterr().out
 
 
 @pytest.mark.slow
