@@ -39,8 +39,10 @@ def train(a) -> tuple[list[float], torch.nn.Module]:
     torch.manual_seed(seed)  # the model starts where `c2f-search train --seed` starts it: at the first phase
     model = build_for_phase(model_name, {"num_classes": data.num_classes, **kwargs}, first.method, first.C, full)
 
-    def optimizer(m):  # Adam with a linear warmup, fresh at every phase (the paper resets both)
-        opt = torch.optim.Adam(m.parameters(), lr=lr, weight_decay=5e-7, betas=(0.95, 0.999), fused=True)
+    def optimizer(m):  # Adam with a linear warmup, fresh at every phase (the paper resets both); fused, as in
+        # c2f-search's step, so the oracle agrees to the bit (the default Adam rounds differently)
+        wd = hp.get("weight_decay", 5e-7)
+        opt = torch.optim.Adam(m.parameters(), lr=lr, weight_decay=wd, betas=(0.95, 0.999), fused=True)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
 
     c2f = CoarseToFine(f or schedule, model, steps_per_epoch, full=full, optimizer_factory=optimizer)

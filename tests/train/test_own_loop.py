@@ -14,6 +14,7 @@ import torch
 from c2f_search import CoarseToFine, Geometry, build_for_phase, create_model, load_checkpoint, read_schedule_file
 from c2f_search.cli import main
 from c2f_search.errors import LoopMismatch, ScheduleError, ScheduleFileError, UnmovableModel
+from c2f_search.lightning_callback import CoarseToFineCallback
 
 from ..cli.helpers import cli
 from ..conftest import TINY_DATA
@@ -37,13 +38,15 @@ def _train_cli(schedule: str, out: Path) -> tuple[list[float], dict]:
     args = ["train", "--data", TINY_DATA, "--schedule", schedule, "--depth", "1", "--batch-size", "8", "--lr", "3e-4"]
     assert main([*args, "--warmup-steps", "2", "--eval-every", "1", "--out", str(out), "--no-progress"]) == 0
     rows = pq.read_table(out / "metrics.parquet").to_pylist()
-    return [r["train_loss"] for r in rows if not r["averaged"]], load_checkpoint(out / "checkpoints" / "final.pt")
+    state = load_checkpoint(out / "checkpoints" / "final.pt")
+    return [r["train_loss"] for r in rows if not r["averaged"]], state
 
 
 def _largest(a, b) -> float:
     return max(abs(x - y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow  # about 12-25 s a schedule on 2 CPU cores
 @pytest.mark.parametrize("schedule", ORACLE)
 def test_oracle_train_own_loop_and_lightning_train_alike(schedule, tmp_path, capsys):
     """The same schedule, seed and batches, augmentation off, trained three ways: the same loss at every step
@@ -54,6 +57,8 @@ def test_oracle_train_own_loop_and_lightning_train_alike(schedule, tmp_path, cap
     lit = _example("lightning_module")
     module = lit.train(lit.p.parse_args(["--schedule", schedule]))
     assert len(run_losses) == len(own_losses) == len(module.losses) == 10
+    callback = next(cb for cb in module.trainer.callbacks if isinstance(cb, CoarseToFineCallback))
+    assert callback.train_flops == state["counters"]["train_flops"]  # the FLOPs the callback logs are Run's
     for losses, model in ((own_losses, own_model), (module.losses, module.model)):
         assert _largest(run_losses, losses) <= 1e-5, (schedule, run_losses, losses)
         assert model.geometry == FULL and state["geometry"] == FULL.as_dict()
@@ -139,6 +144,20 @@ def test_export_writes_a_file_own_loop_trains_and_names_what_it_chose(tmp_path, 
     assert len(losses) == 5 and model.model_name == "htsat-tiny"
 
 
+def test_export_writes_a_learned_schedule_in_the_fixed_form_it_trained(tmp_path, capsys):
+    search = legacy_search(tmp_path)
+    result = next((search / "search").glob("train_schedule_8717e159_*")) / "result.json"
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    for r in rows:  # as a plateau controller would have reported it
+        r.update(controller="plateau", schedule="fshift:2xauto,1x0.528 [plateau:patience=1]")
+    result.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "learned.json"
+    assert main(["export", str(search), "--trial", "8717e159", "--out", str(out)]) == 0
+    f = read_schedule_file(out)
+    assert str(f.schedule) == "fshift:2x0.4,1x0.6" and f.schedule.phase_steps(f.steps_per_epoch) == [2, 3]
+    assert f.source["searched_schedule"] == "fshift:2xauto,1x0.528 [plateau:patience=1]"
+
+
 @pytest.mark.parametrize(
     "args, line",
     [
@@ -215,8 +234,6 @@ def test_the_api_refuses_in_one_line(make, error, line, tmp_path):
 
 def test_lightning_refuses_a_module_without_the_named_attribute():
     import lightning as L
-
-    from c2f_search.lightning_callback import CoarseToFineCallback
 
     class NoModel(L.LightningModule):
         def __init__(self):
