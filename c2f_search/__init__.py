@@ -16,6 +16,7 @@ Public API (everything else is private):
     CoarseToFine, Step, phase_fbank,
     read_schedule_file, ScheduleFile,
     epoch_order                               - coarse-to-fine in your own training loop (docs/own_loop.md)
+    CoarseToFineCallback                      - the same in Lightning (the `lightning` extra; not in __all__)
     C2FError                                  - the base of every error a user can fix
 """
 
@@ -44,6 +45,7 @@ _LAZY = {
     "Step": "train.own_loop",
     "phase_fbank": "train.own_loop",
     "epoch_order": "train.pipeline",
+    "CoarseToFineCallback": "lightning_callback",
 }
 
 

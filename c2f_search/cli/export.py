@@ -42,7 +42,7 @@ def _fraction(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a fraction such as 0.3 or 30%") from None
     if not (math.isfinite(v) and 0 < v < 1):
-        raise argparse.ArgumentTypeError(f"{text!r}: a saving is between 0 and 1 (or 0%% and 100%%)")
+        raise argparse.ArgumentTypeError(f"{text!r}: a saving is between 0 and 1 (or 0% and 100%)")
     return v
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..compress import Method, get_method
-from ..errors import C2FError, LoopMismatch, UnmovableModel
+from ..errors import C2FError, LoopMismatch, ScheduleError, UnmovableModel
 from ..geometry import Capability, Geometry
 from ..models import get_family
 from ..models.flops import kept_tokens, train_flops
@@ -72,6 +72,11 @@ class CoarseToFine:
         spec = _schedule_spec(schedule)
         self.schedule = spec.schedule if isinstance(spec, ScheduleFile) else spec
         self.file = spec if isinstance(spec, ScheduleFile) else None
+        if self.schedule.is_adaptive:
+            raise ScheduleError(
+                f"{self.schedule}: a controller decides its phase lengths during a run; give fixed lengths, or "
+                f"export the schedule a learned trial trained (c2f-search export DIR --trial ID)"
+            )
         self.steps_per_epoch = _check_steps_per_epoch(steps_per_epoch, self.file)
         self.adapter = _adapter(model, self.schedule, self.file)
         self.full = full or (self.file.full if self.file else self.adapter.geometry(model))

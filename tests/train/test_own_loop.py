@@ -218,6 +218,7 @@ AST = lambda: create_model("ast-tiny", geometry=FULL, num_classes=3, depth=1)  #
             UnmovableModel,
             "searched with ast-tiny (ast), the model is htsat-tiny (htsat)",
         ),
+        (lambda p: ("avgpool:2xauto,1x1", AST(), 5), ScheduleError, "export the schedule a learned trial trained"),
         (
             lambda p: ("tpatchout:2x1,1x1", create_model("cnn14", geometry=FULL, num_classes=3), 5),
             ScheduleError,
@@ -279,3 +280,28 @@ def test_the_examples_run_as_scripts(example, tmp_path):
         cwd=tmp_path,
     )
     assert p.returncode == 0 and "trained 10 steps" in p.stdout, p.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_searched_schedule_exported_trains_in_own_loop_as_its_trial_did(tmp_path):
+    """`c2f-search export DIR --best --out best.json`, then `examples/own_loop.py --schedule best.json`: the loop
+    repeats the trial (its per-epoch mean training losses)."""
+    from ..cli.helpers import ENV
+    from ..conftest import grid_space, run_cli
+
+    space, out, best = grid_space(tmp_path, ["none:1x2", "tpatchout:2x1,1x1"]), tmp_path / "s", tmp_path / "best.json"
+    r = run_cli(
+        ["search", "--space", str(space), "--data", TINY_DATA, "--depth", "1", "--out", str(out)],
+        tmp_path / "search.log",
+        ENV,
+        600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:]
+    r = run_cli(["export", str(out), "--best", "--out", str(best)], tmp_path / "export.log", ENV, 120)
+    assert r.returncode == 0 and "CoarseToFine(" in r.stdout, r.stdout[-3000:]
+    f = read_schedule_file(best)
+    trial = [x for x in pq.read_table(out / "trials.parquet").to_pylist() if x["trial_id"] == f.source["trial_id"]]
+    own = _example("own_loop")
+    losses, _ = own.train(own.p.parse_args(["--schedule", str(best)]))
+    per_epoch = [sum(losses[k : k + 5]) / 5 for k in range(0, len(losses), 5)]
+    assert [x["train_loss"] for x in trial] == pytest.approx(per_epoch, rel=1e-5, abs=1e-6)
