@@ -92,6 +92,31 @@ def test_a_full_resolution_model_starts_at_the_first_phase_and_token_dropping_ke
     assert keep.shape == (2, 4 * 8)  # 4 x 16 tokens, half the time columns
 
 
+@pytest.mark.parametrize(
+    "name, kwargs, schedule",
+    [
+        ("ast-tiny", {"depth": 1}, "patch-bl:2x1,1x1"),
+        ("htsat-tiny", {"depth": 1}, "patch-pi:2x1,1x1"),
+        ("cnn14-tiny", {}, "maxpool:2x1,1x1"),
+        ("ssast-tiny", {"depth": 1}, "fpatchout:2x1,1x1"),
+    ],
+)
+def test_every_family_trains_through_a_transition(name, kwargs, schedule):
+    """A step before and after the transition, with the family's own weight move (as Run's)."""
+    method, C = schedule.split(":")[0], 2
+    model = build_for_phase(name, {"num_classes": 3, **kwargs}, method, C, FULL)
+    c2f = CoarseToFine(schedule, model, 1, full=FULL, optimizer_factory=lambda m: torch.optim.SGD(m.parameters()))
+    for _ in range(2):
+        s = c2f.step()
+        x = s.transform(torch.randn(2, 64, 256))
+        keep = s.keep_index(2, "cpu")
+        loss = (s.model(x) if keep is None else s.model(x, keep=keep)).square().mean()
+        c2f.optimizer.zero_grad()
+        loss.backward()
+        c2f.optimizer.step()
+    assert s.transition and s.model.geometry == FULL and torch.isfinite(loss)
+
+
 def test_a_timm_vit_with_dynamic_img_size_trains_a_pooling_schedule():
     import timm
 
