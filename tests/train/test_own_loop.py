@@ -294,6 +294,33 @@ def test_lightning_logs_c_phase_and_flops(tmp_path):
     assert flops == sorted(flops) and flops[5] - flops[4] > flops[1] - flops[0]  # C = 1 costs more per step
 
 
+def test_lightning_moves_a_full_resolution_model_to_the_first_phase_and_its_optimizer_follows(tiny_data):
+    import lightning as L
+
+    lit = _example("lightning_module")
+    model = create_model("ast-tiny", geometry=FULL, num_classes=tiny_data.num_classes, depth=1)
+    module = lit.Tagger(model, tiny_data.mean, tiny_data.std, tiny_data.multilabel, 3e-4, 2)
+    seen = []
+
+    class Watch(L.Callback):  # after the c2f callback: the optimizer holds the parameters the step trains
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            held = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+            seen.append((pl_module.model.geometry, held == {id(p) for p in pl_module.model.parameters()}))
+
+    clips = lit.Clips(tiny_data)
+    loader = torch.utils.data.DataLoader(clips, batch_size=8, shuffle=False, drop_last=True)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[CoarseToFineCallback("avgpool:2x1,1x1", full=FULL), Watch()],
+    )
+    trainer.fit(module, loader)
+    assert seen == [(Geometry(64, 128), True)] * 5 + [(FULL, True)] * 5 and trainer.current_epoch == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("example", ["own_loop.py", "lightning_module.py"])
 def test_the_examples_run_as_scripts(example, tmp_path):
