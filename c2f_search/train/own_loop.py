@@ -67,8 +67,9 @@ class CoarseToFine:
         """`schedule`: a schedule text (``avgpool:2x3,1x7``), a ``Schedule`` or an exported file (.json, .yaml);
         `model`: one c2f-search builds (``create_model``, ``build_for_phase``) at full resolution or at the
         schedule's first phase, or a timm ``VisionTransformer`` built with ``dynamic_img_size=True``; `full`: the
-        full-resolution input (default: the file's, else the model's); `optimizer_factory(model)` returns an
-        optimizer or (optimizer, LR scheduler), built now and again at every transition."""
+        full-resolution input (default: the file's, else the model's, so a model built for the first phase
+        needs it); `optimizer_factory(model)` returns an optimizer or (optimizer, LR scheduler), built now and
+        again at every transition."""
         spec = _schedule_spec(schedule)
         self.schedule = spec.schedule if isinstance(spec, ScheduleFile) else spec
         self.file = spec if isinstance(spec, ScheduleFile) else None
