@@ -49,6 +49,7 @@ def _fraction(text: str) -> float:
 def cmd_export(a) -> int:
     from ..analysis.pareto import analyse, is_learned
     from ..analysis.rows import by_trial, load_rows, search_settings
+    from ..config import defaults
     from ..files import atomic_write, check_writable
     from ..schedule import parse_schedule, record_schedule
     from ..schedule_file import SUFFIXES, ScheduleFile, dump_schedule_file
@@ -71,7 +72,7 @@ def cmd_export(a) -> int:
         schedule,
         round(last["step"] / last["epoch"]),
         _full_geometry(settings),
-        last["model"] or config.get("model") or "ast-tiny",
+        last["model"] or config.get("model") or defaults()["model"],  # rows before 0.2 did not name it
         dict(settings.model_kwargs),
         10.0,
         _hyperparameters(settings, last, config),
