@@ -13,6 +13,10 @@ Public API (everything else is private):
     PhaseController, FixedSchedule, fork_point - who decides the phases; when runs share a prefix
     save_checkpoint, load_checkpoint, atomic_write
     pareto_front, hypervolume_2d              - Pareto analysis of search results
+    CoarseToFine, Step, phase_fbank,
+    read_schedule_file, ScheduleFile,
+    epoch_order                               - coarse-to-fine in your own training loop (docs/own_loop.md)
+    CoarseToFineCallback                      - the same in Lightning (the `lightning` extra; not in __all__)
     C2FError                                  - the base of every error a user can fix
 """
 
@@ -25,6 +29,7 @@ from .models import ModelFamily, create_model, get_family, list_models, register
 from .models.flops import eval_flops, train_flops
 from .models.phase import build_for_phase, transfer_weights
 from .schedule import Phase, Schedule, parse_schedule
+from .schedule_file import ScheduleFile, read_schedule_file
 
 __version__ = "0.2.0"
 
@@ -36,6 +41,11 @@ _LAZY = {
     "fork_point": "controllers",
     "pareto_front": "analysis.pareto",
     "hypervolume_2d": "analysis.pareto",
+    "CoarseToFine": "train.own_loop",
+    "Step": "train.own_loop",
+    "phase_fbank": "train.own_loop",
+    "epoch_order": "train.pipeline",
+    "CoarseToFineCallback": "lightning_callback",
 }
 
 
@@ -79,4 +89,10 @@ __all__ = [
     "pareto_front",
     "hypervolume_2d",
     "C2FError",
+    "CoarseToFine",
+    "Step",
+    "phase_fbank",
+    "read_schedule_file",
+    "ScheduleFile",
+    "epoch_order",
 ]

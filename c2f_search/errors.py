@@ -70,3 +70,17 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+class ScheduleFileError(C2FError, ValueError):
+    """An exported schedule file that cannot be used (a newer layout, edited by hand, not one); names the file."""
+
+
+class UnmovableModel(C2FError, TypeError):
+    """A model a user's own loop cannot carry through the schedule's phases, or one of another family than the
+    schedule's; names what is missing, or both families."""
+
+
+class LoopMismatch(C2FError, ValueError):
+    """A user's loop that disagrees with the schedule: its steps per epoch, or a Lightning module without the
+    attribute named for its model."""

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from ..errors import C2FError, ConfigError, Interrupted
 from ..layout import RunDir, SearchDir
-from . import confirm, demo, flops, pareto, report, search, train
+from . import confirm, demo, export, flops, pareto, report, search, train
 from .args import EPILOG_SCHEDULE, Parser, config_error_line
 
-COMMANDS = (train, flops, search, pareto, confirm, report, demo)  # each adds its parser(s)
+COMMANDS = (train, flops, search, pareto, confirm, report, demo, export)  # each adds its parser(s)
 
 
 def build_parser() -> Parser:

@@ -24,3 +24,14 @@ def transfer_weights(model: nn.Module, geometry: Geometry, method) -> nn.Module:
     (for AST: position embeddings resampled bilinearly, a stretched patch kernel moved by
     the method's PI or bilinear resize)."""
     return get_family(model).transfer(model, geometry, _method(method))
+
+
+def move_to_phase(model: nn.Module, before, method, C: int, full: Geometry) -> nn.Module:
+    """`model` (trained by method `before`) carried to phase C of `method`: moved only where the token grid
+    changes (a token-dropping phase keeps it), its patch kernel by the rule of the wider patch's method. The
+    one transition rule of ``Run`` and of ``CoarseToFine`` (a user's own loop)."""
+    before, method = _method(before), _method(method)
+    old, new = model.geometry, method.geometry(C, full)
+    if new == old:
+        return model
+    return transfer_weights(model, new, method if new.time_stretch >= old.time_stretch else before)

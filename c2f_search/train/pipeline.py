@@ -30,6 +30,16 @@ def steps_per_epoch(cfg, data) -> int:
     return n // cfg.batch_size
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of `n` training clips in `epoch` of a run seeded `seed` (without balanced sampling): a loop of
+    one's own that draws it trains on the batches ``c2f-search train`` does (examples/own_loop.py)."""
+    return torch.randperm(n, generator=epoch_generator(seed, epoch))
+
+
 class InputPipeline:
     def __init__(self, cfg, data, device: torch.device, norm: tuple[float, float] | None = None):
         """`norm` (mean, std) as a saved state recorded it; None: the data's (computed from its training set)."""
@@ -63,11 +73,11 @@ class InputPipeline:
         """Data order is a pure function of (seed, data epoch, step): nothing to carry but the step."""
         epoch, b = divmod(step, steps_per_epoch)
         if self._perm_epoch != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
             if self.cfg.balanced_sampling:  # AST's WeightedRandomSampler, drawn from (seed, epoch) alone
+                g = epoch_generator(self.cfg.seed, epoch)
                 order = torch.multinomial(self._clip_weights(), self.n_train, replacement=True, generator=g)
             else:
-                order = torch.randperm(self.n_train, generator=g)
+                order = epoch_order(self.cfg.seed, epoch, self.n_train)
             self._perm, self._perm_epoch = order.numpy(), epoch
         B = self.cfg.batch_size
         return self._perm[b * B : (b + 1) * B]

@@ -26,7 +26,7 @@ from ..compress import get_method
 from ..controllers import Adopt, Done, PhaseController, Train, Transition, make_controller
 from ..geometry import Geometry
 from ..models import get_family, load_model
-from ..models.phase import build_for_phase, transfer_weights
+from ..models.phase import build_for_phase, move_to_phase
 from ..objectives import make_objective
 from ..schedule import trained_schedule
 from ..validate import check_against_data, validate
@@ -190,11 +190,8 @@ class Run:
                         "planned": self.controller.planned_steps(len(self.phases)),
                     }
                 )
-                old, new = self.model.geometry, self.method.geometry(act.C, self.full)
-                if new != old:  # weights move only where the grid changes (token dropping keeps it)
-                    kernel = self.method if new.time_stretch >= old.time_stretch else before  # the wider patch's rule
-                    with self.rng.active():
-                        self.model = transfer_weights(self.model, new, kernel)
+                with self.rng.active():
+                    self.model = move_to_phase(self.model, before, self.method, act.C, self.full)
                 self.train_step = None  # compiled once per phase
                 self._new_optimizer()
             elif isinstance(act, Adopt):
