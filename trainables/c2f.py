@@ -22,7 +22,7 @@ from ray import tune
 
 from c2f_search.config import SEARCHABLE, TrainConfig
 from c2f_search.controllers import Population
-from c2f_search.errors import DataError
+from c2f_search.errors import CheckpointError, DataError
 from c2f_search.files import atomic_write, load_checkpoint, save_checkpoint
 from c2f_search.models.pretrained import InitFile
 from c2f_search.schema import CHECKPOINT_FILE, RECORD_FIELDS, keep_checkpoint
@@ -204,14 +204,20 @@ def train_schedule(config: dict, setup: dict) -> None:
     # a trial that builds its model afresh (not one restored from its own checkpoint) reads the init, checked
     # against its hash (a PBT copy builds it before taking the donor's weights)
     fresh = state is None or donor is not None
-    init_from = InitFile.to_read(setup["init"]).local() if cfg.init and fresh else None
-    if donor is None:
-        run = Run(cfg, data, device, state, controller=controller, callbacks=[reporter], init_from=init_from)
-    else:
-        run = copy_member(
-            Run(cfg, data, device, controller=controller, callbacks=[reporter], init_from=init_from), state
-        )
-        reporter.inherited = _count_thrown_away(run)
+    init = InitFile.to_read(setup["init"]) if cfg.init and fresh else None
+    init_from = init.local() if init else None
+    try:
+        if donor is None:
+            run = Run(cfg, data, device, state, controller=controller, callbacks=[reporter], init_from=init_from)
+        else:
+            run = copy_member(
+                Run(cfg, data, device, controller=controller, callbacks=[reporter], init_from=init_from), state
+            )
+            reporter.inherited = _count_thrown_away(run)
+    except CheckpointError:
+        if init:  # replaced between its check and its load: say it changed, not that it is damaged
+            init.recheck()
+        raise
     if os.environ.get("C2F_INJECT_NAN") == str(cfg.schedule):  # fault injection for tests: a diverging trial
         with torch.no_grad():
             next(run.model.parameters()).fill_(float("nan"))

@@ -83,6 +83,11 @@ class InitFile:
         _VERIFIED[self.uri] = (sig, digest, local)
         return local
 
+    def recheck(self) -> None:
+        """Hash the init again (after it failed to load): a file replaced since its check is named as changed."""
+        _VERIFIED.pop(self.uri, None)
+        self.local()
+
     def same_as(self, other: InitFile | None) -> bool:
         return other is not None and other.sha256 == self.sha256
 

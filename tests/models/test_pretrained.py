@@ -235,3 +235,15 @@ def test_a_space_takes_an_init_and_a_recipe_and_the_flags_override_them(pre, tmp
     f.write_text("epochs: 2\nrecipe: nope\nschedules: ['none:1x2']\n")
     with pytest.raises(SpaceError, match="key 'recipe': nope: no such recipe"):
         load_space(str(f))
+
+
+def test_an_init_replaced_between_its_check_and_its_load_is_named_as_changed(tmp_path):
+    """A trial whose init fails to load hashes it again: a file being replaced (here cut short, as a copy in
+    progress leaves it) is named as changed, not as damaged."""
+    f = tmp_path / "init.pt"
+    torch.save({"w": torch.zeros(64)}, f)
+    init = InitFile.describe(str(f))
+    assert init.local() == str(f)
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(InitError, match="is not the file the search recorded"):
+        init.recheck()
