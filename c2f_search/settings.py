@@ -18,8 +18,8 @@ from .errors import C2FError, SpaceError
 from .files import atomic_write, read_json
 from .layout import SearchDir
 
-SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
-SCHEDULERS = ("fifo", "asha", "pbt")
+SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random", "grid")
+SCHEDULERS = ("fifo", "asha", "moasha", "pbt")
 
 
 def flag(field: str) -> str:

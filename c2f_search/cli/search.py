@@ -71,13 +71,23 @@ def add_search_args(s) -> None:
     s.add_argument(
         "--sampler",
         choices=SAMPLERS,
-        help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise",
+        help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise. gp: Optuna's "
+        "GPSampler, a Gaussian process whose next trial maximises the expected hypervolume improvement (logEHVI) "
+        "of the front of metric against FLOPs, after 5 random trials; it models the parameters every trial "
+        "has (the number of coarse phases, the searched hyperparameters; a categorical one by its choices), "
+        "and draws the conditional ones (method, C values, phase lengths, which exist only for some numbers of "
+        "phases) with independent TPE",
     )
     s.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
         help="fifo (the default) runs every trial to its end; asha stops weak trials early, comparing "
-        "them at equal cumulative train FLOPs; pbt runs a population (--trials members) of a learned "
+        "them at equal cumulative train FLOPs; moasha stops them at the same FLOPs rungs, but keeps the "
+        "front: it ranks the trials at a rung by non-dominated sorting on (metric there, up; the trial's "
+        "planned total training FLOPs, down; a learned schedule's upper bound), keeps the best half by "
+        "front rank (ties by crowding distance: it needs no reference point for a partial metric, and it "
+        "keeps the front's spread along the FLOPs) and never stops a trial on the rung's front (not with "
+        "a grid space: a grid is run whole); pbt runs a population (--trials members) of a learned "
         "space (e.g. --space adaptive) under Ray's population-based training, which may lower a "
         "member's C (never raise it)",
     )
@@ -225,6 +235,11 @@ def search_settings(flags: dict, out) -> SearchSettings:
         raise SpaceError(f"{FLAG_OF.get(bad[0], flag(bad[0]))}: {bad[1]}")
     if settings.scheduler == "pbt":
         _check_population(settings, space, flags)
+    if settings.scheduler == "moasha" and space.is_grid:
+        raise SpaceError(
+            f"--scheduler moasha: {space.path} is a grid (a 'schedules' list), which is run whole as the "
+            f"reference front; use an open space (e.g. --space demo), or --scheduler fifo or asha"
+        )
     return settings
 
 

@@ -72,6 +72,21 @@ class FlopsLedger:
         """Training FLOPs of one epoch at C: the steps trained, the last partial batch dropped."""
         return self.step_flops(C, method) * self.steps_per_epoch
 
+    def planned_train_flops(self, controller) -> float:
+        """The training FLOPs a run plans under its bound `controller`, before it trains: each fixed phase's
+        steps at its (method, C). For a learned schedule an upper bound: each learned phase at its longest
+        (the controller's max), the whole within the controller's budget of full-resolution epochs."""
+        from ..controllers.adaptive import AdaptiveSchedule
+
+        phases = controller.schedule.phases
+        if isinstance(controller, AdaptiveSchedule):
+            steps = [controller.max_steps if n is None else n for n in controller.fixed_steps]
+        else:
+            steps = controller.schedule.phase_steps(self.steps_per_epoch)
+        total = sum(n * self.step_flops(p.C, p.method) for n, p in zip(steps, phases))
+        budget = getattr(controller, "budget", None)
+        return min(total, budget * self.epoch_flops(1)) if budget else total
+
     def add_train(self, C: int, method: str, steps: int = 1) -> None:
         self._counters["train_flops"] += self.step_flops(C, method) * steps
 
