@@ -285,6 +285,8 @@ class SearchSettings:
     tuner_sha256: str | None = None  # of DIR/search/tuner.pkl as written: --resume unpickles only that file
     init: dict | None = None  # the pretrained init: {uri, sha256, size, models (those it initialises)}
     recipe: str | None = None  # a published recipe under the space's settings (--recipe or the space's)
+    # --warm-start: the earlier search folders given; once imported, what each brought: {folder, case, trials}
+    warm_start: list | None = None
 
     def __post_init__(self):
         if isinstance(self.data, dict):

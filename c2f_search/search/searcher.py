@@ -80,6 +80,7 @@ class C2FOptunaSearch(OptunaSearch):
         self._key: dict[str, str] = {}  # Tune trial id -> its config key
         self._outcome: dict[str, tuple] = {}  # Tune trial id -> (values, state) told to Optuna
         self._waiting: dict[str, list] = {}  # Tune trial id -> Optuna trial numbers repeating it
+        self._imported: dict[str, int] = {}  # a trial --warm-start imported -> its Optuna trial number
         self.repeats, self.exhausted = 0, False
 
     def suggest(self, trial_id):
@@ -94,7 +95,7 @@ class C2FOptunaSearch(OptunaSearch):
                 return config
             trials, _ = optuna_state(self)
             ot = trials.pop(trial_id)  # the next ask() gives this Tune trial a new Optuna trial
-            ot.set_user_attr("repeat_of", _number(trials[first]))
+            ot.set_user_attr("repeat_of", self._imported[first] if first in self._imported else _number(trials[first]))
             self.repeats += 1
             if first in self._outcome:
                 self._tell(ot.number, *self._outcome[first])
@@ -114,6 +115,14 @@ class C2FOptunaSearch(OptunaSearch):
             self._first.setdefault(self._key[trial_id], trial_id)
         for number in self._waiting.pop(trial_id, []):
             self._tell(number, *self._outcome[trial_id])
+
+    def add_done(self, key: str, number: int, values) -> None:
+        """A configuration trained before this search (--warm-start imported it as Optuna trial `number`):
+        a sample that repeats it takes its values and is not trained."""
+        first = f"warm-start-{number}"
+        self._first.setdefault(key, first)
+        self._imported[first] = number
+        self._outcome[first] = (values, optuna.trial.TrialState.COMPLETE)
 
     def restore(self, checkpoint_path):
         """A trial that had not ended when the driver stopped may be lost with it: forget it, so that no

@@ -94,3 +94,51 @@ def test_planned_flops_are_what_a_fixed_run_trains_and_bound_a_learned_one(tiny_
     run.fit()
     spent = run.counters["train_flops"]
     assert (planned >= spent) if transition else (planned == spent)
+
+
+def test_moasha_with_a_grid_space_is_refused_in_one_line(capsys):
+    from ..cli.helpers import cli
+    from ..conftest import TINY_DATA
+
+    rc, err = cli(["search", "--space", "paper", "--data", TINY_DATA, "--scheduler", "moasha"], capsys)
+    assert rc == 2 and len(err) == 1 and "--scheduler moasha: " in err[0] and "is a grid" in err[0], err
+
+
+def _rung_entries(reports: list[dict], rungs: list[float]) -> dict:
+    """rung -> (metric, planned FLOPs) a trial's reports put there, in the order they did, by MOASHA's rule:
+    each report at the highest rung it reached that holds nothing of the trial yet."""
+    out = {}
+    for r in reports:
+        for rung in reversed(rungs):
+            if r["train_flops"] >= rung and rung not in out:
+                out[rung] = (r["val_metric"], r[PLANNED])
+                break
+    return out
+
+
+@pytest.mark.slow
+def test_a_tiny_moasha_search_stops_only_dominated_trials(tmp_path, fresh_ray):
+    import json
+
+    from ..cli.helpers import ENV
+    from ..conftest import TINY_DATA, run_cli
+
+    out = tmp_path / "s"
+    args = ["search", "--space", "demo", "--data", TINY_DATA, "--epochs", "2", "--depth", "1", "--trials", "10"]
+    r = run_cli([*args, "--scheduler", "moasha", "--out", str(out)], tmp_path / "s.log", ENV, 900)
+    assert r.returncode == 0, r.stdout[-3000:]
+    trials = {}
+    for d in (out / "search").iterdir():
+        if (d / "result.json").exists():
+            reports = [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
+            trials[reports[0]["trial_id"]] = reports
+    max_t = max(t[0][PLANNED] for t in trials.values() if t[0]["schedule"].startswith("none:"))
+    rungs = [max_t / 4, max_t / 2]
+    entries = {tid: _rung_entries(reports, rungs) for tid, reports in trials.items()}
+    stopped = [tid for tid, reports in trials.items() if not reports[-1]["schedule_done"]]
+    assert stopped, "no trial stopped: MOASHA had nothing to do"
+    for tid in stopped:
+        rung = list(entries[tid])[-1]  # its last report stopped it, at the rung that report was recorded at
+        m, f = entries[tid][rung]
+        rivals = [e[rung] for other, e in entries.items() if other != tid and rung in e]
+        assert any(rm >= m and rf <= f and (rm > m or rf < f) for rm, rf in rivals), (tid, rung, entries)
