@@ -75,10 +75,11 @@ def add_search_args(s) -> None:
         choices=SAMPLERS,
         help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise. gp: Optuna's "
         "GPSampler, a Gaussian process whose next trial maximises the expected hypervolume improvement (logEHVI) "
-        "of the front of metric against FLOPs, after 5 random trials; it models the parameters every trial "
-        "has (the number of coarse phases, the searched hyperparameters; a categorical one by its choices), "
-        "and draws the conditional ones (method, C values, phase lengths, which exist only for some numbers of "
-        "phases) with independent TPE",
+        "of the front of metric against FLOPs, after 5 random trials. It models only parameters every trial "
+        "has, so with gp every trial sets every schedule parameter (method, the C values for each number of "
+        "phases, every phase fraction), those its schedule does not use included (dimensions the GP learns to "
+        "ignore); a categorical one enters its kernel as same-or-different (Hamming distance); a learned "
+        "space's controller settings, which depend on the controller drawn, are drawn by independent TPE",
     )
     s.add_argument(
         "--scheduler",

@@ -204,6 +204,7 @@ def make_sampler(name: str, space: Space, seed: int, epochs):
         return optuna.samplers.GPSampler(
             seed=seed,
             n_startup_trials=GP_STARTUP_TRIALS,
+            deterministic_objective=True,
             independent_sampler=optuna.samplers.TPESampler(seed=seed),
             warn_independent_sampling=False,
         )
@@ -219,7 +220,8 @@ def make_searcher(space: Space, sampler: str, seed: int, epochs: float, storage)
     # an open space that allows the baseline runs it first, so every front has a reference
     baseline_first = [{"coarse_phases": 0}] if not space.is_grid and space.coarse_phases[0] == 0 else None
     return C2FOptunaSearch(
-        space=space.define_by_run(epochs),
+        # the GP models only the parameters every trial has: with gp, every trial sets them all
+        space=space.define_by_run(epochs, flat=sampler == "gp"),
         metric=METRICS,
         mode=MODES,
         points_to_evaluate=baseline_first,

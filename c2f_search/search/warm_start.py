@@ -26,7 +26,7 @@ from ..files import reading_lock
 from ..layout import SearchDir
 from ..schema import row_table, write_table
 from ..settings import SearchSettings
-from .searcher import config_key, load_study
+from .searcher import config_key, load_study, optuna_state
 from .space import Space, load_space
 
 DATA_IDENTITY = ("train", "val", "labels", "task", "num_mel_bins", "target_length", "labelled")
@@ -99,7 +99,7 @@ def _replay(space: Space, epochs: float, t, same: bool, what: str) -> dict:
         trial = study.ask()
         with warnings.catch_warnings():  # a value out of range: Optuna warns and samples; refused below instead
             warnings.simplefilter("ignore")
-            config = space.define_by_run(epochs)(trial)
+            config = space.define_by_run(epochs, flat=True)(trial)  # asks whatever a gp search set
     except ValueError:  # a categorical value that is not among the new choices
         config = None
     finally:
@@ -142,8 +142,8 @@ def _attach_rows(w: Earlier, path: Path, what: str) -> None:
 def apply(earlier: list[Earlier], searcher, folder: SearchDir) -> None:
     """Write the earlier trials into the new study (and their rows into the folder), or enqueue them; one line
     per earlier search says which case applied and how many trials it brought."""
-    from .searcher import optuna_state
-
+    if not earlier:
+        return
     study = optuna_state(searcher)[1]
     rows = []
     for w in earlier:

@@ -142,3 +142,37 @@ def test_a_tiny_moasha_search_stops_only_dominated_trials(tmp_path, fresh_ray):
         m, f = entries[tid][rung]
         rivals = [e[rung] for other, e in entries.items() if other != tid and rung in e]
         assert any(rm >= m and rf <= f and (rm > m or rf < f) for rm, rf in rivals), (tid, rung, entries)
+
+
+@pytest.mark.slow
+def test_the_gp_sampler_sees_every_schedule_parameter_in_every_trial_and_moves_on():
+    """GPSampler models the parameters all trials share: the baseline alone would leave it one (the number of
+    phases), and it then asks for the baseline again and again (each a repeat, not trained; the search ends
+    when 200 samples in a row repeat). With every parameter set in every trial it keeps finding new ones."""
+    import hashlib
+
+    import optuna
+
+    from c2f_search.search.searcher import make_sampler
+    from c2f_search.search.space import load_space
+
+    def values(schedule: str) -> list[float]:  # a deterministic outcome per schedule, as repeats are told
+        h, base = int(hashlib.md5(schedule.encode()).hexdigest(), 16), schedule.startswith("none")
+        return [0.5 + (h % 1000) / 4000 + 0.1 * base, 5.0 if base else 2 + h % 7 / 3]
+
+    space = load_space("demo")
+    longest = {}
+    for flat in (True, False):
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler("gp", space, 0, 5))
+        study.enqueue_trial({"coarse_phases": 0})
+        seen, run, longest[flat] = set(), 0, 0
+        for _ in range(24):
+            t = study.ask()
+            schedule = space.define_by_run(5, flat=flat)(t)["schedule"]
+            study.tell(t, values(schedule))
+            run = run + 1 if schedule in seen else 0
+            longest[flat] = max(longest[flat], run)
+            seen.add(schedule)
+        if flat:
+            assert len({tuple(sorted(t.params)) for t in study.trials}) == 1 and len(seen) >= 16, len(seen)
+    assert longest[True] <= 3 and longest[False] >= 10, longest
