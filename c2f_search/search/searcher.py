@@ -204,7 +204,7 @@ def make_sampler(name: str, space: Space, seed: int, epochs):
         return optuna.samplers.GPSampler(
             seed=seed,
             n_startup_trials=GP_STARTUP_TRIALS,
-            deterministic_objective=True,
+            deterministic_objective=True,  # a repeat is told the first outcome, never measured again
             independent_sampler=optuna.samplers.TPESampler(seed=seed),
             warn_independent_sampling=False,
         )
