@@ -124,7 +124,8 @@ def test_a_tiny_moasha_search_stops_only_dominated_trials(tmp_path, fresh_ray):
     from ..conftest import TINY_DATA, run_cli
 
     out = tmp_path / "s"
-    args = ["search", "--space", "demo", "--data", TINY_DATA, "--epochs", "2", "--depth", "1", "--trials", "10"]
+    data = TINY_DATA.replace("train=40", "train=160")  # the demo space's batch of 16: 10 steps per epoch
+    args = ["search", "--space", "demo", "--data", data, "--epochs", "2", "--depth", "1", "--trials", "10"]
     r = run_cli([*args, "--scheduler", "moasha", "--out", str(out)], tmp_path / "s.log", ENV, 900)
     assert r.returncode == 0, r.stdout[-3000:]
     trials = {}

@@ -92,7 +92,8 @@ def _trial_folders(out):
     return [p for p in (out / "search").iterdir() if p.is_dir() and (p / "result.json").exists()]
 
 
-TINY_SEARCH = ["search", "--space", "demo", "--data", TINY_DATA, "--epochs", "1", "--depth", "1"]
+DATA = TINY_DATA.replace("train=40", "train=160")  # the demo space's batch of 16: 10 steps per epoch
+TINY_SEARCH = ["search", "--space", "demo", "--data", DATA, "--epochs", "1", "--depth", "1"]
 
 
 @pytest.mark.slow
@@ -136,7 +137,7 @@ def test_warm_start_imports_the_same_setting_once_and_enqueues_another_setting(t
     assert len(_trial_folders(b)) == 3
 
     c = tmp_path / "c"
-    other = TINY_DATA.replace("seed=3", "seed=4")  # another data set: the front's schedules are trained
+    other = DATA.replace("seed=3", "seed=4")  # another data set: the front's schedules are trained
     r = run_cli([*TINY_SEARCH[:4], other, *TINY_SEARCH[5:], "--trials", "3", "--warm-start", str(moved),
                  "--out", str(c)], tmp_path / "c.log", ENV, 600)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:]
