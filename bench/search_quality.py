@@ -161,9 +161,9 @@ def main():
         total = sum(c for c, _ in grid_trials)
         base = max(p[1] for _, p in grid_trials if p is not None)  # the baseline is the grid's costliest schedule
         ref = (0.0, 1.1 * base)
-        hv_grid = hypervolume_at(grid_trials, 1.0, ref)
-        print(f"{name}: grid {total / 1e12:.2f} TFLOPs, reference point (0, {ref[1] / 1e12:.3f} TFLOPs), "
-              f"hypervolume {hv_grid / 1e12:.4f} accuracy x TFLOPs ({wall:.0f} s)", flush=True)  # fmt: skip
+        hv_grid = hypervolume_at(grid_trials, total, ref)
+        print(f"{name}: grid {total / 1e12:.3f} TFLOPs, reference point (accuracy 0, {ref[1] / 1e9:.2f} GFLOPs), "
+              f"hypervolume {hv_grid / 1e9:.4f} accuracy x GFLOPs ({wall:.0f} s)", flush=True)  # fmt: skip
         for config in a.configs:
             if config == "warm" and name == first:
                 continue  # warm-starts the second setting from the first
