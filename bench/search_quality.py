@@ -69,10 +69,13 @@ def grid_space(folder: Path) -> Path:
     return path
 
 
-def run_search(out: Path, setting: dict, flags: list[str], env: dict, log: Path) -> float:
-    """Run one search into `out` (unless it finished there before); its wall time in seconds (0 if read)."""
+def run_search(out: Path, setting: dict, flags: list[str], env: dict, log: Path, read_only: bool) -> float | None:
+    """Run one search into `out` (unless it finished there before); its wall time in seconds (0 if read; None
+    if `read_only` and it has not finished)."""
     if (out / "front.parquet").is_file():
         return 0.0
+    if read_only:
+        return None
     args = ["--data", setting["data"], "--depth", str(setting["depth"]), "--epochs", str(setting["epochs"])]
     args += ["--cpus-per-trial", "1", "--out", str(out)]
     t = time.perf_counter()
@@ -136,6 +139,7 @@ def main():
     ap.add_argument("--out", default=None, help="keep the searches here (default: a temporary folder)")
     ap.add_argument("--table", default=None, help="write the Markdown table here too")
     ap.add_argument("--plot", default=None, help="hypervolume ratio against compute, PNG")
+    ap.add_argument("--read-only", action="store_true", help="tabulate the searches finished under --out; run none")
     a = ap.parse_args()
     settings = QUICK if a.quick else SETTINGS
     trials = str(a.trials or (6 if a.quick else 12))
@@ -156,7 +160,10 @@ def main():
         s = settings[name]
         g = out / name / "grid"
         g.parent.mkdir(parents=True, exist_ok=True)
-        wall = run_search(g, s, ["--space", str(grid), *CONFIGS["grid"]], env, out / name / "grid.log")
+        wall = run_search(g, s, ["--space", str(grid), *CONFIGS["grid"]], env, out / name / "grid.log", a.read_only)
+        if wall is None:
+            print(f"{name}: the grid has not finished; skipped")
+            continue
         grid_trials = charged(g)
         total = sum(c for c, _ in grid_trials)
         base = max(p[1] for _, p in grid_trials if p is not None)  # the baseline is the grid's costliest schedule
@@ -175,7 +182,9 @@ def main():
                     flags = ["--space", "demo", *CONFIGS[config], "--trials", trials, "--seed", str(seed)]
                     if config == "warm":
                         flags += ["--warm-start", str(out / first / f"fifo-tpe-seed{seed}")]
-                    w = run_search(folder, s, flags, env, out / name / f"{config}-seed{seed}.log")
+                    w = run_search(folder, s, flags, env, out / name / f"{config}-seed{seed}.log", a.read_only)
+                    if w is None:
+                        continue
                 tr = charged(folder)
                 ratios = [hypervolume_at(tr, f * total, ref) / hv_grid for f in FRACTIONS]
                 results.setdefault((name, config), []).append((seed, ratios, sum(c for c, _ in tr) / total, w))
