@@ -318,6 +318,30 @@ def folder_lock(lock, what: str, command: str):
         _remove_empty(created)
 
 
+@contextmanager
+def reading_lock(lock, what: str):
+    """Read the folder of the file `lock` while no c2f-search command writes there: a shared record lock on
+    the lock file, taken only where one exists (a command holding the folder always has it), so a folder
+    that is read-only to this user can still be read. Refused in one line while another command holds it."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            raise C2FError(_held(Path(lock), what)) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _held(path: Path, what: str) -> str:
     try:
         h = json.loads(path.read_text())

@@ -91,6 +91,9 @@ class SearchDir(_Folder):
         lambda self: self.confirm_dir / "confirm.json", doc="a plain confirm's plan, and whether it finished"
     )
     lock = property(lambda self: self.path / LOCK_FILE)
+    warm_start = property(
+        lambda self: self.path / "warm_start.parquet", doc="the rows of trials imported by --warm-start"
+    )
 
     def study_url(self) -> str:
         return f"sqlite:///{self.study}"

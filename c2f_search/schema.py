@@ -69,6 +69,7 @@ ROW_SCHEMA = pa.schema(
         ("is_baseline", pa.bool_()),  # one phase at full resolution: the reference
         ("final_C", pa.int64()),  # the C of the schedule's last phase (1, or coarse-only's)
         ("full_model", pa.bool_()),
+        ("warm_start", pa.string()),  # the earlier search a trial was imported from (--warm-start); else null
     ]
 )  # its checkpoint is a full-resolution model
 ROW_FIELDS = tuple(ROW_SCHEMA.names)

@@ -18,8 +18,8 @@ from .errors import C2FError, SpaceError
 from .files import atomic_write, read_json
 from .layout import SearchDir
 
-SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")
-SCHEDULERS = ("fifo", "asha", "pbt")
+SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random", "grid")
+SCHEDULERS = ("fifo", "asha", "moasha", "pbt")
 
 
 def flag(field: str) -> str:
@@ -286,6 +286,8 @@ class SearchSettings:
     init: dict | None = None  # the pretrained init: {uri, sha256, size, models (those it initialises)}
     recipe: str | None = None  # a published recipe under the space's settings (--recipe or the space's)
     trackers: list = field(default_factory=list)  # --log: {kind, target, parent_run (MLflow)} each
+    # --warm-start: the earlier search folders given; once imported, what each brought: {folder, case, trials}
+    warm_start: list | None = None
 
     def __post_init__(self):
         if isinstance(self.data, dict):

@@ -218,6 +218,8 @@ def train_schedule(config: dict, setup: dict) -> None:
         if init:  # replaced between its check and its load: say it changed, not that it is damaged
             init.recheck()
         raise
+    # what the trial will spend, known before it trains: MOASHA ranks trials at a rung by it
+    attempt["planned_flops"] = run.ledger.planned_train_flops(run.controller)
     if os.environ.get("C2F_INJECT_NAN") == str(cfg.schedule):  # fault injection for tests: a diverging trial
         with torch.no_grad():
             next(run.model.parameters()).fill_(float("nan"))

@@ -37,6 +37,39 @@ def pareto_front(points) -> list[int]:
     return front
 
 
+def front_ranks(points) -> list[int]:
+    """Non-dominated sorting of (metric, flops) points, metric up, flops down: rank 0 is the front, rank 1 the
+    front once rank 0 is removed, and so on. A point is dominated by one at least as good in both and better
+    in one, so equal points share a rank; a NaN metric ranks last."""
+    n = len(points)
+
+    def dominates(a, b):
+        (ma, fa), (mb, fb) = points[a], points[b]
+        return ma >= mb and fa <= fb and (ma > mb or fa < fb)
+
+    left, r, ranks = {i for i in range(n) if points[i][0] == points[i][0] and points[i][1] == points[i][1]}, 0, {}
+    while left:
+        front = {i for i in left if not any(dominates(j, i) for j in left)}
+        ranks |= dict.fromkeys(front, r)
+        left -= front
+        r += 1
+    return [ranks.get(i, r) for i in range(n)]
+
+
+def crowding_distance(points) -> list[float]:
+    """NSGA-II's crowding distance of each point of one front: the sum over both objectives of the gap between
+    its neighbours, over that objective's range; the two ends of the front get infinity."""
+    n, dist = len(points), [0.0] * len(points)
+    for k in (0, 1) if n else ():
+        order = sorted(range(n), key=lambda i: points[i][k])
+        span = points[order[-1]][k] - points[order[0]][k] if n else 0.0
+        dist[order[0]] = dist[order[-1]] = float("inf")
+        for a, i, b in zip(order, order[1:], order[2:]):
+            if span > 0:
+                dist[i] += (points[b][k] - points[a][k]) / span
+    return dist
+
+
 def hypervolume_2d(points, ref) -> float:
     """Area dominated by `points` (metric up, flops down) and bounded by ref = (metric_ref, flops_ref)."""
     mref, fref = ref

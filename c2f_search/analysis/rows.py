@@ -115,6 +115,10 @@ def load_rows(search_dir, filesystem=None, name="search") -> pa.Table:
     if not rows:
         raise NoResults(f"{search_dir}: the {name} has no reported results yet")
     ordered = sorted(rows.values(), key=lambda x: (str(x["trial_id"]), x["step"] or 0))
+    if name == "search" and filesystem is None and SearchDir(search_dir).warm_start.is_file():
+        import pyarrow.parquet as pq  # the trials --warm-start imported, as they were read then
+
+        ordered += pq.read_table(SearchDir(search_dir).warm_start).to_pylist()
     try:
         table = row_table(with_schedule_columns(ordered, root))
         # trials that failed before their first report have no row: counted from here

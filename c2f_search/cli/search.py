@@ -33,7 +33,8 @@ SEARCH_DEFAULTS = {
     "seed": 0,
     "reuse_actors": True,
 }
-RESUME_MAY_CHANGE = ("out", "resume", "address", "trials")  # where it runs; trials may be raised
+# where it runs; trials may be raised; --warm-start is read when the search starts, never on a resume
+RESUME_MAY_CHANGE = ("out", "resume", "address", "trials", "warm_start")
 # the search's own flags (add_search_args); with the data flags and the model settings, what a search records
 SEARCH_FLAGS = (
     "space",
@@ -54,6 +55,7 @@ SEARCH_FLAGS = (
     "init",
     "recipe",
     "log",
+    "warm_start",
 )
 
 
@@ -73,13 +75,24 @@ def add_search_args(s) -> None:
     s.add_argument(
         "--sampler",
         choices=SAMPLERS,
-        help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise",
+        help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise. gp: Optuna's "
+        "GPSampler, a Gaussian process whose next trial maximises the expected hypervolume improvement (logEHVI) "
+        "of the front of metric against FLOPs, after 5 random trials. It models only parameters every trial "
+        "has, so with gp every trial sets every schedule parameter (method, the C values for each number of "
+        "phases, every phase fraction), those its schedule does not use included (dimensions the GP learns to "
+        "ignore); a categorical one enters its kernel as same-or-different (Hamming distance); a learned "
+        "space's controller settings, which depend on the controller drawn, are drawn by independent TPE",
     )
     s.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
         help="fifo (the default) runs every trial to its end; asha stops weak trials early, comparing "
-        "them at equal cumulative train FLOPs; pbt runs a population (--trials members) of a learned "
+        "them at equal cumulative train FLOPs; moasha stops them at the same FLOPs rungs, but keeps the "
+        "front: it ranks the trials at a rung by non-dominated sorting on (metric there, up; the trial's "
+        "planned total training FLOPs, down; a learned schedule's upper bound), keeps the best half by "
+        "front rank (ties by crowding distance: it needs no reference point for a partial metric, and it "
+        "keeps the front's spread along the FLOPs) and never stops a trial on the rung's front (not with "
+        "a grid space: a grid is run whole); pbt runs a population (--trials members) of a learned "
         "space (e.g. --space adaptive) under Ray's population-based training, which may lower a "
         "member's C (never raise it)",
     )
@@ -131,6 +144,16 @@ def add_search_args(s) -> None:
         help="checkpoints kept per trial (default 2; 0 = all) besides those the front may need, which are "
         "never deleted: phase ends and final-phase evaluations that beat every earlier one "
         "(the paper's selected epochs are among them); each holds weights and optimizer state",
+    )
+    s.add_argument(
+        "--warm-start",
+        nargs="+",
+        metavar="DIR",
+        help="start from earlier searches (their --out folders, read where they are now, under their lock). "
+        "Same setting (data, model and its settings, init, epochs, recipe, objective, fixed settings): "
+        "their finished trials enter the new study with their values, are not trained again and count in "
+        "the front (marked with their folder, column warm_start). Another setting: their front's "
+        "schedules are the first trials, and are trained. Their space must have this space's parameters",
     )
     s.add_argument("--metric-target", type=finite_float, help="budget mode for every trial")
     s.add_argument("--seed", type=seed_int, help="sampler seed (default 0)")
@@ -227,6 +250,7 @@ def search_settings(flags: dict, out) -> SearchSettings:
         keep_checkpoints=f["keep_checkpoints"] or None,
         resources={"cpu": f.get("cpus_per_trial"), "gpu": f.get("gpus_per_trial")},
         reuse_actors=f["reuse_actors"],
+        warm_start=[str(Path(d).resolve()) for d in f["warm_start"]] if f.get("warm_start") else None,
         metric_target=f.get("metric_target"),
         storage=f.get("storage"),
         model_kwargs=model_kwargs,
@@ -241,6 +265,13 @@ def search_settings(flags: dict, out) -> SearchSettings:
         raise SpaceError(f"{FLAG_OF.get(bad[0], flag(bad[0]))}: {bad[1]}")
     if settings.scheduler == "pbt":
         _check_population(settings, space, flags)
+    if settings.scheduler == "pbt" and settings.warm_start:
+        raise SpaceError("--warm-start: PBT runs no Optuna study to start from earlier trials; drop one of them")
+    if settings.scheduler == "moasha" and space.is_grid:
+        raise SpaceError(
+            f"--scheduler moasha: {space.path} is a grid (a 'schedules' list), which is run whole as the "
+            f"reference front; use an open space (e.g. --space demo), or --scheduler fifo or asha"
+        )
     return settings
 
 
@@ -294,6 +325,12 @@ def resumed_settings(out, flags: dict) -> SearchSettings:
     )
     if flags.get("init") is not None:
         settings.init = same_init(settings.init, flags["init"], f"the search in {out} was started", go_on)
+    if flags.get("warm_start"):
+        print(
+            f"--warm-start: the search in {out} read its earlier searches when it started "
+            f"({', '.join(w['folder'] for w in settings.warm_start or []) or 'none'}); a resume does not import again",
+            flush=True,
+        )
     trials = flags.get("trials")
     if trials is not None:
         had = num_trials(settings, load_space(settings.space, settings.recipe))

@@ -2,7 +2,8 @@
 
 * ``settings``   - ``SearchSettings``, what a search was started with (``DIR/search.json``);
 * ``searcher``   - Optuna through Ray Tune's ``OptunaSearch`` (samplers, the baseline first, no repeats);
-* ``schedulers`` - Tune schedulers (FIFO, ASHA on cumulative FLOPs);
+* ``schedulers`` - Tune schedulers (FIFO, ASHA and MOASHA on cumulative FLOPs, PBT);
+* ``warm_start`` - ``--warm-start``: earlier searches' trials imported (same setting) or enqueued;
 * ``runner``     - ``run_search``: Ray, the data check, the Tuner, resume, the checkpoints the front needs;
 * ``confirm``    - ``run_confirm``: the baseline and the top front schedules re-run with new seeds;
 * ``commands``   - the ``search``, ``pareto``, ``confirm``, ``report`` and ``demo`` commands (Ray is

@@ -30,6 +30,7 @@ from ..layout import SearchDir
 from ..models import get_family
 from ..settings import SearchSettings, flag
 from ..validate import check_against_data, validate
+from . import warm_start
 from .schedulers import make_scheduler, population
 from .searcher import METRICS, C2FSearchGenerator, load_study, make_searcher
 from .space import Space, load_space
@@ -311,6 +312,10 @@ def run_search(
     space = load_space(settings.space, settings.recipe)
     folder = SearchDir(Path(settings.out).resolve())
     data = _preflight(settings, space, folder, resume, storage_filesystem)
+    # earlier searches, read and checked before Ray starts; imported once, when the search is built
+    earlier = []
+    if settings.warm_start and not resume:
+        earlier = warm_start.read(settings.warm_start, settings, space, settings.epochs or space.epochs)
     if address is None and not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):  # a local instance
         check_fits(_asked(settings, space), [_this_machine()], "this machine")
     if not ray.is_initialized():
@@ -325,6 +330,8 @@ def run_search(
         tuner, searcher = _restore(settings, space, folder, trainable, storage_filesystem), None
     else:
         tuner, searcher = _build(settings, space, folder, trainable, data, progress_stream, storage_filesystem)
+        warm_start.apply(earlier, searcher, folder)
+        settings.warm_start = [w.record() for w in earlier] or None
     settings.save()
     try:
         with _stop_cleanly():

@@ -80,6 +80,7 @@ class C2FOptunaSearch(OptunaSearch):
         self._key: dict[str, str] = {}  # Tune trial id -> its config key
         self._outcome: dict[str, tuple] = {}  # Tune trial id -> (values, state) told to Optuna
         self._waiting: dict[str, list] = {}  # Tune trial id -> Optuna trial numbers repeating it
+        self._imported: dict[str, int] = {}  # a trial --warm-start imported -> its Optuna trial number
         self.repeats, self.exhausted = 0, False
 
     def suggest(self, trial_id):
@@ -94,7 +95,7 @@ class C2FOptunaSearch(OptunaSearch):
                 return config
             trials, _ = optuna_state(self)
             ot = trials.pop(trial_id)  # the next ask() gives this Tune trial a new Optuna trial
-            ot.set_user_attr("repeat_of", _number(trials[first]))
+            ot.set_user_attr("repeat_of", self._imported[first] if first in self._imported else _number(trials[first]))
             self.repeats += 1
             if first in self._outcome:
                 self._tell(ot.number, *self._outcome[first])
@@ -114,6 +115,14 @@ class C2FOptunaSearch(OptunaSearch):
             self._first.setdefault(self._key[trial_id], trial_id)
         for number in self._waiting.pop(trial_id, []):
             self._tell(number, *self._outcome[trial_id])
+
+    def add_done(self, key: str, number: int, values) -> None:
+        """A configuration trained before this search (--warm-start imported it as Optuna trial `number`):
+        a sample that repeats it takes its values and is not trained."""
+        first = f"warm-start-{number}"
+        self._first.setdefault(key, first)
+        self._imported[first] = number
+        self._outcome[first] = (values, optuna.trial.TrialState.COMPLETE)
 
     def restore(self, checkpoint_path):
         """A trial that had not ended when the driver stopped may be lost with it: forget it, so that no
@@ -173,6 +182,10 @@ class C2FSearchGenerator(SearchGenerator):
             self._total_samples, self._finished = now["trials"], False
 
 
+# random trials before the GP models the front: Optuna's default (10) would leave a 12-trial search 2 GP trials
+GP_STARTUP_TRIALS = 5
+
+
 def make_sampler(name: str, space: Space, seed: int, epochs):
     if name == "auto":
         name = "grid" if space.is_grid else "tpe"
@@ -187,11 +200,19 @@ def make_sampler(name: str, space: Space, seed: int, epochs):
         return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if name == "gp":  # Optuna's GP with logEHVI for two objectives; conditional parameters by independent TPE
+        return optuna.samplers.GPSampler(
+            seed=seed,
+            n_startup_trials=GP_STARTUP_TRIALS,
+            deterministic_objective=True,  # a repeat is told the first outcome, never measured again
+            independent_sampler=optuna.samplers.TPESampler(seed=seed),
+            warn_independent_sampling=False,
+        )
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise SpaceError(f"--sampler {name!r}: choose tpe, nsga2, random or grid")
+    raise SpaceError(f"--sampler {name!r}: choose tpe, gp, nsga2, random or grid")
 
 
 def make_searcher(space: Space, sampler: str, seed: int, epochs: float, storage) -> C2FOptunaSearch:
@@ -199,7 +220,8 @@ def make_searcher(space: Space, sampler: str, seed: int, epochs: float, storage)
     # an open space that allows the baseline runs it first, so every front has a reference
     baseline_first = [{"coarse_phases": 0}] if not space.is_grid and space.coarse_phases[0] == 0 else None
     return C2FOptunaSearch(
-        space=space.define_by_run(epochs),
+        # the GP models only the parameters every trial has: with gp, every trial sets them all
+        space=space.define_by_run(epochs, flat=sampler == "gp"),
         metric=METRICS,
         mode=MODES,
         points_to_evaluate=baseline_first,

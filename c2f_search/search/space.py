@@ -177,9 +177,30 @@ class Space:
                     )
         return out
 
-    def define_by_run(self, epochs: float | None = None) -> DefineByRun:
-        """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``."""
-        return DefineByRun(self, epochs or self.epochs)
+    def define_by_run(self, epochs: float | None = None, flat: bool = False) -> DefineByRun:
+        """An Optuna define-by-run function: ``space(trial) -> {"schedule": ..., hyperparameters}``; `flat`:
+        every trial sets every schedule parameter (``all_schedule_params``), used or not."""
+        return DefineByRun(self, epochs or self.epochs, flat)
+
+    def all_schedule_params(self, trial) -> None:
+        """Set every parameter a schedule of this open space may read, whatever the number of phases: a sampler
+        that models only the parameters all trials share (Optuna's GPSampler: the intersection search space)
+        then models them all; ``sample_schedule`` reads the values set here, and ignores the rest."""
+        lo, hi = self.coarse_phases
+        if hi > lo:
+            trial.suggest_int("coarse_phases", lo, hi)
+        if hi == 0:
+            return
+        trial.suggest_categorical("method", self.methods)
+        if self.later_methods and hi > 1:
+            trial.suggest_categorical("later_method", self.later_methods)
+        for k in range(max(1, lo), hi + 1):
+            trial.suggest_categorical(f"C_{k}", _C_combos(self.C_values, k))
+        if self.is_adaptive:
+            trial.suggest_float("final_fraction", *self.final_fraction)
+        else:
+            for i in range(hi):
+                trial.suggest_float(f"fraction_{i + 1}", *self.phase_fraction)
 
     def population_schedule(self, method: str, E: float, later: str | None = None) -> Schedule:
         """A PBT member's schedule: every C of the space, learned (CxAUTO), then the final phase; with
@@ -206,9 +227,7 @@ class Space:
         method = trial.suggest_categorical("method", self.methods)
         # a mixed schedule: the coarse phases after the first draw one method of their own
         later = trial.suggest_categorical("later_method", self.later_methods) if self.later_methods and k > 1 else None
-        # one categorical per k over the strictly decreasing C tuples: fixed choices per name, as samplers need
-        combos = ["-".join(map(str, c)) for c in itertools.combinations(sorted(self.C_values, reverse=True), k)]
-        Cs = [int(c) for c in trial.suggest_categorical(f"C_{k}", combos).split("-")]
+        Cs = [int(c) for c in trial.suggest_categorical(f"C_{k}", _C_combos(self.C_values, k)).split("-")]
         if self.is_adaptive:  # the controller learns the coarse lengths; the final phase keeps its share
             final = _round(trial.suggest_float("final_fraction", *self.final_fraction) * E)
             return Schedule(
@@ -221,11 +240,18 @@ class Space:
         return Schedule(method, (*coarse, Phase(1, _round(E - sum(p.epochs for p in coarse)))))
 
 
+def _C_combos(C_values: list[int], k: int) -> list[str]:
+    """One categorical per k over the strictly decreasing C tuples: fixed choices per name, as samplers need."""
+    return ["-".join(map(str, c)) for c in itertools.combinations(sorted(C_values, reverse=True), k)]
+
+
 class DefineByRun:
     """Picklable (Tune checkpoints its searcher) define-by-run function over a Space."""
 
-    def __init__(self, space: Space, epochs: float):
-        self.space, self.epochs = space, epochs
+    flat = False  # a searcher pickled before `flat` existed
+
+    def __init__(self, space: Space, epochs: float, flat: bool = False):
+        self.space, self.epochs, self.flat = space, epochs, flat
 
     def __call__(self, trial) -> dict:
         sp = self.space
@@ -242,6 +268,8 @@ class DefineByRun:
                 }
             )
         else:
+            if self.flat:
+                sp.all_schedule_params(trial)
             schedule = sp.sample_schedule(trial, self.epochs)
             cfg["schedule"] = str(schedule)
             if schedule.is_adaptive:

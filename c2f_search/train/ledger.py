@@ -72,11 +72,21 @@ class FlopsLedger:
         """Training FLOPs of one epoch at C: the steps trained, the last partial batch dropped."""
         return self.step_flops(C, method) * self.steps_per_epoch
 
-    def planned_train_flops(self) -> float:
-        """Training FLOPs of the whole fixed schedule as `Run` trains it: each phase's whole steps at its C."""
-        phases = self.schedule.phases
-        steps = self.schedule.phase_steps(self.steps_per_epoch)
-        return sum(self.step_flops(p.C, p.method) * n for p, n in zip(phases, steps))
+    def planned_train_flops(self, controller=None) -> float:
+        """The training FLOPs a run plans before it trains: each fixed phase's whole steps at its (method, C), as
+        `Run` trains them. With the run's bound `controller` of a learned schedule, an upper bound: each learned
+        phase at its longest (the controller's max), the whole within the controller's budget of full-resolution
+        epochs. Without one, the ledger's own (fixed) schedule."""
+        from ..controllers.adaptive import AdaptiveSchedule
+
+        schedule = self.schedule if controller is None else controller.schedule
+        if isinstance(controller, AdaptiveSchedule):
+            steps = [controller.max_steps if n is None else n for n in controller.fixed_steps]
+        else:
+            steps = schedule.phase_steps(self.steps_per_epoch)
+        total = sum(n * self.step_flops(p.C, p.method) for n, p in zip(steps, schedule.phases))
+        budget = getattr(controller, "budget", None)
+        return min(total, budget * self.epoch_flops(1)) if budget else total
 
     def add_train(self, C: int, method: str, steps: int = 1) -> None:
         self._counters["train_flops"] += self.step_flops(C, method) * steps

@@ -184,7 +184,7 @@ J_RUN = [  # an edit of a run's config.json, on --resume of a run stopped before
 J_SEARCH = [  # an edit of search.json, on --resume and on pareto
     ('d["resources"]["cpu"] = -1', "key 'resources.cpu' must be a number >= 0"),
     ('d["data"]["norm"] = [0, "a"]', "key 'data.norm' must be [mean, std]"),
-    ('d["scheduler"] = "bogus"', "key 'scheduler' must be one of fifo, asha, pbt"),
+    ('d["scheduler"] = "bogus"', "key 'scheduler' must be one of fifo, asha, moasha, pbt"),
     ('d["epochs"] = -1', "key 'epochs' must be a number > 0"),
     ('d["keep_checkpoints"] = -5', "key 'keep_checkpoints' must be an integer >= 0"),
     ('d["sampler"] = 3', "key 'sampler' must be a string"),
