@@ -57,10 +57,11 @@ def test_training_sees_the_kept_tokens_and_evaluation_every_token(tiny_data):
 
 
 def test_a_full_resolution_phase_starts_from_exactly_the_weights_patchout_left(tiny_data, monkeypatch):
+    import c2f_search.models.phase as phase_mod
     import c2f_search.train.run as train_mod
 
     moved, starts = [], {}
-    real_transfer, real_step = train_mod.transfer_weights, train_mod.TrainStep
+    real_transfer, real_step = phase_mod.transfer_weights, train_mod.TrainStep
 
     def transfer(model, geometry, method):
         moved.append((model.geometry, geometry, method.name))
@@ -73,7 +74,7 @@ def test_a_full_resolution_phase_starts_from_exactly_the_weights_patchout_left(t
                 starts[len(starts)] = {k: v.clone() for k, v in self.model.state_dict().items()}
             return super().__call__(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "transfer_weights", transfer)
+    monkeypatch.setattr(phase_mod, "transfer_weights", transfer)  # Run moves weights through move_to_phase
     monkeypatch.setattr(train_mod, "TrainStep", FirstStepWeights)
     ends = []
 
