@@ -156,6 +156,19 @@ class C2FOptunaSearch(OptunaSearch):
             study_name=self._study_name, storage=storage, sampler=self._sampler, pruner=optuna.pruners.NopPruner()
         )
 
+    def requeue_lost(self) -> int:
+        """Trials the study holds as RUNNING that this restored searcher never handed to Tune's saved state were
+        lost with a killed driver: fail each and queue its parameters again, so that the next trial trains it
+        (a grid sampler would otherwise draw among every unfinished entry, one still running included)."""
+        trials, study = optuna_state(self)
+        known = {_number(ot) for ot in trials.values()}
+        lost = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        lost = [t for t in lost if t.number not in known]
+        for t in lost:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(t.params, skip_if_exists=False)
+        return len(lost)
+
 
 def _number(ot) -> int:
     return ot if isinstance(ot, int) else ot.number
@@ -178,6 +191,7 @@ class C2FSearchGenerator(SearchGenerator):
         storage = self._experiment.storage
         storage.storage_filesystem, storage.storage_fs_path = now["experiment"]
         self.searcher.reopen(now["study"])
+        self.searcher.requeue_lost()
         if now["trials"] > self._total_samples:
             self._total_samples, self._finished = now["trials"], False
 

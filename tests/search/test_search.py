@@ -378,3 +378,19 @@ def test_a_search_over_the_patchout_space_names_its_methods(tmp_path, fresh_ray)
     assert all(x["schedule"] in summary for x in rows if x["schedule_done"])  # Table 2/3 names each schedule
     anytime = summary.split("anytime front")[1].splitlines()[1:]
     assert any(ln.endswith("  full model") for ln in anytime) and (out / "front.png").stat().st_size > 0
+
+
+def test_a_trial_lost_with_a_killed_driver_is_trained_next_on_resume(tmp_path):
+    """The study holds a trial as RUNNING that Tune never saved (the driver was killed right after asking for
+    it): a resume fails it and queues its parameters, so the next trial trains that grid entry, not a repeat."""
+    from c2f_search.search.searcher import make_searcher, optuna_state
+
+    s = make_searcher(load_space(str(grid_space(tmp_path, ["none:1x2", "avgpool:2x1,1x1"]))), "auto", 0, 2, None)
+    first, lost = s.suggest("a"), s.suggest("b")
+    trials, study = optuna_state(s)
+    # fault injection: the searcher as Tune saved it, before it handed out trial b
+    del trials["b"]
+    s._first.pop(s._key.pop("b"))
+    assert s.requeue_lost() == 1 and s.requeue_lost() == 0
+    assert s.suggest("c")["schedule"] == lost["schedule"] != first["schedule"]
+    assert [t.state for t in study.trials[:2]] == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
