@@ -303,9 +303,9 @@ def _trackers(log: list[str] | None, folder: RunDir, cfg) -> list:
     if not log:
         return []
     from ..train.callbacks import tracking
+    from .search import checked_trackers
 
-    trackers = tracking.resolve([tracking.Tracker.parse(x) for x in log], folder.path)
-    tracking.check(trackers)
+    trackers = [tracking.Tracker(t["kind"], t["target"]) for t in checked_trackers(log, folder.path)]
     params = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (str, int, float, bool)) and v is not None}
     return [tracking.Tracking(trackers, folder.path, folder.path.name, params)]
 
