@@ -81,18 +81,7 @@ def run_search(out: Path, setting: dict, flags: list[str], env: dict, log: Path,
     t = time.perf_counter()
     with open(log, "w") as f:
         rc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "c2f_search.cli",
-                "search",
-                *args,
-                *flags,
-                "--cpus-per-trial",
-                "1",
-                "--out",
-                str(out),
-            ],
+            [sys.executable, "-m", "c2f_search.cli", "search", *args, *flags],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,

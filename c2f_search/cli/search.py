@@ -250,7 +250,8 @@ def search_settings(flags: dict, out) -> SearchSettings:
         keep_checkpoints=f["keep_checkpoints"] or None,
         resources={"cpu": f.get("cpus_per_trial"), "gpu": f.get("gpus_per_trial")},
         reuse_actors=f["reuse_actors"],
-        warm_start=[str(Path(d).resolve()) for d in f["warm_start"]] if f.get("warm_start") else None,
+        # a folder named twice (or by two paths) is read once
+        warm_start=list(dict.fromkeys(str(Path(d).resolve()) for d in f["warm_start"])) if f.get("warm_start") else None,
         metric_target=f.get("metric_target"),
         storage=f.get("storage"),
         model_kwargs=model_kwargs,

@@ -10,6 +10,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ..analysis.pareto import crowding_distance, front_ranks
 from ..errors import SpaceError
+from ..schedule import record_schedule
 from ..settings import SCHEDULERS
 
 # the key of a trial's report that holds its planned total training FLOPs (trainables/c2f.py)
@@ -48,6 +49,8 @@ class MOASHA(FIFOScheduler):
     is kept. Ties within a rank are broken by crowding distance, not hypervolume contribution: it needs no
     reference point (at a rung the metric is a partial one, so any reference would be arbitrary) and it
     keeps the ends and the spread of the front along the FLOPs axis, which is what the final front needs.
+    The full-resolution baseline is ranked like any trial but never stopped: every saving is measured
+    against it (the paper's definition), and a search without it could not say what its front saves.
     Like ASHA, a result past several rungs at once is recorded at the highest."""
 
     def __init__(self, max_t: float, grace_period: float, reduction_factor: float = 2):
@@ -70,7 +73,7 @@ class MOASHA(FIFOScheduler):
                 continue
             metric = result.get("val_metric")
             table[trial.trial_id] = (float("nan") if metric is None else metric, cost)
-            if keeps(table, trial.trial_id, self.eta):
+            if keeps(table, trial.trial_id, self.eta) or _is_baseline(result):
                 return TrialScheduler.CONTINUE
             self.stopped.append(trial.trial_id)
             return TrialScheduler.STOP
@@ -78,6 +81,11 @@ class MOASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"MOASHA: {len(self.stopped)} trials stopped at rungs {self.rungs}"
+
+
+def _is_baseline(result: dict) -> bool:
+    text = result.get("schedule")
+    return text is not None and record_schedule(text).is_baseline
 
 
 class LowerC:

@@ -80,6 +80,19 @@ def test_moasha_decides_once_per_rung_at_cumulative_flops():
     assert s.on_trial_result(None, _trial("x"), {"train_flops": 30}) == "CONTINUE"  # no planned FLOPs: no rung
 
 
+def test_moasha_never_stops_the_baseline_every_saving_is_measured_against():
+    s = MOASHA(max_t=100.0, grace_period=25.0)
+
+    def report(tid, schedule, metric, planned):
+        result = {"train_flops": 30, "val_metric": metric, PLANNED: planned, "schedule": schedule}
+        return s.on_trial_result(None, _trial(tid), result)
+
+    assert report("cheap", "fshift:4x2,1x3", 0.8, 40.0) == "CONTINUE"
+    assert report("dominated", "avgpool:2x2,1x3", 0.5, 60.0) == "STOP"
+    assert report("baseline", "none:1x5", 0.5, 100.0) == "CONTINUE"  # dominated too, and kept
+    assert s.tables[25.0]["baseline"] == (0.5, 100.0) and s.stopped == ["dominated"]
+
+
 LEARNED = ("fshift:2xauto,1x1", "plateau:patience=1,budget=2")
 
 

@@ -109,7 +109,9 @@ def test_warm_start_imports_the_same_setting_once_and_enqueues_another_setting(t
     distinct = [t for t in earlier if "repeat_of" not in t.user_attrs]
 
     b = tmp_path / "b"
-    r = run_cli([*TINY_SEARCH, "--trials", "2", "--warm-start", str(moved), "--out", str(b)],
+    (tmp_path / "x").mkdir()
+    again = tmp_path / "x" / ".." / "moved"  # the same folder named twice, by another path: read once
+    r = run_cli([*TINY_SEARCH, "--trials", "2", "--warm-start", str(moved), str(again), "--out", str(b)],
                 tmp_path / "b.log", ENV, 600)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:]
     assert f"--warm-start {moved}: same setting: {len(distinct)} finished trials imported" in r.stdout
