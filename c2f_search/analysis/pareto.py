@@ -528,9 +528,20 @@ def test_metrics(search_dir, res: dict, filesystem=None, device="cpu") -> dict:
                     f"{r['trial_id']} step {r['step']}: its checkpoint was not kept, so it cannot be "
                     f"evaluated on the test split"
                 )
-            known[(r["trial_id"], r["step"])] = evaluate_state(
-                read_state(fs, r["checkpoint_path"]), data, "test", device
-            )
+            try:
+                state = read_state(fs, r["checkpoint_path"])
+            except FileNotFoundError:
+                imported = r.get("warm_start")
+                raise NoResults(
+                    f"{r['trial_id']} step {r['step']}: its checkpoint {r['checkpoint_path']} is gone, so it cannot "
+                    f"be evaluated on the test split; "
+                    + (
+                        f"the trial was imported by --warm-start from {imported}: put that folder back there"
+                        if imported
+                        else "restore the search folder's checkpoints"
+                    )
+                ) from None
+            known[(r["trial_id"], r["step"])] = evaluate_state(state, data, "test", device)
         write_table(
             pa.Table.from_pylist([{"trial_id": k[0], "step": k[1], "test_metric": v} for k, v in known.items()]), cache
         )

@@ -331,3 +331,27 @@ def test_a_trial_is_failed_by_tunes_state_not_by_an_error_file_it_recovered_from
     root = crafted("unfinished", baseline_done=False)  # the baseline stopped without an error file: the state says
     c = counts(root, [("base", "ERROR"), ("c2f", "TERMINATED")])
     assert (c["finished"], c["error"]) == (1, 1)
+
+
+def test_an_imported_front_point_whose_folder_moved_names_the_folder_to_put_back(tmp_path):
+    """--test evaluates every final-front point from its checkpoint; one imported by --warm-start lives in the
+    earlier search's folder, and if that folder has moved the error says so instead of pyarrow's."""
+    from c2f_search.analysis.pareto import test_metrics
+    from c2f_search.cli.search import search_settings
+    from c2f_search.errors import NoResults
+
+    from ..conftest import TINY_DATA
+
+    test = TINY_DATA.replace("seed=3", "seed=4")  # other clips
+    search_settings({"space": "demo", "data": TINY_DATA, "test": test}, tmp_path).save()
+    gone = tmp_path / "earlier"
+    point = {
+        "trial_id": "a",
+        "step": 3,
+        "checkpoint_path": f"{gone}/search/a/checkpoint_000002",
+        "warm_start": str(gone),
+    }
+    with pytest.raises(NoResults, match=rf"imported by --warm-start from {gone}: put that folder back there"):
+        test_metrics(tmp_path, {"final_front": [point], "baseline": None})
+    with pytest.raises(NoResults, match="restore the search folder's checkpoints"):
+        test_metrics(tmp_path, {"final_front": [{**point, "warm_start": None}], "baseline": None})
