@@ -19,7 +19,7 @@ from .files import atomic_write, read_json
 from .layout import SearchDir
 
 SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random", "grid")
-SCHEDULERS = ("fifo", "asha", "moasha", "pbt")
+SCHEDULERS = ("auto", "fifo", "asha", "moasha", "pbt")
 
 
 def flag(field: str) -> str:
@@ -267,8 +267,8 @@ class SearchSettings:
     out: str
     data: DataSettings  # paths absolute, the target length and normalization resolved
     trials: int | None = None  # None: 12, or the whole grid
-    sampler: str = "auto"
-    scheduler: str = "fifo"
+    sampler: str = "auto"  # a folder written before "auto" meant gp: TPE (make_sampler)
+    scheduler: str = "fifo"  # the command line's "auto" is resolved before this is recorded
     epochs: float | None = None
     seed: int = 0
     max_failures: int = 1

@@ -26,7 +26,6 @@ def cmd_demo(a) -> int:
         "depth": DEMO_DEPTH,
         "trials": a.trials,
         "epochs": a.epochs,
-        "sampler": "tpe",
         "cpus_per_trial": 1.0,
         "keep_checkpoints": 1,
         **({"init": a.init} if a.init else {}),
@@ -47,7 +46,8 @@ def add_parser(sub) -> None:
         "demo",
         help="the main job: a 12-trial search on built-in data that learns, on 2 CPU cores in minutes",
         description=f"Search coarse-to-fine schedules on built-in data: local Ray, SQLite, space 'demo' "
-        f"(method, C sequence and phase lengths at a fixed recipe), {DEMO_DATA}, held-out test split "
+        f"(method, C sequence and phase lengths at a fixed recipe) under the search's defaults (MOASHA early "
+        f"stopping, GP sampler), {DEMO_DATA}, held-out test split "
         f"{DEMO_TEST}, ast-tiny at depth {DEMO_DEPTH}, {DEMO_EPOCHS:g} epochs per trial. The sizes are "
         f"chosen to learn within about 10 minutes on 2 CPU cores: depth {DEMO_DEPTH} (at the default "
         f"depth of 12 an earlier demo stayed between 0.17 and 0.29 accuracy in its time budget), "

@@ -27,7 +27,7 @@ from .pareto import _export
 SEARCH_DEFAULTS = {
     "space": "default",
     "sampler": "auto",
-    "scheduler": "fifo",
+    "scheduler": "auto",
     "max_failures": 1,
     "keep_checkpoints": 2,
     "seed": 0,
@@ -75,7 +75,9 @@ def add_search_args(s) -> None:
     s.add_argument(
         "--sampler",
         choices=SAMPLERS,
-        help="Optuna sampler; auto (the default) = grid for a 'schedules' space, TPE otherwise. gp: Optuna's "
+        help="Optuna sampler; auto (the default) = grid for a 'schedules' space, gp otherwise (with "
+        "--scheduler moasha, the configuration that kept the best front per unit of compute in "
+        "bench/search_quality.py; docs/benchmarks.md). tpe: Optuna's multivariate TPE. gp: Optuna's "
         "GPSampler, a Gaussian process whose next trial maximises the expected hypervolume improvement (logEHVI) "
         "of the front of metric against FLOPs, after 5 random trials. It models only parameters every trial "
         "has, so with gp every trial sets every schedule parameter (method, the C values for each number of "
@@ -86,13 +88,15 @@ def add_search_args(s) -> None:
     s.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
-        help="fifo (the default) runs every trial to its end; asha stops weak trials early, comparing "
+        help="auto (the default) = moasha for an open space, fifo for a grid or a pretraining space (whose "
+        "metric is known only after its fine-tune); fifo runs every trial to its end; asha stops weak trials early, comparing "
         "them at equal cumulative train FLOPs; moasha stops them at the same FLOPs rungs, but keeps the "
         "front: it ranks the trials at a rung by non-dominated sorting on (metric there, up; the trial's "
         "planned total training FLOPs, down; a learned schedule's upper bound), keeps the best half by "
         "front rank (ties by crowding distance: it needs no reference point for a partial metric, and it "
-        "keeps the front's spread along the FLOPs) and never stops a trial on the rung's front (not with "
-        "a grid space: a grid is run whole); pbt runs a population (--trials members) of a learned "
+        "keeps the front's spread along the FLOPs) and never stops a trial on the rung's front, nor the "
+        "full-resolution baseline every saving is measured against (not with a grid space: a grid is run "
+        "whole); pbt runs a population (--trials members) of a learned "
         "space (e.g. --space adaptive) under Ray's population-based training, which may lower a "
         "member's C (never raise it)",
     )
@@ -243,7 +247,7 @@ def search_settings(flags: dict, out) -> SearchSettings:
         finetune=finetune,
         trials=f.get("trials"),
         sampler=f["sampler"],
-        scheduler=f["scheduler"],
+        scheduler=_scheduler(f["scheduler"], space),
         epochs=f.get("epochs"),
         seed=f["seed"],
         max_failures=f["max_failures"],
@@ -251,7 +255,9 @@ def search_settings(flags: dict, out) -> SearchSettings:
         resources={"cpu": f.get("cpus_per_trial"), "gpu": f.get("gpus_per_trial")},
         reuse_actors=f["reuse_actors"],
         # a folder named twice (or by two paths) is read once
-        warm_start=list(dict.fromkeys(str(Path(d).resolve()) for d in f["warm_start"])) if f.get("warm_start") else None,
+        warm_start=list(dict.fromkeys(str(Path(d).resolve()) for d in f["warm_start"]))
+        if f.get("warm_start")
+        else None,
         metric_target=f.get("metric_target"),
         storage=f.get("storage"),
         model_kwargs=model_kwargs,
@@ -261,6 +267,8 @@ def search_settings(flags: dict, out) -> SearchSettings:
         flags={k: v for k, v in flags.items() if k not in RESUME_MAY_CHANGE},
         trackers=checked_trackers(f.get("log"), out),
     )
+    if settings.sampler == "auto" and settings.scheduler != "pbt":  # recorded as resolved: a resume keeps it
+        settings.sampler = "grid" if space.is_grid else "gp"
     bad = settings.problem()
     if bad:
         raise SpaceError(f"{FLAG_OF.get(bad[0], flag(bad[0]))}: {bad[1]}")
@@ -274,6 +282,13 @@ def search_settings(flags: dict, out) -> SearchSettings:
             f"reference front; use an open space (e.g. --space demo), or --scheduler fifo or asha"
         )
     return settings
+
+
+def _scheduler(name: str, space) -> str:
+    """--scheduler auto: MOASHA where trials report the metric they are judged by as they train."""
+    if name != "auto":
+        return name
+    return "fifo" if space.is_grid or space.objective != "supervised" else "moasha"
 
 
 FLAG_OF = {"resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial"}
@@ -322,7 +337,13 @@ def resumed_settings(out, flags: dict) -> SearchSettings:
         f"the search in {out} was started",
         go_on,
         may_change=(*RESUME_MAY_CHANGE, "init"),
-        defaults={**SEARCH_DEFAULTS, "recipe": settings.recipe},
+        # what an auto resolved to, as recorded
+        defaults={
+            **SEARCH_DEFAULTS,
+            "recipe": settings.recipe,
+            "sampler": settings.sampler,
+            "scheduler": settings.scheduler,
+        },
     )
     if flags.get("init") is not None:
         settings.init = same_init(settings.init, flags["init"], f"the search in {out} was started", go_on)

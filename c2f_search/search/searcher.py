@@ -201,7 +201,7 @@ GP_STARTUP_TRIALS = 5
 
 
 def make_sampler(name: str, space: Space, seed: int, epochs):
-    if name == "auto":
+    if name == "auto":  # recorded by a search started before auto meant gp (cli/search.py): what it ran
         name = "grid" if space.is_grid else "tpe"
     if name == "grid":
         if not space.is_grid:

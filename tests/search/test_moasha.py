@@ -190,3 +190,22 @@ def test_the_gp_sampler_sees_every_schedule_parameter_in_every_trial_and_moves_o
         if flat:
             assert len({tuple(sorted(t.params)) for t in study.trials}) == 1 and len(seen) >= 16, len(seen)
     assert longest[True] <= 3 and longest[False] >= 10, longest
+
+
+@pytest.mark.parametrize(
+    "space, sampler, scheduler",
+    [("demo", "gp", "moasha"), ("default", "gp", "moasha"), ("paper", "grid", "fifo"), ("pretrain", "gp", "fifo")],
+)
+def test_the_defaults_resolve_by_space_and_are_recorded_resolved(tmp_path, space, sampler, scheduler):
+    """auto: MOASHA and the GP for an open space (bench/search_quality.py's best), a grid run whole, a pretraining
+    space (its metric comes after its fine-tune) to its end; search.json records what auto resolved to."""
+    from c2f_search.cli.search import search_settings
+    from c2f_search.settings import SearchSettings
+
+    from ..conftest import TINY_DATA
+
+    s = search_settings({"space": space, "data": TINY_DATA}, tmp_path)
+    assert (s.sampler, s.scheduler) == (sampler, scheduler)
+    s.save()
+    assert (SearchSettings.load(tmp_path).sampler, SearchSettings.load(tmp_path).scheduler) == (sampler, scheduler)
+    assert search_settings({"space": space, "data": TINY_DATA, "scheduler": "asha"}, tmp_path).scheduler == "asha"
