@@ -19,7 +19,7 @@ from .files import atomic_write, read_json
 from .layout import SearchDir
 
 SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random", "grid")
-SCHEDULERS = ("auto", "fifo", "asha", "moasha", "pbt")
+SCHEDULERS = ("fifo", "asha", "moasha", "pbt")  # --scheduler auto resolves to one (cli/search.py)
 
 
 def flag(field: str) -> str:

@@ -87,7 +87,7 @@ def add_search_args(s) -> None:
     )
     s.add_argument(
         "--scheduler",
-        choices=SCHEDULERS,
+        choices=("auto", *SCHEDULERS),
         help="auto (the default) = moasha for an open space, fifo for a grid or a pretraining space (whose "
         "metric is known only after its fine-tune); fifo runs every trial to its end; asha stops weak trials early, comparing "
         "them at equal cumulative train FLOPs; moasha stops them at the same FLOPs rungs, but keeps the "

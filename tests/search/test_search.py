@@ -350,6 +350,8 @@ def test_a_search_over_the_patchout_space_names_its_methods(tmp_path, fresh_ray)
             TINY_DATA_80,
             "--sampler",
             "random",
+            "--scheduler",
+            "fifo",  # every trial to its end: its methods' rows are compared whole
             "--seed",
             "0",
             "--trials",
