@@ -89,9 +89,9 @@ def add_search_args(s) -> None:
         "--scheduler",
         choices=("auto", *SCHEDULERS),
         help="auto (the default) = moasha for an open space, fifo for a grid or a pretraining space (whose "
-        "metric is known only after its fine-tune); fifo runs every trial to its end; asha stops weak trials early, comparing "
-        "them at equal cumulative train FLOPs; moasha stops them at the same FLOPs rungs, but keeps the "
-        "front: it ranks the trials at a rung by non-dominated sorting on (metric there, up; the trial's "
+        "metric is known only after its fine-tune); fifo runs every trial to its end; asha stops weak trials "
+        "early, comparing them at equal cumulative train FLOPs; moasha stops them at the same FLOPs rungs, "
+        "but keeps the front: it ranks the trials at a rung by non-dominated sorting on (metric there, up; the trial's "
         "planned total training FLOPs, down; a learned schedule's upper bound), keeps the best half by "
         "front rank (ties by crowding distance: it needs no reference point for a partial metric, and it "
         "keeps the front's spread along the FLOPs) and never stops a trial on the rung's front, nor the "
