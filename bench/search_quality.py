@@ -5,8 +5,9 @@ Settings: ``demo`` (the demo's: builtin:events 1000/300 clips, ast-tiny depth 2,
 fixed recipe) and ``depth4`` (the same data at depth 4: another model, where schedules rank differently).
 The grid is the paper's 16 schedules (search_spaces/paper.yaml) at the setting's recipe and epochs; it has no
 sampler, so it runs once per setting and is every seed's reference. Configurations: ``grid``, ``fifo-tpe``
-(today's default), ``asha-tpe``, ``moasha-tpe``, ``moasha-gp`` and ``warm`` (the second setting, fifo + TPE,
-warm-started from the first setting's fifo-tpe search of the same seed: its front's schedules go first).
+(the default before this bench), ``asha-tpe``, ``moasha-tpe``, ``moasha-gp`` (the default since) and ``warm``
+(the second setting, fifo + TPE, warm-started from the first setting's fifo-tpe search of the same seed: its
+front's schedules go first).
 
 Compute: a search's trials in the order Tune created them, each charged its training FLOPs (a stopped one what
 it trained); the front at a budget is that of the finished trials whose cumulative charge fits in it.
