@@ -246,8 +246,7 @@ def search_settings(flags: dict, out) -> SearchSettings:
         data=data.resolved(),
         finetune=finetune,
         trials=f.get("trials"),
-        sampler=f["sampler"],
-        scheduler=_scheduler(f["scheduler"], space),
+        **_resolved_auto(f["sampler"], f["scheduler"], space),
         epochs=f.get("epochs"),
         seed=f["seed"],
         max_failures=f["max_failures"],
@@ -267,8 +266,6 @@ def search_settings(flags: dict, out) -> SearchSettings:
         flags={k: v for k, v in flags.items() if k not in RESUME_MAY_CHANGE},
         trackers=checked_trackers(f.get("log"), out),
     )
-    if settings.sampler == "auto" and settings.scheduler != "pbt":  # recorded as resolved: a resume keeps it
-        settings.sampler = "grid" if space.is_grid else "gp"
     bad = settings.problem()
     if bad:
         raise SpaceError(f"{FLAG_OF.get(bad[0], flag(bad[0]))}: {bad[1]}")
@@ -284,11 +281,14 @@ def search_settings(flags: dict, out) -> SearchSettings:
     return settings
 
 
-def _scheduler(name: str, space) -> str:
-    """--scheduler auto: MOASHA where trials report the metric they are judged by as they train."""
-    if name != "auto":
-        return name
-    return "fifo" if space.is_grid or space.objective != "supervised" else "moasha"
+def _resolved_auto(sampler: str, scheduler: str, space) -> dict:
+    """--scheduler and --sampler auto as recorded, so that a resume keeps them: MOASHA where trials report the
+    metric they are judged by as they train, and the GP for an open space (a grid runs whole, PBT draws its own)."""
+    if scheduler == "auto":
+        scheduler = "fifo" if space.is_grid or space.objective != "supervised" else "moasha"
+    if sampler == "auto" and scheduler != "pbt":
+        sampler = "grid" if space.is_grid else "gp"
+    return {"sampler": sampler, "scheduler": scheduler}
 
 
 FLAG_OF = {"resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial"}

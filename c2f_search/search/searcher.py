@@ -162,8 +162,8 @@ class C2FOptunaSearch(OptunaSearch):
         (a grid sampler would otherwise draw among every unfinished entry, one still running included)."""
         trials, study = optuna_state(self)
         known = {_number(ot) for ot in trials.values()}
-        lost = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
-        lost = [t for t in lost if t.number not in known]
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        lost = [t for t in running if t.number not in known]
         for t in lost:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(t.params, skip_if_exists=False)
